@@ -1,0 +1,31 @@
+"""Jobs: every background job the user may read, with status, progress and cancel."""
+
+import pandas as pd
+import streamlit as st
+
+from services import jobs
+from services.ui import get_config, get_store, require_role
+
+user = require_role("operator", "client")
+store, config = get_store(), get_config()
+st.title("Jobs")
+
+owner = user["username"] if user["role"] == "client" else None
+kinds = sorted({r["kind"] for r in store.list_jobs(created_by=owner, limit=1000)})
+kind = st.selectbox("Kind", ["(all)", *kinds], key="jobs_kind")
+records = store.list_jobs(None if kind == "(all)" else kind, None, owner, 200)
+if not records:
+    st.info("No jobs yet.")
+    st.stop()
+table = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "status": r["status"], "by": r["created_by"],
+                       "progress": (r["progress"] or {}).get("fraction"),
+                       "created": pd.to_datetime(r["created_at"], unit="s")} for r in records])
+st.dataframe(table, key="jobs_table", hide_index=True,
+             column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
+chosen = st.selectbox("Job", [r["id"] for r in records], key="jobs_pick")
+record = jobs.reconcile(config, store, store.get_job(chosen))
+st.json({k: record[k] for k in ("status", "progress", "result", "error")}, expanded=False)
+if user["role"] != "client" and record["status"] not in jobs.TERMINAL:
+    if st.button("Cancel job", key="jobs_cancel"):
+        jobs.cancel(config, store, chosen)
+        st.rerun()

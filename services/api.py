@@ -1,0 +1,279 @@
+"""The Flask API: ``create_app(config=None)`` builds it; JWT auth, roles, jobs, health, OpenAPI, Socket.IO.
+
+Run it under gunicorn (``services.wsgi:app``); users are made with
+``flask --app services.api create-user USERNAME --role ROLE``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from html import escape
+from typing import Literal
+
+import click
+import redis
+from flask import Blueprint, Flask, current_app, g, request
+from flask_jwt_extended import JWTManager, create_access_token, decode_token
+from flask_socketio import SocketIO, disconnect, join_room
+from pydantic import BaseModel, Field
+from werkzeug.exceptions import HTTPException
+
+import services
+from services import jobs
+from services.config import ROLES, Config
+from services.routes import BLUEPRINTS
+from services.store import Store, open_store
+from services.web import ApiError, endpoint, ok, openapi_spec
+
+log = logging.getLogger(__name__)
+jwt = JWTManager()
+socketio = SocketIO()
+JOB_READERS = ("operator", "client")  # clients read only their own jobs
+
+
+@dataclass(frozen=True)
+class Studio:
+    """What the routes share, kept on ``app.extensions["studio"]``."""
+
+    config: Config
+    store: Store
+
+
+def studio() -> Studio:
+    return current_app.extensions["studio"]
+
+
+class LegacyJwtHeader:
+    """WSGI middleware: accept the seed's ``Authorization: JWT <token>`` as well as ``Bearer <token>``."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if auth[:4].lower() == "jwt ":
+            environ["HTTP_AUTHORIZATION"] = "Bearer " + auth[4:].strip()
+        return self.wsgi_app(environ, start_response)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the API application for ``config`` (default: read from the environment)."""
+    config = config or Config.from_env()
+    config.ensure_dirs()
+    app = Flask(__name__)
+    app.config.update(
+        JWT_SECRET_KEY=config.secret_key(), JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=config.token_minutes),
+        JWT_TOKEN_LOCATION=["headers"], MAX_CONTENT_LENGTH=config.max_upload_mb * 1024 * 1024,
+        JSON_SORT_KEYS=False)
+    app.extensions["studio"] = Studio(config, open_store(config.data_dir))
+    app.wsgi_app = LegacyJwtHeader(app.wsgi_app)
+    jwt.init_app(app)
+    socketio.init_app(app, async_mode="threading", message_queue=config.effective_redis_url,
+                      cors_allowed_origins="*", logger=False, engineio_logger=False)
+    app.register_blueprint(core)
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp)
+    _register_error_handlers(app)
+    app.cli.add_command(create_user_command)
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, lambda e: e.response())
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.code, "http_error")
+        message = f"the request body exceeds {studio().config.max_upload_mb} MB" if exc.code == 413 else exc.description
+        return ApiError(exc.code or 500, code, message).response()
+
+    @app.errorhandler(redis.exceptions.RedisError)
+    def redis_down(exc):
+        log.warning("Redis unavailable: %s", exc)
+        return ApiError(503, "queue_unavailable", "the job queue (Redis) is unreachable; try again shortly").response()
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return ApiError(500, "internal", "internal error; the server log has the details").response()
+
+
+# --- routes --------------------------------------------------------------------------------------
+core = Blueprint("core", __name__)
+
+
+class AuthBody(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+@endpoint(core, "/auth", ("POST",), roles=None, body=AuthBody)
+def auth(body: AuthBody):
+    """Exchange a username and password for an access token."""
+    user = studio().store.check_password(body.username, body.password)
+    if user is None:
+        raise ApiError(401, "bad_credentials", "wrong username or password")
+    token = create_access_token(identity=user["username"], additional_claims={"role": user["role"]})
+    return ok({"access_token": token, "role": user["role"],
+               "expires_in": studio().config.token_minutes * 60})
+
+
+@endpoint(core, "/health", roles=None)
+def health():
+    """Whether Redis is reachable and how many workers are alive."""
+    try:
+        jobs.redis_connection(studio().config.effective_redis_url).ping()
+        workers, redis_ok = jobs.live_workers(studio().config), True
+    except redis.exceptions.RedisError:
+        workers, redis_ok = 0, False
+    body = {"redis": redis_ok, "workers": workers, "version": services.__version__}
+    return ok(body, 200 if redis_ok else 503)
+
+
+@endpoint(core, "/api/v1/openapi.json", roles=None)
+def openapi():
+    """This API described as OpenAPI 3.1."""
+    return ok(openapi_spec(current_app))
+
+
+@endpoint(core, "/api/v1/docs", roles=None)
+def docs():
+    """A readable page of every route, its roles and its body."""
+    spec = openapi_spec(current_app)
+    rows = "".join(
+        f"<tr><td>{m.upper()}</td><td><code>{escape(p)}</code></td><td>{escape(op['summary'])}</td>"
+        f"<td>{', '.join(op.get('x-roles', ['public']))}</td></tr>"
+        for p, ops in sorted(spec["paths"].items()) for m, op in ops.items())
+    return (f"<!doctype html><title>API docs</title><h1>PyTorch Automation Studio API</h1>"
+            f"<p>Machine-readable: <a href='/api/v1/openapi.json'>openapi.json</a></p>"
+            f"<table border=1 cellpadding=4><tr><th>method</th><th>path</th><th>what</th><th>roles</th></tr>"
+            f"{rows}</table>")
+
+
+class JobsQuery(BaseModel):
+    kind: str | None = None
+    status: Literal["queued", "started", "finished", "failed", "cancelled", "interrupted"] | None = None
+    limit: int = Field(100, ge=1, le=1000)
+
+
+def readable_job(job_id: str) -> dict:
+    """The job record if the current user may read it (404 otherwise, so ids do not leak)."""
+    record = studio().store.get_job(job_id)
+    if record is None or (g.user["role"] == "client" and record["created_by"] != g.user["username"]):
+        raise ApiError(404, "not_found", f"no job '{job_id}'", "job_id")
+    return jobs.reconcile(studio().config, studio().store, record)
+
+
+@endpoint(core, "/api/v1/jobs", roles=JOB_READERS, query=JobsQuery)
+def list_jobs(query: JobsQuery):
+    """Jobs, newest first, filterable by kind and status."""
+    owner = g.user["username"] if g.user["role"] == "client" else None
+    records = studio().store.list_jobs(query.kind, query.status, owner, query.limit)
+    return ok({"jobs": [jobs.reconcile(studio().config, studio().store, r) for r in records]})
+
+
+@endpoint(core, "/api/v1/jobs/<job_id>", roles=JOB_READERS)
+def get_job(job_id: str):
+    """One job: status, progress, metrics history, result, error."""
+    return ok(readable_job(job_id))
+
+
+@endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), roles=JOB_READERS, summary="Seed-style job metrics")
+def seed_job_metrics(job_id: str):
+    """The seed's view of a training job: loss and accuracy lists per epoch."""
+    record = readable_job(job_id)
+    history = record["history"] or []
+    return ok({"job_id": job_id, "job_status": record["status"],
+               "training_loss": [h.get("train_loss") for h in history],
+               "testing_loss": [h.get("test_loss") for h in history],
+               "training_accuracy": [h.get("train_accuracy") for h in history],
+               "testing_accuracy": [h.get("test_accuracy") for h in history]})
+
+
+@endpoint(core, "/api/v1/jobs/<job_id>/cancel", ("POST",), roles=("operator",))
+def cancel_job(job_id: str):
+    """Cancel a queued or running job."""
+    record = readable_job(job_id)
+    if record["status"] in jobs.TERMINAL:
+        raise ApiError(409, "conflict", f"job '{job_id}' has already ended ({record['status']})", "job_id")
+    return ok(jobs.cancel(studio().config, studio().store, job_id))
+
+
+# --- Socket.IO -----------------------------------------------------------------------------------
+def _socket_user(auth) -> dict:
+    token = (auth or {}).get("token") if isinstance(auth, dict) else None
+    token = token or request.args.get("token")
+    if not token:
+        raise ConnectionRefusedError("a token is required: connect with auth={'token': ...} or ?token=")
+    try:
+        identity = decode_token(token)["sub"]
+    except Exception:
+        raise ConnectionRefusedError("the token is invalid or expired") from None
+    user = studio().store.get_user(identity)
+    if user is None:
+        raise ConnectionRefusedError("the token's user no longer exists")
+    return user
+
+
+def _join_job_rooms(user: dict) -> None:
+    join_room(f"jobs:user:{user['username']}")
+    if user["role"] in ("admin", "operator"):
+        join_room("jobs:all")
+
+
+@socketio.on("connect", namespace="/test")
+def seed_connect(auth=None):
+    """The seed's namespace: every ``my_response`` of the jobs the user may read."""
+    _join_job_rooms(_socket_user(auth))
+
+
+@socketio.on("connect", namespace="/jobs")
+def jobs_connect(auth=None):
+    user = _socket_user(auth)
+    from flask import session
+
+    session["user"] = user
+
+
+@socketio.on("subscribe", namespace="/jobs")
+def jobs_subscribe(data):
+    """Receive the events of one job (``progress``, ``epoch``, ``finished``, ``failed``, ``cancelled``)."""
+    from flask import session
+
+    user = session.get("user")
+    job_id = str((data or {}).get("job_id", "")) if isinstance(data, dict) else str(data)
+    record = studio().store.get_job(job_id) if user else None
+    if user is None:
+        disconnect()
+        return {"ok": False, "error": "not authenticated"}
+    if record is None or not _may_read(user, record):
+        return {"ok": False, "error": f"no job '{job_id}'"}
+    join_room(f"job:{job_id}")
+    return {"ok": True, "job_id": job_id, "status": record["status"]}
+
+
+def _may_read(user: dict, record: dict) -> bool:
+    return user["role"] in ("admin", "operator") or record["created_by"] == user["username"]
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+@click.command("create-user")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), default="operator", show_default=True)
+def create_user_command(username: str, role: str) -> None:
+    """Create a user; the password is read from standard input when it is not a terminal."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            raise click.ClickException("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        studio().store.create_user(username, password, role)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created user {username!r} with role {role!r}")

@@ -1,0 +1,111 @@
+"""One frozen configuration, read once from the environment (HOUSE_RULES rule 5)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ROLES = ("admin", "operator", "annotator", "client")
+
+
+def _int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"configuration error: {name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the services need to know about their surroundings.
+
+    Attributes:
+        data_dir: where the catalog, datasets, objects, checkpoints and uploads live.
+        redis_url: a Redis to use; None means the launcher starts the embedded one.
+        jwt_secret_key: None means generated once and kept in ``data_dir/jwt_secret.key`` (mode 0600).
+    """
+
+    data_dir: Path = REPO_ROOT
+    redis_url: str | None = None
+    redis_port: int = 6390
+    api_host: str = "127.0.0.1"
+    api_port: int = 5000
+    ui_port: int = 8501
+    jwt_secret_key: str | None = field(default=None, repr=False)
+    token_minutes: int = 30
+    max_upload_mb: int = 32
+    max_image_pixels: int = 50_000_000
+    workers: int = 1
+    queue_name: str = "studio"
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> Config:
+        """Build the configuration from environment variables (see the README's table)."""
+        env = dict(os.environ if env is None else env)
+        return cls(
+            data_dir=Path(env.get("DATA_DIR") or REPO_ROOT).resolve(),
+            redis_url=env.get("REDIS_URL") or None,
+            redis_port=_int(env, "REDIS_PORT", 6390),
+            api_host=env.get("API_HOST") or "127.0.0.1",
+            api_port=_int(env, "API_PORT", 5000),
+            ui_port=_int(env, "UI_PORT", 8501),
+            jwt_secret_key=env.get("JWT_SECRET_KEY") or None,
+            token_minutes=_int(env, "TOKEN_MINUTES", 30),
+            max_upload_mb=_int(env, "MAX_UPLOAD_MB", 32),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
+            workers=_int(env, "WORKERS", 1),
+        )
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The Redis every part talks to: REDIS_URL, else the embedded server's address."""
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    def path(self, *parts: str) -> Path:
+        """A path under ``data_dir`` (folders are created by :func:`ensure_dirs`)."""
+        return self.data_dir.joinpath(*parts)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.path("catalog.sqlite3")
+
+    @property
+    def shipped_bgs_dir(self) -> Path:
+        """Backgrounds that ship with the project (``bgs/`` in the repository)."""
+        return REPO_ROOT / "bgs"
+
+    @property
+    def user_bgs_dir(self) -> Path:
+        """Backgrounds users add (``DATA_DIR/bgs/user``)."""
+        return self.path("bgs", "user")
+
+    def ensure_dirs(self) -> None:
+        """Create the folders of ``data_dir`` that the services write to."""
+        for sub in ("datasets", "objects", "checkpoints", "uploads", "exports", "redis", "logs",
+                    "newdata/images", "newdata/labels", "bgs/user/train", "bgs/user/test"):
+            self.path(sub).mkdir(parents=True, exist_ok=True)
+
+    def secret_key(self) -> str:
+        """The JWT signing key: JWT_SECRET_KEY, else one generated once and kept owner-only."""
+        if self.jwt_secret_key:
+            return self.jwt_secret_key
+        key_file = self.path("jwt_secret.key")
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = key_file.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+            os.replace(tmp, key_file)
+        os.chmod(key_file, 0o600)
+        return key_file.read_text().strip()

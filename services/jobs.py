@@ -1,0 +1,285 @@
+"""Background jobs on RQ: one registry of job kinds, submit/cancel for the API, and the worker-side context.
+
+A job function is a boring module-level function ``f(ctx: JobContext, params: dict) -> dict`` registered with
+:func:`job_kind`; RQ calls it as ``f(job_id=..., params=...)`` with plain values only. It reports through a
+:class:`JobContext`, which writes
+``job.meta``, the catalog (durable history) and Socket.IO events (emitted from the worker process through
+the Redis message queue, so clients see them the moment they happen).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue, Worker, get_current_job
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Callback, Job, JobStatus
+
+from engine.exceptions import Cancelled
+from services.config import Config
+from services.store import Store, open_store
+
+log = logging.getLogger(__name__)
+TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted"})
+STOP_KEY = "studio:stop:{}"
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A registered kind of job and the limits it runs under (set on purpose, never RQ's defaults)."""
+
+    name: str
+    func: Callable[[str, dict], dict]
+    timeout: int
+    result_ttl: int
+    description: str
+
+
+JOB_KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(name: str, timeout: int, result_ttl: int = 7 * 24 * 3600, description: str = ""):
+    """Register a job function under ``name`` (the only list of job kinds)."""
+
+    def decorate(func):
+        # The wrapped function replaces the original under the same module-level name, so RQ can import it.
+        run = _run_with_context(func)
+        JOB_KINDS[name] = JobKind(name, run, timeout, result_ttl, description)
+        return run
+
+    return decorate
+
+
+# --- connections ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def redis_connection(url: str) -> redis.Redis:
+    """A shared client per URL (redis-py clients are thread-safe connection pools)."""
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10)
+
+
+def queue_for(config: Config) -> Queue:
+    return Queue(config.queue_name, connection=redis_connection(config.effective_redis_url))
+
+
+@functools.lru_cache(maxsize=8)
+def _emitter(url: str):
+    from flask_socketio import SocketIO  # write-only client: no app, only the message queue
+
+    return SocketIO(message_queue=url)
+
+
+def emit_job_event(config: Config, job: dict, event: str, payload: dict) -> None:
+    """Send ``event`` to the ``/jobs`` subscribers of the job and the seed's ``/test`` ``my_response``."""
+    try:
+        sio = _emitter(config.effective_redis_url)
+        sio.emit(event, {"job_id": job["id"], "kind": job["kind"], **payload}, namespace="/jobs",
+                 to=f"job:{job['id']}")
+        sio.emit("my_response", seed_payload(job, payload.get("status", event)), namespace="/test",
+                 to=["jobs:all", f"jobs:user:{job['created_by']}"])
+    except Exception:  # events are best effort: the catalog keeps the truth
+        log.warning("could not emit %s for job %s", event, job["id"], exc_info=True)
+
+
+def seed_payload(job: dict, status: str) -> dict:
+    """The seed's ``my_response`` shape, from the job's latest epoch metrics."""
+    last = (job.get("history") or [{}])[-1]
+    return {"job_id": job["id"], "job_status": status, "job_progress": {
+        "epoch": last.get("epoch"),
+        "training": {"loss": last.get("train_loss"), "accuracy": last.get("train_accuracy")},
+        "testing": {"loss": last.get("test_loss"), "accuracy": last.get("test_accuracy")},
+        "best_accuracy": last.get("best_accuracy"),
+    }}
+
+
+# --- API side ------------------------------------------------------------------------------------
+def submit(config: Config, store: Store, kind: str, params: dict, user: str | None) -> str:
+    """Record and enqueue a job; returns its id. Raises redis errors when Redis is unreachable."""
+    spec = JOB_KINDS[kind]
+    job_id = uuid.uuid4().hex
+    store.create_job(job_id, kind, params, user)
+    try:
+        queue_for(config).enqueue_call(
+            spec.func, kwargs={"job_id": job_id, "params": params}, job_id=job_id, timeout=spec.timeout,
+            result_ttl=spec.result_ttl, failure_ttl=spec.result_ttl, description=f"{kind} by {user}",
+            on_failure=Callback(_on_failure), on_stopped=Callback(_on_stopped))
+    except redis.exceptions.RedisError:
+        store.update_job(job_id, status="failed", error="could not reach Redis to enqueue", ended_at=time.time())
+        raise
+    return job_id
+
+
+def request_stop(config: Config, job_id: str) -> None:
+    """Raise the cooperative stop flag that running jobs check between epochs / images."""
+    redis_connection(config.effective_redis_url).set(STOP_KEY.format(job_id), 1, ex=7 * 24 * 3600)
+
+
+def cancel(config: Config, store: Store, job_id: str, grace: float = 5.0) -> dict:
+    """Cancel a queued or running job; returns the job record afterwards.
+
+    Queued jobs are cancelled in RQ. Running ones first get the cooperative flag (so they can save a
+    checkpoint and say goodbye); if still running after ``grace`` seconds, RQ's stop command kills the
+    work horse.
+    """
+    conn = redis_connection(config.effective_redis_url)
+    request_stop(config, job_id)
+    try:
+        rq_job = Job.fetch(job_id, connection=conn)
+        status = rq_job.get_status(refresh=True)
+    except NoSuchJobError:
+        rq_job, status = None, None
+    if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        try:
+            rq_job.cancel()
+        except InvalidJobOperation:
+            pass
+    elif status == JobStatus.STARTED:
+        _wait_for_end(store, job_id, grace)
+        if store.get_job(job_id)["status"] not in TERMINAL:
+            try:
+                send_stop_job_command(conn, job_id)
+            except InvalidJobOperation:
+                pass
+    record = store.get_job(job_id)
+    if record["status"] not in TERMINAL:
+        store.update_job(job_id, status="cancelled", ended_at=time.time())
+        record = store.get_job(job_id)
+        emit_job_event(config, record, "cancelled", {"status": "cancelled"})
+    return record
+
+
+def _wait_for_end(store: Store, job_id: str, grace: float) -> None:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and store.get_job(job_id)["status"] not in TERMINAL:
+        time.sleep(0.1)
+
+
+def reconcile(config: Config, store: Store, record: dict) -> dict:
+    """Bring a catalog record in line with RQ when its worker died or Redis lost it."""
+    if record["status"] in TERMINAL:
+        return record
+    conn = redis_connection(config.effective_redis_url)
+    try:
+        status = Job.fetch(record["id"], connection=conn).get_status(refresh=True)
+    except NoSuchJobError:
+        status = None
+    verdict = {JobStatus.FAILED: "interrupted", JobStatus.STOPPED: "cancelled",
+               JobStatus.CANCELED: "cancelled", None: "interrupted"}.get(status)
+    if status == JobStatus.STARTED and not _has_live_worker(conn, record["id"]):
+        verdict = "interrupted"
+    if verdict is None:
+        return record
+    store.update_job(record["id"], status=verdict, ended_at=time.time(),
+                     error=record.get("error") or ("the worker stopped before the job ended"
+                                                   if verdict == "interrupted" else None))
+    return store.get_job(record["id"])
+
+
+def _has_live_worker(conn: redis.Redis, job_id: str) -> bool:
+    return any(w.get_current_job_id() == job_id for w in Worker.all(connection=conn))
+
+
+def live_workers(config: Config) -> int:
+    return Worker.count(connection=redis_connection(config.effective_redis_url))
+
+
+# --- worker side ---------------------------------------------------------------------------------
+class JobContext:
+    """What a running job uses to report progress and to learn it should stop."""
+
+    def __init__(self, job_id: str, config: Config, store: Store):
+        self.job_id, self.config, self.store = job_id, config, store
+        self.rq_job = get_current_job()
+        self._conn = redis_connection(config.effective_redis_url)
+        self._last_emit = 0.0
+
+    def record(self) -> dict:
+        return self.store.get_job(self.job_id)
+
+    def should_stop(self) -> bool:
+        """True once someone asked this job to stop (checked between epochs, batches or images)."""
+        return bool(self._conn.exists(STOP_KEY.format(self.job_id)))
+
+    def progress(self, done: int, total: int, **extra: Any) -> None:
+        """Report ``done`` of ``total`` units (events are throttled to ~5 per second, the last always)."""
+        progress = {"done": done, "total": total, "fraction": round(done / total, 4) if total else None, **extra}
+        self._save_meta(progress=progress)
+        now = time.monotonic()
+        if done >= total or now - self._last_emit > 0.2:
+            self._last_emit = now
+            self.store.update_job(self.job_id, progress=progress)
+            emit_job_event(self.config, self.record(), "progress", {"status": "started", "progress": progress})
+
+    def epoch(self, metrics: dict) -> None:
+        """Record one epoch's metrics: catalog history, job.meta, and the ``epoch`` / ``my_response`` events."""
+        self.store.append_history(self.job_id, metrics)
+        total = metrics.get("epochs")
+        progress = {"done": metrics.get("epoch"), "total": total, "unit": "epoch",
+                    "fraction": round(metrics["epoch"] / total, 4) if total else None}
+        self.store.update_job(self.job_id, progress=progress)
+        self._save_meta(progress=progress, last_epoch=metrics)
+        emit_job_event(self.config, self.record(), "epoch", {"status": "started", "metrics": metrics})
+
+    def _save_meta(self, **values: Any) -> None:
+        if self.rq_job is not None:
+            self.rq_job.meta.update(values)
+            self.rq_job.save_meta()
+
+
+def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:
+    """Wrap a job function with the lifecycle bookkeeping every job shares."""
+
+    @functools.wraps(func)
+    def run(job_id: str, params: dict) -> dict:
+        config = Config.from_env()
+        store = open_store(config.data_dir)
+        ctx = JobContext(job_id, config, store)
+        if ctx.should_stop():
+            return _finish(ctx, "cancelled", None)
+        store.update_job(job_id, status="started", started_at=time.time())
+        emit_job_event(config, ctx.record(), "started", {"status": "started"})
+        try:
+            result = func(ctx, params)
+        except Cancelled:
+            return _finish(ctx, "cancelled", None)
+        except Exception as exc:
+            store.update_job(job_id, status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=time.time())
+            emit_job_event(config, ctx.record(), "failed", {"status": "failed", "error": str(exc)})
+            raise
+        return _finish(ctx, "finished", result)
+
+    return run
+
+
+def _finish(ctx: JobContext, status: str, result: dict | None) -> dict:
+    ctx.store.update_job(ctx.job_id, status=status, result=result, ended_at=time.time())
+    ctx._save_meta(status=status)
+    emit_job_event(ctx.config, ctx.record(), status, {"status": status, "result": result})
+    return result or {}
+
+
+def _on_failure(job: Job, connection, *exc_info) -> None:
+    """RQ callback (runs in the worker) for failures the job could not record itself: timeouts, a dead horse."""
+    _mark_if_open(job.id, "failed", "".join(traceback.format_exception_only(*exc_info[:2])).strip()
+                  if exc_info and exc_info[0] else "the job failed")
+
+
+def _on_stopped(job: Job, connection) -> None:
+    _mark_if_open(job.id, "cancelled", None)
+
+
+def _mark_if_open(job_id: str, status: str, error: str | None) -> None:
+    config = Config.from_env()
+    store = open_store(config.data_dir)
+    record = store.get_job(job_id)
+    if record and record["status"] not in TERMINAL:
+        store.update_job(job_id, status=status, error=error, ended_at=time.time())
+        emit_job_event(config, store.get_job(job_id), status, {"status": status, "error": error})

@@ -1,0 +1,142 @@
+"""``make run``: Redis (embedded unless REDIS_URL is set), RQ workers, the API and the UI as one group.
+
+Ctrl-C or SIGTERM stops every child; a child that dies is reported and restarted (a few times a minute at
+most, then the whole group stops with an error rather than limping on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from services.config import REPO_ROOT, Config
+from services.redis_server import redis_executable, wait_for_redis
+from services.store import open_store
+
+MAX_RESTARTS_PER_MINUTE = 3
+
+
+@dataclass
+class Child:
+    """A supervised process and how to start it again."""
+
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self, env: dict) -> None:
+        # Each child leads its own process group, so stopping it also stops what it forked (work horses).
+        self.proc = subprocess.Popen(self.argv, env=env, cwd=REPO_ROOT, start_new_session=True)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def plan(config: Config, what: str) -> list[Child]:
+    """The children to run: ``all`` (the default) or ``worker`` (workers only, for scale-out)."""
+    py = sys.executable
+    children: list[Child] = []
+    if what == "all" and not config.redis_url:
+        children.append(Child("redis", [redis_executable(), "--port", str(config.redis_port), "--bind", "127.0.0.1",
+                                        "--dir", str(config.path("redis")), "--appendonly", "yes", "--save", "",
+                                        "--daemonize", "no", "--loglevel", "warning"]))
+    children += [Child(f"worker-{i + 1}", [py, "-m", "services.worker"]) for i in range(config.workers)]
+    if what == "all":
+        children.append(Child("api", [py, "-m", "gunicorn", "-w", "1", "--threads", "64", "--timeout", "120",
+                                      "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]))
+        children.append(Child("ui", [py, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"),
+                                     "--server.port", str(config.ui_port), "--server.address", config.api_host,
+                                     "--server.headless", "true", "--browser.gatherUsageStats", "false"]))
+    return children
+
+
+def first_admin(config: Config) -> None:
+    """On the very first run, create an ``admin`` user with a random password, printed once."""
+    store = open_store(config.data_dir)
+    if store.count_users() == 0:
+        password = secrets.token_urlsafe(12)
+        store.create_user("admin", password, "admin")
+        print(f"\n  First run: created user 'admin' with password: {password}\n"
+              "  (shown once; add users with: flask --app services.api create-user NAME --role ROLE)\n", flush=True)
+
+
+def supervise(children: list[Child], env: dict) -> int:
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stopping:
+            for child in children:
+                if child.proc.poll() is not None and not stopping and not _restart(child, env):
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        shutdown(children)
+
+
+def _restart(child: Child, env: dict) -> bool:
+    print(f"[launcher] {child.name} exited with code {child.proc.returncode}; restarting", file=sys.stderr, flush=True)
+    now = time.monotonic()
+    child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+    if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
+        print(f"[launcher] {child.name} keeps dying; stopping everything", file=sys.stderr, flush=True)
+        return False
+    child.start(env)
+    return True
+
+
+def shutdown(children: list[Child], timeout: float = 10.0) -> None:
+    """SIGTERM every child (API and UI first, Redis last), then SIGKILL what is left after ``timeout``."""
+    for child in reversed(children):
+        child.stop()
+    deadline = time.monotonic() + timeout
+    for child in reversed(children):
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.stop(signal.SIGKILL)
+            child.proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="?", choices=("all", "worker"), default="all")
+    args = parser.parse_args(argv)
+    config = Config.from_env()
+    config.ensure_dirs()
+    if args.what == "all":
+        first_admin(config)
+    env = {**os.environ, "DATA_DIR": str(config.data_dir), "REDIS_URL": config.effective_redis_url}
+    children = plan(config, args.what)
+    for child in children:
+        child.start(env)
+        if child.name == "redis":
+            wait_for_redis(config.effective_redis_url, proc=child.proc)
+    print(f"[launcher] Redis  {config.effective_redis_url}{'' if config.redis_url else ' (embedded)'}", flush=True)
+    print(f"[launcher] {config.workers} worker(s) on queue '{config.queue_name}'", flush=True)
+    if args.what == "all":
+        print(f"[launcher] API    {config.api_url}  (docs: {config.api_url}/api/v1/docs)", flush=True)
+        print(f"[launcher] UI     http://{config.api_host}:{config.ui_port}", flush=True)
+    print("[launcher] Ctrl-C stops everything.", flush=True)
+    return supervise(children, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""The feature blueprints; ``create_app`` registers each of them."""
+
+BLUEPRINTS: tuple = ()

@@ -1,0 +1,231 @@
+"""The catalog: a SQLite database in DATA_DIR (WAL mode, schema version, forward-only migrations).
+
+One short-lived connection per operation keeps it safe across threads (gunicorn) and processes (RQ workers).
+Rows that point at files are written after the file is in place, so a crash leaves no row without a file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from services.config import ROLES
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, params TEXT NOT NULL, created_by TEXT,
+        status TEXT NOT NULL, progress TEXT, history TEXT NOT NULL DEFAULT '[]', result TEXT, error TEXT,
+        created_at REAL NOT NULL, started_at REAL, ended_at REAL);
+    CREATE INDEX jobs_kind_status ON jobs(kind, status);
+    CREATE TABLE objects (
+        id TEXT PRIMARY KEY, class_name TEXT NOT NULL, path TEXT NOT NULL, source TEXT, bbox TEXT,
+        width INTEGER, height INTEGER, created_by TEXT, created_at REAL NOT NULL);
+    CREATE INDEX objects_class ON objects(class_name);
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY, path TEXT NOT NULL, job_id TEXT, image_size INTEGER, class_names TEXT,
+        counts TEXT, config TEXT, created_by TEXT, created_at REAL NOT NULL);
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY, model_name TEXT NOT NULL, job_id TEXT, path TEXT NOT NULL, class_names TEXT,
+        multi_label INTEGER NOT NULL DEFAULT 0, metrics TEXT, active INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT, created_at REAL NOT NULL);
+    CREATE TABLE images (
+        id_name TEXT PRIMARY KEY, path TEXT NOT NULL, width INTEGER, height INTEGER,
+        uploaded_by TEXT, uploaded_at REAL NOT NULL, exif_date TEXT, gps TEXT,
+        latitude REAL, longitude REAL, altitude REAL, predict_tags TEXT,
+        labels TEXT, labelled_by TEXT, labelled_at REAL);
+    """,
+)
+
+JSON_COLUMNS = frozenset({"params", "progress", "history", "result", "bbox", "class_names", "counts",
+                          "config", "metrics", "gps", "predict_tags", "labels"})
+
+
+def _decode(row: sqlite3.Row | None) -> dict | None:
+    if row is None:
+        return None
+    out = dict(row)
+    for key in JSON_COLUMNS & out.keys():
+        if out[key] is not None:
+            out[key] = json.loads(out[key])
+    return out
+
+
+def _encode(value: Any, key: str) -> Any:
+    return json.dumps(value) if key in JSON_COLUMNS and value is not None else value
+
+
+class Store:
+    """Typed access to the catalog tables."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in one transaction: committed on success, rolled back on error."""
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def migrate(self) -> int:
+        """Bring the schema up to date; returns the schema version."""
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+        with self.connect() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            return len(MIGRATIONS)
+
+    # --- generic helpers -------------------------------------------------------------------------
+    def _insert(self, table: str, row: dict) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self.connect() as conn:
+            conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", [_encode(v, k) for k, v in row.items()])
+
+    def _update(self, table: str, key: str, key_value: str, fields: dict) -> None:
+        if not fields:
+            return
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        values = [_encode(v, k) for k, v in fields.items()] + [key_value]
+        with self.connect() as conn:
+            conn.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", values)
+
+    def _one(self, sql: str, args: tuple = ()) -> dict | None:
+        with self.connect() as conn:
+            return _decode(conn.execute(sql, args).fetchone())
+
+    def _all(self, sql: str, args: tuple = ()) -> list[dict]:
+        with self.connect() as conn:
+            return [_decode(r) for r in conn.execute(sql, args).fetchall()]
+
+    @staticmethod
+    def _where(filters: dict) -> tuple[str, tuple]:
+        active = {k: v for k, v in filters.items() if v is not None}
+        if not active:
+            return "", ()
+        return " WHERE " + " AND ".join(f"{k} = ?" for k in active), tuple(active.values())
+
+    # --- users -----------------------------------------------------------------------------------
+    def create_user(self, username: str, password: str, role: str) -> None:
+        """Add a user with a scrypt-hashed password; raises ValueError on a bad role or a taken name."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
+        if not username or len(username) > 64 or not username.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("username must be 1-64 letters, digits, '_' or '-'")
+        if len(password) < 8:
+            raise ValueError("password must have at least 8 characters")
+        if self.get_user(username):
+            raise ValueError(f"user {username!r} exists")
+        self._insert("users", {"username": username, "password_hash": generate_password_hash(password),
+                               "role": role, "created_at": time.time()})
+
+    def get_user(self, username: str) -> dict | None:
+        return self._one("SELECT username, role, created_at FROM users WHERE username = ?", (username,))
+
+    def check_password(self, username: str, password: str) -> dict | None:
+        """The user when the password matches, else None (the same answer for unknown users)."""
+        row = self._one("SELECT * FROM users WHERE username = ?", (username,))
+        if row is None or not check_password_hash(row["password_hash"], password):
+            return None
+        row.pop("password_hash")
+        return row
+
+    def list_users(self) -> list[dict]:
+        return self._all("SELECT username, role, created_at FROM users ORDER BY username")
+
+    def count_users(self) -> int:
+        with self.connect() as conn:
+            return conn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+    # --- jobs ------------------------------------------------------------------------------------
+    def create_job(self, job_id: str, kind: str, params: dict, created_by: str | None) -> None:
+        self._insert("jobs", {"id": job_id, "kind": kind, "params": params, "created_by": created_by,
+                              "status": "queued", "created_at": time.time()})
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        self._update("jobs", "id", job_id, fields)
+
+    def append_history(self, job_id: str, metrics: dict) -> None:
+        """Append one epoch's metrics to the job's history (atomically, in SQL)."""
+        with self.connect() as conn:
+            conn.execute("UPDATE jobs SET history = json_insert(history, '$[#]', json(?)) WHERE id = ?",
+                         (json.dumps(metrics), job_id))
+
+    def get_job(self, job_id: str) -> dict | None:
+        return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    def list_jobs(self, kind: str | None = None, status: str | None = None, created_by: str | None = None,
+                  limit: int = 100) -> list[dict]:
+        where, args = self._where({"kind": kind, "status": status, "created_by": created_by})
+        return self._all(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT ?", args + (limit,))
+
+    # --- objects, datasets, models, images -------------------------------------------------------
+    def add_row(self, table: str, row: dict) -> None:
+        """Insert a row into one of the feature tables (objects, datasets, models, images)."""
+        assert table in {"objects", "datasets", "models", "images"}, table
+        self._insert(table, {"created_at": time.time(), **row} if table != "images" else row)
+
+    def update_row(self, table: str, key_value: str, **fields: Any) -> None:
+        assert table in {"objects", "datasets", "models", "images"}, table
+        self._update(table, "id_name" if table == "images" else "id", key_value, fields)
+
+    def get_row(self, table: str, key_value: str) -> dict | None:
+        assert table in {"objects", "datasets", "models", "images"}, table
+        key = "id_name" if table == "images" else "id"
+        return self._one(f"SELECT * FROM {table} WHERE {key} = ?", (key_value,))
+
+    def list_rows(self, table: str, order: str = "created_at DESC", limit: int = 1000, **filters: Any) -> list[dict]:
+        assert table in {"objects", "datasets", "models", "images"}, table
+        assert order.replace(" DESC", "").replace(" ASC", "").isidentifier(), order
+        where, args = self._where(filters)
+        return self._all(f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ?", args + (limit,))
+
+    def delete_row(self, table: str, key_value: str) -> None:
+        assert table in {"objects", "datasets", "models", "images"}, table
+        key = "id_name" if table == "images" else "id"
+        with self.connect() as conn:
+            conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (key_value,))
+
+    def set_active_model(self, model_id: str) -> None:
+        """Mark one model active; the others of the same kind (single/multi-label) become inactive."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT multi_label FROM models WHERE id = ?", (model_id,)).fetchone()
+            if row is None:
+                raise KeyError(model_id)
+            conn.execute("UPDATE models SET active = 0 WHERE multi_label = ?", (row[0],))
+            conn.execute("UPDATE models SET active = 1 WHERE id = ?", (model_id,))
+
+
+def open_store(data_dir: Path) -> Store:
+    """The catalog of a data folder, migrated."""
+    store = Store(Path(data_dir) / "catalog.sqlite3")
+    store.migrate()
+    return store

@@ -1,0 +1,183 @@
+"""The HTTP conventions every route shares: one error type, one error shape, one endpoint decorator.
+
+``endpoint`` declares a route's roles and body schema in one place; authentication, role checks, request
+parsing and the OpenAPI document (``openapi_spec``) all read that declaration.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+
+from engine.exceptions import ImageTooLarge, InvalidInput
+
+PUBLIC: tuple[str, ...] = ()
+ALL_ROLES = ("admin", "operator", "annotator", "client")
+
+
+class ApiError(Exception):
+    """Any non-2xx answer: ``{"error": code, "message": what to fix, "field": name or null}``."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def response(self):
+        resp = jsonify({"error": self.code, "message": self.message, "field": self.field})
+        resp.status_code = self.status
+        return resp
+
+
+def ok(body: dict | list | None = None, status: int = 200):
+    """A success answer; dict bodies carry ``"status_code": "200"`` because the seed's clients read it."""
+    if isinstance(body, dict) or body is None:
+        body = {**(body or {}), "status_code": "200"}
+    resp = jsonify(body)
+    resp.status_code = status
+    return resp
+
+
+def from_invalid_input(exc: InvalidInput) -> ApiError:
+    """Map the engine's validation error onto the API's error (413 for oversize images)."""
+    if isinstance(exc, ImageTooLarge):
+        return ApiError(413, "too_large", str(exc), exc.field)
+    return ApiError(400, "invalid", str(exc), exc.field)
+
+
+@dataclass(frozen=True)
+class EndpointMeta:
+    """What a route declares about itself: who may call it and what it accepts."""
+
+    roles: tuple[str, ...] | None  # None: public
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    summary: str
+    form: bool = False
+
+
+def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), roles: tuple[str, ...] | None = None,
+             body: type[BaseModel] | None = None, query: type[BaseModel] | None = None, summary: str = "",
+             form: bool = False):
+    """Register a view on ``bp`` with its roles (None = public; admin may always call) and schemas.
+
+    The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared.
+    """
+
+    def decorate(view: Callable[..., Any]):
+        meta = EndpointMeta(roles, body, query, summary or (view.__doc__ or "").strip().split("\n")[0], form)
+
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            if roles is not None:
+                g.user = authenticate()
+                if g.user["role"] != "admin" and g.user["role"] not in roles:
+                    raise ApiError(403, "forbidden", f"role '{g.user['role']}' may not call this route; "
+                                   f"allowed: {', '.join(('admin',) + tuple(roles))}")
+            if body is not None:
+                kwargs["body"] = parse(body, _request_data(form))
+            if query is not None:
+                kwargs["query"] = parse(query, request.args.to_dict())
+            return view(*args, **kwargs)
+
+        wrapper.endpoint_meta = meta
+        bp.add_url_rule(rule, view.__name__, wrapper, methods=list(methods))
+        return wrapper
+
+    return decorate
+
+
+def _request_data(form: bool) -> dict:
+    if form:
+        return request.form.to_dict()
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object (Content-Type: application/json)")
+    return data
+
+
+def parse(model: type[BaseModel], data: dict) -> BaseModel:
+    """Validate ``data`` against ``model``; the first problem becomes a 400 naming its field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ApiError(400, "invalid_field", f"{field}: {msg}" if field else msg, field) from None
+
+
+def authenticate() -> dict:
+    """The user of a valid access token, or a 401 ApiError."""
+    from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+
+    try:
+        verify_jwt_in_request()
+    except Exception as exc:  # flask-jwt-extended and PyJWT raise many types; all mean "not authenticated"
+        raise ApiError(401, "unauthorized", _auth_message(exc)) from None
+    user = current_app.extensions["studio"].store.get_user(get_jwt_identity())
+    if user is None:
+        raise ApiError(401, "unauthorized", "the token's user no longer exists")
+    return user
+
+
+def _auth_message(exc: Exception) -> str:
+    name = type(exc).__name__
+    if name == "NoAuthorizationError":
+        return "missing token: send 'Authorization: JWT <token>' or 'Bearer <token>' (get one from POST /auth)"
+    if name == "ExpiredSignatureError":
+        return "the token has expired: get a new one from POST /auth"
+    return "the token is invalid"
+
+
+def openapi_spec(app) -> dict:
+    """An OpenAPI 3.1 document built from the app's own routes and their declared schemas."""
+    paths: dict[str, dict] = {}
+    schemas: dict[str, Any] = {}
+    for rule in app.url_map.iter_rules():
+        meta = getattr(app.view_functions[rule.endpoint], "endpoint_meta", None)
+        if meta is None:
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = "/".join(p.split(":")[-1] if p.startswith("{") else p for p in path.split("/"))
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(rule, meta, schemas)
+    return {"openapi": "3.1.0", "info": {"title": "PyTorch Automation Studio API", "version": "1"},
+            "paths": paths, "components": {"schemas": schemas, "securitySchemes": {
+                "jwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}}}
+
+
+def _operation(rule, meta: EndpointMeta, schemas: dict) -> dict:
+    op: dict[str, Any] = {"summary": meta.summary, "operationId": rule.endpoint.replace(".", "_"),
+                          "responses": {"200": {"description": "OK"}, "202": {"description": "Accepted"},
+                                        "400": {"description": "Invalid input"}, "404": {"description": "Not found"}}}
+    params = [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}} for a in rule.arguments]
+    if meta.query is not None:
+        for name, prop in _schema(meta.query, schemas).get("properties", {}).items():
+            params.append({"name": name, "in": "query", "required": False, "schema": prop})
+    if params:
+        op["parameters"] = params
+    if meta.roles is not None:
+        op["security"] = [{"jwt": []}]
+        op["x-roles"] = ["admin", *meta.roles]
+        op["responses"].update({"401": {"description": "No or bad token"}, "403": {"description": "Role"}})
+    if meta.body is not None:
+        ctype = "multipart/form-data" if meta.form else "application/json"
+        op["requestBody"] = {"required": True, "content": {ctype: {"schema": {"$ref":
+                             f"#/components/schemas/{_register(meta.body, schemas)}"}}}}
+    return op
+
+
+def _schema(model: type[BaseModel], schemas: dict) -> dict:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    return schema
+
+
+def _register(model: type[BaseModel], schemas: dict) -> str:
+    schemas[model.__name__] = _schema(model, schemas)
+    return model.__name__

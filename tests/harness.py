@@ -1,0 +1,157 @@
+"""Real parts for integration tests: a Redis server, RQ worker processes and the API under gunicorn."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from services.config import REPO_ROOT, Config
+from services.redis_server import start_redis
+from services.store import open_store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process serving {url} exited with {proc.returncode}")
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class Stack:
+    """A running studio on a temporary DATA_DIR: Redis, workers, API. Methods stop and restart parts."""
+
+    data_dir: Path
+    redis_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    redis: subprocess.Popen | None = None
+    api: subprocess.Popen | None = None
+    workers: list = field(default_factory=list)
+    passwords: dict = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def config(self) -> Config:
+        return Config(data_dir=self.data_dir, redis_url=self.redis_url, api_port=self.api_port,
+                      jwt_secret_key=None, token_minutes=30)
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "DATA_DIR": str(self.data_dir), "REDIS_URL": self.redis_url,
+                "API_PORT": str(self.api_port), "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+                "PYTHONUNBUFFERED": "1"}
+
+    def log(self, name: str):
+        return open(self.data_dir / "logs" / f"{name}.log", "ab")
+
+    def start_redis(self) -> None:
+        self.redis = start_redis(self.redis_port, self.data_dir / "redis", self.data_dir / "logs" / "redis.log")
+
+    def stop_redis(self) -> None:
+        self.redis.terminate()
+        self.redis.wait(10)
+
+    def start_worker(self) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "services.worker"], cwd=REPO_ROOT, env=self.env,
+                                stdout=self.log("worker"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(proc)
+        self.wait_workers(len([w for w in self.workers if w.poll() is None]))
+        return proc
+
+    def wait_workers(self, count: int, timeout: float = 30) -> None:
+        from rq import Worker
+
+        from services.jobs import redis_connection
+
+        deadline = time.monotonic() + timeout
+        while Worker.count(connection=redis_connection(self.redis_url)) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {count} workers registered")
+            time.sleep(0.2)
+
+    def start_api(self) -> None:
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "32", "-b", f"127.0.0.1:{self.api_port}",
+             "--timeout", "120", "services.wsgi:app"], cwd=REPO_ROOT, env=self.env,
+            stdout=self.log("api"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(self.url + "/health", proc=self.api)
+
+    def start(self) -> Stack:
+        self.config.ensure_dirs()
+        self.config.secret_key()
+        self.start_redis()
+        self.start_worker()
+        self.start_api()
+        store = open_store(self.data_dir)
+        for role in ("admin", "operator", "annotator", "client"):
+            self.passwords[role] = secrets.token_urlsafe(12)
+            store.create_user(role, self.passwords[role], role)
+        return self
+
+    def close(self) -> None:
+        stop(self.api)
+        for w in self.workers:
+            stop(w)
+        if self.redis and self.redis.poll() is None:
+            self.stop_redis()
+
+    def token(self, role: str) -> str:
+        r = requests.post(self.url + "/auth", json={"username": role, "password": self.passwords[role]}, timeout=10)
+        r.raise_for_status()
+        return r.json()["access_token"]
+
+    def headers(self, role: str, scheme: str = "JWT") -> dict:
+        return {"Authorization": f"{scheme} {self.token(role)}"}
+
+    def wait_job(self, job_id: str, role: str = "admin", statuses=("finished", "failed", "cancelled", "interrupted"),
+                 timeout: float = 120) -> dict:
+        headers = self.headers(role)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = requests.get(f"{self.url}/api/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+            if record.get("status") in statuses:
+                return record
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} did not reach {statuses} within {timeout} s: {record}")
