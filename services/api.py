@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 from html import escape
 from typing import Literal
@@ -26,25 +25,13 @@ import services
 from services import jobs
 from services.config import ROLES, Config
 from services.routes import BLUEPRINTS
-from services.store import Store, open_store
-from services.web import ApiError, endpoint, ok, openapi_spec
+from services.store import open_store
+from services.web import ApiError, Studio, endpoint, ok, openapi_spec, studio
 
 log = logging.getLogger(__name__)
 jwt = JWTManager()
 socketio = SocketIO()
 JOB_READERS = ("operator", "client")  # clients read only their own jobs
-
-
-@dataclass(frozen=True)
-class Studio:
-    """What the routes share, kept on ``app.extensions["studio"]``."""
-
-    config: Config
-    store: Store
-
-
-def studio() -> Studio:
-    return current_app.extensions["studio"]
 
 
 class LegacyJwtHeader:

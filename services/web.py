@@ -15,9 +15,24 @@ from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from engine.exceptions import ImageTooLarge, InvalidInput
+from services.config import Config
+from services.store import Store
 
 PUBLIC: tuple[str, ...] = ()
 ALL_ROLES = ("admin", "operator", "annotator", "client")
+
+
+@dataclass(frozen=True)
+class Studio:
+    """What the routes share, kept on ``app.extensions["studio"]``."""
+
+    config: Config
+    store: Store
+
+
+def studio() -> Studio:
+    """The running app's configuration and catalog."""
+    return current_app.extensions["studio"]
 
 
 class ApiError(Exception):
@@ -119,7 +134,7 @@ def authenticate() -> dict:
         verify_jwt_in_request()
     except Exception as exc:  # flask-jwt-extended and PyJWT raise many types; all mean "not authenticated"
         raise ApiError(401, "unauthorized", _auth_message(exc)) from None
-    user = current_app.extensions["studio"].store.get_user(get_jwt_identity())
+    user = studio().store.get_user(get_jwt_identity())
     if user is None:
         raise ApiError(401, "unauthorized", "the token's user no longer exists")
     return user

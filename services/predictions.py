@@ -1,0 +1,59 @@
+"""Serving predictions: pick the model (given, active, else best), load it once per process, predict.
+
+Shared by ``POST /api/v1/predict``, ``POST /imgup`` (suggested tags) and the Predict / Annotate pages.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from services.config import Config
+from services.store import Store
+
+_lock = threading.Lock()
+
+
+def choose_model(store: Store, model_id: str | None = None, multi_label: bool | None = None) -> dict | None:
+    """The catalog row of ``model_id``; else the active model; else the best finished one (None if none).
+
+    ``multi_label`` restricts the automatic choice to single-label (False) or multi-label (True) models.
+    """
+    if model_id is not None:
+        return store.get_row("models", model_id)
+    filters = {} if multi_label is None else {"multi_label": int(multi_label)}
+    active = store.list_rows("models", active=1, **filters)
+    if active:
+        return active[0]
+    rows = store.list_rows("models", **filters)
+    return max(rows, key=lambda r: (r["metrics"] or {}).get("best_accuracy") or 0.0, default=None)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime: float):
+    from engine.inference import Predictor  # torch is imported only where predictions are served
+
+    return Predictor.from_checkpoint(Path(path))
+
+
+def predictor_for(config: Config, row: dict):
+    """The loaded model of a catalog row, cached per process (reloaded if the file changed)."""
+    path = config.path(row["path"])
+    with _lock:
+        return _load(str(path), path.stat().st_mtime)
+
+
+def predict(config: Config, row: dict, image_rgb: np.ndarray) -> dict:
+    """Predict with the model of ``row``; the engine's answer plus the model id."""
+    return {**predictor_for(config, row).predict(image_rgb), "model": row["id"]}
+
+
+def suggest_tags(config: Config, store: Store, image_rgb: np.ndarray) -> list[str]:
+    """Tags the active multi-label model suggests for an image ([] when there is no such model)."""
+    row = choose_model(store, multi_label=True)
+    if row is None:
+        return []
+    return list(predict(config, row, image_rgb).get("tags", []))
