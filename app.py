@@ -6,6 +6,7 @@ from services.ui import current_user, get_store
 
 # The only list of pages: file, title, icon, and the roles that see it (admin sees everything).
 PAGES = (
+    ("pages/home.py", "Home", ":material/home:", ("operator", "annotator", "client")),
     ("pages/segment.py", "Segment", ":material/content_cut:", ("operator", "annotator")),
     ("pages/augment.py", "Augment", ":material/auto_awesome_mosaic:", ("operator",)),
     ("pages/train.py", "Train", ":material/model_training:", ("operator",)),

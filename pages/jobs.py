@@ -11,12 +11,12 @@ store, config = get_store(), get_config()
 st.title("Jobs")
 
 owner = user["username"] if user["role"] == "client" else None
-kinds = sorted({r["kind"] for r in store.list_jobs(created_by=owner, limit=1000)})
-kind = st.selectbox("Kind", ["(all)", *kinds], key="jobs_kind")
-records = store.list_jobs(None if kind == "(all)" else kind, None, owner, 200)
-if not records:
+everything = store.list_jobs(created_by=owner, limit=1000)
+if not everything:
     st.info("No jobs yet.")
     st.stop()
+kind = st.selectbox("Kind", ["(all)", *sorted({r["kind"] for r in everything})], key="jobs_kind")
+records = [r for r in everything if kind in ("(all)", r["kind"])][:200]
 table = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "status": r["status"], "by": r["created_by"],
                        "progress": (r["progress"] or {}).get("fraction"),
                        "created": pd.to_datetime(r["created_at"], unit="s")} for r in records])

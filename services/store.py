@@ -208,6 +208,11 @@ class Store:
         where, args = self._where(filters)
         return self._all(f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ?", args + (limit,))
 
+    def count_rows(self, table: str) -> int:
+        assert table in {"objects", "datasets", "models", "images", "jobs"}, table
+        with self.connect() as conn:
+            return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
     def delete_row(self, table: str, key_value: str) -> None:
         assert table in {"objects", "datasets", "models", "images"}, table
         key = "id_name" if table == "images" else "id"

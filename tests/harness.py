@@ -59,8 +59,10 @@ class Stack:
     data_dir: Path
     redis_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    ui_port: int = field(default_factory=free_port)
     redis: subprocess.Popen | None = None
     api: subprocess.Popen | None = None
+    ui: subprocess.Popen | None = None
     workers: list = field(default_factory=list)
     passwords: dict = field(default_factory=dict)
 
@@ -118,6 +120,20 @@ class Stack:
             stdout=self.log("api"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.url + "/health", proc=self.api)
 
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    def start_ui(self) -> None:
+        """The Streamlit UI, started the way the launcher starts it."""
+        if self.ui is not None and self.ui.poll() is None:
+            return
+        self.ui = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.port", str(self.ui_port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=REPO_ROOT, env=self.env, stdout=self.log("ui"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(self.ui_url + "/_stcore/health", proc=self.ui)
+
     def start(self) -> Stack:
         self.config.ensure_dirs()
         self.config.secret_key()
@@ -131,6 +147,7 @@ class Stack:
         return self
 
     def close(self) -> None:
+        stop(self.ui)
         stop(self.api)
         for w in self.workers:
             stop(w)

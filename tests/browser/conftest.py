@@ -1,0 +1,64 @@
+"""A real browser (Playwright driving Debian's Chromium) against the UI started as `make run` starts it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.config import REPO_ROOT
+
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def ui(stack):
+    stack.start_ui()
+    return stack
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (CI installs it with apt: see .ci/run)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync", "--disable-quic"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, ui):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> Path:
+    """Save a full-page screenshot as a test artifact (tests/artifacts/<name>.png)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def assert_no_traceback(page) -> None:
+    """A page must never show a Python traceback or Streamlit's exception box."""
+    assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:2000]
+    assert "Traceback (most recent call last)" not in page.inner_text("body")
+
+
+def login(page, stack, role: str) -> None:
+    page.goto(stack.ui_url)
+    page.get_by_label("Username", exact=True).fill(role)
+    page.get_by_label("Password", exact=True).fill(stack.passwords[role])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_test_id("stSidebarUserContent").get_by_text(f"Signed in as {role}").wait_for()

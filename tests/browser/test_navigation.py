@@ -1,0 +1,46 @@
+"""Signing in and out, and the pages each role can reach, in a real browser."""
+
+import pytest
+
+from tests.browser.conftest import assert_no_traceback, login, shot
+
+pytestmark = pytest.mark.browser
+
+
+def nav_links(page) -> list[str]:
+    page.locator("[data-testid='stSidebarNav']").wait_for()
+    return [t.strip().split("\n")[-1] for t in page.locator("[data-testid='stSidebarNav'] a").all_inner_texts()]
+
+
+def test_wrong_password_is_refused(page, stack):
+    page.goto(stack.ui_url)
+    page.get_by_label("Username", exact=True).fill("operator")
+    page.get_by_label("Password", exact=True).fill("wrong-password")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Wrong username or password.").wait_for()
+    shot(page, "login-refused")
+
+
+def test_annotator_sees_only_annotate_segment_predict_and_cannot_reach_train(page, stack):
+    login(page, stack, "annotator")
+    links = nav_links(page)
+    assert "Train" not in links and "Augment" not in links and "Jobs" not in links
+    page.locator("h1", has_text="PyTorch Automation Studio").wait_for()
+    assert_no_traceback(page)
+    page.goto(stack.ui_url + "/train")  # typing the address: no such page for this session
+    page.get_by_role("button", name="Sign in").wait_for()
+    page.wait_for_timeout(1000)
+    assert page.locator("h1", has_text="Train").count() == 0
+    assert_no_traceback(page)
+    shot(page, "annotator-no-train")
+
+
+def test_operator_signs_in_sees_jobs_and_signs_out(page, stack):
+    login(page, stack, "operator")
+    assert "Jobs" in nav_links(page)
+    page.locator("[data-testid='stSidebarNav'] a", has_text="Jobs").click()
+    page.locator("h1", has_text="Jobs").wait_for()
+    assert_no_traceback(page)
+    shot(page, "jobs")
+    page.locator("[data-testid='stSidebarNav'] a", has_text="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for()
