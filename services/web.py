@@ -161,15 +161,30 @@ def openapi_spec(app) -> dict:
         path = "/".join(p.split(":")[-1] if p.startswith("{") else p for p in path.split("/"))
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(rule, meta, schemas)
+    schemas["Error"] = ERROR_SCHEMA
     return {"openapi": "3.1.0", "info": {"title": "PyTorch Automation Studio API", "version": "1"},
             "paths": paths, "components": {"schemas": schemas, "securitySchemes": {
                 "jwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}}}
 
 
+ERROR_SCHEMA = {"type": "object", "required": ["error", "message", "field"], "additionalProperties": False,
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                               "field": {"type": ["string", "null"]}}}
+ERROR_STATUSES = {"400": "Invalid input", "401": "No, bad or expired token", "403": "Role may not call this",
+                  "404": "Not found", "405": "Method not allowed", "409": "Conflict", "413": "Too large",
+                  "503": "Redis unreachable"}
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
 def _operation(rule, meta: EndpointMeta, schemas: dict) -> dict:
+    responses = {"200": {"description": "OK"}, "202": {"description": "Accepted"}}
+    responses.update({code: _error(text) for code, text in ERROR_STATUSES.items()})
     op: dict[str, Any] = {"summary": meta.summary, "operationId": rule.endpoint.replace(".", "_"),
-                          "responses": {"200": {"description": "OK"}, "202": {"description": "Accepted"},
-                                        "400": {"description": "Invalid input"}, "404": {"description": "Not found"}}}
+                          "responses": responses}
     params = [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}} for a in rule.arguments]
     if meta.query is not None:
         for name, prop in _schema(meta.query, schemas).get("properties", {}).items():
@@ -179,7 +194,6 @@ def _operation(rule, meta: EndpointMeta, schemas: dict) -> dict:
     if meta.roles is not None:
         op["security"] = [{"jwt": []}]
         op["x-roles"] = ["admin", *meta.roles]
-        op["responses"].update({"401": {"description": "No or bad token"}, "403": {"description": "Role"}})
     if meta.body is not None:
         ctype = "multipart/form-data" if meta.form else "application/json"
         op["requestBody"] = {"required": True, "content": {ctype: {"schema": {"$ref":

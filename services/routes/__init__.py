@@ -1,3 +1,5 @@
 """The feature blueprints; ``create_app`` registers each of them."""
 
-BLUEPRINTS: tuple = ()
+from services.routes.annotate import bp as annotate_bp
+
+BLUEPRINTS: tuple = (annotate_bp,)

@@ -1,0 +1,169 @@
+"""Annotate: drop many images, confirm the suggested tags, work through the unlabelled queue, see them on a map."""
+
+import pandas as pd
+import streamlit as st
+
+from engine import labels as labelsets
+from engine.exceptions import InvalidInput, StudioError
+from engine.exif import exif_summary
+from services import annotation
+from services.ui import fail, get_config, get_store, require_role
+
+QUEUE_SHOWN = 10  # one screen of cards; the rest wait their turn
+ALL, UNLABELLED = "(all)", "(unlabelled)"
+
+user = require_role("annotator")
+config, store = get_config(), get_store()
+st.title("Annotate")
+try:
+    label_set = annotation.read_labels(config)
+except StudioError as exc:
+    fail(f"The label set cannot be read: {exc}")
+
+
+@st.cache_data(show_spinner=False, max_entries=256, ttl=600)
+def inspect_upload(data: bytes, _config, _store) -> tuple[annotation.Inspection, bytes]:
+    """Decode once per file, not on every rerun (the model's suggestion is the slow part)."""
+    return annotation.inspect_image(_config, _store, data), annotation.thumbnail_png(data, _config)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def stored_thumbnail(path: str, mtime: float, _config) -> bytes:
+    """Thumbnail of a stored image; ``mtime`` makes an overwritten image show its new pixels."""
+    with open(path, "rb") as handle:
+        return annotation.thumbnail_png(handle.read(), _config)
+
+
+def thumbnail_of(row: dict) -> bytes | None:
+    path = annotation.image_file(config, row)
+    try:
+        return stored_thumbnail(str(path), path.stat().st_mtime, config)
+    except (OSError, InvalidInput):
+        return None
+
+
+def known(tags) -> list[str]:
+    """Keep the tags still in the label set (a multiselect refuses a default outside its options)."""
+    return [tag for tag in tags or () if tag in label_set]
+
+
+def save_upload(upload, id_name: str, labels: list[str], inspection, overwrite: bool) -> str | None:
+    """Store one dropped file (and its labels when some are chosen); the error text, or None."""
+    try:
+        annotation.store_upload(config, store, id_name, upload.getvalue(), user["username"], overwrite, inspection)
+        if labels:
+            annotation.set_labels(config, store, id_name, labels, user["username"])
+    except annotation.ImageExists:
+        return f"{upload.name}: an image with id '{id_name}' exists; change the id or tick 'Replace images'."
+    except InvalidInput as exc:
+        return f"{upload.name}: {exc}"
+    st.session_state["annotate_saved"][upload.file_id] = id_name
+    return None
+
+
+def upload_card(upload, overwrite: bool) -> tuple | None:
+    """One dropped file: thumbnail, id, suggested tags, EXIF date, Save. Returns what "Save all" needs."""
+    saved = st.session_state["annotate_saved"]
+    with st.container(border=True):
+        try:
+            inspection, thumb = inspect_upload(upload.getvalue(), config, store)
+        except InvalidInput as exc:
+            st.error(f"{upload.name}: {exc}")
+            return None
+        left, right = st.columns([1, 3])
+        left.image(thumb, caption=upload.name)
+        key = upload.file_id
+        id_name = right.text_input("id_name", annotation.default_id_name(upload.name), key=f"annotate_id_{key}")
+        labels = right.multiselect("Labels", label_set, default=known(inspection.predict_tags),
+                                   key=f"annotate_labels_{key}", help="Suggested tags are preselected; "
+                                   "leave empty to label it later in the queue.")
+        right.caption(f"EXIF: {exif_summary(inspection.exif)}")
+        if key in saved:
+            right.success(f"Saved as '{saved[key]}'.")
+            return None
+        if right.button("Save", key=f"annotate_save_{key}"):
+            error = save_upload(upload, id_name, labels, inspection, overwrite)
+            if error:
+                right.error(error)
+            else:
+                right.success(f"Saved as '{id_name}'.")
+            return None
+        return upload, id_name, labels, inspection
+
+
+def upload_section() -> None:
+    st.session_state.setdefault("annotate_saved", {})
+    files = st.file_uploader("Drop images here", type=list(labelsets.IMAGE_EXTENSIONS), accept_multiple_files=True,
+                             key="annotate_files", max_upload_size=config.max_upload_mb)
+    overwrite = st.checkbox("Replace images that have the same id (their labels are cleared)",
+                            key="annotate_overwrite")
+    pending = [card for card in (upload_card(f, overwrite) for f in files or []) if card is not None]
+    if pending and st.button(f"Save all ({len(pending)})", key="annotate_save_all", type="primary"):
+        errors = [e for e in (save_upload(*card, overwrite) for card in pending) if e]
+        for error in errors:
+            st.error(error)
+        st.success(f"Saved {len(pending) - len(errors)} of {len(pending)} images.")
+
+
+def label_editor(row: dict, prefix: str) -> None:
+    """Thumbnail, labels (confirmed, else suggested) and a Save button for a stored image."""
+    with st.container(border=True):
+        left, right = st.columns([1, 3])
+        thumb = thumbnail_of(row)
+        if thumb is None:
+            left.warning("file missing")
+        else:
+            left.image(thumb, caption=row["id_name"])
+        current = row["labels"] if row["labels"] is not None else row["predict_tags"]
+        chosen = right.multiselect("Labels", label_set, default=known(current), key=f"{prefix}_labels_{row['id_name']}")
+        right.caption(f"{row['id_name']} · uploaded by {row['uploaded_by']} · EXIF date {row['exif_date'] or '—'}")
+        if right.button("Save labels", key=f"{prefix}_save_{row['id_name']}"):
+            try:
+                annotation.set_labels(config, store, row["id_name"], chosen, user["username"])
+            except (InvalidInput, annotation.UnknownImage) as exc:
+                right.error(str(exc))
+                return
+            st.rerun()
+
+
+def queue_section() -> None:
+    queue = annotation.list_images(config, store, unlabelled=True, oldest_first=True)
+    if not queue:
+        st.info("Every image is labelled.")
+        return
+    st.caption(f"{len(queue)} images wait for labels, oldest first. Saving an empty list means none apply.")
+    for row in queue[:QUEUE_SHOWN]:
+        label_editor(row, "annotate_queue")
+
+
+def browse_section() -> None:
+    choice = st.selectbox("Filter by label", [ALL, UNLABELLED, *label_set], key="annotate_filter")
+    label = None if choice in (ALL, UNLABELLED) else choice
+    rows = annotation.list_images(config, store, unlabelled=choice == UNLABELLED, label=label)
+    if not rows:
+        st.info("No images match.")
+        return
+    table = pd.DataFrame([{"id_name": r["id_name"], "labels": ", ".join(r["labels"] or []),
+                           "labelled": r["labels"] is not None, "exif date": r["exif_date"],
+                           "uploaded by": r["uploaded_by"]} for r in rows])
+    st.dataframe(table, key="annotate_table", hide_index=True)
+    located = pd.DataFrame([{"lat": r["latitude"], "lon": r["longitude"]} for r in rows
+                            if r["latitude"] is not None and r["longitude"] is not None])
+    if located.empty:
+        st.caption("None of these images carries a GPS position.")
+    else:
+        st.map(located, latitude="lat", longitude="lon")
+    picked = st.selectbox("Edit the labels of", [r["id_name"] for r in rows], key="annotate_pick")
+    label_editor(next(r for r in rows if r["id_name"] == picked), "annotate_edit")
+
+
+upload_tab, queue_tab, browse_tab = st.tabs(["Upload", "Unlabelled queue", "Browse & map"])
+try:
+    with upload_tab:
+        upload_section()
+    with queue_tab:
+        queue_section()
+    with browse_tab:
+        browse_section()
+except StudioError as exc:  # e.g. a hand-edited label file: say which, never a traceback
+    fail(f"The annotation data cannot be read: {exc}")

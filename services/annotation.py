@@ -1,0 +1,336 @@
+"""The annotation platform: uploads, ``/imginfo``, labels, label sets and exports (issue 5).
+
+Shared by the API (``services/routes/annotate.py``) and the Annotate page, so both behave the same.
+The files under ``newdata/`` are what training reads; the catalog row of an image mirrors them for
+listing and filtering and is written after its file is in place, so a crash can leave a file without a
+row but never a row without a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engine import labels as labelsets
+from engine.exceptions import InvalidInput, StudioError
+from engine.exif import ExifInfo, read_exif
+from engine.images import open_image, to_rgb_array
+from services.config import Config
+from services.predictions import suggest_tags
+from services.store import Store
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".labels.lock"
+# list_rows() filters only by equality, so the NULL and label filters run here on a full listing.
+_LIST_ALL = 1_000_000
+_NOT_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+# Columns of an image's public view (the row minus its storage path).
+VIEW_COLUMNS = ("id_name", "width", "height", "uploaded_by", "uploaded_at", "exif_date", "gps", "latitude",
+                "longitude", "altitude", "predict_tags", "labels", "labelled_by", "labelled_at")
+
+
+class UnknownImage(StudioError, LookupError):
+    """No image has this id (the API answers 404)."""
+
+    field = "id_name"
+
+
+class ImageExists(StudioError):
+    """An image with this id is already stored and overwriting was not asked for (the API answers 409)."""
+
+    field = "id_name"
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What an upload is, learnt before anything is written.
+
+    Attributes:
+        ext: the extension of the format Pillow detected (never the file name's).
+        width: width after the EXIF orientation is applied.
+        height: height after the EXIF orientation is applied.
+        exif: the EXIF date and GPS position.
+        predict_tags: labels the active multi-label model suggests ([] without one).
+    """
+
+    ext: str
+    width: int
+    height: int
+    exif: ExifInfo
+    predict_tags: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- paths
+
+
+def newdata_dir(config: Config) -> Path:
+    """Return the ``newdata`` folder of the configuration."""
+    return config.path("newdata")
+
+
+def image_file(config: Config, row: dict) -> Path:
+    """Return the stored file of a catalog row."""
+    return config.path(row["path"])
+
+
+def default_id_name(filename: str) -> str:
+    """Suggest an id for an uploaded file name: its stem with unusable characters replaced by ``_``.
+
+    Args:
+        filename: the name as the browser sent it (may hold a folder path or non-ASCII letters).
+
+    Returns:
+        A valid id (``"image"`` when nothing usable is left).
+    """
+    stem = Path(filename.replace("\\", "/")).stem
+    clean = _NOT_ID.sub("_", stem).lstrip(".")[: labelsets.MAX_ID_LENGTH]
+    return clean or "image"
+
+
+@contextlib.contextmanager
+def labels_lock(config: Config) -> Iterator[None]:
+    """Serialise label writes and label-set edits.
+
+    The "is this label still used?" check of a label-set edit must not interleave with an annotation
+    write, and the API (gunicorn threads) and the Streamlit page are separate processes, so an advisory
+    file lock is what covers both.
+    """
+    folder = newdata_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------- uploads
+
+
+def inspect_image(config: Config, store: Store, data: bytes, field: str = "file") -> Inspection:
+    """Decode an upload, read its EXIF and ask the model for tags, without writing anything.
+
+    Raises:
+        InvalidInput: empty bytes, not an image (whatever its name says), or a format not stored.
+        ImageTooLarge: more pixels than ``config.max_image_pixels``.
+    """
+    if not data:
+        raise InvalidInput(f"'{field}' is empty: send the image's bytes", field)
+    img = open_image(data, field, config.max_image_pixels)
+    ext = labelsets.extension_for_format(_detected_format(data))
+    tags = _suggested_tags(config, store, img)
+    return Inspection(ext, img.width, img.height, read_exif(data, config.max_image_pixels), tags)
+
+
+def _detected_format(data: bytes) -> str | None:
+    """Return Pillow's format name; open_image's EXIF-transposed copy no longer carries it."""
+    with Image.open(io.BytesIO(data)) as img:  # reads the header only
+        return img.format
+
+
+def _suggested_tags(config: Config, store: Store, img: Image.Image) -> list[str]:
+    """Ask the active multi-label model; a broken model must not cost the user an upload."""
+    try:
+        return suggest_tags(config, store, to_rgb_array(img))
+    except Exception:  # noqa: BLE001 - suggestions are advisory; the log keeps the cause
+        log.exception("tag suggestion failed; storing the upload without suggestions")
+        return []
+
+
+def store_upload(config: Config, store: Store, id_name: str, data: bytes, uploaded_by: str | None,
+                 overwrite: bool = False, inspection: Inspection | None = None) -> dict:
+    """Store an uploaded image under ``id_name`` and catalog it.
+
+    Overwriting replaces the image and clears its confirmed labels (they described the old pixels), so it
+    goes back to the unlabelled queue.
+
+    Args:
+        config: the configuration (DATA_DIR, pixel limit).
+        store: the catalog.
+        id_name: the image id (validated before it becomes a file name).
+        data: the file's bytes, stored exactly as uploaded (EXIF kept).
+        uploaded_by: the uploader's user name.
+        overwrite: replace an image stored under the same id.
+        inspection: a previous :func:`inspect_image` of ``data`` (the page has one already).
+
+    Returns:
+        The catalog row as written.
+
+    Raises:
+        InvalidInput: a bad id (field ``id_name``) or a bad file (field ``file``).
+        ImageExists: the id is taken and ``overwrite`` is false.
+    """
+    id_name = labelsets.validate_id_name(id_name)
+    folder = newdata_dir(config)
+    if not overwrite and (labelsets.find_image(folder, id_name) or store.get_row("images", id_name)):
+        raise ImageExists(f"an image with id_name '{id_name}' exists; send overwrite=1 to replace it")
+    inspection = inspection or inspect_image(config, store, data)
+    try:
+        path = labelsets.save_image_atomic(folder, id_name, data, inspection.ext, overwrite)
+    except FileExistsError:  # another upload took the id between the check and the write
+        raise ImageExists(f"an image with id_name '{id_name}' exists; send overwrite=1 to replace it") from None
+    if overwrite:
+        with labels_lock(config):
+            labelsets.annotation_path(folder, id_name).unlink(missing_ok=True)
+    row = _image_row(config, id_name, path, inspection, uploaded_by)
+    _upsert(store, row)
+    return row
+
+
+def _image_row(config: Config, id_name: str, path: Path, inspection: Inspection, uploaded_by: str | None) -> dict:
+    exif = inspection.exif
+    return {"id_name": id_name, "path": str(path.relative_to(config.data_dir)), "width": inspection.width,
+            "height": inspection.height, "uploaded_by": uploaded_by, "uploaded_at": time.time(),
+            "exif_date": exif.date, "gps": exif.gps, "latitude": exif.latitude, "longitude": exif.longitude,
+            "altitude": exif.altitude, "predict_tags": list(inspection.predict_tags), "labels": None,
+            "labelled_by": None, "labelled_at": None}
+
+
+def _upsert(store: Store, row: dict) -> None:
+    """Insert the row, or replace the fields of an existing one (an overwrite)."""
+    if store.get_row("images", row["id_name"]) is None:
+        store.add_row("images", row)
+    else:
+        store.update_row("images", row["id_name"], **{k: v for k, v in row.items() if k != "id_name"})
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def get_image(store: Store, id_name: str) -> dict:
+    """Return the catalog row of an image.
+
+    Raises:
+        InvalidInput: ``id_name`` is not a valid id.
+        UnknownImage: no image has this id.
+    """
+    row = store.get_row("images", labelsets.validate_id_name(id_name))
+    if row is None:
+        raise UnknownImage(f"no image with id_name '{id_name}'")
+    return row
+
+
+def imginfo(store: Store, id_name: str) -> dict:
+    """Return the seed's ``/imginfo`` answer plus confirmed ``labels`` and signed ``latitude``/``longitude``."""
+    row = get_image(store, id_name)
+    return {"image_id": row["id_name"], "predict_tags": row["predict_tags"] or [],
+            "data_information": row["exif_date"], "GPS_information": row["gps"], "labels": row["labels"],
+            "latitude": row["latitude"], "longitude": row["longitude"]}
+
+
+def image_view(row: dict) -> dict:
+    """Return the public fields of a catalog row (everything but the storage path)."""
+    return {key: row[key] for key in VIEW_COLUMNS}
+
+
+def list_images(config: Config, store: Store, unlabelled: bool = False, label: str | None = None,
+                uploaded_by: str | None = None, limit: int = 1000, oldest_first: bool = False) -> list[dict]:
+    """Return catalog rows, newest first (or oldest first), filtered.
+
+    Args:
+        config: the configuration (the label set lives under DATA_DIR).
+        store: the catalog.
+        unlabelled: only images nobody has labelled yet.
+        label: only images whose confirmed labels include this one (it must be in the label set).
+        uploaded_by: only images this user uploaded.
+        limit: at most this many rows.
+        oldest_first: order by upload time ascending (the labelling queue).
+
+    Raises:
+        InvalidInput: ``label`` is not in the label set (field ``label``, the known labels listed).
+    """
+    if label is not None:
+        labelsets.validate_labels([label], read_labels(config), field="label")
+    order = "uploaded_at ASC" if oldest_first else "uploaded_at DESC"
+    rows = store.list_rows("images", order=order, limit=_LIST_ALL, uploaded_by=uploaded_by)
+    if unlabelled:
+        rows = [r for r in rows if r["labels"] is None]
+    if label is not None:
+        rows = [r for r in rows if label in (r["labels"] or ())]
+    return rows[:limit]
+
+
+# ---------------------------------------------------------------------------------------- labelling
+
+
+def set_labels(config: Config, store: Store, id_name: str, labels: Sequence[Any], labelled_by: str | None) -> dict:
+    """Confirm an image's labels: ``newdata/labels/<id_name>.json`` first, then the catalog row.
+
+    An empty list is a decision too ("none of these labels"): the image leaves the unlabelled queue.
+
+    Returns:
+        The image's public view after the change.
+
+    Raises:
+        InvalidInput: a bad id, or labels outside the label set (each named).
+        UnknownImage: no image has this id.
+    """
+    get_image(store, id_name)
+    with labels_lock(config):
+        folder = newdata_dir(config)
+        record = labelsets.write_annotation(folder, id_name, list(labels), labelsets.read_label_set(folder),
+                                            labelled_by)
+        store.update_row("images", id_name, labels=record["labels"], labelled_by=labelled_by,
+                         labelled_at=time.time())
+    return image_view(get_image(store, id_name))
+
+
+def read_labels(config: Config) -> list[str]:
+    """Return the current label set (the seed's 34 labels until an admin edits it)."""
+    return labelsets.read_label_set(newdata_dir(config))
+
+
+def label_set_view(config: Config) -> dict:
+    """Return ``{"labels": the label set, "in_use": those carried by some image, in set order}``."""
+    folder = newdata_dir(config)
+    labels = labelsets.read_label_set(folder)
+    used = labelsets.labels_in_use(folder)
+    return {"labels": labels, "in_use": [label for label in labels if label in used]}
+
+
+def set_label_set(config: Config, labels: Sequence[str]) -> dict:
+    """Replace the label set (admins only, checked by the caller).
+
+    Raises:
+        InvalidInput: (field ``labels``) empty, duplicates, a bad name, or dropping labels still in use
+            (named).
+    """
+    with labels_lock(config):
+        labelsets.write_label_set(newdata_dir(config), list(labels))
+    return label_set_view(config)
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def export_csv(config: Config) -> str:
+    """Return the labelled set as CSV: ``Id``, then one 0/1 column per label, rows sorted by id."""
+    folder = newdata_dir(config)
+    return labelsets.export_csv(labelsets.labelled_images(folder), labelsets.read_label_set(folder))
+
+
+def export_coco(config: Config) -> dict:
+    """Return the labelled set as COCO-style JSON (images, categories, one annotation per image label)."""
+    folder = newdata_dir(config)
+    return labelsets.export_coco(labelsets.labelled_images(folder), labelsets.read_label_set(folder))
+
+
+def thumbnail_png(data: bytes, config: Config, size: int = 256) -> bytes:
+    """Return a PNG thumbnail (EXIF orientation applied), at most ``size`` pixels on its longer side."""
+    img = open_image(data, "file", config.max_image_pixels)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    Image.fromarray(to_rgb_array(img)).save(buf, "PNG")
+    return buf.getvalue()
