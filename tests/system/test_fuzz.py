@@ -28,7 +28,7 @@ def test_fuzzed_requests_never_5xx_and_errors_match_the_spec(fuzz_stack, tmp_pat
            "--max-examples", "15", "--seed", "1234", "--max-time", "75", "--request-timeout", "30",
            "--generation-deterministic", "--exclude-path-regex", "/cancel$",
            "--report", "junit", "--report-dir", str(tmp_path)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=fuzz_stack.env)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=fuzz_stack.env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     health = __import__("requests").get(fuzz_stack.url + "/health", timeout=10)
     assert health.status_code == 200  # still serving afterwards
