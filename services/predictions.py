@@ -36,7 +36,7 @@ def choose_model(store: Store, model_id: str | None = None, multi_label: bool | 
 def _load(path: str, mtime: float):
     from engine.inference import Predictor  # torch is imported only where predictions are served
 
-    return Predictor.from_checkpoint(Path(path))
+    return Predictor(Path(path))
 
 
 def predictor_for(config: Config, row: dict):

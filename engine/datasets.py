@@ -1,0 +1,447 @@
+"""Datasets for training: HDF5 files, class-per-folder image trees and the multi-label ``newdata/`` set.
+
+Every dataset yields ``(image tensor C x H x W float32, target)``; the target is a class index (int)
+or, multi-label, a float 0/1 vector. How a decoded RGB image becomes that tensor is described by a
+plain *preprocessing* dict (:func:`make_preprocessing`) that the checkpoint stores, so inference
+applies exactly the same steps (:func:`preprocess`). Train-time augmentation is part of the dict but
+only the training split applies it; its randomness comes from torch's generator, which the training
+loop seeds (and the DataLoader seeds per worker), so a run is reproducible.
+
+Dataset kinds are registered with :func:`register_dataset`; :func:`build_datasets` turns a typed
+:class:`DatasetSpec` into train/test datasets with their class names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from engine import labels as labelsets
+from engine.exceptions import InvalidInput
+from engine.images import open_image, to_rgb_array
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# ImageNet statistics: right for the pretrained models and harmless for the others. Grey uses the
+# luma-weighted mean of the three channels.
+RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = (0.449,), (0.226,)
+DEFAULT_AUGMENT = {"hflip": 0.5, "max_shift": 0.1}
+PREPROCESSING_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+
+
+def make_preprocessing(
+    image_size: int | Sequence[int],
+    grey: bool = False,
+    augment: bool | dict = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Describe the preprocessing of a run as a plain dict (stored in checkpoints).
+
+    Args:
+        image_size: output side, or ``(height, width)``.
+        grey: convert to one grey channel (the model is then built with ``in_chans=1``).
+        augment: False, True (light defaults: horizontal flip, shift up to 10 %) or a dict with
+            ``hflip`` (probability) and ``max_shift`` (fraction of the side); training split only.
+        mean: per-channel mean after scaling to [0, 1]; default ImageNet's.
+        std: per-channel standard deviation; default ImageNet's.
+
+    Raises:
+        InvalidInput: a size below 1 (field ``image_size``) or a bad augmentation (field ``augment``).
+    """
+    size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
+    if len(size) != 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 4096 for s in size
+    ):
+        raise InvalidInput(
+            f"image_size must be an integer side or (height, width) in 1..4096, got {image_size!r}",
+            field="image_size",
+        )
+    channels = 1 if grey else 3
+    mean = list(mean if mean is not None else (GREY_MEAN if grey else RGB_MEAN))
+    std = list(std if std is not None else (GREY_STD if grey else RGB_STD))
+    assert len(mean) == len(std) == channels, "mean/std must have one value per channel"
+    return {
+        "version": PREPROCESSING_VERSION,
+        "image_size": size,
+        "grey": bool(grey),
+        "channels": channels,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "interpolation": "area-down-linear-up",
+        "augment": _augment_spec(augment),
+    }
+
+
+def _augment_spec(augment: bool | dict) -> dict[str, float] | None:
+    if augment is False or augment is None:
+        return None
+    spec = dict(DEFAULT_AUGMENT) if augment is True else {**DEFAULT_AUGMENT, **augment}
+    if set(spec) != set(DEFAULT_AUGMENT) or not 0 <= spec["hflip"] <= 1 or not 0 <= spec["max_shift"] < 0.5:
+        raise InvalidInput(
+            f"augment must be a bool or {{'hflip': 0..1, 'max_shift': 0..0.5}}, got {augment!r}",
+            field="augment",
+        )
+    return {key: float(value) for key, value in spec.items()}
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Return an H x W x 3 uint8 view of a grey (H x W or H x W x 1), RGB or RGBA (onto white) array."""
+    assert image.dtype == np.uint8, f"images must be uint8, got {image.dtype}"
+    if image.ndim == 2 or image.shape[2] == 1:
+        return np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    if image.shape[2] == 4:  # same rule as engine.images.to_rgb_array: transparency becomes white
+        alpha = image[..., 3:].astype(np.float32) / 255
+        return (image[..., :3] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
+    return image
+
+
+def preprocess(image: np.ndarray, preprocessing: dict[str, Any]) -> torch.Tensor:
+    """Turn a decoded uint8 image into the model's input tensor (C x H x W float32).
+
+    Steps, always in this order: to RGB, to grey (if asked), resize (area when shrinking, bilinear
+    when enlarging), scale to [0, 1], normalise with mean/std.
+    """
+    rgb = as_rgb(image)
+    pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if preprocessing["grey"] else rgb
+    height, width = preprocessing["image_size"]
+    if pixels.shape[:2] != (height, width):
+        shrink = height <= pixels.shape[0] and width <= pixels.shape[1]
+        pixels = cv2.resize(
+            pixels, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255)
+    tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+    mean = torch.tensor(preprocessing["mean"]).view(-1, 1, 1)
+    std = torch.tensor(preprocessing["std"]).view(-1, 1, 1)
+    return (tensor - mean) / std
+
+
+def augment(tensor: torch.Tensor, spec: dict[str, float]) -> torch.Tensor:
+    """Light train-time augmentation: random horizontal flip and a random shift (reflect padding)."""
+    if spec["hflip"] > 0 and torch.rand(()) < spec["hflip"]:
+        tensor = tensor.flip(-1)
+    height, width = tensor.shape[-2:]
+    pad_y, pad_x = int(height * spec["max_shift"]), int(width * spec["max_shift"])
+    if pad_y or pad_x:
+        padded = F.pad(tensor[None], (pad_x, pad_x, pad_y, pad_y), mode="reflect")[0]
+        dy = int(torch.randint(0, 2 * pad_y + 1, ()))
+        dx = int(torch.randint(0, 2 * pad_x + 1, ()))
+        tensor = padded[:, dy : dy + height, dx : dx + width]
+    return tensor
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to RGB uint8 exactly as an upload is decoded for prediction (EXIF, alpha)."""
+    return to_rgb_array(open_image(Path(path).read_bytes(), field=str(path)))
+
+
+class _Preprocessed(Dataset):
+    """Shared tail of the datasets: decoded image -> tensor, with augmentation on the training split."""
+
+    multi_label = False
+
+    def __init__(self, preprocessing: dict[str, Any], train: bool):
+        self.preprocessing = preprocessing
+        self.train = train
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        tensor = preprocess(image, self.preprocessing)
+        spec = self.preprocessing.get("augment")
+        return augment(tensor, spec) if self.train and spec else tensor
+
+
+# ----------------------------------------------------------------------------------------- datasets
+
+
+class ArrayDataset(_Preprocessed):
+    """In-memory images: uint8 N x H x W (x C), with class indices (N,) or 0/1 labels (N x L)."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: Sequence[int] | np.ndarray,
+        preprocessing: dict[str, Any],
+        train: bool = False,
+    ):
+        super().__init__(preprocessing, train)
+        targets = np.asarray(targets)
+        assert len(images) == len(targets) and targets.ndim in (1, 2)
+        self.multi_label = targets.ndim == 2
+        self.images = images
+        self.targets = torch.as_tensor(targets, dtype=torch.float32 if self.multi_label else torch.long)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._tensor(self.images[index]), self.targets[index]
+
+
+class HDF5Dataset(_Preprocessed):
+    """One split of an HDF5 dataset file (``X_<split>``/``y_<split>`` and attr ``class_names``).
+
+    Images are read one at a time; the file is opened lazily in each process (h5py handles must not
+    cross a fork), so the dataset works with DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        split: str = "train",
+        preprocessing: dict[str, Any] | None = None,
+        train: bool | None = None,
+    ):
+        if split not in ("train", "test"):
+            raise InvalidInput(f"split must be 'train' or 'test', got {split!r}", field="split")
+        self.path, self.split = Path(path), split
+        self.class_names, self.targets, shape = self._read_header()
+        super().__init__(
+            preprocessing or make_preprocessing([int(shape[1]), int(shape[2])]),
+            split == "train" if train is None else train,
+        )
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _read_header(self) -> tuple[list[str], np.ndarray, tuple[int, ...]]:
+        if not self.path.is_file():
+            raise InvalidInput(f"HDF5 file {str(self.path)!r} does not exist", field="hdf5_path")
+        try:
+            with h5py.File(self.path, "r") as f:
+                images, labels = f[f"X_{self.split}"], f[f"y_{self.split}"]
+                targets = np.asarray(labels[()]).reshape(-1).astype(np.int64)
+                names_attr = f.attrs.get("class_names")
+                shape = images.shape
+        except (OSError, KeyError) as exc:
+            raise InvalidInput(
+                f"{str(self.path)!r} is not a dataset file with X_{self.split}/y_{self.split}: {exc}",
+                field="hdf5_path",
+            ) from exc
+        names = (
+            json.loads(names_attr)
+            if names_attr is not None
+            else [str(i) for i in range(int(targets.max()) + 1)]
+        )
+        if len(targets) != shape[0] or len(targets) == 0 or targets.min() < 0 or targets.max() >= len(names):
+            raise InvalidInput(
+                f"{str(self.path)!r}: labels of split {self.split!r} do not match its images or "
+                f"its {len(names)} class names",
+                field="hdf5_path",
+            )
+        return [str(n) for n in names], targets, shape
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def _images(self) -> h5py.Dataset:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file[f"X_{self.split}"]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self._tensor(np.asarray(self._images()[index])), int(self.targets[index])
+
+
+class ImageFolderDataset(_Preprocessed):
+    """``<root>/<class>/*.png|jpg|jpeg``: one folder per class, classes in sorted order by default."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        preprocessing: dict[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        train: bool = False,
+        field: str = "root",
+    ):
+        root = Path(root)
+        if not root.is_dir():
+            raise InvalidInput(f"image folder {str(root)!r} does not exist", field=field)
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.class_names = list(class_names) if class_names is not None else folders
+        unknown = sorted(set(folders) - set(self.class_names))
+        if unknown:
+            raise InvalidInput(
+                f"{str(root)!r} has classes unknown to the training set: {unknown}", field=field
+            )
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self.samples = [
+            (path, index[folder])
+            for folder in folders
+            for path in sorted((root / folder).iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        ]
+        if not self.samples:
+            raise InvalidInput(
+                f"{str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images in class folders", field=field
+            )
+        self.targets = [target for _, target in self.samples]
+        super().__init__(preprocessing or make_preprocessing(224), train)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        return self._tensor(read_image_file(path)), target
+
+
+class NewdataDataset(_Preprocessed):
+    """Multi-label images: ``(path, labels)`` items (from :func:`engine.labels.labelled_images`)."""
+
+    multi_label = True
+
+    def __init__(
+        self,
+        items: Sequence[tuple[Path, Sequence[str]]],
+        label_set: Sequence[str],
+        preprocessing: dict[str, Any],
+        train: bool = False,
+    ):
+        super().__init__(preprocessing, train)
+        self.class_names = list(label_set)
+        index = {label: i for i, label in enumerate(self.class_names)}
+        self.items = [(Path(path), [index[lab] for lab in labels if lab in index]) for path, labels in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def items_with_labels(self) -> list[tuple[Path, list[str]]]:
+        """Return ``(image path, label names)`` per item, in dataset order."""
+        return [(path, [self.class_names[i] for i in indices]) for path, indices in self.items]
+
+    def target(self, index: int) -> torch.Tensor:
+        """Return the 0/1 label vector of one item."""
+        vector = torch.zeros(len(self.class_names))
+        vector[self.items[index][1]] = 1.0
+        return vector
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._tensor(read_image_file(self.items[index][0])), self.target(index)
+
+
+# ------------------------------------------------------------------------------------ dataset kinds
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a run's data comes from (paths already resolved and checked by the caller).
+
+    Attributes:
+        kind: a registered kind: ``"hdf5"``, ``"custom"`` (image folders) or ``"newdata"`` (multi-label).
+        hdf5_path: the HDF5 file (kind ``hdf5``).
+        trainset_dir: training image folders (kind ``custom``).
+        testset_dir: test image folders (kind ``custom``).
+        newdata_dir: the ``newdata`` folder (kind ``newdata``).
+        val_fraction: share of ``newdata`` images held out for validation.
+        split_seed: seed of the ``newdata`` train/validation split.
+    """
+
+    kind: str
+    hdf5_path: str | None = None
+    trainset_dir: str | None = None
+    testset_dir: str | None = None
+    newdata_dir: str | None = None
+    val_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in _DATASET_KINDS:
+            raise InvalidInput(
+                f"unknown dataset {self.kind!r}; known: {', '.join(sorted(_DATASET_KINDS))}", field="dataset"
+            )
+        for field in _DATASET_KINDS[self.kind][1]:
+            if not getattr(self, field):
+                raise InvalidInput(f"dataset {self.kind!r} needs {field}", field=field)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """What :func:`build_datasets` returns."""
+
+    train: Dataset
+    test: Dataset
+    class_names: list[str]
+    multi_label: bool
+
+
+_DATASET_KINDS: dict[str, tuple[Callable[[DatasetSpec, dict], DatasetBundle], tuple[str, ...]]] = {}
+
+
+def register_dataset(kind: str, required: tuple[str, ...]) -> Callable:
+    """Decorator registering a builder ``fn(spec, preprocessing) -> DatasetBundle`` for a dataset kind.
+
+    Args:
+        kind: the ``dataset`` value of a training request.
+        required: the :class:`DatasetSpec` fields this kind needs.
+    """
+
+    def decorate(
+        fn: Callable[[DatasetSpec, dict], DatasetBundle],
+    ) -> Callable[[DatasetSpec, dict], DatasetBundle]:
+        _DATASET_KINDS[kind] = (fn, required)
+        return fn
+
+    return decorate
+
+
+def list_dataset_kinds() -> dict[str, tuple[str, ...]]:
+    """Return each registered dataset kind with the spec fields it requires."""
+    return {kind: entry[1] for kind, entry in sorted(_DATASET_KINDS.items())}
+
+
+def build_datasets(spec: DatasetSpec, preprocessing: dict[str, Any]) -> DatasetBundle:
+    """Build the train and test datasets of ``spec``; the training one applies the augmentation.
+
+    Raises:
+        InvalidInput: missing files or folders, or data without images, naming the spec field.
+    """
+    return _DATASET_KINDS[spec.kind][0](spec, preprocessing)
+
+
+@register_dataset("hdf5", required=("hdf5_path",))
+def _hdf5(spec: DatasetSpec, preprocessing: dict) -> DatasetBundle:
+    train = HDF5Dataset(spec.hdf5_path, "train", preprocessing)
+    test = HDF5Dataset(spec.hdf5_path, "test", preprocessing)
+    return DatasetBundle(train, test, train.class_names, False)
+
+
+@register_dataset("custom", required=("trainset_dir", "testset_dir"))
+def _custom(spec: DatasetSpec, preprocessing: dict) -> DatasetBundle:
+    train = ImageFolderDataset(spec.trainset_dir, preprocessing, train=True, field="trainset_dir")
+    test = ImageFolderDataset(spec.testset_dir, preprocessing, train.class_names, field="testset_dir")
+    return DatasetBundle(train, test, train.class_names, False)
+
+
+@register_dataset("newdata", required=("newdata_dir",))
+def _newdata(spec: DatasetSpec, preprocessing: dict) -> DatasetBundle:
+    label_set = labelsets.read_label_set(spec.newdata_dir)
+    items = labelsets.labelled_images(spec.newdata_dir)
+    if len(items) < 2:
+        raise InvalidInput(
+            f"{spec.newdata_dir!r} has {len(items)} labelled images; at least 2 are needed",
+            field="newdata_dir",
+        )
+    train_items, val_items = labelsets.split_multilabel(items, label_set, spec.val_fraction, spec.split_seed)
+    return DatasetBundle(
+        NewdataDataset(train_items, label_set, preprocessing, train=True),
+        NewdataDataset(val_items, label_set, preprocessing),
+        label_set,
+        True,
+    )

@@ -1,0 +1,285 @@
+"""The model zoo: one registry (timm style) that every other layer reads.
+
+A family module decorates its constructor with :func:`register_model`; :func:`create_model` builds a
+model by name, optionally loading pretrained weights from torchvision's local cache or a file.
+
+Every model has the same face, so training and inference never ask which architecture they hold:
+
+* ``num_classes`` (int) and ``forward(images) -> class scores`` (logits, N x num_classes);
+* ``get_classifier()`` returns the class-specific layer, ``reset_classifier(n)`` replaces it;
+* optionally ``compute_loss(images, targets) -> (loss, logits)`` when the architecture trains with a
+  loss of its own (the capsule network's margin + reconstruction loss); the loop uses it when present.
+
+Any input size from the registry's ``min_input_size`` upwards works (adaptive pooling), and
+``in_chans=1`` builds a model for grey images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from engine.exceptions import InvalidInput
+
+__all__ = [
+    "ImageClassifier",
+    "ModelInfo",
+    "create_model",
+    "get_model_info",
+    "head_parameter_names",
+    "list_models",
+    "load_pretrained_weights",
+    "register_model",
+]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model (the API's ``GET /api/v1/models`` lists these).
+
+    Attributes:
+        name: the registry name, e.g. ``"convnetj"``.
+        default_input_size: the side in pixels used when a run does not choose ``image_size``.
+        description: one line for people.
+        multi_label_ok: whether the model can be trained with a multi-label (sigmoid) head.
+        min_input_size: the smallest side the architecture accepts.
+        has_pretrained: whether torchvision publishes ImageNet weights for it.
+        family: the module of the zoo that defines it (``"convnets"``, ``"stn"``, ...).
+    """
+
+    name: str
+    default_input_size: int
+    description: str
+    multi_label_ok: bool = True
+    min_input_size: int = 16
+    has_pretrained: bool = False
+    family: str = ""
+
+
+_REGISTRY: dict[str, tuple[ModelInfo, Callable[..., nn.Module], Callable[[], Any] | None]] = {}
+
+
+def register_model(
+    name: str,
+    default_input_size: int,
+    description: str,
+    multi_label_ok: bool = True,
+    min_input_size: int = 16,
+    pretrained_weights: Callable[[], Any] | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that adds a model constructor ``fn(num_classes, in_chans, **kwargs)`` to the registry.
+
+    Args:
+        name: unique registry name.
+        default_input_size: default image side in pixels.
+        description: one-line description.
+        multi_label_ok: False when the architecture cannot train a multi-label head.
+        min_input_size: the smallest image side that the architecture accepts.
+        pretrained_weights: zero-argument callable returning a torchvision ``WeightsEnum`` member
+            (called lazily, so importing the zoo never touches torchvision's weight tables).
+    """
+
+    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        assert name not in _REGISTRY, f"model {name!r} registered twice"
+        info = ModelInfo(
+            name,
+            default_input_size,
+            description,
+            multi_label_ok,
+            min_input_size,
+            pretrained_weights is not None,
+            fn.__module__.rsplit(".", 1)[-1],
+        )
+        _REGISTRY[name] = (info, fn, pretrained_weights)
+        return fn
+
+    return decorate
+
+
+def list_models() -> list[ModelInfo]:
+    """Return the registered models, sorted by name."""
+    return [entry[0] for _, entry in sorted(_REGISTRY.items())]
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """Return the registry entry of ``name``.
+
+    Raises:
+        InvalidInput: (field ``model_name``) for an unregistered name; the message lists the known.
+    """
+    if name not in _REGISTRY:
+        raise InvalidInput(
+            f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}", field="model_name"
+        )
+    return _REGISTRY[name][0]
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    weights_path: str | os.PathLike | None = None,
+    multi_label: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registry name.
+        num_classes: number of outputs (classes or labels).
+        in_chans: 3 for RGB, 1 for grey.
+        pretrained: load ImageNet weights from torchvision's local cache (never downloads).
+        weights_path: a local state_dict file (torchvision layout, or a checkpoint holding
+            ``state_dict``/``model``); wins over ``pretrained``. Layers whose shape differs only because
+            of ``num_classes`` are left freshly initialised; an RGB first convolution is summed for grey.
+        multi_label: train/predict with independent sigmoids instead of a softmax.
+        **kwargs: architecture options of the family constructor.
+
+    Raises:
+        InvalidInput: unknown name (``model_name``), bad ``num_classes``/``in_chans``, a multi-label
+            request the model cannot serve (``multi_label``), or missing/unfit weights
+            (``pretrained``/``weights_path``).
+    """
+    info = get_model_info(name)
+    _check_int(num_classes, 1, "num_classes")
+    if in_chans not in (1, 3):
+        raise InvalidInput(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}", field="in_chans")
+    if multi_label and not info.multi_label_ok:
+        raise InvalidInput(f"model {name!r} cannot be trained multi-label", field="multi_label")
+    _, constructor, weights = _REGISTRY[name]
+    model = constructor(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.multi_label = bool(multi_label)
+    if weights_path is not None:
+        load_pretrained_weights(model, _load_weights_file(weights_path), source=str(weights_path))
+    elif pretrained:
+        if weights is None:
+            raise InvalidInput(
+                f"model {name!r} has no published pretrained weights; pass a weights file", field="pretrained"
+            )
+        load_pretrained_weights(model, _cached_torchvision_weights(weights(), name), source="torchvision")
+    return model
+
+
+def _check_int(value: Any, minimum: int, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
+
+
+def _load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"weights file {str(path)!r} does not exist", field="weights_path")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickler errors all mean "not a weights file"
+        raise InvalidInput(
+            f"{str(path)!r} is not a loadable state_dict: {exc}", field="weights_path"
+        ) from exc
+    for key in ("state_dict", "model"):  # whole checkpoints (ours, the seed's .tar) nest the weights
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise InvalidInput(f"{str(path)!r} does not hold a state_dict of tensors", field="weights_path")
+    return loaded
+
+
+def _cached_torchvision_weights(weights: Any, name: str) -> dict[str, torch.Tensor]:
+    # torchvision would download a missing file; this machine must never reach the network, so only a
+    # file already in torch.hub's cache is used.
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    if not cached.is_file():
+        raise InvalidInput(
+            f"pretrained weights for {name!r} are not available offline: "
+            f"put {cached.name} in {cached.parent} "
+            "or pass a local weights file",
+            field="pretrained",
+        )
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """Return the names (as in ``state_dict``) of the tensors of the model's classifier."""
+    head = model.get_classifier()
+    prefixes = [f"{name}." for name, module in model.named_modules() if module is head]
+    assert prefixes, "get_classifier() must return a sub-module of the model"
+    return {key for key in model.state_dict() if any(key.startswith(p) for p in prefixes)}
+
+
+def load_pretrained_weights(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights"
+) -> None:
+    """Copy matching tensors of ``state_dict`` into ``model``.
+
+    The classifier may differ (another number of classes): it keeps its fresh initialisation. An RGB
+    first convolution is summed over its input channels for a grey model (as timm does). Every other
+    tensor of the model must be found with the right shape.
+
+    Raises:
+        InvalidInput: (field ``weights_path``) when the weights do not fit the architecture.
+    """
+    own = model.state_dict()
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    chosen = {}
+    for key, value in state_dict.items():
+        if key in own and value.shape != own[key].shape:
+            value = _adapt_input_conv(value, own[key].shape)
+        if key in own and value is not None and value.shape == own[key].shape:
+            chosen[key] = value
+    optional = head_parameter_names(model)
+    missing = [
+        k for k in own if k not in chosen and k not in optional and not k.endswith("num_batches_tracked")
+    ]
+    if missing:
+        raise InvalidInput(
+            f"weights from {source} do not fit this model: {len(missing)} tensors are missing or shaped "
+            f"differently, e.g. {missing[:3]}",
+            field="weights_path",
+        )
+    model.load_state_dict(chosen, strict=False)
+
+
+def _adapt_input_conv(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    # A conv kernel [out, 3, k, k] serves a grey model as the sum over colours: a grey image replicated
+    # to three channels would give the same response.
+    if weight.dim() == 4 and weight.shape[1] == 3 and shape[1] == 1 and weight.shape[0] == shape[0]:
+        return weight.sum(dim=1, keepdim=True)
+    return None
+
+
+class ImageClassifier(nn.Module):
+    """Base of the zoo's own models: ``features`` (a backbone) followed by a rebuildable ``head``.
+
+    Subclasses set ``self.features`` and implement ``_make_head(num_classes)``; the head receives the
+    backbone's output unchanged.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """Return the class-specific layer."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs."""
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes)
+
+
+# Importing the family modules registers their models (timm does the same in its package __init__).
+from engine.models import alexnet, capsnet, convnets, lenet, resnet, stn  # noqa: E402, F401

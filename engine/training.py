@@ -1,0 +1,784 @@
+"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit`` (torchvision references style).
+
+``fit`` reports through callbacks only: ``on_epoch(record)`` after every epoch (a plain dict, see
+:func:`fit`), ``on_batch(progress)`` every ``log_every`` batches, and ``should_stop()`` polled at the
+same points and between epochs. It writes two self-describing checkpoints to ``checkpoint_dir``:
+``last.pt`` after every epoch and ``best.pt`` whenever the monitored metric improves (test accuracy,
+or mAP for multi-label). Both load with ``torch.load(..., weights_only=True)``.
+
+All accuracies and multi-label metrics are percentages (0-100); a multi-label "accuracy" counts
+correct label decisions at probability 0.5. On a CUDA device the loop uses
+automatic mixed precision (float16 autocast + GradScaler); on a CPU it runs in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from engine.datasets import make_preprocessing
+from engine.exceptions import Cancelled, InvalidInput
+from engine.models import create_model, get_model_info, head_parameter_names
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("none", "plateau", "step")
+CHECKPOINT_FORMAT = "pytorch-automation-studio/checkpoint"
+CHECKPOINT_VERSION = 1
+
+Record = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (stored in its checkpoints).
+
+    Attributes:
+        model_name: a registered model.
+        num_classes: number of classes (single-label) or labels (multi-label).
+        epochs: total number of epochs (a resumed run continues up to this number).
+        batch_size: mini-batch size.
+        learning_rate: learning rate (of the classifier when ``lr_pretrained`` is set).
+        optimizer: ``"sgd"`` (with momentum) or ``"adam"``.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (the seed's ``l2_reg``).
+        lr_schedule: ``"none"``, ``"plateau"`` (divide by 1/``lr_gamma`` when the monitored metric stalls
+            for ``plateau_patience`` epochs) or ``"step"`` (every ``epoch_step`` epochs). The seed's
+            ``lr_decay=1`` means ``"step"`` when ``epoch_step`` is given, else ``"plateau"``.
+        epoch_step: epochs between learning-rate steps (``"step"`` schedule).
+        lr_gamma: learning-rate factor of a schedule step.
+        plateau_patience: epochs without improvement before a plateau step.
+        patience: early stopping: stop after this many epochs without improvement (None: never).
+        seed: seeds model initialisation, shuffling, dropout and augmentation.
+        image_size: input side in pixels (None: the model's default).
+        grey: train on grey images (the seed's ``convert_grey``).
+        multi_label: independent sigmoid outputs and BCE loss instead of softmax + cross-entropy.
+        pretrained: start from torchvision's ImageNet weights (must be in the local cache).
+        weights_path: start from this local state_dict file instead.
+        lr_pretrained: learning rate of every layer but the classifier (0 freezes them; None: same lr).
+        num_workers: DataLoader worker processes.
+        augment: light train-time augmentation (the seed's ``is_transform``).
+    """
+
+    model_name: str
+    num_classes: int
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "none"
+    epoch_step: int | None = None
+    lr_gamma: float = 0.1
+    plateau_patience: int = 2
+    patience: int | None = None
+    seed: int = 0
+    image_size: int | None = None
+    grey: bool = False
+    multi_label: bool = False
+    pretrained: bool = False
+    weights_path: str | None = None
+    lr_pretrained: float | None = None
+    num_workers: int = 0
+    augment: bool = False
+
+    def __post_init__(self):
+        info = get_model_info(self.model_name)
+        _check_number(self, "num_classes", int, 1 if self.multi_label else 2, 100_000)
+        _check_number(self, "epochs", int, 0, 1_000_000)
+        _check_number(self, "batch_size", int, 1, 65_536)
+        _check_number(self, "learning_rate", float, 1e-12, 10.0)
+        _check_choice(self, "optimizer", OPTIMIZERS)
+        _check_number(self, "momentum", float, 0.0, 0.999999)
+        _check_number(self, "weight_decay", float, 0.0, 1.0)
+        _check_choice(self, "lr_schedule", LR_SCHEDULES)
+        _check_number(self, "epoch_step", int, 1, 1_000_000, optional=self.lr_schedule != "step")
+        _check_number(self, "lr_gamma", float, 1e-6, 1.0)
+        _check_number(self, "plateau_patience", int, 0, 1_000_000)
+        _check_number(self, "patience", int, 1, 1_000_000, optional=True)
+        _check_number(self, "seed", int, 0, 2**31 - 1)
+        _check_number(self, "image_size", int, info.min_input_size, 4096, optional=True)
+        _check_number(self, "lr_pretrained", float, 0.0, 10.0, optional=True)
+        _check_number(self, "num_workers", int, 0, 64)
+        if self.multi_label and not info.multi_label_ok:
+            raise InvalidInput(
+                f"model {self.model_name!r} cannot be trained multi-label", field="multi_label"
+            )
+
+    @property
+    def input_size(self) -> int:
+        """The image side used: ``image_size`` or the model's default."""
+        return self.image_size or get_model_info(self.model_name).default_input_size
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Return the preprocessing dict the datasets of this run must use."""
+        return make_preprocessing(self.input_size, grey=self.grey, augment=self.augment)
+
+
+def _check_number(
+    config: TrainConfig, name: str, kind: type, low: float, high: float, optional: bool = False
+) -> None:
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    ok_type = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or not (low <= value <= high)
+        or (kind is float and math.isnan(value))
+    ):
+        raise InvalidInput(
+            f"{name} must be {'an integer' if kind is int else 'a number'} in [{low}, {high}], got {value!r}",
+            field=name,
+        )
+
+
+def _check_choice(config: TrainConfig, name: str, allowed: Sequence[str]) -> None:
+    if getattr(config, name) not in allowed:
+        raise InvalidInput(
+            f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}", field=name
+        )
+
+
+# ------------------------------------------------------------------------------------ building blocks
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Return ``device``, or CUDA when available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig, in_chans: int) -> nn.Module:
+    """Create the run's model (pretrained weights loaded when asked)."""
+    return create_model(
+        config.model_name,
+        config.num_classes,
+        in_chans=in_chans,
+        pretrained=config.pretrained,
+        weights_path=config.weights_path,
+        multi_label=config.multi_label,
+    )
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or Adam; with ``lr_pretrained`` the classifier and the other layers get separate learning rates.
+
+    ``lr_pretrained == 0`` freezes the non-classifier layers (no gradients, batch norm statistics kept).
+    """
+    named = list(model.named_parameters())
+    if config.lr_pretrained is None:
+        groups = [{"params": [p for _, p in named], "lr": config.learning_rate}]
+    else:
+        head = head_parameter_names(model)
+        body = [p for name, p in named if name not in head]
+        groups = [{"params": [p for name, p in named if name in head], "lr": config.learning_rate}]
+        if config.lr_pretrained > 0:
+            groups.append({"params": body, "lr": config.lr_pretrained})
+        else:
+            for p in body:
+                p.requires_grad_(False)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    """Return the learning-rate scheduler of ``config.lr_schedule`` (None for ``"none"``)."""
+    if config.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.epoch_step, gamma=config.lr_gamma)
+    if config.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.lr_gamma, patience=config.plateau_patience
+        )
+    return None
+
+
+def build_criterion(multi_label: bool) -> nn.Module:
+    """BCE-with-logits for multi-label, cross-entropy otherwise."""
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+
+
+def compute_loss(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(loss, logits)``, using the model's own ``compute_loss`` hook when it has one."""
+    hook = getattr(_unwrap(model), "compute_loss", None)
+    if hook is not None:
+        return hook(images, targets)
+    logits = model(images)
+    return criterion(logits, targets), logits
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.DataParallel) else model
+
+
+def _keep_frozen_batchnorm(model: nn.Module) -> None:
+    # A frozen layer must not drift through its running statistics either.
+    for module in model.modules():
+        if (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.affine
+            and not module.weight.requires_grad
+        ):
+            module.eval()
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Correct decisions: samples (single-label) or sample-label pairs at probability 0.5 (multi-label)."""
+    if multi_label:
+        return ((logits > 0) == (targets > 0.5)).sum()
+    return (logits.argmax(dim=1) == targets).sum()
+
+
+def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[list[int]]:
+    """Return the confusion matrix as nested lists: rows are true classes, columns predictions."""
+    flat = targets.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class average precision (mean precision at each hit); NaN for classes without positives."""
+    result = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        positive = targets[np.argsort(-scores[:, c], kind="stable"), c] > 0.5
+        if positive.any():
+            precision_at_hits = np.cumsum(positive)[positive] / (np.flatnonzero(positive) + 1)
+            result[c] = precision_at_hits.mean()
+    return result
+
+
+def best_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float]:
+    """Per class, the probability threshold that maximises F1 on this set (0.5 for classes never present)."""
+    thresholds = []
+    for c in range(probs.shape[1]):
+        order = np.argsort(-probs[:, c], kind="stable")
+        hits = targets[order, c] > 0.5
+        if not hits.any():
+            thresholds.append(0.5)
+            continue
+        tp = np.cumsum(hits)
+        f1 = 2 * tp / (np.arange(1, len(hits) + 1) + hits.sum())
+        k = int(np.argmax(f1))
+        # Midway to the next score, so that the chosen item is included with some margin.
+        nxt = probs[order[k + 1], c] if k + 1 < len(order) else 0.0
+        thresholds.append(float((probs[order[k], c] + nxt) / 2))
+    return thresholds
+
+
+def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
+    """mAP, micro/macro F1 and per-class precision/recall/F1 (percentages) at the given thresholds."""
+    truth = targets > 0.5
+    pred = probs >= np.asarray(thresholds)[None, :]
+    tp, fp, fn = (pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)
+    precision = np.divide(tp, tp + fp, out=np.zeros(len(tp)), where=(tp + fp) > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros(len(tp)), where=(tp + fn) > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros(len(tp)), where=(precision + recall) > 0
+    )
+    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
+    ap = average_precision(probs, targets)
+    return {
+        "map": 100 * float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0,
+        "micro_f1": 100 * float(2 * tp.sum() / micro_den) if micro_den else 0.0,
+        "macro_f1": 100 * float(f1[truth.any(0)].mean()) if truth.any() else 0.0,
+        "precision": (100 * precision).tolist(),
+        "recall": (100 * recall).tolist(),
+        "f1": (100 * f1).tolist(),
+        "average_precision": [None if math.isnan(a) else 100 * float(a) for a in ap],
+        "support": truth.sum(0).astype(int).tolist(),
+    }
+
+
+# --------------------------------------------------------------------------------- epochs and evaluation
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    multi_label: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    on_batch: Callable[[Record], None] | None = None,
+    log_every: int = 20,
+) -> Record:
+    """Train for one pass over ``loader``.
+
+    Returns:
+        ``{"loss", "accuracy", "samples", "seconds"}`` (accuracy in percent).
+
+    Raises:
+        Cancelled: ``should_stop()`` turned true (polled every ``log_every`` batches).
+    """
+    model.train()
+    _keep_frozen_batchnorm(model)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    # Sums stay on the device: reading them back every batch would stall a GPU.
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
+    samples, start = 0, time.perf_counter()
+    for step, (images, targets) in enumerate(loader, start=1):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+            loss, logits = compute_loss(model, images, targets, criterion)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach() * len(images)
+        correct += _correct(logits.detach(), targets, multi_label)
+        samples += len(images)
+        if step % log_every == 0:
+            if on_batch is not None:
+                on_batch({"batch": step, "batches": len(loader), "loss": loss_sum.item() / samples})
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped during an epoch, after batch {step}")
+    per_sample = samples * (targets.shape[1] if multi_label and samples else 1)
+    return {
+        "loss": loss_sum.item() / max(samples, 1),
+        "accuracy": 100.0 * correct.item() / max(per_sample, 1),
+        "samples": samples,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    device: torch.device,
+    multi_label: bool = False,
+    thresholds: Sequence[float] | None = None,
+) -> Record:
+    """Evaluate in eval mode without gradients.
+
+    Returns:
+        ``{"loss", "accuracy"}`` plus, multi-label, ``map``, ``micro_f1``, ``macro_f1`` (at ``thresholds``,
+        default 0.5), all in percent; and ``outputs``: ``(logits, targets)`` CPU tensors for further metrics.
+    """
+    model.eval()
+    logits_all, targets_all, loss_sum = [], [], 0.0
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"),
+    ):
+        for images, targets in loader:
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            loss, logits = compute_loss(model, images, targets, criterion)
+            loss_sum += float(loss) * len(images)
+            logits_all.append(logits.float().cpu())
+            targets_all.append(targets.cpu())
+    logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+    n_decisions = targets.numel() if multi_label else len(targets)
+    result = {
+        "loss": loss_sum / max(len(targets), 1),
+        "accuracy": 100.0 * _correct(logits, targets, multi_label).item() / max(n_decisions, 1),
+    }
+    if multi_label:
+        probs = torch.sigmoid(logits).numpy()
+        found = multilabel_metrics(probs, targets.numpy(), thresholds or [0.5] * probs.shape[1])
+        result.update({k: found[k] for k in ("map", "micro_f1", "macro_f1")})
+    result["outputs"] = (logits, targets)
+    return result
+
+
+def final_evaluation(
+    logits: torch.Tensor, targets: torch.Tensor, multi_label: bool, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """The end-of-run report of an evaluation's outputs.
+
+    Single-label: ``confusion_matrix``. Multi-label: per-class ``thresholds`` (chosen for best F1 on
+    this set) and, at those thresholds, mAP, micro/macro F1 and ``per_class`` precision/recall/F1.
+    """
+    if not multi_label:
+        return {
+            "class_names": list(class_names),
+            "confusion_matrix": confusion_matrix(logits.argmax(1), targets, len(class_names)),
+        }
+    probs, truth = torch.sigmoid(logits).numpy(), targets.numpy()
+    thresholds = best_thresholds(probs, truth)
+    found = multilabel_metrics(probs, truth, thresholds)
+    per_class = {
+        name: {
+            "precision": found["precision"][i],
+            "recall": found["recall"][i],
+            "f1": found["f1"][i],
+            "average_precision": found["average_precision"][i],
+            "support": found["support"][i],
+            "threshold": thresholds[i],
+        }
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "class_names": list(class_names),
+        "thresholds": thresholds,
+        "map": found["map"],
+        "micro_f1": found["micro_f1"],
+        "macro_f1": found["macro_f1"],
+        "per_class": per_class,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    best_path: Path
+    last_path: Path
+    best_epoch: int
+    best_score: float
+    monitor: str
+    epochs_completed: int
+    stopped_early: bool
+    history: list[Record]
+    evaluation: dict[str, Any]
+    class_names: list[str]
+
+
+@dataclass
+class _Run:
+    """The mutable state of one run; checkpoints are snapshots of it."""
+
+    config: TrainConfig
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    directory: Path
+    epoch: int = 0
+    history: list[Record] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    bad_epochs: int = 0
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def monitor(self) -> str:
+        return "test_map" if self.config.multi_label else "test_accuracy"
+
+    def checkpoint(self, kind: str) -> dict[str, Any]:
+        """A snapshot of plain types and tensors only, so that ``weights_only=True`` loading works."""
+        core = _unwrap(self.model)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "kind": kind,
+            "model": {
+                "name": self.config.model_name,
+                "kwargs": {
+                    "num_classes": self.config.num_classes,
+                    "in_chans": self.preprocessing["channels"],
+                    "multi_label": self.config.multi_label,
+                },
+            },
+            "state_dict": core.state_dict(),
+            "class_names": list(self.class_names),
+            "multi_label": self.config.multi_label,
+            "preprocessing": self.preprocessing,
+            "config": dataclasses.asdict(self.config),
+            "epoch": self.epoch,
+            "metrics": dict(self.history[-1]) if self.history else {},
+            "history": [dict(r) for r in self.history],
+            "best": dict(self.best),
+            "epochs_without_improvement": self.bad_epochs,
+            "evaluation": self.evaluation if kind == "best" else {},
+            "thresholds": self.evaluation.get("thresholds") if kind == "best" else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "seed": self.config.seed,
+            "rng": {"torch": torch.get_rng_state()},
+            "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)},
+        }
+
+    def save(self, kind: str) -> Path:
+        """Write ``<kind>.pt`` atomically: a killed worker leaves the previous file intact."""
+        path = self.directory / f"{kind}.pt"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(self.checkpoint(kind), tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def _make_run(
+    config: TrainConfig,
+    class_names: Sequence[str],
+    preprocessing: dict[str, Any],
+    device: torch.device,
+    directory: Path,
+    device_ids: Sequence[int] | None,
+) -> _Run:
+    seed_everything(config.seed)
+    model = build_model(config, preprocessing["channels"]).to(device)
+    optimizer = build_optimizer(config, model)
+    if device.type == "cuda" and device_ids and len(device_ids) > 1:
+        model = nn.DataParallel(model, device_ids=list(device_ids))
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    return _Run(
+        config,
+        list(class_names),
+        preprocessing,
+        model,
+        optimizer,
+        build_scheduler(config, optimizer),
+        scaler,
+        device,
+        directory,
+    )
+
+
+def _restore(run: _Run, path: str | os.PathLike) -> None:
+    # Imported here: inference imports this module's names for the checkpoint format.
+    from engine.inference import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt["model"]["name"] != run.config.model_name or list(ckpt["class_names"]) != run.class_names:
+        raise InvalidInput(
+            f"{str(path)!r} is a run of {ckpt['model']['name']!r} on other classes; it cannot be "
+            "resumed with this configuration",
+            field="resume_from",
+        )
+    _unwrap(run.model).load_state_dict(ckpt["state_dict"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.scheduler is not None and ckpt["scheduler"] is not None:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"] is not None and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.epoch, run.history, run.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
+    run.bad_epochs = ckpt["epochs_without_improvement"]
+    best = Path(path).with_name("best.pt")
+    if not (run.directory / "best.pt").exists() and best.is_file():
+        shutil.copyfile(best, run.directory / "best.pt")
+    if (run.directory / "best.pt").is_file():
+        run.evaluation = load_checkpoint(run.directory / "best.pt").get("evaluation", {})
+
+
+def _loader(
+    dataset: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _epoch_record(run: _Run, train: Record, test: Record) -> Record:
+    record = {
+        "epoch": run.epoch + 1,
+        "epochs": run.config.epochs,
+        "train_loss": train["loss"],
+        "train_accuracy": train["accuracy"],
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": train["seconds"] + test.get("seconds", 0.0),
+        "train_samples_per_s": train["samples"] / max(train["seconds"], 1e-9),
+    }
+    if run.config.multi_label:
+        record.update(
+            {"test_map": test["map"], "test_micro_f1": test["micro_f1"], "test_macro_f1": test["macro_f1"]}
+        )
+    score = record[run.monitor]
+    record["improved"] = not run.best or score > run.best["score"]
+    if record["improved"]:
+        run.best = {"epoch": record["epoch"], "score": score, "monitor": run.monitor}
+    run.best["accuracy"] = max(run.best.get("accuracy", -1.0), record["test_accuracy"])
+    record.update(
+        {
+            "best_accuracy": run.best["accuracy"],
+            "best_epoch": run.best["epoch"],
+            "best_score": run.best["score"],
+            "monitor": run.monitor,
+        }
+    )
+    return record
+
+
+def _run_epoch(
+    run: _Run,
+    loaders: tuple[DataLoader, DataLoader],
+    generator: torch.Generator,
+    should_stop,
+    on_batch,
+    log_every: int,
+) -> Record:
+    config, criterion = run.config, build_criterion(run.config.multi_label)
+    # Reseeding from (seed, epoch) makes a resumed run shuffle, drop out and augment as an unbroken one.
+    torch.manual_seed(config.seed + run.epoch)
+    generator.manual_seed(config.seed + run.epoch)
+    train = train_one_epoch(
+        run.model,
+        loaders[0],
+        criterion,
+        run.optimizer,
+        run.device,
+        run.scaler,
+        config.multi_label,
+        should_stop,
+        on_batch,
+        log_every,
+    )
+    started = time.perf_counter()
+    test = evaluate(run.model, loaders[1], criterion, run.device, config.multi_label)
+    test["seconds"] = time.perf_counter() - started
+    record = _epoch_record(run, train, test)
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(record[run.monitor])
+    elif run.scheduler is not None:
+        run.scheduler.step()
+    run.bad_epochs = 0 if record["improved"] else run.bad_epochs + 1
+    run.epoch += 1
+    run.history.append(record)
+    if record["improved"]:
+        run.evaluation = final_evaluation(*test["outputs"], config.multi_label, run.class_names)
+        run.save("best")
+    run.save("last")
+    return record
+
+
+def _check_inputs(
+    config: TrainConfig, train_ds: Dataset, test_ds: Dataset, class_names: Sequence[str]
+) -> None:
+    if len(class_names) != config.num_classes:
+        raise InvalidInput(
+            f"num_classes is {config.num_classes} but the data has {len(class_names)} classes",
+            field="num_classes",
+        )
+    if getattr(train_ds, "multi_label", config.multi_label) != config.multi_label:
+        raise InvalidInput(
+            f"multi_label is {config.multi_label} but the data is "
+            f"{'multi' if not config.multi_label else 'single'}-label",
+            field="multi_label",
+        )
+    if len(train_ds) == 0 or len(test_ds) == 0:
+        raise InvalidInput("the training and the test set must both hold images", field="dataset")
+    assert getattr(train_ds, "preprocessing", config.preprocessing()) == config.preprocessing(), (
+        "build the datasets with config.preprocessing()"
+    )
+
+
+def fit(
+    config: TrainConfig,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    class_names: Sequence[str],
+    checkpoint_dir: str | os.PathLike,
+    on_epoch: Callable[[Record], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume_from: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    *,
+    device_ids: Sequence[int] | None = None,
+    start_epoch: int | None = None,
+    on_batch: Callable[[Record], None] | None = None,
+    log_every: int = 20,
+) -> FitResult:
+    """Train ``config.model_name`` on ``train_ds``, evaluating on ``test_ds`` after every epoch.
+
+    Args:
+        config: the run's configuration.
+        train_ds: training data, built with ``config.preprocessing()``.
+        test_ds: test (validation) data; it chooses the best checkpoint.
+        class_names: names of the classes (labels), in output order.
+        checkpoint_dir: receives ``best.pt`` and ``last.pt``.
+        on_epoch: called after each epoch with ``{epoch (1-based), epochs, train_loss, train_accuracy,
+            test_loss, test_accuracy, best_accuracy, best_epoch, best_score, monitor, improved, lr,
+            epoch_seconds, train_samples_per_s}`` plus, multi-label, ``test_map``, ``test_micro_f1``,
+            ``test_macro_f1``; the same dicts make up ``FitResult.history``.
+        should_stop: polled between epochs and every ``log_every`` batches.
+        resume_from: a ``last.pt`` (or ``best.pt``) to continue from, at its next epoch, with its history.
+        device: torch device; default CUDA when available, else CPU.
+        device_ids: several CUDA devices to train on with ``nn.DataParallel``.
+        start_epoch: continue counting from this epoch (0-based) instead of the checkpoint's.
+        on_batch: called every ``log_every`` batches with ``{batch, batches, loss}``.
+        log_every: batches between ``on_batch`` calls and ``should_stop`` polls.
+
+    Raises:
+        InvalidInput: data and configuration disagree (field named), or the resume checkpoint does not fit.
+        Cancelled: ``should_stop()`` turned true; ``last.pt`` holds the last completed epoch.
+    """
+    _check_inputs(config, train_ds, test_ds, class_names)
+    directory = Path(checkpoint_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    run = _make_run(
+        config, class_names, config.preprocessing(), resolve_device(device), directory, device_ids
+    )
+    if resume_from is not None:
+        _restore(run, resume_from)
+    else:
+        run.save("last")  # so that even a run killed in its first epoch can be resumed
+    run.epoch = run.epoch if start_epoch is None else start_epoch
+    generator = torch.Generator()
+    loaders = (
+        _loader(train_ds, config, run.device, True, generator),
+        _loader(test_ds, config, run.device, False),
+    )
+    stopped_early = False
+    while run.epoch < config.epochs:
+        record = _run_epoch(run, loaders, generator, should_stop, on_batch, log_every)
+        if on_epoch is not None:
+            on_epoch(dict(record))
+        stopped_early = config.patience is not None and run.bad_epochs >= config.patience
+        if stopped_early:
+            break
+        if run.epoch < config.epochs and should_stop is not None and should_stop():
+            raise Cancelled(f"stopped after epoch {run.epoch}; resume from {directory / 'last.pt'}")
+    return FitResult(
+        directory / "best.pt",
+        directory / "last.pt",
+        run.best.get("epoch", 0),
+        run.best.get("score", float("nan")),
+        run.monitor,
+        run.epoch,
+        stopped_early,
+        list(run.history),
+        run.evaluation,
+        list(class_names),
+    )
