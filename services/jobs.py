@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import time
 import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -31,6 +34,7 @@ from services.store import Store, open_store
 log = logging.getLogger(__name__)
 TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted"})
 STOP_KEY = "studio:stop:{}"
+HEARTBEAT_STALE_S = 150.0  # RQ heartbeats every job_monitoring_interval (30 s) while a job runs
 
 
 @dataclass(frozen=True)
@@ -184,11 +188,29 @@ def reconcile(config: Config, store: Store, record: dict) -> dict:
 
 
 def _has_live_worker(conn: redis.Redis, job_id: str) -> bool:
-    return any(w.get_current_job_id() == job_id for w in Worker.all(connection=conn))
+    return any(w.get_current_job_id() == job_id and worker_alive(w) for w in Worker.all(connection=conn))
+
+
+def worker_alive(worker: Worker, stale_after: float = HEARTBEAT_STALE_S) -> bool:
+    """Whether a registered worker still runs: its PID on this host, else a recent heartbeat.
+
+    A worker killed with SIGKILL keeps its registration until the key expires (minutes), so the
+    registry alone would report a dead worker's job as running.
+    """
+    if worker.hostname == socket.gethostname() and worker.pid:
+        try:
+            os.kill(worker.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    beat = worker.last_heartbeat
+    return beat is not None and (datetime.now(UTC) - beat.replace(tzinfo=UTC)).total_seconds() < stale_after
 
 
 def live_workers(config: Config) -> int:
-    return Worker.count(connection=redis_connection(config.effective_redis_url))
+    return sum(worker_alive(w) for w in Worker.all(connection=redis_connection(config.effective_redis_url)))
 
 
 # --- worker side ---------------------------------------------------------------------------------

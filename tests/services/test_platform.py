@@ -192,6 +192,21 @@ def test_history_and_queued_jobs_survive_a_redis_restart(stack):
     assert record["status"] == "finished" and len(record["history"]) == 2
 
 
+def test_a_job_whose_worker_is_killed_is_reported_interrupted(stack):
+    import signal
+
+    job_id = submit(stack, n=400, delay=0.05)
+    stack.wait_job(job_id, statuses=("started",))
+    victim = stack.workers.pop(0)
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its work horse, as when a machine dies
+    victim.wait(10)
+    record = stack.wait_job(job_id, timeout=30)
+    assert record["status"] == "interrupted" and "worker" in record["error"]
+    assert requests.get(stack.url + "/health", timeout=10).json()["workers"] == 0
+    stack.start_worker()
+    assert stack.wait_job(submit(stack, n=1))["status"] == "finished"
+
+
 def test_jwt_secret_file_is_owner_only(stack):
     mode = stat.S_IMODE(os.stat(stack.data_dir / "jwt_secret.key").st_mode)
     assert mode == 0o600
