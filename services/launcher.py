@@ -43,6 +43,16 @@ class Child:
                 pass
 
 
+def gunicorn_argv(config: Config, threads: int = 64) -> list[str]:
+    """The API under gunicorn: one process, many threads (Flask-SocketIO's threading mode).
+
+    The request line is not limited by gunicorn (whose own 414 page is HTML): query values have
+    declared maximum lengths, so an over-long one gets the API's JSON 400 naming the field.
+    """
+    return [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", str(threads), "--timeout", "120",
+            "--limit-request-line", "0", "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]
+
+
 def plan(config: Config, what: str) -> list[Child]:
     """The children to run: ``all`` (the default) or ``worker`` (workers only, for scale-out)."""
     py = sys.executable
@@ -53,8 +63,7 @@ def plan(config: Config, what: str) -> list[Child]:
                                         "--daemonize", "no", "--loglevel", "warning"]))
     children += [Child(f"worker-{i + 1}", [py, "-m", "services.worker"]) for i in range(config.workers)]
     if what == "all":
-        children.append(Child("api", [py, "-m", "gunicorn", "-w", "1", "--threads", "64", "--timeout", "120",
-                                      "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]))
+        children.append(Child("api", gunicorn_argv(config)))
         children.append(Child("ui", [py, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"),
                                      "--server.port", str(config.ui_port), "--server.address", config.api_host,
                                      "--server.headless", "true", "--browser.gatherUsageStats", "false"]))

@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from services.config import REPO_ROOT, Config
+from services.launcher import gunicorn_argv
 from services.redis_server import start_redis
 from services.store import open_store
 
@@ -115,8 +116,7 @@ class Stack:
 
     def start_api(self) -> None:
         self.api = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "32", "-b", f"127.0.0.1:{self.api_port}",
-             "--timeout", "120", "services.wsgi:app"], cwd=REPO_ROOT, env=self.env,
+            gunicorn_argv(self.config, threads=32), cwd=REPO_ROOT, env=self.env,
             stdout=self.log("api"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.url + "/health", proc=self.api)
 
