@@ -1,0 +1,464 @@
+"""GrabCut segmentation from a box (and optional strokes), fast enough to be interactive on big photos.
+
+Plain ``cv2.grabCut`` costs about a quarter of a microsecond per pixel per iteration on one core, so a
+1 MP photo takes over a second and a 12 MP one tens of seconds. :func:`grabcut` solves coarse to fine:
+
+1. **Coarse.** The box plus a margin of context (the region of interest) is sampled on a grid whose
+   longest side is ``work_size`` cells, one full-resolution pixel per cell at a seeded random place
+   (not averaged: averaging turns textures into flat colours that no real pixel has, and the colour
+   models learnt from them then misjudge the photo). GrabCut runs there with the requested iterations.
+2. **Colour models at full resolution.** The two GMMs are re-estimated (one OpenCV-style learning
+   step) on a second, independent jittered sample labelled by the coarse result.
+3. **Uncertain region.** A band about a coarse cell wide around the upscaled boundary, plus the coarse
+   cells whose colour contradicts their label (gaps between legs that coarse smoothing filled in, thin
+   parts it cut off).
+4. **Fine.** Tiles holding uncertain pixels are cut again at full resolution with OpenCV's
+   ``GC_EVAL_FREEZE_MODEL`` and the re-estimated models; everything else keeps its coarse label as a
+   hard constraint. Tiles are large (GrabCut derives its edge contrast ``beta`` from the window, and
+   small windows around an edge would weaken edge snapping) and run on a small thread pool (OpenCV
+   releases the GIL).
+
+``bench/bench_grabcut.py`` compares this with full-resolution ``cv2.grabCut`` on composites with a known
+mask: at 1–4 MP it is 10–20× faster for the same or better IoU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engine.exceptions import InvalidInput
+
+DEFAULT_ITERATIONS = 5
+MAX_ITERATIONS = 20
+DEFAULT_STROKE_WIDTH = 8
+DEFAULT_WORK_SIZE = 256
+_CONTEXT_MARGIN = 0.5  # context kept around the box, as a fraction of its longest side
+_TILE = 256  # refinement tiles at full resolution: big, so GrabCut's contrast (beta) stays near global
+_TILE_MARGIN = 8  # context around the uncertain pixels of a tile, so tile seams do not show
+_COARSE_SEED, _SAMPLE_SEED = 1, 0  # two independent jittered grids (see _jittered_grid)
+_BAND_CELLS = 0.75  # half-width of the refined band, in coarse cells
+_DISAGREE_LOGLIK = 1.0  # log-likelihood ratio past which a coarse cell's colour contradicts its label
+_N_COMPONENTS = 5  # OpenCV's GrabCut GMMs have five components; a model is 5 + 15 + 45 = 65 doubles
+
+Box = tuple[int, int, int, int]
+Strokes = Sequence[Sequence[Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The result of :func:`grabcut`.
+
+    Attributes:
+        mask: H×W bool array over the whole image, True on the object.
+        cutout: RGBA uint8 array cropped to the mask's bounding box; alpha is 255 on the object, 0 elsewhere.
+        bbox: ``(x1, y1, x2, y2)`` of the crop in image pixels (x2, y2 exclusive).
+    """
+
+    mask: np.ndarray
+    cutout: np.ndarray
+    bbox: Box
+
+
+@dataclass(frozen=True)
+class _Coarse:
+    labels: np.ndarray  # GrabCut labels (GC_BGD .. GC_PR_FGD) on the small grid
+    rect: np.ndarray  # bool, True inside the box on the small grid
+    bgd: np.ndarray
+    fgd: np.ndarray
+    scale: tuple[float, float]  # (sx, sy): small size / full size
+
+
+# ----------------------------------------------------------------------------------------------- public
+
+
+def grabcut(
+    image_rgb: np.ndarray,
+    box: Sequence[int],
+    iterations: int = DEFAULT_ITERATIONS,
+    fg_strokes: Strokes | None = None,
+    bg_strokes: Strokes | None = None,
+    stroke_width: int = DEFAULT_STROKE_WIDTH,
+    *,
+    work_size: int = DEFAULT_WORK_SIZE,
+    workers: int | None = None,
+) -> Segmentation:
+    """Cut the object inside ``box`` out of an image with coarse-to-fine GrabCut.
+
+    Args:
+        image_rgb: H×W×3 uint8 RGB image (H×W grey and H×W×4 RGBA are accepted and converted).
+        box: ``(x1, y1, x2, y2)`` corners in image pixels, x2 and y2 exclusive.
+        iterations: GrabCut iterations of the coarse solve, 1 to 20.
+        fg_strokes: polylines (lists of ``[x, y]`` points) painted as certain foreground.
+        bg_strokes: polylines painted as certain background.
+        stroke_width: stroke thickness in image pixels.
+        work_size: longest side, in pixels, of the coarse solve; larger is slower and closer to plain GrabCut.
+        workers: threads for the full-resolution tiles (default: up to 2).
+
+    Returns:
+        The mask over the whole image and the RGBA cut-out cropped to the object.
+
+    Raises:
+        InvalidInput: a bad box, iteration count or stroke (``field`` names it), or nothing was found.
+    """
+    image = _as_rgb(image_rgb)
+    x1, y1, x2, y2 = _validate_box(box, image.shape)
+    _validate_iterations(iterations)
+    width = _validate_stroke_width(stroke_width)
+    fg = _validate_strokes(fg_strokes, "fg_strokes")
+    bg = _validate_strokes(bg_strokes, "bg_strokes")
+    if not 32 <= int(work_size) <= 4096:
+        raise InvalidInput(f"'work_size' must be 32..4096, got {work_size}", "work_size")
+    mask = _grabcut_mask(image, (x1, y1, x2, y2), iterations, fg, bg, width, int(work_size), workers)
+    if not mask.any():
+        raise InvalidInput(
+            "GrabCut found no object inside the box; draw the box around the object or paint foreground",
+            "box",
+        )
+    cutout, bbox = make_cutout(image, mask)
+    return Segmentation(mask=mask, cutout=cutout, bbox=bbox)
+
+
+def grabcut_full_resolution(
+    image_rgb: np.ndarray,
+    box: Sequence[int],
+    iterations: int = DEFAULT_ITERATIONS,
+    fg_strokes: Strokes | None = None,
+    bg_strokes: Strokes | None = None,
+    stroke_width: int = DEFAULT_STROKE_WIDTH,
+) -> np.ndarray:
+    """Plain ``cv2.grabCut`` on the whole image at full resolution: the slow reference.
+
+    Returns:
+        H×W bool mask. Same arguments and validation as :func:`grabcut`.
+    """
+    image = _as_rgb(image_rgb)
+    rect = _validate_box(box, image.shape)
+    _validate_iterations(iterations)
+    fg = _validate_strokes(fg_strokes, "fg_strokes")
+    bg = _validate_strokes(bg_strokes, "bg_strokes")
+    labels = _initial_labels(image.shape[:2], rect, fg, bg, _validate_stroke_width(stroke_width), (1.0, 1.0))
+    _run_grabcut(image, labels, iterations)
+    return (labels & 1).astype(bool)
+
+
+def make_cutout(image_rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, Box]:
+    """Crop an RGB image to a mask's bounding box and use the mask as alpha.
+
+    Returns:
+        ``(rgba, (x1, y1, x2, y2))`` with x2, y2 exclusive.
+    """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise InvalidInput("the mask is empty: there is nothing to cut out", "mask")
+    y1, y2, x1, x2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    alpha = mask[y1:y2, x1:x2].astype(np.uint8) * 255
+    return np.dstack([image_rgb[y1:y2, x1:x2, :3], alpha]), (x1, y1, x2, y2)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise InvalidInput("'image' must be an H×W×3 uint8 array", "image")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] not in (3, 4) or min(image.shape[:2]) < 2:
+        raise InvalidInput(f"'image' must be an H×W×3 uint8 array, got shape {image.shape}", "image")
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def _validate_box(box: Sequence[int], shape: tuple[int, ...]) -> Box:
+    height, width = shape[:2]
+    if len(box) != 4:
+        raise InvalidInput("'box' must be (x1, y1, x2, y2)", "box")
+    names, limits = ("x1", "y1", "x2", "y2"), (width, height, width, height)
+    values = []
+    for name, value, limit in zip(names, box, limits, strict=True):
+        values.append(_int_in_range(value, name, 0, limit))
+    x1, y1, x2, y2 = values
+    if x2 <= x1:
+        raise InvalidInput(f"'x2' ({x2}) must be greater than 'x1' ({x1})", "x2")
+    if y2 <= y1:
+        raise InvalidInput(f"'y2' ({y2}) must be greater than 'y1' ({y1})", "y2")
+    return x1, y1, x2, y2
+
+
+def _int_in_range(value: object, field: str, low: int, high: int) -> int:
+    try:
+        number = float(value)  # accepts "37" and 37.0 as well as 37
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"'{field}' must be a number, got {value!r}", field) from exc
+    if not np.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise InvalidInput(f"'{field}' must be a whole number in {low}..{high}, got {value!r}", field)
+    return int(number)
+
+
+def _validate_iterations(iterations: int) -> None:
+    if isinstance(iterations, bool) or not isinstance(iterations, int | np.integer):
+        raise InvalidInput(f"'iterations' must be an integer 1..{MAX_ITERATIONS}", "iterations")
+    if not 1 <= iterations <= MAX_ITERATIONS:
+        raise InvalidInput(f"'iterations' must be 1..{MAX_ITERATIONS}, got {iterations}", "iterations")
+
+
+def _validate_stroke_width(width: int) -> int:
+    return _int_in_range(width, "stroke_width", 1, 500)
+
+
+def _validate_strokes(strokes: Strokes | None, field: str) -> list[np.ndarray]:
+    """Return each polyline as an N×2 float array; points may fall outside the image (drawing clips)."""
+    if strokes is None:
+        return []
+    if isinstance(strokes, str | bytes) or not isinstance(strokes, Sequence):
+        raise InvalidInput(f"'{field}' must be a list of polylines, each a list of [x, y] points", field)
+    message = f"'{field}' must be a list of polylines, each a non-empty list of [x, y] numbers"
+    lines = []
+    for line in strokes:
+        try:
+            points = np.asarray(line, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(message, field) from exc
+        if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0 or not np.isfinite(points).all():
+            raise InvalidInput(message, field)
+        lines.append(points)
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ the solver
+
+
+def _grabcut_mask(image, rect, iterations, fg, bg, width, work_size, workers) -> np.ndarray:
+    height, width_px = image.shape[:2]
+    rx1, ry1, rx2, ry2 = _region_of_interest(rect, fg, (height, width_px))
+    roi = image[ry1:ry2, rx1:rx2]
+    local = (rect[0] - rx1, rect[1] - ry1, rect[2] - rx1, rect[3] - ry1)
+    shift = (-rx1, -ry1)
+    fg_local, bg_local = _shift(fg, shift), _shift(bg, shift)
+    scale = min(1.0, work_size / max(roi.shape[:2]))
+    if scale == 1.0:  # small enough: the coarse solve is already at full resolution
+        labels = _initial_labels(roi.shape[:2], local, fg_local, bg_local, width, (1.0, 1.0))
+        _run_grabcut(roi, labels, iterations)
+        roi_mask = (labels & 1).astype(bool)
+    else:
+        coarse = _coarse_solve(roi, local, fg_local, bg_local, width, iterations, scale)
+        roi_mask = _refine(roi, local, fg_local, bg_local, width, coarse, workers)
+    mask = np.zeros((height, width_px), bool)
+    mask[ry1:ry2, rx1:rx2] = roi_mask
+    return mask
+
+
+def _region_of_interest(rect: Box, fg: list[np.ndarray], shape: tuple[int, int]) -> Box:
+    """The box plus context on every side (and any foreground stroke), clipped to the image."""
+    x1, y1, x2, y2 = rect
+    margin = int(np.ceil(_CONTEXT_MARGIN * max(x2 - x1, y2 - y1))) + 2
+    x1, y1, x2, y2 = x1 - margin, y1 - margin, x2 + margin, y2 + margin
+    for line in fg:
+        x1, y1 = min(x1, int(line[:, 0].min())), min(y1, int(line[:, 1].min()))
+        x2, y2 = max(x2, int(line[:, 0].max()) + 1), max(y2, int(line[:, 1].max()) + 1)
+    return max(0, x1), max(0, y1), min(shape[1], x2), min(shape[0], y2)
+
+
+def _shift(lines: list[np.ndarray], offset: tuple[int, int]) -> list[np.ndarray]:
+    return [line + np.asarray(offset, dtype=np.float64) for line in lines]
+
+
+def _initial_labels(shape, rect, fg, bg, width, scale) -> np.ndarray:
+    """GrabCut's mask mode: sure background outside the box, probable foreground inside, strokes sure."""
+    sx, sy = scale
+    labels = np.full(shape, cv2.GC_BGD, np.uint8)
+    x1, y1 = int(np.floor(rect[0] * sx)), int(np.floor(rect[1] * sy))
+    x2, y2 = max(x1 + 1, int(np.ceil(rect[2] * sx))), max(y1 + 1, int(np.ceil(rect[3] * sy)))
+    labels[y1:y2, x1:x2] = cv2.GC_PR_FGD
+    _paint(labels, bg, cv2.GC_BGD, width, scale)
+    _paint(labels, fg, cv2.GC_FGD, width, scale)
+    return labels
+
+
+def _paint(labels: np.ndarray, lines: list[np.ndarray], value: int, width: int, scale) -> None:
+    thickness = max(1, int(round(width * min(scale))))
+    for line in lines:
+        points = np.round(line * np.asarray(scale)).astype(np.int32).reshape(-1, 1, 2)
+        if len(points) == 1:  # a click: a dot of the stroke's width
+            cv2.circle(labels, tuple(int(v) for v in points[0, 0]), max(1, thickness // 2), value, -1)
+        else:
+            cv2.polylines(labels, [points], False, value, thickness)
+
+
+def _run_grabcut(image: np.ndarray, labels: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.grabCut in mask mode, in place on ``labels``; seeded so the same input gives the same mask."""
+    if not (labels & 1).any():
+        raise InvalidInput("the foreground strokes and the box leave no room for the object", "fg_strokes")
+    if (labels & 1).all():
+        raise InvalidInput("nothing is marked as background: leave background around the box", "box")
+    bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.setRNGSeed(0)  # GrabCut seeds its GMMs with k-means on OpenCV's global RNG
+    try:
+        cv2.grabCut(image, labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    except cv2.error as exc:  # e.g. too few pixels of one kind to fit five colour clusters
+        raise InvalidInput(f"GrabCut cannot work with this box: {exc.err}", "box") from exc
+    return bgd, fgd
+
+
+def _coarse_solve(roi, rect, fg, bg, width, iterations, scale) -> _Coarse:
+    height, width_px = roi.shape[:2]
+    small_w, small_h = max(2, round(width_px * scale)), max(2, round(height * scale))
+    small = _jittered_grid(roi, small_w, small_h, _COARSE_SEED)
+    factors = (small_w / width_px, small_h / height)
+    labels = _initial_labels((small_h, small_w), rect, fg, bg, width, factors)
+    in_rect = labels == cv2.GC_PR_FGD  # before the solve: the pixels GrabCut is free to decide
+    bgd, fgd = _run_grabcut(small, labels, iterations)
+    return _Coarse(labels=labels, rect=in_rect, bgd=bgd, fgd=fgd, scale=factors)
+
+
+def _jittered_grid(roi: np.ndarray, width: int, height: int, seed: int) -> np.ndarray:
+    """A ``width``×``height`` image made of one full-resolution pixel per cell, at a random place in the cell.
+
+    Unlike an averaged (area) shrink, it keeps the photo's own colour statistics, which are what the
+    full-resolution cut is judged on: averaging turns textures into flat colours that no full-resolution
+    pixel has. The random place (seeded, so results repeat) keeps a regular texture such as bricks from
+    aliasing with the grid.
+    """
+    rng = np.random.default_rng(seed)
+    sx, sy = width / roi.shape[1], height / roi.shape[0]
+    ys = (np.arange(height)[:, None] + rng.random((height, width))) / sy
+    xs = (np.arange(width)[None, :] + rng.random((height, width))) / sx
+    ys = np.minimum(ys.astype(np.intp), roi.shape[0] - 1)
+    xs = np.minimum(xs.astype(np.intp), roi.shape[1] - 1)
+    return np.ascontiguousarray(roi[ys, xs])
+
+
+def _refine(roi, rect, fg, bg, width, coarse: _Coarse, workers) -> np.ndarray:
+    # fresh samples, not the coarse image's own pixels: the coarse models already fit those
+    small_h, small_w = coarse.labels.shape
+    samples = _jittered_grid(roi, small_w, small_h, _SAMPLE_SEED).astype(np.float64)
+    is_fg = (coarse.labels & 1).astype(bool)
+    bgd = _relearn_gmm(samples[~is_fg], coarse.bgd)
+    fgd = _relearn_gmm(samples[is_fg], coarse.fgd)
+    contradicts = _contradicting_cells(samples, is_fg, coarse.rect, bgd, fgd)
+    mask, uncertain = _upscaled_labels(roi.shape[:2], coarse, contradicts)
+    fixed = _initial_labels(roi.shape[:2], rect, fg, bg, width, (1.0, 1.0))
+    uncertain &= fixed == cv2.GC_PR_FGD  # strokes and the outside of the box are never revisited
+    mask[fixed == cv2.GC_FGD] = True
+    mask[fixed == cv2.GC_BGD] = False
+    _cut_tiles(roi, mask, uncertain, bgd, fgd, workers)
+    return mask
+
+
+def _contradicting_cells(samples, is_fg, in_rect, bgd, fgd) -> np.ndarray:
+    """Coarse cells inside the box whose colour votes, with some margin, against their coarse label."""
+    llr = np.zeros(is_fg.shape, np.float32)
+    llr[in_rect] = _gmm_loglik(samples[in_rect], fgd) - _gmm_loglik(samples[in_rect], bgd)
+    llr = cv2.blur(llr, (3, 3))  # one sampled pixel per cell is noisy; let neighbours vote
+    wrong = (is_fg & (llr < -_DISAGREE_LOGLIK)) | (~is_fg & (llr > _DISAGREE_LOGLIK))
+    return wrong & in_rect
+
+
+def _upscaled_labels(shape, coarse: _Coarse, contradicts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution mask from the coarse labels, and the pixels worth cutting again."""
+    height, width = shape
+    fg = (coarse.labels & 1).astype(np.uint8)
+    mask = cv2.resize(fg.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+    radius = int(np.ceil(_BAND_CELLS / min(coarse.scale))) + 1  # the coarse boundary is right to about a cell
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    mask_u8 = mask.view(np.uint8)
+    band = cv2.dilate(mask_u8, kernel) != cv2.erode(mask_u8, kernel)
+    cells = cv2.dilate(contradicts.astype(np.uint8), np.ones((3, 3), np.uint8))
+    band |= cv2.resize(cells, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return mask, band
+
+
+def _cut_tiles(roi, mask, uncertain, bgd, fgd, workers) -> None:
+    """Graph-cut the uncertain pixels at full resolution, tile by tile, writing into ``mask`` in place."""
+    height, width = mask.shape
+    rows, cols = -(-height // _TILE), -(-width // _TILE)
+    padded = np.zeros((rows * _TILE, cols * _TILE), bool)
+    padded[:height, :width] = uncertain
+    tiles = list(zip(*np.nonzero(padded.reshape(rows, _TILE, cols, _TILE).any(axis=(1, 3))), strict=True))
+    before = mask.copy()  # every tile reads the coarse labels, never a neighbour's fresh result
+
+    def cut(tile: tuple[int, int]) -> None:
+        _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd)
+
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers <= 1 or len(tiles) < 2:
+        for tile in tiles:
+            cut(tile)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(cut, tiles))  # each tile writes a disjoint block of ``mask``
+
+
+def _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd) -> None:
+    height, width = mask.shape
+    cy, cx = tile[0] * _TILE, tile[1] * _TILE
+    core = uncertain[cy : cy + _TILE, cx : cx + _TILE]
+    rows, cols = np.flatnonzero(core.any(axis=1)), np.flatnonzero(core.any(axis=0))
+    uy1, uy2, ux1, ux2 = cy + rows[0], cy + rows[-1] + 1, cx + cols[0], cx + cols[-1] + 1
+    wy1, wx1 = max(0, uy1 - _TILE_MARGIN), max(0, ux1 - _TILE_MARGIN)
+    wy2, wx2 = min(height, uy2 + _TILE_MARGIN), min(width, ux2 + _TILE_MARGIN)
+    labels = np.where(before[wy1:wy2, wx1:wx2], cv2.GC_FGD, cv2.GC_BGD).astype(np.uint8)
+    labels[uncertain[wy1:wy2, wx1:wx2]] += 2  # GC_BGD->GC_PR_BGD, GC_FGD->GC_PR_FGD
+    window = np.ascontiguousarray(roi[wy1:wy2, wx1:wx2])
+    cv2.grabCut(window, labels, None, bgd.copy(), fgd.copy(), 1, cv2.GC_EVAL_FREEZE_MODEL)
+    # certain pixels keep their label through the cut, so the whole block can be written back
+    mask[uy1:uy2, ux1:ux2] = (labels[uy1 - wy1 : uy2 - wy1, ux1 - wx1 : ux2 - wx1] & 1).astype(bool)
+
+
+# --------------------------------------------------------------------- OpenCV's GMM, read and re-learnt
+
+
+def _unpack_gmm(model: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split OpenCV's 1×65 GMM into weights (5), means (5×3) and covariances (5×3×3)."""
+    flat = model.ravel()
+    k = _N_COMPONENTS
+    return flat[:k], flat[k : 4 * k].reshape(k, 3), flat[4 * k :].reshape(k, 3, 3)
+
+
+def _component_loglik(x: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """N×5 log of weight × Gaussian density for each component (−inf for empty components)."""
+    weights, means, covs = _unpack_gmm(model)
+    out = np.full((len(x), _N_COMPONENTS), -np.inf)
+    for k in np.flatnonzero(weights > 0):
+        cov = covs[k] + np.eye(3) * 0.01  # OpenCV adds the same ridge to singular covariances
+        diff = x - means[k]
+        mahal = np.einsum("ij,ij->i", diff @ np.linalg.inv(cov), diff)
+        out[:, k] = np.log(weights[k]) - 0.5 * np.log(np.linalg.det(cov)) - 0.5 * mahal
+    return out
+
+
+def _gmm_loglik(x: np.ndarray, model: np.ndarray) -> np.ndarray:
+    per_component = _component_loglik(x, model)
+    top = np.maximum(per_component.max(axis=1), -1e300)  # finite even where every density underflows
+    return top + np.log(np.exp(per_component - top[:, None]).sum(axis=1))
+
+
+def _relearn_gmm(x: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """One learning step as in OpenCV: give each sample its likeliest component, refit each component."""
+    if len(x) < 4 * _N_COMPONENTS:
+        return model  # too few samples to refit; keep the coarse model
+    component = _component_loglik(x, model).argmax(axis=1)
+    weights = np.zeros(_N_COMPONENTS)
+    means, covs = np.zeros((_N_COMPONENTS, 3)), np.zeros((_N_COMPONENTS, 3, 3))
+    for k in range(_N_COMPONENTS):
+        members = x[component == k]
+        if len(members) < 4:
+            continue
+        weights[k] = len(members) / len(x)
+        means[k] = members.mean(axis=0)
+        covs[k] = np.cov(members.T, bias=True) + np.eye(3) * 0.01
+    if weights.sum() == 0:
+        return model
+    weights /= weights.sum()  # components too small to refit are dropped; the rest share their weight
+    return np.concatenate([weights, means.ravel(), covs.ravel()])[None, :]
