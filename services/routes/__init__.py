@@ -1,5 +1,7 @@
 """The feature blueprints; ``create_app`` registers each of them."""
 
 from services.routes.annotate import bp as annotate_bp
+from services.routes.generate import bp as generate_bp
+from services.routes.segment import bp as segment_bp
 
-BLUEPRINTS: tuple = (annotate_bp,)
+BLUEPRINTS: tuple = (annotate_bp, segment_bp, generate_bp)

@@ -1,0 +1,221 @@
+"""Segment: draw a box around an object, let GrabCut cut it out, check it, save it to the object library."""
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+from streamlit_drawable_canvas import st_canvas
+
+from engine.exceptions import InvalidInput, StudioError
+from engine.images import encode_png
+from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS
+from services import annotation, segment
+from services.ui import fail, get_config, get_store, require_role
+
+CANVAS_MAX_WIDTH, CANVAS_MAX_HEIGHT = 800, 640  # the photo is shown downscaled; GrabCut runs on every pixel
+BOX, FOREGROUND, BACKGROUND = "Box", "Mark object", "Mark background"
+STROKE_COLOURS = {FOREGROUND: "#00c853", BACKGROUND: "#ff1744"}
+BOX_COLOUR = "#ff9800"
+HINTS = {BOX: "Drag a box around the object (the last box drawn counts).",
+         FOREGROUND: "Paint green strokes over parts of the object that the cut-out missed.",
+         BACKGROUND: "Paint red strokes over background that the cut-out kept."}
+NEW_CLASS = "(new class)"
+UPLOAD, LIBRARY = "Upload a photo", "An uploaded image"
+RECENT_SHOWN = 8
+
+user = require_role("operator", "annotator")
+config, store = get_config(), get_store()
+st.title("Segment")
+st.caption("Draw a box around one object, optionally mark object and background with strokes, cut it out "
+           "with GrabCut, and save it under its class. Augment turns saved objects into datasets.")
+
+
+@st.cache_resource(show_spinner="Reading the photo…", max_entries=4)
+def load_photo(digest: str, _data: bytes) -> tuple[np.ndarray, Image.Image, float]:
+    """Decode once per photo: the full-resolution pixels, a display copy that fits the page, and its scale."""
+    rgb = segment.decode(config, _data, "file")
+    height, width = rgb.shape[:2]
+    scale = min(1.0, CANVAS_MAX_WIDTH / width, CANVAS_MAX_HEIGHT / height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    display = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return rgb, display, scale
+
+
+def choose_photo() -> tuple[str, bytes] | None:
+    """The photo to work on: a fresh upload or an image already uploaded on the Annotate page."""
+    source = st.radio("Image", [UPLOAD, LIBRARY], horizontal=True, key="segment_source")
+    if source == UPLOAD:
+        upload = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"],
+                                  key="segment_upload", max_upload_size=config.max_upload_mb)
+        return (upload.name, upload.getvalue()) if upload is not None else None
+    rows = store.list_rows("images", order="uploaded_at DESC", limit=500)
+    if not rows:
+        st.info("No images have been uploaded yet; upload a photo instead.")
+        return None
+    picked = st.selectbox("Uploaded image", [r["id_name"] for r in rows], key="segment_pick")
+    row = next(r for r in rows if r["id_name"] == picked)
+    try:
+        return picked, annotation.image_file(config, row).read_bytes()
+    except OSError as exc:
+        fail(f"The file of '{picked}' cannot be read: {exc}")
+
+
+@dataclass(frozen=True)
+class CanvasMapping:
+    """Canvas pixels -> full-resolution photo pixels: ``image = (canvas - offset) / scale``."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+    @classmethod
+    def of(cls, fit: dict | None, display_scale: float) -> "CanvasMapping":
+        """From the canvas's reported background fit (if any) and the display copy's downscale."""
+        if not fit:  # stretch fit of a background exactly the canvas's size: only the downscale
+            return cls(display_scale, display_scale)
+        return cls(fit["scale_x"] * display_scale, fit["scale_y"] * display_scale, fit["offset_x"], fit["offset_y"])
+
+    def point(self, x: float, y: float) -> list[float]:
+        return [(x - self.offset_x) / self.scale_x, (y - self.offset_y) / self.scale_y]
+
+
+def read_drawing(json_data: dict | None, mapping: CanvasMapping, shape: tuple[int, ...]):
+    """The last box and the strokes drawn on the canvas, in full-resolution image pixels.
+
+    Returns:
+        ``(box or None, foreground polylines, background polylines)``.
+    """
+    box, fg, bg = None, [], []
+    for obj in (json_data or {}).get("objects", []):
+        kind = str(obj.get("type", "")).lower()
+        if kind == "rect":
+            box = rect_box(obj, mapping, shape)
+        elif kind == "path":  # freedraw: commands like ["Q", cx, cy, x, y]; the last pair is on the stroke
+            points = [mapping.point(p[-2], p[-1]) for p in obj.get("path", []) if len(p) >= 3]
+            if points:
+                (fg if obj.get("stroke") == STROKE_COLOURS[FOREGROUND] else bg).append(points)
+    return box, fg, bg
+
+
+def rect_box(obj: dict, mapping: CanvasMapping, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """A Fabric.js rect as ``(x1, y1, x2, y2)`` image pixels, clipped to the image (boxes may overhang)."""
+    width = obj.get("width", 0) * obj.get("scaleX", 1)
+    height = obj.get("height", 0) * obj.get("scaleY", 1)
+    left = obj.get("left", 0) - (width if obj.get("originX") == "right" else 0)
+    top = obj.get("top", 0) - (height if obj.get("originY") == "bottom" else 0)
+    x1, y1 = mapping.point(min(left, left + width), min(top, top + height))
+    x2, y2 = mapping.point(max(left, left + width), max(top, top + height))
+    box = (max(0, math.floor(x1)), max(0, math.floor(y1)), min(shape[1], math.ceil(x2)), min(shape[0], math.ceil(y2)))
+    return box if box[2] - box[0] >= 2 and box[3] - box[1] >= 2 else None
+
+
+def draw(display: Image.Image, digest: str):
+    """The canvas: a box tool and two brushes over the downscaled photo."""
+    left, middle, right = st.columns([2, 1, 1])
+    mode = left.radio("Draw", [BOX, FOREGROUND, BACKGROUND], horizontal=True, key="segment_mode",
+                      help="Draw the box first; then paint strokes where GrabCut got it wrong and cut again.")
+    brush = middle.slider("Brush (px on screen)", 2, 40, 10, key="segment_brush")
+    iterations = right.slider("GrabCut iterations", 1, MAX_ITERATIONS, DEFAULT_ITERATIONS, key="segment_iterations")
+    st.caption(HINTS[mode])
+    result = st_canvas(
+        fill_color="rgba(255, 152, 0, 0.12)", stroke_width=2 if mode == BOX else brush,
+        stroke_color=BOX_COLOUR if mode == BOX else STROKE_COLOURS[mode], background_image=display,
+        drawing_mode="rect" if mode == BOX else "freedraw", width=display.width, height=display.height,
+        key=f"segment_canvas_{digest[:16]}")  # a new photo gets a new canvas: old boxes clear
+    return result, brush, iterations
+
+
+def cut(rgb: np.ndarray, key: tuple, box, fg, bg, brush: int, iterations: int, scale: float) -> None:
+    """Run GrabCut at full resolution and keep the result for this photo and box."""
+    try:
+        with st.spinner("Cutting out…"):
+            result = segment.cut_out(rgb, box, iterations, fg or None, bg or None,
+                                     max(1, round(brush / scale)))
+    except InvalidInput as exc:
+        st.session_state.pop("segment_result", None)
+        st.error(f"GrabCut could not cut this out: {exc}")
+        return
+    st.session_state["segment_result"] = {"key": key, "result": result}
+
+
+def save_section(result, source: str) -> None:
+    """Pick or type the class, then save the cut-out into the library."""
+    counts = segment.class_counts(store)
+    left, right = st.columns(2)
+    choice = NEW_CLASS
+    if counts:  # an empty library has nothing to pick from: just type the first class
+        choice = left.selectbox("Class", [*counts, NEW_CLASS], key="segment_class",
+                                format_func=lambda c: c if c == NEW_CLASS else f"{c} ({counts[c]} objects)")
+    name = right.text_input("New class name", key="segment_new_class", disabled=choice != NEW_CLASS,
+                            help="Letters, digits, '_', '-', '.' and spaces (the seed's EAN codes fit).")
+    class_name = name.strip() if choice == NEW_CLASS else choice
+    if st.button("Save object", key="segment_save", type="primary"):
+        cutout = result.cutout
+        try:
+            row = segment.save_object(config, store, class_name, encode_png(cutout), source=source,
+                                      bbox=result.bbox, created_by=user["username"],
+                                      size=(cutout.shape[1], cutout.shape[0]))
+        except InvalidInput as exc:
+            st.error(f"Not saved: {exc}")
+            return
+        st.success(f"Saved object {row['id'][:8]} as '{row['class_name']}'.")
+
+
+def library_section() -> None:
+    """What the library holds: objects per class and the latest cut-outs."""
+    counts = segment.class_counts(store)
+    if not counts:
+        st.caption("The object library is empty.")
+        return
+    st.dataframe(pd.DataFrame({"class": list(counts), "objects": list(counts.values())}), hide_index=True,
+                 key="segment_library_table")
+    recent = segment.list_objects(store, limit=RECENT_SHOWN)
+    columns = st.columns(RECENT_SHOWN)
+    for column, row in zip(columns, recent, strict=False):
+        try:
+            column.image(segment.cutout_preview(np.asarray(Image.open(segment.object_file(config, row))
+                                                           .convert("RGBA")), 160), caption=row["class_name"])
+        except OSError:
+            column.caption(f"{row['class_name']}: file missing")
+
+
+def main() -> None:
+    picked = choose_photo()
+    if picked is None:
+        with st.expander("Object library", expanded=True):
+            library_section()
+        return
+    source, data = picked
+    digest = hashlib.sha1(data).hexdigest()
+    try:
+        rgb, display, scale = load_photo(digest, data)
+    except InvalidInput as exc:
+        fail(f"This file cannot be used: {exc}")
+    st.caption(f"{source}: {rgb.shape[1]}×{rgb.shape[0]} px" + (f", shown at {scale:.0%}" if scale < 1 else ""))
+    canvas, brush, iterations = draw(display, digest)
+    box, fg, bg = read_drawing(canvas.json_data, CanvasMapping.of(canvas.background_fit, scale), rgb.shape)
+    if box is None:
+        st.info("Draw a box around the object on the photo.")
+        return
+    st.caption(f"Box: x1={box[0]}, y1={box[1]}, x2={box[2]}, y2={box[3]} · {len(fg)} object strokes · "
+               f"{len(bg)} background strokes")
+    if st.button("Run GrabCut", key="segment_run", type="primary"):
+        cut(rgb, (digest, box), box, fg, bg, brush, iterations, scale)
+    kept = st.session_state.get("segment_result")
+    if kept is None or kept["key"] != (digest, box):  # a result belongs to one photo and one box
+        return
+    result = kept["result"]
+    st.image(segment.cutout_preview(result.cutout), caption=f"Cut-out {result.cutout.shape[1]}×"
+             f"{result.cutout.shape[0]} px (checkerboard = transparent; outline = mask edge)")
+    save_section(result, source)
+
+
+try:
+    main()
+except StudioError as exc:  # a broken file or catalog: say what, never a traceback
+    fail(f"Segmentation failed: {exc}")

@@ -1,0 +1,81 @@
+"""Augmentation routes (issue 3): the seed's ``/api/v1/generate``, backgrounds and the dataset catalog."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+from flask import Blueprint, g, request
+from pydantic import BaseModel
+
+from engine.exceptions import InvalidInput
+from services import generate
+from services.web import ApiError, endpoint, from_invalid_input, ok, studio
+
+bp = Blueprint("generate", __name__)
+OPERATORS = ("operator",)
+READERS = ("operator", "annotator")
+
+
+class BackgroundForm(BaseModel):
+    """The form fields of ``POST /api/v1/backgrounds`` (the picture travels as multipart field ``file``)."""
+
+    split: Literal["train", "test"] | None = None
+
+
+@contextlib.contextmanager
+def service_errors() -> Iterator[None]:
+    """Turn the service's exceptions into API errors that name the field."""
+    try:
+        yield
+    except InvalidInput as exc:
+        raise from_invalid_input(exc) from None
+    except (generate.DatasetExists, generate.BackgroundExists) as exc:
+        raise ApiError(409, "exists", str(exc), exc.field) from None
+    except generate.UnknownDataset as exc:
+        raise ApiError(404, "not_found", str(exc), exc.field) from None
+
+
+@endpoint(bp, "/api/v1/generate", ("POST",), roles=OPERATORS, body=generate.GenerateBody)
+def post_generate(body: generate.GenerateBody):
+    """Queue one job that writes an augmented HDF5 dataset from the object library (answers 202)."""
+    with service_errors():
+        job_id = generate.submit_generation(studio().config, studio().store, body, g.user["username"])
+    return ok({"jobs": [job_id], "job_id": job_id}, 202)
+
+
+@endpoint(bp, "/api/v1/datasets", roles=OPERATORS)
+def list_datasets():
+    """Generated datasets, newest first, with their counts per split and class."""
+    config = studio().config
+    rows = [generate.dataset_view(config, r) for r in generate.list_datasets(studio().store)]
+    return ok({"datasets": rows, "count": len(rows)})
+
+
+@endpoint(bp, "/api/v1/datasets/<dataset_id>", roles=OPERATORS)
+def get_dataset(dataset_id: str):
+    """One generated dataset: file, classes, counts, generation config, export folders."""
+    with service_errors():
+        row = generate.get_dataset(studio().store, dataset_id)
+    return ok(generate.dataset_view(studio().config, row))
+
+
+@endpoint(bp, "/api/v1/backgrounds", roles=READERS)
+def list_backgrounds():
+    """Every background with its split (train or test) and origin (shipped or user)."""
+    with service_errors():
+        files = generate.list_background_files(studio().config)
+    counts = {split: sum(1 for b in files if b.split == split) for split in ("train", "test")}
+    return ok({"backgrounds": [generate.background_view(b) for b in files], "counts": counts})
+
+
+@endpoint(bp, "/api/v1/backgrounds", ("POST",), roles=OPERATORS, body=BackgroundForm, form=True)
+def post_background(body: BackgroundForm):
+    """Add a background (multipart ``file``; ``split`` train or test, default the smaller set)."""
+    upload = request.files.get("file")
+    if upload is None:
+        raise ApiError(400, "missing_file", "send the image as the multipart field 'file'", "file")
+    with service_errors():
+        bg = generate.add_background(studio().config, upload.read(), body.split)
+    return ok(generate.background_view(bg))

@@ -1,0 +1,156 @@
+"""Segment and Augment in a real browser: box drawn with the mouse, GrabCut, save; preview, generate, browse."""
+
+from __future__ import annotations
+
+import io
+import secrets
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from engine.augment.backgrounds import make_background
+from services.store import open_store
+from tests.browser.conftest import assert_no_traceback, login, shot
+from tests.services.test_segment import CENTRE, RADIUS, SEED_BOX, encode, scene
+
+pytestmark = pytest.mark.browser
+ZOOM = 5  # the 320×240 scene becomes a 1600×1200 photo, shown downscaled on the canvas
+
+
+def open_page(page, stack, role: str, title: str) -> None:
+    login(page, stack, role)
+    page.locator("[data-testid='stSidebarNav'] a", has_text=title).click()
+    page.locator("h1", has_text=title).wait_for()
+
+
+def canvas_box(page) -> dict:
+    """The drawing surface (Fabric.js puts its mouse-catching canvas on top of the one it paints)."""
+    upper = page.locator("canvas.upper-canvas")
+    target = upper.first if upper.count() else page.locator("canvas").last
+    target.wait_for()
+    target.evaluate("canvas => canvas.scrollIntoView({block: 'center'})")  # the mouse only acts in the viewport
+    page.wait_for_timeout(200)
+    return target.bounding_box()
+
+
+def wait_idle(page) -> None:
+    """Wait for the script run to end, then give the canvas a moment to apply what it received."""
+    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
+    page.wait_for_timeout(500)
+
+
+def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=4)
+    page.mouse.move(*end, steps=4)
+    page.mouse.up()
+
+
+def choose_option(page, label: str, option: str) -> None:
+    """Pick by typing: the list filters as one types (a plain click did not always open it here)."""
+    page.locator("[data-testid='stSelectbox']").filter(has_text=label).locator("input").click()
+    page.keyboard.type(option)
+    page.get_by_role("option", name=option).wait_for()
+    page.keyboard.press("Enter")
+
+
+def save_an_object(stack, ean: str, colour) -> None:
+    """Put an object in the library through the API (so the class list is not empty)."""
+    image, _ = scene(colour, seed=5)
+    r = requests.post(stack.url + "/api/v1/segment", json={**SEED_BOX, "ean": ean, "image": encode(image)},
+                      headers=stack.headers("operator"), timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_segment_draw_a_box_with_the_mouse_cut_out_and_save(page, stack, tmp_path):
+    save_an_object(stack, "browser_existing", (200, 200, 40))
+    image, _ = scene((30, 90, 200), seed=11)
+    photo = tmp_path / "big_photo.jpg"
+    Image.fromarray(image).resize((320 * ZOOM, 240 * ZOOM), Image.Resampling.NEAREST).save(photo, quality=92)
+    open_page(page, stack, "operator", "Segment")
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(photo))
+    page.get_by_text("1600×1200 px, shown at 50%").wait_for()
+    cx, cy, margin = CENTRE[0] * ZOOM, CENTRE[1] * ZOOM, (RADIUS + 12) * ZOOM
+
+    def screen(x: float, y: float) -> tuple[float, float]:
+        """Photo pixels to screen pixels, wherever the canvas is now (reruns can move it)."""
+        box = canvas_box(page)
+        per_pixel = box["width"] / (320 * ZOOM)
+        return box["x"] + x * per_pixel, box["y"] + y * per_pixel
+
+    start = screen(cx - margin, cy - margin)
+    drag(page, start, screen(cx + margin, cy + margin))
+    page.get_by_text("0 background strokes").wait_for()
+    caption = page.get_by_text("Box: x1=").inner_text()
+    drawn = [int(caption.split(f"{k}=")[1].split(",")[0].split(" ")[0]) for k in ("x1", "y1", "x2", "y2")]
+    expected = [cx - margin, cy - margin, cx + margin, cy + margin]
+    assert all(abs(a - b) <= 8 for a, b in zip(drawn, expected, strict=True)), caption  # photo px, not canvas px
+    page.get_by_text("Mark background", exact=True).click()
+    page.get_by_text("Paint red strokes").wait_for()  # the rerun has reached the canvas...
+    wait_idle(page)  # ...and finished, so the canvas has its new tool
+    start = screen(cx - margin + 10, cy - margin + 10)
+    drag(page, start, screen(cx - margin + 120, cy - margin + 10))
+    page.get_by_text("1 background strokes").wait_for()
+    shot(page, "segment-box")
+    page.get_by_role("button", name="Run GrabCut").click()
+    page.get_by_text("checkerboard = transparent").wait_for()
+    choose_option(page, "Class", "(new class)")
+    name = "browser_" + secrets.token_hex(3)
+    field = page.get_by_label("New class name", exact=True)
+    field.fill(name)  # waits until the rerun has enabled it
+    field.press("Enter")
+    page.get_by_role("button", name="Save object").click()
+    page.get_by_text(f"as '{name}'").wait_for()
+    assert_no_traceback(page)
+    shot(page, "segment-grabcut")
+    rows = open_store(stack.data_dir).list_rows("objects", class_name=name)
+    assert len(rows) == 1 and rows[0]["created_by"] == "operator"
+    side = 2 * RADIUS * ZOOM  # the disc, cut out at the photo's full resolution
+    assert abs(rows[0]["width"] - side) <= 3 * ZOOM and abs(rows[0]["height"] - side) <= 3 * ZOOM
+    cutout = np.asarray(Image.open(stack.data_dir / rows[0]["path"]))
+    assert cutout.shape[2] == 4 and cutout[0, 0, 3] == 0 and cutout[side // 2, side // 2, 3] == 255
+
+
+def background_png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(make_background("noise", 96, seed)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_augment_preview_generate_and_browse(page, stack, tmp_path):
+    save_an_object(stack, "browser_yellow", (220, 180, 30))
+    open_page(page, stack, "operator", "Augment")
+    page.get_by_text("Backgrounds", exact=True).click()
+    for split in ("train", "test"):  # through the page's own uploader
+        path = tmp_path / f"bg_{split}.png"
+        path.write_bytes(background_png(secrets.randbelow(10**9)))
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(path))
+        page.get_by_text(path.name).wait_for()
+        page.locator("[data-testid='stRadio']").filter(has_text="Into").get_by_text(split, exact=True).click()
+        wait_idle(page)  # the button must belong to the run that has this file and this split
+        page.get_by_role("button", name="Add background").click()
+        page.get_by_text(f"to the {split} backgrounds").wait_for()
+    size = page.get_by_label("Image size (px)")
+    size.fill("64")
+    size.press("Enter")
+    page.get_by_text("samples of 64 px").wait_for()
+    page.get_by_role("tab", name="Training samples").wait_for()
+    page.locator("[data-testid='stImage']").first.wait_for()
+    assert page.locator("[data-testid='stImage']").count() >= 2
+    page.get_by_role("tab", name="Training samples").scroll_into_view_if_needed()
+    shot(page, "augment-preview")
+    name = "browser_ds_" + secrets.token_hex(3)
+    page.get_by_label("Dataset name (optional)").fill(name)
+    page.get_by_label("Dataset name (optional)").press("Enter")
+    page.get_by_role("button", name="Generate dataset").click()
+    page.get_by_text("finished").first.wait_for(timeout=90_000)
+    page.locator("[data-testid='stDataFrame']").wait_for()
+    page.get_by_text(f"datasets/{name}.hdf5").wait_for()
+    assert_no_traceback(page)
+    page.locator("[data-testid='stDataFrame']").scroll_into_view_if_needed()
+    shot(page, "augment-dataset")
+    row = open_store(stack.data_dir).get_row("datasets", name)
+    assert row is not None and "browser_yellow" in row["class_names"] and row["image_size"] == 64

@@ -1,0 +1,164 @@
+"""``POST /api/v1/segment`` and the object library against the running API (issue 3).
+
+Every picture is made here: a coloured disc on a textured background, so the true mask is known and the
+cut-out can be scored by its IoU with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from engine.segmentation import mask_iou
+
+# The seed's own box, around a disc that sits wholly inside it.
+SEED_BOX = {"x1": "37", "x2": "220", "y1": "35", "y2": "179"}
+CENTRE, RADIUS = (128, 107), 55
+SIZE = (320, 240)  # width, height
+
+
+def scene(colour=(200, 40, 40), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 320×240 RGB picture of a disc on a grainy, shaded grey background, and the disc's true mask."""
+    width, height = SIZE
+    rng = np.random.default_rng(seed)
+    shade = np.linspace(200, 240, width, dtype=np.float32)[None, :, None]
+    image = np.clip(shade + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    cv2.circle(mask, CENTRE, RADIUS, 1, -1)
+    image[mask.astype(bool)] = np.clip(np.asarray(colour) + rng.normal(0, 8, (mask.sum(), 3)), 0, 255)
+    return image, mask.astype(bool)
+
+
+def encode(image: np.ndarray, fmt: str = "JPEG", data_url: bool = True) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, fmt, quality=95)
+    text = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"data:image/{fmt.lower()};base64,{text}" if data_url else text
+
+
+def seed_body(ean: str = "0601472600", colour=(200, 40, 40)) -> dict:
+    """The seed's body, key for key, values as strings."""
+    image, _ = scene(colour)
+    return {**SEED_BOX, "ean": ean, "image": encode(image)}
+
+
+def post_segment(stack, body: dict, role: str = "operator") -> requests.Response:
+    return requests.post(stack.url + "/api/v1/segment", json=body, headers=stack.headers(role), timeout=60)
+
+
+def alpha_on_canvas(png: bytes, bbox: list[int]) -> np.ndarray:
+    """The cut-out's alpha placed back at its box on a full-size canvas (for the IoU with the true mask)."""
+    img = Image.open(io.BytesIO(png))
+    full = np.zeros((SIZE[1], SIZE[0]), bool)
+    x1, y1, x2, y2 = bbox
+    full[y1:y2, x1:x2] = np.asarray(img)[:, :, 3] >= 128
+    return full
+
+
+def test_seed_body_gives_the_disc_as_an_rgba_cutout_and_saves_it(stack):
+    body = seed_body()
+    r = post_segment(stack, body, role="annotator")
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert set(answer) == {"output_image", "object_id", "ean", "bbox", "status_code"}
+    assert answer["status_code"] == "200" and answer["ean"] == "0601472600"
+    png = base64.b64decode(answer["output_image"])
+    img = Image.open(io.BytesIO(png))
+    x1, y1, x2, y2 = answer["bbox"]
+    assert img.format == "PNG" and img.mode == "RGBA" and img.size == (x2 - x1, y2 - y1)
+    cx, cy = CENTRE
+    # cropped to the object, not to the box the user drew
+    assert abs(x1 - (cx - RADIUS)) <= 3 and abs(x2 - (cx + RADIUS + 1)) <= 3
+    assert abs(y1 - (cy - RADIUS)) <= 3 and abs(y2 - (cy + RADIUS + 1)) <= 3
+    _, truth = scene()
+    assert mask_iou(alpha_on_canvas(png, answer["bbox"]), truth) >= 0.9
+    stored = stack.data_dir / "objects" / "0601472600" / f"{answer['object_id']}.png"
+    assert stored.read_bytes() == png
+    listed = requests.get(stack.url + "/api/v1/objects", params={"class_name": "0601472600"},
+                          headers=stack.headers("operator"), timeout=10).json()
+    row = next(o for o in listed["objects"] if o["id"] == answer["object_id"])
+    assert row["bbox"] == answer["bbox"] and row["created_by"] == "annotator"
+    assert (row["width"], row["height"]) == img.size and row["source"].startswith("sha256:")
+    served = requests.get(stack.url + row["image_url"], headers=stack.headers("annotator"), timeout=10)
+    assert served.headers["Content-Type"] == "image/png" and served.content == png
+
+
+def test_real_numbers_png_without_prefix_and_strokes(stack):
+    image, truth = scene((40, 160, 60), seed=3)
+    cx, cy = CENTRE
+    band = cy - RADIUS // 2  # a background stroke across the top of the disc
+    body = {"x1": 37, "y1": 35, "x2": 220, "y2": 179, "ean": "green disc", "image": encode(image, "PNG", False),
+            "iterations": "3", "fg_strokes": [[[cx - 10, cy], [cx + 10, cy]]],
+            "bg_strokes": [[[cx - RADIUS, band], [cx + RADIUS, band]]], "stroke_width": 6}
+    r = post_segment(stack, body)
+    assert r.status_code == 200, r.text
+    alpha = alpha_on_canvas(base64.b64decode(r.json()["output_image"]), r.json()["bbox"])
+    assert not alpha[band, cx - 20 : cx + 20].any()  # the user said: not the object
+    below = truth.copy()
+    below[: band + 6] = False  # the part of the disc under the stroke must all be kept
+    assert (alpha & below).sum() >= 0.97 * below.sum()
+    assert (alpha & truth).sum() >= 0.97 * alpha.sum()  # and nothing of the background
+
+
+BAD = [
+    ({"x1": "220", "x2": "37"}, "x2"),
+    ({"x2": "400"}, "x2"),
+    ({"y1": "-5"}, "y1"),
+    ({"y2": "abc"}, "y2"),
+    ({"image": "@@@@ not base64 @@@@"}, "image"),
+    ({"image": base64.b64encode(b"just some text, not a picture").decode()}, "image"),
+    ({"image": ""}, "image"),
+    ({"ean": "../escape"}, "ean"),
+    ({"ean": "a/b"}, "ean"),
+    ({"ean": ".hidden"}, "ean"),
+    ({"ean": "x" * 65}, "ean"),
+    ({"iterations": 0}, "iterations"),
+    ({"fg_strokes": [[[1, 2, 3]]]}, "fg_strokes"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD, ids=[f for _, f in BAD])
+def test_bad_input_is_400_naming_the_field_and_writes_nothing(stack, change, field):
+    before = sorted(p.relative_to(stack.data_dir) for p in (stack.data_dir / "objects").rglob("*"))
+    outside = sorted(stack.data_dir.parent.iterdir())
+    r = post_segment(stack, {**seed_body(ean="bad_inputs"), **change})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"].split(".")[0] == field and r.json()["error"]
+    assert sorted(p.relative_to(stack.data_dir) for p in (stack.data_dir / "objects").rglob("*")) == before
+    assert sorted(stack.data_dir.parent.iterdir()) == outside
+
+
+def test_box_with_nothing_in_it_is_400(stack):
+    image = np.full((SIZE[1], SIZE[0], 3), 128, np.uint8)  # flat grey: GrabCut has nothing to find
+    r = post_segment(stack, {**SEED_BOX, "ean": "nothing", "image": encode(image, "PNG")})
+    assert r.status_code == 400 and r.json()["field"] in ("box", "image")
+
+
+def test_more_pixels_than_the_limit_is_413(stack):
+    buf = io.BytesIO()
+    Image.new("L", (8000, 7000)).save(buf, "PNG")  # 56 MP > the 50 MP default; a few hundred KB
+    r = post_segment(stack, {**SEED_BOX, "ean": "huge", "image": base64.b64encode(buf.getvalue()).decode()})
+    assert r.status_code == 413 and r.json()["field"] == "image"
+
+
+def test_roles_listing_and_delete(stack):
+    r = post_segment(stack, seed_body(ean="to_delete"), role="client")
+    assert r.status_code == 403
+    object_id = post_segment(stack, seed_body(ean="to_delete")).json()["object_id"]
+    path = stack.data_dir / "objects" / "to_delete" / f"{object_id}.png"
+    assert path.is_file()
+    listing = requests.get(stack.url + "/api/v1/objects", headers=stack.headers("annotator"), timeout=10).json()
+    assert listing["classes"]["to_delete"] >= 1 and all(set(o) >= {"id", "class_name"} for o in listing["objects"])
+    url = f"{stack.url}/api/v1/objects/{object_id}"
+    assert requests.delete(url, headers=stack.headers("annotator"), timeout=10).status_code == 403
+    r = requests.delete(url, headers=stack.headers("operator"), timeout=10)
+    assert r.status_code == 200 and r.json()["deleted"] == object_id and not path.exists()
+    assert requests.delete(url, headers=stack.headers("operator"), timeout=10).status_code == 404
+    image = requests.get(url + "/image", headers=stack.headers("operator"), timeout=10)
+    assert image.status_code == 404 and image.json()["field"] == "object_id"
