@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.exceptions import InvalidInput
 from services.config import Config
 from services.store import Store
 
@@ -40,10 +41,19 @@ def _load(path: str, mtime: float):
 
 
 def predictor_for(config: Config, row: dict):
-    """The loaded model of a catalog row, cached per process (reloaded if the file changed)."""
+    """The loaded model of a catalog row, cached per process (reloaded if the file changed).
+
+    Raises:
+        InvalidInput: (field ``model``) the row's checkpoint file is gone.
+    """
     path = config.path(row["path"])
-    with _lock:
-        return _load(str(path), path.stat().st_mtime)
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        raise InvalidInput(f"the checkpoint of model {row['id']!r} is missing; train or choose another model",
+                           "model") from None
+    with _lock:  # one load per model even when many requests arrive at once
+        return _load(str(path), mtime)
 
 
 def predict(config: Config, row: dict, image_rgb: np.ndarray) -> dict:

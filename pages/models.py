@@ -1,0 +1,67 @@
+"""Models: the trained models with their metrics; activate one, download it as TorchScript or ONNX, delete."""
+
+import pandas as pd
+import streamlit as st
+
+from engine.exceptions import InvalidInput
+from services import training
+from services.ui import get_config, get_store, require_role
+
+user = require_role("operator")
+config, store = get_config(), get_store()
+st.title("Models")
+
+rows = training.list_trained(store)
+if not rows:
+    st.info("No trained models yet: launch a run on the Train page.")
+    st.stop()
+
+
+def summary(row: dict) -> dict:
+    metrics = row["metrics"] or {}
+    return {"id": row["id"][:8], "model": row["model_name"], "active": row["active"],
+            "kind": "multi-label" if row["multi_label"] else "single-label",
+            "best test accuracy %": metrics.get("best_accuracy"), "test mAP %": metrics.get("test_map"),
+            "epochs": metrics.get("epochs_completed"), "classes": len(row["class_names"] or []),
+            "by": row["created_by"], "created": pd.to_datetime(row["created_at"], unit="s")}
+
+
+st.dataframe(pd.DataFrame([summary(r) for r in rows]), hide_index=True, key="models_table",
+             column_config={"best test accuracy %": st.column_config.NumberColumn(format="%.1f"),
+                            "test mAP %": st.column_config.NumberColumn(format="%.1f")})
+by_id = {r["id"]: r for r in rows}
+chosen = st.selectbox("Model", list(by_id), key="models_pick", format_func=lambda i: (
+    f"{by_id[i]['model_name']} · {i[:8]} · {(by_id[i]['metrics'] or {}).get('best_accuracy', 0):.1f} %"
+    + (" · active" if by_id[i]["active"] else "")))
+row = by_id[chosen]
+left, right = st.columns(2)
+with left:
+    st.markdown(f"**Classes:** {', '.join(row['class_names'] or [])}")
+    st.markdown(f"**Training job:** `{row['job_id']}` · **checkpoint:** `{row['path']}`")
+with right:
+    st.json(row["metrics"] or {}, expanded=False)
+
+actions = st.columns(4)
+if actions[0].button("Activate", key="models_activate", disabled=row["active"],
+                     help="Predictions use this model unless another one is asked for."):
+    training.activate(store, chosen)
+    st.rerun()
+for column, fmt in zip(actions[1:3], training.EXPORT_SUFFIXES, strict=False):
+    def export(fmt=fmt) -> bytes:
+        """Made on click (an ONNX export takes seconds) and cached on disk per checkpoint."""
+        return training.export_file(config, row, fmt).read_bytes()
+
+    column.download_button(f"Download {fmt}", export, key=f"models_export_{fmt}",
+                           file_name=f"{row['model_name']}-{chosen[:8]}{training.EXPORT_SUFFIXES[fmt]}",
+                           mime="application/octet-stream", on_click="ignore",
+                           disabled=not config.path(row["path"]).is_file())
+with actions[3]:
+    # Keyed per model: after a deletion the next model's box starts unticked.
+    sure = st.checkbox("Yes, delete it", key=f"models_confirm_delete_{chosen}")
+    if st.button("Delete", key="models_delete", disabled=not sure):
+        try:
+            training.delete_model(config, store, chosen)
+        except (training.NotFound, InvalidInput) as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()

@@ -1,0 +1,75 @@
+"""Predict: upload an image, see the label(s) a trained model gives it, with probabilities as a bar chart."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from engine.exceptions import InvalidInput
+from engine.images import decode_image
+from services import predictions, training
+from services.ui import fail, get_config, get_store, require_role
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
+
+user = require_role("operator", "annotator", "client")
+config, store = get_config(), get_store()
+st.title("Predict")
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model ...")
+def load_predictor(path: str, mtime: float):
+    """One loaded model per checkpoint file version, shared by every session of this server."""
+    from engine.inference import Predictor
+
+    return Predictor(path)
+
+
+def model_label(row: dict) -> str:
+    accuracy = (row["metrics"] or {}).get("best_accuracy")
+    return (f"{row['model_name']} · {row['id'][:8]} · {'multi-label' if row['multi_label'] else 'single-label'}"
+            + (f" · {accuracy:.1f} %" if accuracy is not None else "") + (" · active" if row["active"] else ""))
+
+
+def probability_chart(scores: dict[str, float], chosen: set[str]) -> alt.Chart:
+    frame = pd.DataFrame({"label": list(scores), "probability": list(scores.values()),
+                          "chosen": [label in chosen for label in scores]})
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("label:N", sort="-x"),
+        color=alt.Color("chosen:N", legend=None), tooltip=["label", alt.Tooltip("probability:Q", format=".3f")])
+
+
+rows = training.list_trained(store)
+if not rows:
+    st.info("No trained model yet: an operator trains one on the Train page.")
+    st.stop()
+by_id = {r["id"]: r for r in rows}
+default = predictions.choose_model(store)  # the active model, else the best one
+ids = list(by_id)
+model_id = st.selectbox("Model", ids, index=ids.index(default["id"]) if default else 0,
+                        format_func=lambda i: model_label(by_id[i]), key="predict_model")
+upload = st.file_uploader("Image", type=IMAGE_TYPES, key="predict_upload")
+if upload is None:
+    st.stop()
+try:
+    image = decode_image(upload.getvalue(), "image", config.max_image_pixels)
+except InvalidInput as exc:
+    fail(f"{upload.name}: {exc}")
+row = by_id[model_id]
+path = config.path(row["path"])
+if not path.is_file():
+    fail(f"The checkpoint of this model is missing ({row['path']}); choose another model.")
+try:
+    answer = load_predictor(str(path), path.stat().st_mtime).predict(image)
+except InvalidInput as exc:  # e.g. a checkpoint that is not one of ours
+    fail(f"This model cannot be loaded: {exc}")
+
+left, right = st.columns([1, 2])
+left.image(image, caption=upload.name)
+with right:
+    if "tags" in answer:
+        st.subheader(", ".join(answer["tags"]) or "no label over its threshold")
+        st.altair_chart(probability_chart(answer["scores"], set(answer["tags"])), key="predict_chart")
+    else:
+        st.subheader(answer["label"])
+        st.metric("Confidence", f"{answer['confidence']:.1f} %")
+        st.altair_chart(probability_chart(answer["probabilities"], {answer["label"]}), key="predict_chart")

@@ -1,0 +1,226 @@
+"""Train: choose a model, data and hyperparameters; launch; watch loss and accuracy live; cancel or resume."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from engine.datasets import list_dataset_kinds
+from engine.exceptions import InvalidInput
+from engine.models import list_models
+from engine.training import OPTIMIZERS
+from services import jobs, training
+from services.ui import get_config, get_store, require_role
+
+LIVE_SECONDS = 2  # how often the open page re-reads the run's history
+RUNS_SHOWN = 50
+QUEUE_DOWN = "The job queue (Redis) is unreachable; try again shortly."
+
+user = require_role("operator")
+config, store = get_config(), get_store()
+st.title("Train")
+MODELS = {info.name: info for info in list_models()}
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def folder_choices(_config, data_dir: str) -> list[str]:
+    """Class-folder trees under DATA_DIR (``data_dir`` keys the cache; listing big trees is not free)."""
+    return training.image_folder_candidates(_config)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def classes_of(_config, request_json: str) -> list[str]:
+    """The data's class names (reruns on every widget change must not list big folders each time)."""
+    return training.data_classes(_config, training.TrainRequest.model_validate_json(request_json))
+
+
+def pick(label: str, options: list[str], preferred: str, key: str) -> str | None:
+    """A select box that starts on ``preferred`` when it is one of the options."""
+    index = options.index(preferred) if preferred in options else 0
+    return st.selectbox(label, options, index=index, key=key) if options else None
+
+
+def data_fields(kind: str) -> dict:
+    """The widgets of the chosen dataset kind; returns the request fields they set."""
+    if kind == "hdf5":
+        files = training.available_hdf5(config, store)
+        if not files:
+            st.info("No HDF5 datasets yet: generate one on the Augment page (or put one in DATA_DIR/datasets).")
+        return {"hdf5_path": pick("HDF5 file (DATA_DIR/datasets)", files, "", "train_hdf5")}
+    if kind == "custom":
+        folders = folder_choices(config, str(config.data_dir))
+        if not folders:
+            st.info("No class folders found in DATA_DIR: add <folder>/<class>/*.png trees for training and test.")
+        left, right = st.columns(2)
+        with left:
+            train_dir = pick("Training folder", folders, "TRAIN_data_224", "train_trainset")
+        with right:
+            test_dir = pick("Test folder", folders, "TEST_data_224", "train_testset")
+        return {"trainset_dir": train_dir, "testset_dir": test_dir}
+    st.caption("The annotated images of the Annotate page (multi-label, one output per label of the label set).")
+    return {}
+
+
+def hyperparameters(info) -> dict:
+    """The training settings, with the seed's defaults; returns request fields."""
+    c1, c2, c3, c4 = st.columns(4)
+    values = {
+        "num_epochs": c1.number_input("Epochs", 1, 1_000_000, 10, key="train_epochs"),
+        "batch_size": c2.number_input("Batch size", 1, 65_536, 16, key="train_batch"),
+        "learning_rate": c3.number_input("Learning rate", 1e-6, 10.0, 0.01, format="%.5f", key="train_lr"),
+        "optimizer": c4.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer"),
+        "momentum": c1.number_input("Momentum (SGD)", 0.0, 0.999, 0.9, key="train_momentum"),
+        "l2_reg": c2.number_input("L2 (weight decay)", 0.0, 1.0, 1e-4, format="%.5f", key="train_l2"),
+        "image_size": c3.number_input(f"Image size (0: {info.default_input_size})", 0, 4096, 0, key="train_size"),
+        "seed": c4.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed"),
+        "lr_decay": c1.checkbox("Decay the learning rate", True, key="train_lr_decay"),
+        "epoch_step": c2.number_input("Step every n epochs (0: on plateau)", 0, 1_000_000, 0, key="train_step"),
+        "patience": c3.number_input("Early stop after n flat epochs (0: never)", 0, 1_000_000, 0,
+                                    key="train_patience"),
+        "num_workers": c4.number_input("Loader processes", 0, 64, 0, key="train_workers"),
+        "is_transform": c1.checkbox("Augment (flip, shift)", True, key="train_augment"),
+        "convert_grey": c2.checkbox("Grey images", False, key="train_grey"),
+        "pretrained": c3.checkbox("Pretrained (ImageNet)", False, key="train_pretrained",
+                                  disabled=not info.has_pretrained),
+    }
+    # 0 means "not set" in the widgets; the request says so with None.
+    return {k: (v or None) if k in ("image_size", "epoch_step", "patience") else v for k, v in values.items()}
+
+
+def build_request(fields: dict) -> training.TrainRequest | None:
+    try:
+        return training.TrainRequest.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        st.error(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}")
+        return None
+
+
+def launch_form() -> None:
+    """Model, data, hyperparameters and the Launch button (which selects the new run below)."""
+    name = pick("Model", list(MODELS), "convnetj", "train_model")  # the seed's example model first
+    info = MODELS[name]
+    st.caption(f"{info.description} · default input {info.default_input_size} px")
+    kind = st.radio("Dataset", list(list_dataset_kinds()), horizontal=True, key="train_dataset")
+    fields = {"model_name": name, "dataset": kind, **data_fields(kind)}
+    req = build_request(fields)
+    if req is not None:
+        try:
+            classes = classes_of(config, req.model_dump_json())
+            st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}")
+        except InvalidInput as exc:
+            st.warning(str(exc))
+    with st.expander("Hyperparameters", expanded=True):
+        fields.update(hyperparameters(info))
+    if st.button("Launch training", type="primary", key="train_launch"):
+        req = build_request(fields)
+        if req is not None:
+            try:
+                job_id = training.submit_training(config, store, req, user["username"])
+            except InvalidInput as exc:
+                st.error(str(exc))
+            except RedisError:
+                st.error(QUEUE_DOWN)
+            else:
+                st.session_state["train_next"] = job_id
+                st.rerun()
+
+
+def current(record: dict) -> dict:
+    """The record brought in line with RQ (a dead worker ends it); as stored when Redis is unreachable."""
+    try:
+        return jobs.reconcile(config, store, record)
+    except RedisError:
+        return record
+
+
+def run_label(record: dict) -> str:
+    params = record["params"]
+    when = pd.to_datetime(record["created_at"], unit="s").strftime("%Y-%m-%d %H:%M:%S")
+    # No status here: a select box keeps the labels of its first rendering while the fragment updates.
+    return f"{when} · {params.get('model_name')} on {params.get('dataset')} · {record['id'][:8]}"
+
+
+def curves(history: list[dict]) -> None:
+    """Loss and accuracy per epoch, train and test, as two altair line charts."""
+    frame = pd.DataFrame([{"epoch": h["epoch"], "split": split, "loss": h[f"{split}_loss"],
+                           "accuracy": h[f"{split}_accuracy"]} for h in history for split in ("train", "test")])
+    left, right = st.columns(2)
+    for column, metric in ((left, "loss"), (right, "accuracy")):
+        chart = alt.Chart(frame, title=metric).mark_line(point=True).encode(
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y(f"{metric}:Q"), color="split:N",
+            tooltip=["epoch", "split", metric])
+        column.altair_chart(chart, key=f"train_chart_{metric}")
+
+
+def run_controls(record: dict) -> None:
+    """Cancel a live run; resume a stopped one that has a checkpoint."""
+    if record["status"] not in jobs.TERMINAL:
+        if st.button("Cancel run", key="train_cancel"):
+            try:
+                jobs.cancel(config, store, record["id"])
+            except RedisError:
+                st.error(QUEUE_DOWN)
+                return
+            st.rerun(scope="app")
+        return
+    if record["status"] != "finished" and st.button("Resume from the last checkpoint", key="train_resume"):
+        try:
+            st.session_state["train_next"] = training.resume(config, store, record["id"], user["username"])
+        except (training.Conflict, training.NotFound, InvalidInput) as exc:
+            st.error(str(exc))
+        except RedisError:
+            st.error(QUEUE_DOWN)
+        else:
+            st.rerun(scope="app")
+
+
+def live_run(job_id: str, was_live: bool) -> None:
+    """Status, curves and controls of one run; re-run every few seconds while the run is live."""
+    record = current(store.get_job(job_id))
+    history = record["history"] or []
+    last = history[-1] if history else {}
+    st.markdown(f"**Status:** {record['status']} · **{len(history)} epochs recorded**"
+                + (f" of {last['epochs']} · best test accuracy {last['best_accuracy']:.1f} %" if last else ""))
+    if record["error"]:
+        st.error(record["error"])
+    if history:
+        curves(history)
+    run_controls(record)
+    if was_live and record["status"] in jobs.TERMINAL:
+        st.rerun(scope="app")  # once: the full page stops polling and shows the final evaluation
+
+
+def evaluation(record: dict) -> None:
+    """The best epoch's confusion matrix (single-label) or per-label metrics (multi-label)."""
+    found = (record["result"] or {}).get("evaluation") or {}
+    names = found.get("class_names", [])
+    if "confusion_matrix" in found:
+        cells = pd.DataFrame([{"true": names[i], "predicted": names[j], "count": n}
+                              for i, row in enumerate(found["confusion_matrix"]) for j, n in enumerate(row)])
+        base = alt.Chart(cells, title="Confusion matrix (best epoch, test set)").encode(
+            x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
+        chart = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"))) + \
+            base.mark_text().encode(text="count:Q")
+        st.altair_chart(chart, key="train_confusion")
+    elif "per_class" in found:
+        st.subheader("Per-label metrics (best epoch)")
+        st.dataframe(pd.DataFrame(found["per_class"]).T, key="train_per_class")
+
+
+launch_form()
+st.divider()
+st.subheader("Runs")
+runs = store.list_jobs(kind="train", limit=RUNS_SHOWN)
+if not runs:
+    st.info("No training runs yet.")
+    st.stop()
+if "train_next" in st.session_state:  # a run launched or resumed on the last pass: show it
+    st.session_state["train_run"] = st.session_state.pop("train_next")
+by_id = {r["id"]: r for r in runs}
+job_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key="train_run")
+live = current(by_id[job_id])["status"] not in jobs.TERMINAL
+st.fragment(run_every=LIVE_SECONDS if live else None)(live_run)(job_id, live)
+if not live:
+    evaluation(store.get_job(job_id))

@@ -1,0 +1,188 @@
+"""Tune: search learning rate, batch size, weight decay, optimizer and model with Optuna; train the best."""
+
+import altair as alt
+import pandas as pd
+import redis
+import streamlit as st
+from pydantic import ValidationError
+
+from engine.datasets import list_dataset_kinds
+from engine.exceptions import InvalidInput, StudioError
+from engine.models import list_models
+from engine.training import OPTIMIZERS
+from services import jobs, training, tuning
+from services.ui import fail, get_config, get_store, require_role
+
+LIVE_SECONDS = 2  # how often the open page re-reads a running study
+BATCH_SIZES = (8, 16, 32, 64, 128, 256)
+
+user = require_role("operator")
+config, store = get_config(), get_store()
+st.title("Tune")
+MODELS = [info.name for info in list_models()]
+
+
+def data_fields(kind: str) -> dict:
+    """The dataset widgets of the chosen kind; returns the request fields they set."""
+    if kind == "hdf5":
+        files = training.available_hdf5(config, store)
+        if not files:
+            st.info("No HDF5 datasets yet: generate one on the Augment page (or put one in DATA_DIR/datasets).")
+        return {"hdf5_path": st.selectbox("HDF5 file (DATA_DIR/datasets)", files, key="tune_hdf5")}
+    if kind == "custom":
+        folders = training.image_folder_candidates(config)
+        left, right = st.columns(2)
+        return {"trainset_dir": left.selectbox("Training folder", folders, key="tune_trainset"),
+                "testset_dir": right.selectbox("Test folder", folders, index=min(1, len(folders) - 1) if folders
+                                               else 0, key="tune_testset")}
+    st.caption("The annotated images of the Annotate page (multi-label).")
+    return {}
+
+
+def space_fields() -> dict:
+    """The search space widgets; returns ``space``."""
+    left, right = st.columns(2)
+    models = left.multiselect("Models", MODELS, default=["lenet5"], key="tune_models")
+    optimizers = right.multiselect("Optimizers", OPTIMIZERS, default=list(OPTIMIZERS), key="tune_optimizers")
+    batch_sizes = left.multiselect("Batch sizes", BATCH_SIZES, default=[16, 32, 64], key="tune_batch_sizes")
+    c1, c2, c3, c4 = st.columns(4)
+    lr = [c1.number_input("Learning rate from", 1e-6, 10.0, 1e-3, format="%.6f", key="tune_lr_low"),
+          c2.number_input("to (log scale)", 1e-6, 10.0, 1e-1, format="%.6f", key="tune_lr_high")]
+    wd = [c3.number_input("Weight decay from", 0.0, 1.0, 0.0, format="%.6f", key="tune_wd_low"),
+          c4.number_input("to", 0.0, 1.0, 1e-3, format="%.6f", key="tune_wd_high")]
+    return {"model_name": models, "optimizer": optimizers, "batch_size": batch_sizes, "learning_rate": lr,
+            "weight_decay": wd}
+
+
+def budget_fields() -> dict:
+    """Trials, epochs, parallelism and the fixed training settings."""
+    c1, c2, c3, c4 = st.columns(4)
+    values = {
+        "n_trials": c1.number_input("Trials", 1, 1000, 20, key="tune_trials"),
+        "epochs_per_trial": c2.number_input("Epochs per trial", 1, 100_000, 3, key="tune_trial_epochs"),
+        "parallel": c3.number_input("Trials at once (workers)", 1, 64, 2, key="tune_parallel"),
+        "seed": c4.number_input("Seed", 0, 2**31 - 1, 0, key="tune_seed"),
+        "num_epochs": c1.number_input("Epochs of the best's full training", 1, 1_000_000, 20, key="tune_full_epochs"),
+        "image_size": c2.number_input("Image size (0: each model's default)", 0, 4096, 0, key="tune_size"),
+        "convert_grey": c3.checkbox("Grey images", False, key="tune_grey"),
+        "is_transform": c4.checkbox("Augment (flip, shift)", False, key="tune_augment"),
+    }
+    return {**values, "image_size": values["image_size"] or None}
+
+
+def launch_form() -> None:
+    """The study's data, space and budget, and the Launch button (which selects the new study below)."""
+    kind = st.radio("Dataset", list(list_dataset_kinds()), horizontal=True, key="tune_dataset")
+    fields = {"dataset": kind, **data_fields(kind)}
+    with st.expander("Search space", expanded=True):
+        fields["space"] = space_fields()
+    with st.expander("Budget and fixed settings", expanded=True):
+        fields.update(budget_fields())
+    if not st.button("Launch study", type="primary", key="tune_launch"):
+        return
+    try:
+        req = tuning.TuneRequest.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        fail(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}")
+    try:
+        launched = tuning.launch(config, store, req, user["username"])
+    except InvalidInput as exc:
+        fail(str(exc))
+    except redis.exceptions.RedisError:
+        fail("The job queue (Redis) is unreachable; try again shortly.")
+    st.session_state["tune_next"] = launched["study_id"]
+    st.rerun()
+
+
+def study_label(row: dict) -> str:
+    when = pd.to_datetime(row["created_at"], unit="s").strftime("%Y-%m-%d %H:%M:%S")
+    done = (row["progress"] or {}).get("done", 0)
+    total = (row["progress"] or {}).get("total", "?")
+    return f"{when} · {row['status']} · {done}/{total} trials · {row['study_id'][:8]}"
+
+
+def trials_table(view: dict) -> None:
+    rows = [{"trial": t["number"], "state": t["state"], "value": t["value"], "epochs": len(t["intermediate"]),
+             **t["params"], "job": t["job_id"][:8]} for t in view["trials"]]
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="tune_table")
+
+
+def charts(view: dict) -> None:
+    """Objective per trial (pruned ones at their last epoch) and the learning curves the pruner saw."""
+    points = [{"trial": t["index"], "state": t["state"], "objective": t["value"] if t["value"] is not None
+               else t["intermediate"][-1], **t["params"]} for t in view["trials"] if t["intermediate"]]
+    if not points:
+        return
+    frame = pd.DataFrame(points)
+    complete = frame["objective"].where(frame["state"] == "complete")
+    frame["best so far"] = complete.cummax().ffill()
+    left, right = st.columns(2)
+    dots = alt.Chart(frame, title="Objective per trial").mark_circle(size=90).encode(
+        x=alt.X("trial:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("objective:Q", title=view["objective"][:40]),
+        color="state:N", tooltip=list(frame.columns))
+    best = alt.Chart(frame).mark_line(color="gray").encode(x="trial:Q", y="best so far:Q")
+    left.altair_chart(dots + best, key="tune_chart_objective")
+    epochs = pd.DataFrame([{"trial": str(t["index"]), "epoch": e + 1, "value": v}
+                           for t in view["trials"] for e, v in enumerate(t["intermediate"])])
+    curves = alt.Chart(epochs, title="Test metric per epoch").mark_line(point=True).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y="value:Q", color="trial:N")
+    right.altair_chart(curves, key="tune_chart_epochs")
+
+
+def controls(view: dict) -> None:
+    """Stop a running study; train the best configuration found so far."""
+    left, right = st.columns(2)
+    if view["status"] not in jobs.TERMINAL and left.button("Stop study", key="tune_stop"):
+        try:
+            tuning.stop(config, store, view["study_id"])
+        except StudioError as exc:
+            fail(str(exc))
+        st.rerun(scope="app")
+    if view["best"] and right.button("Train best in full", type="primary", key="tune_train_best"):
+        try:
+            started = tuning.train_best(config, store, view["study_id"], user["username"])
+        except StudioError as exc:
+            fail(str(exc))
+        st.session_state.setdefault("tune_trained", {})[view["study_id"]] = started["job_id"]
+    trained = st.session_state.get("tune_trained", {}).get(view["study_id"])
+    if trained:
+        st.success(f"Training job {trained} queued with the best parameters: follow it on the Train page.")
+
+
+def live_study(study_id: str, was_live: bool) -> None:
+    """Progress, best, table, charts and controls; re-run every few seconds while the study is live."""
+    try:
+        view = tuning.study_view(config, store, study_id)
+    except (StudioError, redis.exceptions.RedisError) as exc:
+        fail(f"The study cannot be read: {exc}")
+    progress = view["progress"] or {}
+    st.markdown(f"**Status:** {view['status']} · **{progress.get('done', 0)} of {view.get('n_trials')} trials "
+                f"ended** · {progress.get('running', 0)} running")
+    if view["error"]:
+        st.error(view["error"])
+    if view.get("best"):
+        best = view["best"]
+        st.markdown(f"**Best:** trial {best['trial']} · {best['value']:.2f} · "
+                    + ", ".join(f"{k} = {v}" for k, v in best["params"].items()))
+    trials_table(view)
+    charts(view)
+    controls(view)
+    if was_live and view["status"] in jobs.TERMINAL:
+        st.rerun(scope="app")  # once: the full page stops polling
+
+
+launch_form()
+st.divider()
+st.subheader("Studies")
+studies = tuning.list_studies(store)
+if not studies:
+    st.info("No studies yet.")
+    st.stop()
+if "tune_next" in st.session_state:  # a study launched on the last pass: show it
+    st.session_state["tune_study"] = st.session_state.pop("tune_next")
+by_id = {s["study_id"]: s for s in studies}
+study_id = st.selectbox("Study", list(by_id), format_func=lambda i: study_label(by_id[i]), key="tune_study")
+live = by_id[study_id]["status"] not in jobs.TERMINAL
+st.fragment(run_every=LIVE_SECONDS if live else None)(live_study)(study_id, live)

@@ -1,0 +1,457 @@
+"""Training as a service (issue 4): the ``/train`` request, its checks against DATA_DIR, the ``train`` job,
+resume, and the catalog of trained models (list, activate, export, delete).
+
+Shared by ``services/routes/train.py`` and the Train / Models pages, so both accept exactly the same
+requests. The request keeps the seed's field names; :func:`to_train_config` maps them onto the engine's
+:class:`~engine.training.TrainConfig`. Every path a client sends is relative to DATA_DIR (``hdf5_path``:
+to ``DATA_DIR/datasets``) and may never lead outside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, list_dataset_kinds
+from engine.exceptions import Cancelled, InvalidInput, StudioError
+from engine.inference import EXPORT_FORMATS, export_model, load_checkpoint
+from engine.models import get_model_info, list_models
+from engine.training import OPTIMIZERS, TrainConfig, fit
+from services import jobs
+from services.config import Config
+from services.jobs import JobContext, job_kind
+from services.store import Store
+
+# Long runs are the point of this job (the seed asks for 4000 epochs): three days, and a run that
+# outlives it is resumed from its last.pt. Results stay a week, like the catalog's other jobs.
+TRAIN_TIMEOUT = 3 * 24 * 3600
+TRAIN_RESULT_TTL = 7 * 24 * 3600
+HDF5_SUFFIXES = (".hdf5", ".h5")
+EXPORT_SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}  # file names only; the formats are the engine's
+assert set(EXPORT_SUFFIXES) == set(EXPORT_FORMATS), "every export format needs a file suffix"
+# TrainConfig fields whose request names differ, so an engine error names the field the client sent.
+REQUEST_NAMES = {"epochs": "num_epochs", "weight_decay": "l2_reg", "grey": "convert_grey",
+                 "augment": "is_transform", "lr_schedule": "lr_decay"}
+# Where each dataset path field lives: hdf5 files in the datasets folder, image folders anywhere in DATA_DIR.
+PATH_BASES = {"hdf5_path": ("datasets",), "trainset_dir": (), "testset_dir": ()}
+# Dataset paths that clients do not choose: the annotation feature's folder.
+FIXED_PATHS = {"newdata_dir": ("newdata",)}
+METRIC_KEYS = ("best_accuracy", "test_accuracy", "test_loss", "train_accuracy", "train_loss",
+               "test_map", "test_micro_f1", "test_macro_f1")
+
+
+class NotFound(StudioError):
+    """A job or model id that does not exist (HTTP 404)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class Conflict(StudioError):
+    """The request is valid but the state forbids it now (HTTP 409)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# ------------------------------------------------------------------------------------------ request
+class TrainRequest(BaseModel):
+    """The body of ``POST /api/v1/train``: the seed's fields (numbers and booleans may be strings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(description="a registered model (GET /api/v1/models)",
+                            json_schema_extra={"enum": [m.name for m in list_models()]})
+    dataset: str = Field("custom", json_schema_extra={"enum": list(list_dataset_kinds())},
+                         description="hdf5 (a file in DATA_DIR/datasets), custom (class folders), newdata")
+    num_classes: int | None = Field(None, ge=1, le=100_000, description="must match the data; None: from it")
+    batch_size: int = Field(16, ge=1, le=65_536)
+    is_transform: bool = Field(False, description="light train-time augmentation")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader processes (capped at the CPU count)")
+    lr_decay: bool = Field(False, description="step every epoch_step epochs, else on plateau")
+    l2_reg: float = Field(1e-4, ge=0, le=1, description="weight decay")
+    hdf5_path: str | None = Field(None, max_length=1024, description="relative to DATA_DIR/datasets")
+    trainset_dir: str | None = Field(None, max_length=1024, description="class folders, relative to DATA_DIR")
+    testset_dir: str | None = Field(None, max_length=1024, description="class folders, relative to DATA_DIR")
+    convert_grey: bool = False
+    learning_rate: float = Field(0.01, gt=0, le=10)
+    num_epochs: int = Field(10, ge=1, le=1_000_000)
+    optimizer: Literal[OPTIMIZERS] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    epoch_step: int | None = Field(None, ge=1, le=1_000_000)
+    patience: int | None = Field(None, ge=1, le=1_000_000, description="early stopping")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    image_size: int | None = Field(None, ge=1, le=4096, description="None: the model's default")
+    pretrained: bool = False
+    multi_label: bool | None = Field(None, description="None: from the data (newdata is multi-label)")
+
+    @field_validator("model_name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        get_model_info(value)  # the registry's own message lists the known models
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in list_dataset_kinds():
+            raise ValueError(f"unknown dataset {value!r}; known: {', '.join(list_dataset_kinds())}")
+        return value
+
+    @field_validator("hdf5_path", "trainset_dir", "testset_dir")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_relative_path(value)
+        return value or None
+
+
+def check_relative_path(raw: str) -> None:
+    """Refuse what could point outside a base folder: NUL, absolute paths, drive letters, ``..``."""
+    if "\x00" in raw:
+        raise ValueError("must not contain NUL characters")
+    if PurePosixPath(raw).is_absolute() or PureWindowsPath(raw).anchor:
+        raise ValueError(f"must be a path relative to DATA_DIR, got the absolute path {raw!r}")
+    if ".." in PureWindowsPath(raw).parts:  # Windows parsing splits on both '/' and '\'
+        raise ValueError(f"must not contain '..', got {raw!r}")
+
+
+def resolve_under(base: Path, raw: str, field: str) -> Path:
+    """``base / raw`` with symlinks resolved, refused (field named) unless it stays inside ``base``."""
+    try:
+        check_relative_path(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}", field) from None
+    base = base.resolve()
+    try:
+        path = (base / raw).resolve()
+    except (OSError, ValueError) as exc:  # too long, a symlink loop, not encodable
+        raise InvalidInput(f"{field}: {raw!r} is not a usable path ({exc})", field) from None
+    if not path.is_relative_to(base):
+        raise InvalidInput(f"{field}: {raw!r} leads outside DATA_DIR", field)
+    return path
+
+
+def request_params(params: dict) -> dict:
+    """The TrainRequest fields of a job's params (which also carry ``resume_from`` and ``resumed_from``)."""
+    return {k: v for k, v in params.items() if k in TrainRequest.model_fields}
+
+
+# ------------------------------------------------------------------------------- checks against data
+@dataclass(frozen=True)
+class PreparedRun:
+    """A request checked against DATA_DIR: the engine's config and the (lazily read) datasets."""
+
+    request: TrainRequest
+    config: TrainConfig
+    data: DatasetBundle
+
+
+def prepare(config: Config, req: TrainRequest) -> PreparedRun:
+    """Check ``req`` against the data and build the engine's config (cheap: headers and folder listings).
+
+    Raises:
+        InvalidInput: a missing dataset, a path outside DATA_DIR, ``num_classes`` or ``multi_label``
+            contradicting the data, or a value the engine refuses; the field is the request's name.
+    """
+    data = _open_data(config, req)
+    if req.multi_label is not None and req.multi_label != data.multi_label:
+        raise InvalidInput(f"multi_label: the {req.dataset!r} data is "
+                           f"{'multi' if data.multi_label else 'single'}-label", "multi_label")
+    names = data.class_names
+    if req.num_classes is not None and req.num_classes != len(names):
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        raise InvalidInput(f"num_classes is {req.num_classes} but the data has {len(names)} classes: {shown}",
+                           "num_classes")
+    return PreparedRun(req, to_train_config(req, len(names), data.multi_label), data)
+
+
+def _open_data(config: Config, req: TrainRequest) -> DatasetBundle:
+    spec = dataset_spec(config, req)
+    # The preprocessing depends on neither the class count nor the label kind, which the data tells.
+    preprocessing = to_train_config(req, 2, False).preprocessing()
+    try:
+        return build_datasets(spec, preprocessing)
+    except InvalidInput as exc:  # the engine names absolute paths; clients know paths relative to DATA_DIR
+        raise InvalidInput(str(exc).replace(str(config.data_dir), "DATA_DIR"), exc.field) from None
+    except StudioError as exc:  # e.g. a hand-edited label set that no longer parses
+        raise InvalidInput(str(exc).replace(str(config.data_dir), "DATA_DIR"), "dataset") from None
+
+
+def dataset_spec(config: Config, req: TrainRequest) -> DatasetSpec:
+    """The engine's dataset spec of ``req``: the fields its kind needs, resolved inside DATA_DIR."""
+    paths = {field: str(_locate(config, req, field)) for field in list_dataset_kinds()[req.dataset]}
+    return DatasetSpec(req.dataset, **paths)
+
+
+def _locate(config: Config, req: TrainRequest, field: str) -> Path:
+    if field in FIXED_PATHS:
+        return config.path(*FIXED_PATHS[field])
+    raw = getattr(req, field)
+    if not raw:
+        raise InvalidInput(f"{field}: dataset {req.dataset!r} needs {field}", field)
+    path = resolve_under(config.path(*PATH_BASES[field]), raw, field)
+    if field == "hdf5_path" and not _probe(path, Path.is_file):
+        known = ", ".join(available_hdf5(config)) or "none yet"
+        raise InvalidInput(f"{field}: no dataset file {raw!r} in DATA_DIR/datasets; available: {known}", field)
+    if field != "hdf5_path" and not _probe(path, Path.is_dir):
+        raise InvalidInput(f"{field}: no folder {raw!r} in DATA_DIR", field)
+    return path
+
+
+def _probe(path: Path, test) -> bool:
+    # Names too long for the file system, or not encodable to it, name nothing that exists.
+    try:
+        return test(path)
+    except (OSError, ValueError):
+        return False
+
+
+def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool) -> TrainConfig:
+    """Map the seed's fields onto the engine's TrainConfig (errors name the request's field)."""
+    schedule = ("step" if req.epoch_step else "plateau") if req.lr_decay else "none"
+    if req.pretrained and not get_model_info(req.model_name).has_pretrained:
+        raise InvalidInput(f"pretrained: model {req.model_name!r} has no published pretrained weights",
+                           "pretrained")
+    try:
+        return TrainConfig(
+            model_name=req.model_name, num_classes=num_classes, epochs=req.num_epochs, batch_size=req.batch_size,
+            learning_rate=req.learning_rate, optimizer=req.optimizer, momentum=req.momentum,
+            weight_decay=req.l2_reg, lr_schedule=schedule, epoch_step=req.epoch_step, patience=req.patience,
+            seed=req.seed, image_size=req.image_size, grey=req.convert_grey, multi_label=multi_label,
+            pretrained=req.pretrained, augment=req.is_transform,
+            # More loader processes than cores only adds contention with the training process itself.
+            num_workers=min(req.num_workers, os.cpu_count() or 1))
+    except InvalidInput as exc:
+        if exc.field not in REQUEST_NAMES:
+            raise
+        field = REQUEST_NAMES[exc.field]
+        raise InvalidInput(str(exc).replace(exc.field, field, 1), field) from None
+
+
+# ------------------------------------------------------------------------------------- submit/resume
+def submit_training(config: Config, store: Store, req: TrainRequest, username: str | None) -> str:
+    """Check ``req`` against the data, then enqueue a ``train`` job; returns its id."""
+    prepare(config, req)
+    return jobs.submit(config, store, "train", req.model_dump(), username)
+
+
+def checkpoint_dir(config: Config, job_id: str) -> Path:
+    """Where the job ``job_id`` writes ``best.pt`` and ``last.pt``."""
+    return config.path("checkpoints", job_id)
+
+
+def resume(config: Config, store: Store, job_id: str, username: str | None, num_epochs: int | None = None) -> str:
+    """Enqueue a new ``train`` job that continues ``job_id`` from its ``last.pt``; returns the new id.
+
+    Args:
+        num_epochs: a new total (to train a finished run longer); default: the original total.
+
+    Raises:
+        NotFound: no training job ``job_id``.
+        Conflict: the job is still queued or running, has no checkpoint, or already ran every epoch.
+    """
+    record = store.get_job(job_id)
+    if record is None or record["kind"] != "train":
+        raise NotFound(f"no training job {job_id!r}", "job_id")
+    record = jobs.reconcile(config, store, record)
+    if record["status"] not in jobs.TERMINAL:
+        raise Conflict(f"job {job_id!r} is still {record['status']}; cancel it before resuming", "job_id")
+    last = checkpoint_dir(config, job_id) / "last.pt"
+    if not last.is_file():
+        raise Conflict(f"job {job_id!r} has no checkpoint to resume from", "job_id")
+    params = {**request_params(record["params"]), **({"num_epochs": num_epochs} if num_epochs else {})}
+    req = TrainRequest.model_validate(params)
+    done = _checkpoint_epoch(last)
+    if done >= req.num_epochs:
+        raise Conflict(f"job {job_id!r} already completed {done} of {req.num_epochs} epochs; "
+                       "pass a larger num_epochs to train longer", "num_epochs")
+    prepare(config, req)
+    return jobs.submit(config, store, "train", {**req.model_dump(), "resumed_from": job_id,
+                                                 "resume_from": last.relative_to(config.data_dir).as_posix()},
+                       username)
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    return int(load_checkpoint(path)["epoch"])
+
+
+# --------------------------------------------------------------------------------------------- job
+@job_kind("train", timeout=TRAIN_TIMEOUT, result_ttl=TRAIN_RESULT_TTL,
+          description="train a classifier (POST /api/v1/train); resumable from its last.pt")
+def train(ctx: JobContext, params: dict) -> dict:
+    """Train on the worker: per-epoch metrics to ``ctx.epoch``, checkpoints in ``checkpoints/<job_id>/``."""
+    run = prepare(ctx.config, TrainRequest.model_validate(request_params(params)))
+    resume_from = _resume_from(ctx, params.get("resume_from"))
+    directory = checkpoint_dir(ctx.config, ctx.job_id)
+    try:
+        # Polling the stop flag every few batches lets a cancel land within the platform's grace period.
+        result = fit(run.config, run.data.train, run.data.test, run.data.class_names, directory,
+                     on_epoch=ctx.epoch, should_stop=ctx.should_stop, resume_from=resume_from, log_every=5)
+    except Cancelled:
+        register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
+        raise
+    row = register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
+    return _summary(ctx.config, result, row)
+
+
+def _resume_from(ctx: JobContext, raw: str | None) -> Path | None:
+    """The checkpoint to continue from; its epochs become the start of this job's history."""
+    if raw is None:
+        return None
+    path = resolve_under(ctx.config.path("checkpoints"), raw.removeprefix("checkpoints/"), "resume_from")
+    # One continuous history per job: the chart and /jobs show the earlier epochs too.
+    ctx.store.update_job(ctx.job_id, history=load_checkpoint(path)["history"])
+    return path
+
+
+def _summary(config: Config, result, row: dict | None) -> dict:
+    """The job's result: best metrics, the evaluation of the best epoch, checkpoint paths."""
+    last = result.history[-1] if result.history else {}
+    return {
+        "model_id": row["id"] if row else None,
+        "best_epoch": result.best_epoch, "best_score": result.best_score, "monitor": result.monitor,
+        "best_accuracy": last.get("best_accuracy"), "epochs_completed": result.epochs_completed,
+        "stopped_early": result.stopped_early, "class_names": result.class_names,
+        "evaluation": result.evaluation,
+        "checkpoints": {"best": _relative(config, result.best_path), "last": _relative(config, result.last_path)},
+    }
+
+
+def _relative(config: Config, path: Path) -> str:
+    return Path(path).resolve().relative_to(config.data_dir.resolve()).as_posix()
+
+
+# ------------------------------------------------------------------------------------ models catalog
+def register_model(config: Config, store: Store, job_id: str, created_by: str | None) -> dict | None:
+    """Add the ``best.pt`` of ``job_id`` to the ``models`` table (None when the run has no best yet)."""
+    best = checkpoint_dir(config, job_id) / "best.pt"
+    if not best.is_file():
+        return None
+    ckpt = load_checkpoint(best)
+    last = load_checkpoint(best.with_name("last.pt")) if best.with_name("last.pt").is_file() else ckpt
+    metrics = {k: ckpt["metrics"][k] for k in METRIC_KEYS if k in ckpt["metrics"]}
+    metrics.update(best_epoch=ckpt["epoch"], epochs_completed=last["epoch"], epochs=ckpt["config"]["epochs"],
+                   monitor=ckpt["best"].get("monitor"), image_size=ckpt["preprocessing"]["image_size"])
+    row = {"id": uuid.uuid4().hex, "model_name": ckpt["model"]["name"], "job_id": job_id,
+           "path": _relative(config, best), "class_names": list(ckpt["class_names"]),
+           "multi_label": int(bool(ckpt["multi_label"])), "metrics": metrics, "created_by": created_by}
+    store.add_row("models", row)
+    return store.get_row("models", row["id"])
+
+
+def model_view(row: dict) -> dict:
+    """A catalog row as the API shows it (booleans as booleans)."""
+    return {**row, "multi_label": bool(row["multi_label"]), "active": bool(row["active"])}
+
+
+def list_trained(store: Store) -> list[dict]:
+    """Trained models, newest first."""
+    return [model_view(r) for r in store.list_rows("models")]
+
+
+def get_model(store: Store, model_id: str) -> dict:
+    """The catalog row of ``model_id``; raises NotFound."""
+    row = store.get_row("models", model_id)
+    if row is None:
+        raise NotFound(f"no trained model {model_id!r}", "model_id")
+    return row
+
+
+def activate(store: Store, model_id: str) -> dict:
+    """Make ``model_id`` the default for predictions of its kind (single- or multi-label)."""
+    get_model(store, model_id)
+    store.set_active_model(model_id)
+    return model_view(get_model(store, model_id))
+
+
+def delete_model(config: Config, store: Store, model_id: str) -> None:
+    """Remove a model: its row first (nothing may point at missing files), then its checkpoints and exports."""
+    row = get_model(store, model_id)
+    store.delete_row("models", model_id)
+    folder = config.path(row["path"]).parent
+    if folder.resolve().is_relative_to(config.path("checkpoints").resolve()):
+        shutil.rmtree(folder, ignore_errors=True)
+    for stale in config.path("exports").glob(f"{model_id}-*"):
+        stale.unlink(missing_ok=True)
+
+
+def export_file(config: Config, row: dict, fmt: str) -> Path:
+    """A deployable file of the model (TorchScript or ONNX) under ``DATA_DIR/exports``.
+
+    Cached per checkpoint modification time: the same checkpoint is exported once.
+
+    Raises:
+        InvalidInput: unknown format (field ``format``).
+        Conflict: the model's checkpoint file is missing.
+    """
+    if fmt not in EXPORT_SUFFIXES:
+        raise InvalidInput(f"format: unknown export format {fmt!r}; known: {', '.join(EXPORT_SUFFIXES)}", "format")
+    checkpoint = config.path(row["path"])
+    if not checkpoint.is_file():
+        raise Conflict(f"the checkpoint of model {row['id']!r} is missing", "model_id")
+    suffix = EXPORT_SUFFIXES[fmt]
+    out = config.path("exports", f"{row['id']}-{checkpoint.stat().st_mtime_ns}{suffix}")
+    if not out.is_file():
+        tmp = out.with_name(f".{uuid.uuid4().hex}{suffix}")  # a half-written export is never served
+        try:
+            export_model(checkpoint, fmt, tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for stale in out.parent.glob(f"{row['id']}-*{suffix}"):
+            if stale != out:
+                stale.unlink(missing_ok=True)
+    return out
+
+
+# ------------------------------------------------------------------------------- what the UI offers
+def available_hdf5(config: Config, store: Store | None = None) -> list[str]:
+    """HDF5 dataset files, relative to ``DATA_DIR/datasets``: the folder's and the datasets catalog's."""
+    base = config.path("datasets")
+    names = {p.name for p in base.glob("*") if p.suffix.lower() in HDF5_SUFFIXES and p.is_file()}
+    for row in (store.list_rows("datasets") if store is not None else ()):
+        path = config.path(row["path"]).resolve()
+        if path.is_file() and path.is_relative_to(base.resolve()):
+            names.add(path.relative_to(base.resolve()).as_posix())
+    return sorted(names)
+
+
+def image_folder_candidates(config: Config, depth: int = 2, limit: int = 200) -> list[str]:
+    """Folders under DATA_DIR laid out as class folders of images (``<dir>/<class>/*.png``)."""
+    found: list[str] = []
+    frontier = [config.data_dir]
+    for _ in range(depth):
+        frontier = [c for d in frontier for c in _subdirs(d)][:limit]
+        found += [d.relative_to(config.data_dir).as_posix() for d in frontier if _holds_class_folders(d)]
+    return sorted(found)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    except OSError:
+        return []
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    # Looking at a few files per class is enough to tell; big trees must not slow the page down.
+    for sub in _subdirs(folder)[:50]:
+        with os.scandir(sub) as entries:
+            for _, entry in zip(range(20), entries, strict=False):
+                if entry.name.lower().endswith(IMAGE_SUFFIXES):
+                    return True
+    return False
+
+
+def data_classes(config: Config, req: TrainRequest) -> list[str]:
+    """The class (or label) names of the data ``req`` points at (raises InvalidInput like :func:`prepare`)."""
+    return _open_data(config, req).class_names

@@ -1,0 +1,121 @@
+"""Train, Models and Predict in a real browser: launch a run and watch its chart grow; predict an upload."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from engine.datasets import ArrayDataset
+from engine.training import TrainConfig, fit
+from services import training
+from services.store import open_store
+from tests.browser.conftest import assert_no_traceback, login, shot
+from tests.services.test_train import SHAPES, png_bytes, shape_image, write_folder_dataset
+
+pytestmark = pytest.mark.browser
+RECORDED = re.compile(r"Status:\s*(\w+)\s*·\s*(\d+) epochs recorded")
+
+
+def open_page(page, stack, role: str, title: str) -> None:
+    login(page, stack, role)
+    page.locator("[data-testid='stSidebarNav'] a", has_text=title).click()
+    page.locator("h1", has_text=title).wait_for()
+
+
+def choose(page, label: str, option: str) -> None:
+    page.locator("[data-testid='stSelectbox']").filter(has_text=label).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
+    # Enough images at the model's 128 px that an epoch takes a couple of seconds: the page polls every 2 s.
+    write_folder_dataset(stack.data_dir, "BROWSER_train", "BROWSER_test", n_train=24, n_test=4)
+    open_page(page, stack, "operator", "Train")
+    choose(page, "Training folder", "BROWSER_train")
+    choose(page, "Test folder", "BROWSER_test")
+    page.get_by_text("3 classes: circle, square, triangle").wait_for()
+    set_number(page, "Epochs", 6)
+    page.get_by_role("button", name="Launch training").click()
+    seen = watch_run(page, timeout=150)
+    running = sorted({n for status, n in seen if status == "started"})
+    assert len(running) >= 2, f"the chart never grew while the run was live: {seen}"
+    assert seen[-1] == ("finished", 6)
+    page.get_by_text("Confusion matrix (best epoch, test set)").wait_for()
+    assert page.locator("[data-testid='stVegaLiteChart']").count() >= 3  # loss, accuracy, confusion matrix
+    assert_no_traceback(page)
+    page.get_by_text("Confusion matrix (best epoch, test set)").scroll_into_view_if_needed()
+    shot(page, "train-finished")
+
+
+def watch_run(page, timeout: float) -> list[tuple[str, int]]:
+    """The (status, epochs recorded) the page shows, sampled until the run ends."""
+    seen: list[tuple[str, int]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = RECORDED.search(page.inner_text("body"))
+        if found:
+            state = (found.group(1), int(found.group(2)))
+            if not seen or seen[-1] != state:
+                seen.append(state)
+                if state == ("started", 1):
+                    page.locator("[data-testid='stVegaLiteChart']").first.scroll_into_view_if_needed()
+                    shot(page, "train-first-epoch")
+            if state[0] in ("finished", "failed", "cancelled", "interrupted"):
+                return seen
+        time.sleep(0.5)
+    raise AssertionError(f"the run did not end within {timeout:.0f} s: {seen}")
+
+
+@pytest.fixture
+def shapes_model(stack):
+    """A small single-label model of the shapes, trained here and catalogued as a job would, then removed."""
+    config = TrainConfig("convnetb", num_classes=3, epochs=3, batch_size=16, learning_rate=0.05, image_size=32)
+    images = np.stack([shape_image(s, 500 + 10 * c + i) for c, s in enumerate(SHAPES) for i in range(10)])
+    targets = np.repeat(np.arange(3), 10)
+    job_id = f"browser-{time.time_ns()}"
+    data = ArrayDataset(images, targets, config.preprocessing())
+    fit(config, data, data, list(SHAPES), stack.data_dir / "checkpoints" / job_id)
+    store = open_store(stack.data_dir)
+    row = training.register_model(stack.config, store, job_id, "operator")
+    store.set_active_model(row["id"])  # the page's default choice
+    yield row
+    training.delete_model(stack.config, store, row["id"])
+
+
+def test_predict_page_labels_an_upload_with_a_probability_chart(page, stack, shapes_model, tmp_path):
+    image = tmp_path / "square.png"
+    image.write_bytes(png_bytes(shape_image("square", 42, side=48)))
+    open_page(page, stack, "client", "Predict")
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(image))
+    page.get_by_text("Confidence").wait_for()
+    label = page.locator("h3").first.inner_text().strip()
+    assert label in SHAPES
+    page.locator("[data-testid='stVegaLiteChart']").wait_for()
+    assert_no_traceback(page)
+    shot(page, "predict-upload")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_models_page_lists_the_model_and_downloads_torchscript(page, stack, shapes_model, tmp_path):
+    import torch
+
+    open_page(page, stack, "operator", "Models")
+    page.locator("[data-testid='stDataFrame']").wait_for()
+    page.get_by_text(shapes_model["job_id"]).first.wait_for()  # the newest model is preselected
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download torchscript").click()
+    target = tmp_path / download.value.suggested_filename
+    download.value.save_as(target)
+    assert target.suffix == ".pt"
+    assert torch.jit.load(str(target))(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    assert_no_traceback(page)
+    shot(page, "models-page")

@@ -1,0 +1,449 @@
+"""Training and inference over HTTP (issue 4): the seed's /train and /predict, resume, export, roles.
+
+Against the real stack (Redis, a forking RQ worker, gunicorn). Data is synthetic (drawn shapes in class
+folders) for the fast tests and scikit-learn's real digits, written as an HDF5 file, for the slow ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import requests
+import socketio
+import torch
+from flask_jwt_extended import create_access_token
+from PIL import Image
+
+from engine.datasets import ArrayDataset
+from engine.exceptions import InvalidInput
+from engine.models import list_models
+from engine.training import TrainConfig, fit
+from services import jobs, training
+from services.api import create_app
+from services.config import Config
+from services.store import open_store
+from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
+
+# The seed's /train body, exactly as documented (only num_epochs is shortened, and sent as a string).
+SEED_TRAIN = {"model_name": "convnetj", "dataset": "custom", "num_classes": 3, "batch_size": 16, "is_transform": 1,
+              "num_workers": 2, "lr_decay": 1, "l2_reg": 0.0001, "hdf5_path": "dataset-512x512.hdf5",
+              "trainset_dir": "TRAIN_data_224", "testset_dir": "TEST_data_224", "convert_grey": 0,
+              "learning_rate": 0.01, "num_epochs": "2"}
+SHAPES = ("circle", "square", "triangle")
+DIGITS_FILE = "digits-8x8.hdf5"
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
+
+# ------------------------------------------------------------------------------------------- data
+def shape_image(shape: str, seed: int, side: int = 32) -> np.ndarray:
+    """A light shape at a random place and size on a dark noisy background (RGB uint8)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (side, side, 3), dtype=np.uint8)
+    r = int(rng.integers(side // 6, side // 3))
+    cx, cy = (int(v) for v in rng.integers(r, side - r, 2))
+    colour = tuple(int(c) for c in rng.integers(160, 256, 3))
+    if shape == "circle":
+        cv2.circle(img, (cx, cy), r, colour, -1)
+    elif shape == "square":
+        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), colour, -1)
+    else:
+        cv2.fillPoly(img, [np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)], colour)
+    return img
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def data_url(img: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode()
+
+
+def write_folder_dataset(data_dir: Path, train: str = "TRAIN_data_224", test: str = "TEST_data_224",
+                         n_train: int = 6, n_test: int = 2, side: int = 32) -> None:
+    """The seed's custom layout: ``<train>/<class>/*.png`` and ``<test>/<class>/*.png`` under DATA_DIR."""
+    for split, n, offset in ((train, n_train, 0), (test, n_test, 1000)):
+        for c, shape in enumerate(SHAPES):
+            folder = data_dir / split / shape
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                (folder / f"{i}.png").write_bytes(png_bytes(shape_image(shape, offset + 100 * c + i, side)))
+
+
+def write_digits_hdf5(path: Path, n_train: int = 1400) -> None:
+    """scikit-learn's real 8x8 digits in the seed's HDF5 layout (X/y per split, class_names attribute)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.repeat((data.images * (255 / 16)).round().astype(np.uint8)[..., None], 3, axis=3)
+    tmp = path.with_suffix(".tmp")
+    with h5py.File(tmp, "w") as f:
+        f["X_train"], f["y_train"] = images[:n_train], data.target[:n_train]
+        f["X_test"], f["y_test"] = images[n_train:], data.target[n_train:]
+        f.attrs["class_names"] = json.dumps([str(d) for d in range(10)])
+    tmp.replace(path)
+
+
+def digits_test_images() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images * (255 / 16)).round().astype(np.uint8)
+    return np.repeat(images[1400:, ..., None], 3, axis=3), data.target[1400:]
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def post(stack, path: str, body: dict | None = None, role: str = "operator", **kwargs) -> requests.Response:
+    return requests.post(stack.url + path, json=body, headers=stack.headers(role), timeout=60, **kwargs)
+
+
+def get(stack, path: str, role: str = "operator", **kwargs) -> requests.Response:
+    return requests.get(stack.url + path, headers=stack.headers(role), timeout=120, **kwargs)
+
+
+def trained_rows(stack) -> dict[str, dict]:
+    return {r["id"]: r for r in get(stack, "/api/v1/models/trained", "client").json()["models"]}
+
+
+@pytest.fixture(scope="module")
+def folders(stack):
+    write_folder_dataset(stack.data_dir)
+    return stack.data_dir
+
+
+@pytest.fixture(scope="module")
+def seed_run(stack, folders):
+    """The seed's body, trained for two epochs: (the 202 answer, the finished job record)."""
+    answer = post(stack, "/api/v1/train", SEED_TRAIN)
+    assert answer.status_code == 202, answer.text
+    return answer, stack.wait_job(answer.json()["job_id"], timeout=120)
+
+
+# ------------------------------------------------------------------------------------- fast tests
+def test_seed_train_body_runs_a_job_with_history_and_registers_a_model(stack, seed_run):
+    answer, record = seed_run
+    job_id = answer.json()["job_id"]
+    assert answer.json() == {"jobs": job_id, "job_id": job_id, "status_code": "200"}
+    assert record["status"] == "finished", record["error"]
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    assert all({"train_loss", "train_accuracy", "test_loss", "test_accuracy", "best_accuracy"} <= set(h)
+               for h in record["history"])
+    result = record["result"]
+    matrix = np.array(result["evaluation"]["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == 6 and result["class_names"] == list(SHAPES)
+    assert (stack.data_dir / result["checkpoints"]["best"]).is_file()
+    assert result["checkpoints"]["last"] == f"checkpoints/{job_id}/last.pt"
+    row = trained_rows(stack)[result["model_id"]]
+    assert row["job_id"] == job_id and row["model_name"] == "convnetj" and row["class_names"] == list(SHAPES)
+    assert row["path"] == f"checkpoints/{job_id}/best.pt" and row["created_by"] == "operator"
+    assert row["metrics"]["best_accuracy"] == result["best_accuracy"] and row["active"] is False
+    # The seed's metrics view of the same job lists both epochs.
+    seed = post(stack, f"/api/v1/jobs/{job_id}").json()
+    assert len(seed["training_loss"]) == 2 and len(seed["testing_accuracy"]) == 2
+
+
+@pytest.mark.parametrize("role", ["operator", "annotator", "client"])
+def test_predict_with_the_seed_body_answers_the_seed_keys(stack, seed_run, role):
+    model_id = seed_run[1]["result"]["model_id"]
+    r = post(stack, "/api/v1/predict", {"image": data_url(shape_image("circle", 7))}, role)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"results", "confidence", "probabilities", "model", "status_code"}
+    assert body["results"] in SHAPES and 0 <= body["confidence"] <= 100
+    assert set(body["probabilities"]) == set(SHAPES) and sum(body["probabilities"].values()) == pytest.approx(1)
+    assert body["confidence"] == pytest.approx(100 * body["probabilities"][body["results"]])
+    chosen = post(stack, "/api/v1/predict", {"image": data_url(shape_image("square", 8)), "model": model_id}, role)
+    assert chosen.json()["model"] == model_id
+    plain = base64.b64encode(png_bytes(shape_image("square", 8))).decode()  # base64 without a data URL
+    assert post(stack, "/api/v1/predict", {"image": plain, "model": model_id}, role).json() == chosen.json()
+
+
+@pytest.mark.parametrize("body,status,field", [
+    ({"image": "bm90IGFuIGltYWdl"}, 400, "image"),
+    ({"image": ""}, 400, "image"),
+    ({}, 400, "image"),
+    ({"image": "AAAA", "model": "no-such-model"}, 404, "model"),
+])
+def test_predict_refuses_bad_input_naming_the_field(stack, seed_run, body, status, field):
+    r = post(stack, "/api/v1/predict", body, "client")
+    assert r.status_code == status and r.json()["field"] == field, r.text
+
+
+def test_predict_without_any_trained_model_is_a_409_that_says_what_to_do(stack, tmp_path):
+    app = create_app(Config(data_dir=tmp_path, redis_url=stack.redis_url))
+    app.extensions["studio"].store.create_user("someone", "a-long-password", "client")
+    with app.app_context():
+        token = create_access_token("someone")
+    r = app.test_client().post("/api/v1/predict", json={"image": data_url(shape_image("circle", 1))},
+                               headers={"Authorization": f"JWT {token}"})
+    assert r.status_code == 409 and r.json["field"] == "model" and "POST /api/v1/train" in r.json["message"]
+
+
+@pytest.mark.parametrize("change,field,words", [
+    ({"model_name": "convnetz"}, "model_name", ["unknown model 'convnetz'", "convnetj", "resnet18", "capsnet"]),
+    ({"dataset": "imagenet"}, "dataset", ["custom", "hdf5", "newdata"]),
+    ({"trainset_dir": "../TRAIN_data_224"}, "trainset_dir", [".."]),
+    ({"trainset_dir": "TRAIN_data_224/../../etc"}, "trainset_dir", [".."]),
+    ({"testset_dir": "/etc"}, "testset_dir", ["absolute"]),
+    ({"testset_dir": "TEST_data_224\x00x"}, "testset_dir", ["NUL"]),
+    ({"testset_dir": "NO_SUCH_DIR"}, "testset_dir", ["NO_SUCH_DIR"]),
+    ({"num_classes": 5}, "num_classes", ["5", "3 classes", "circle"]),
+    ({"dataset": "hdf5", "hdf5_path": "missing.hdf5"}, "hdf5_path", ["missing.hdf5"]),
+    ({"dataset": "hdf5", "hdf5_path": "../catalog.sqlite3"}, "hdf5_path", [".."]),
+    ({"num_epochs": "many"}, "num_epochs", []),
+    ({"learning_rate": "-1"}, "learning_rate", []),
+    ({"image_size": 8}, "image_size", ["16"]),
+    ({"multi_label": 1}, "multi_label", ["single-label"]),
+    ({"optimizer": "rmsprop"}, "optimizer", ["sgd", "adam"]),
+    ({"pretrained": 1}, "pretrained", ["convnetj"]),
+    ({"learning_rat": 0.1}, "learning_rat", []),
+])
+def test_bad_train_bodies_are_400_naming_the_field(stack, folders, change, field, words):
+    r = post(stack, "/api/v1/train", {**SEED_TRAIN, **change})
+    assert r.status_code == 400 and r.json()["field"] == field, r.text
+    assert all(w in r.json()["message"] for w in words), r.json()["message"]
+    assert str(stack.data_dir) not in r.json()["message"]  # server paths stay on the server
+
+
+def test_a_symlink_leading_outside_data_dir_is_refused(stack, folders, tmp_path):
+    (tmp_path / "elsewhere" / "a").mkdir(parents=True)
+    link = stack.data_dir / "escape_link"
+    if not link.exists():
+        link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    r = post(stack, "/api/v1/train", {**SEED_TRAIN, "trainset_dir": "escape_link"})
+    assert r.status_code == 400 and r.json()["field"] == "trainset_dir" and "outside" in r.json()["message"]
+
+
+def test_roles_on_the_training_routes(stack, folders):
+    for role in ("annotator", "client"):
+        assert post(stack, "/api/v1/train", SEED_TRAIN, role).status_code == 403
+    assert get(stack, "/api/v1/models/trained", "annotator").status_code == 403
+    assert requests.post(stack.url + "/api/v1/train", json=SEED_TRAIN, timeout=10).status_code == 401
+    assert requests.post(stack.url + "/api/v1/predict", json={"image": "x"}, timeout=10).status_code == 401
+
+
+def test_the_model_zoo_is_public_and_read_from_the_registry(stack):
+    body = requests.get(stack.url + "/api/v1/models", timeout=10).json()
+    assert [m["name"] for m in body["models"]] == [m.name for m in list_models()]
+    j = next(m for m in body["models"] if m["name"] == "convnetj")
+    assert j["default_input_size"] == 128 and j["description"]
+
+
+def test_resume_extends_a_finished_run_continuing_its_history(stack, seed_run):
+    job_id = seed_run[1]["id"]
+    done = post(stack, f"/api/v1/jobs/{job_id}/resume")
+    assert done.status_code == 409 and done.json()["field"] == "num_epochs"  # every epoch already ran
+    r = post(stack, f"/api/v1/jobs/{job_id}/resume?num_epochs=3")
+    assert r.status_code == 202, r.text
+    record = stack.wait_job(r.json()["job_id"], timeout=120)
+    assert record["status"] == "finished", record["error"]
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+    assert record["history"][:2] == seed_run[1]["history"]
+    assert record["params"]["resumed_from"] == job_id and record["params"]["num_epochs"] == 3
+    assert trained_rows(stack)[record["result"]["model_id"]]["metrics"]["epochs_completed"] == 3
+
+
+def test_resume_refuses_unknown_and_non_training_jobs(stack):
+    assert post(stack, "/api/v1/jobs/nope/resume").status_code == 404
+    other = jobs.submit(stack.config, open_store(stack.data_dir), "test-count", {"n": 1, "delay": 0}, "operator")
+    stack.wait_job(other)
+    assert post(stack, f"/api/v1/jobs/{other}/resume").status_code == 404
+    assert post(stack, "/api/v1/jobs/nope/resume", role="client").status_code == 403
+
+
+def test_export_downloads_loadable_torchscript_and_onnx_once_per_checkpoint(stack, seed_run, tmp_path):
+    import onnx
+
+    model_id = seed_run[1]["result"]["model_id"]
+    r = get(stack, f"/api/v1/models/{model_id}/export?format=torchscript")
+    assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"], r.text
+    (tmp_path / "m.pt").write_bytes(r.content)
+    extra = {"metadata.json": ""}
+    scripted = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    assert scripted(torch.zeros(1, 3, 128, 128)).shape == (1, 3)
+    assert json.loads(extra["metadata.json"])["class_names"] == list(SHAPES)
+    r = get(stack, f"/api/v1/models/{model_id}/export?format=onnx")
+    assert r.status_code == 200 and r.headers["Content-Disposition"].endswith(".onnx")
+    proto = onnx.load_from_string(r.content)
+    onnx.checker.check_model(proto)
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["metadata"])["class_names"] == list(SHAPES)
+    exports = sorted(p.name for p in (stack.data_dir / "exports").glob(f"{model_id}-*"))
+    assert get(stack, f"/api/v1/models/{model_id}/export?format=onnx").content == r.content
+    assert sorted(p.name for p in (stack.data_dir / "exports").glob(f"{model_id}-*")) == exports  # cached
+    assert get(stack, f"/api/v1/models/{model_id}/export?format=pickle").json()["field"] == "format"
+    assert get(stack, "/api/v1/models/nope/export").status_code == 404
+
+
+def test_activate_chooses_the_default_model_and_delete_removes_it(stack, seed_run, tmp_path):
+    model_id = seed_run[1]["result"]["model_id"]
+    extra = _register_copy(stack, model_id)
+    assert post(stack, f"/api/v1/models/{extra}/activate").json()["active"] is True
+    image = {"image": data_url(shape_image("triangle", 3))}
+    assert post(stack, "/api/v1/predict", image, "client").json()["model"] == extra
+    assert post(stack, f"/api/v1/models/{model_id}/activate").json()["active"] is True
+    assert trained_rows(stack)[extra]["active"] is False
+    folder = stack.data_dir / "checkpoints" / trained_rows(stack)[extra]["job_id"]
+    r = requests.delete(f"{stack.url}/api/v1/models/{extra}", headers=stack.headers("operator"), timeout=10)
+    assert r.status_code == 200 and not folder.exists() and extra not in trained_rows(stack)
+    again = requests.delete(f"{stack.url}/api/v1/models/{extra}", headers=stack.headers("operator"), timeout=10)
+    assert again.status_code == 404
+    assert post(stack, "/api/v1/models/nope/activate").status_code == 404
+
+
+def _register_copy(stack, model_id: str) -> str:
+    """A second catalog model: a copy of ``model_id``'s checkpoint under a job id of its own."""
+    row = trained_rows(stack)[model_id]
+    job_id = f"copy-{time.time_ns()}"
+    target = stack.data_dir / "checkpoints" / job_id
+    target.mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        (target / name).write_bytes((stack.data_dir / row["path"]).with_name(name).read_bytes())
+    return training.register_model(stack.config, open_store(stack.data_dir), job_id, "operator")["id"]
+
+
+def test_multi_label_models_answer_predict_tags_and_scores(stack, tmp_path):
+    """A multi-label run (trained here, registered as the job would) answers the seed's multi-label keys."""
+    config = TrainConfig("convnetb", num_classes=3, epochs=1, batch_size=8, image_size=16, multi_label=True)
+    rng = np.random.default_rng(0)
+    images, targets = rng.integers(0, 255, (16, 16, 16, 3), dtype=np.uint8), rng.integers(0, 2, (16, 3))
+    data = ArrayDataset(images, targets.astype(np.float32), config.preprocessing())
+    job_id = f"multi-{time.time_ns()}"
+    fit(config, data, data, ["sky", "sea", "sand"], stack.data_dir / "checkpoints" / job_id)
+    row = training.register_model(stack.config, open_store(stack.data_dir), job_id, "operator")
+    try:
+        r = post(stack, "/api/v1/predict", {"image": data_url(images[0]), "model": row["id"]}, "annotator")
+        assert set(r.json()) == {"predict_tags", "scores", "model", "status_code"}, r.text
+        labels = {"sky", "sea", "sand"}
+        assert set(r.json()["scores"]) == labels and set(r.json()["predict_tags"]) <= labels
+        assert trained_rows(stack)[row["id"]]["multi_label"] is True
+    finally:  # other features' tests must not start receiving tag suggestions from this model
+        training.delete_model(stack.config, open_store(stack.data_dir), row["id"])
+
+
+def test_newdata_requests_are_multi_label_over_the_label_set(tmp_path):
+    """The annotation feature's folder, checked in-process on a DATA_DIR of its own (no shared label set)."""
+    from engine import labels as labelsets
+
+    config = Config(data_dir=tmp_path)
+    newdata = config.path("newdata")
+    label_set = labelsets.write_label_set(newdata, ["sky", "sea", "sand"])
+    for i, tags in enumerate((["sky"], ["sea", "sand"], ["sky", "sea"], ["sand"], ["sea"])):
+        labelsets.save_image_atomic(newdata, f"img{i}", png_bytes(shape_image("circle", i)), "png")
+        labelsets.write_annotation(newdata, f"img{i}", tags, label_set)
+    run = training.prepare(config, training.TrainRequest(model_name="resnet18", dataset="newdata", num_epochs=1))
+    assert run.config.multi_label and run.config.num_classes == 3 and run.data.class_names == label_set
+    for change, field in (({"num_classes": 2}, "num_classes"), ({"multi_label": False}, "multi_label"),
+                          ({"model_name": "capsnet"}, "multi_label")):
+        with pytest.raises(InvalidInput) as err:
+            training.prepare(config, training.TrainRequest(**{"model_name": "resnet18", "dataset": "newdata",
+                                                               **change}))
+        assert err.value.field == field and str(tmp_path) not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------- slow tests
+def _socket(stack, events: list) -> socketio.Client:
+    client = socketio.Client(reconnection=False)
+    for name in ("epoch", "finished"):
+        client.on(name, (lambda n: lambda data: events.append((n, data)))(name), namespace="/jobs")
+    client.connect(stack.url, namespaces=["/jobs"], auth={"token": stack.token("operator")}, wait_timeout=10,
+                   transports=["websocket"])
+    return client
+
+
+def digits_body(**change) -> dict:
+    return {"model_name": "convnetb", "dataset": "hdf5", "hdf5_path": DIGITS_FILE, "num_classes": "10",
+            "batch_size": "64", "learning_rate": "0.05", "num_epochs": "5", "image_size": "16",
+            "convert_grey": "1", "lr_decay": "0", "is_transform": "0", "num_workers": "0", "seed": "3", **change}
+
+
+@pytest.fixture(scope="module")
+def digits(stack):
+    path = stack.data_dir / "datasets" / DIGITS_FILE
+    if not path.exists():
+        write_digits_hdf5(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits_run(stack, digits):
+    """A real training job on the digits, watched by a Socket.IO client: (job record, its events)."""
+    events: list = []
+    client = _socket(stack, events)
+    try:
+        r = post(stack, "/api/v1/train", digits_body())
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        assert client.call("subscribe", {"job_id": job_id}, namespace="/jobs", timeout=10)["ok"] is True
+        record = stack.wait_job(job_id, timeout=90)
+        deadline = time.monotonic() + 10
+        while not any(n == "finished" for n, _ in events) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        client.disconnect()
+    return record, [d for _, d in events if d["job_id"] == job_id]
+
+
+@pytest.mark.slow
+def test_real_digits_reach_high_accuracy_with_live_epoch_events(stack, digits_run):
+    record, events = digits_run
+    assert record["status"] == "finished", record["error"]
+    assert record["result"]["best_accuracy"] >= 90.0, record["history"]
+    epochs = [d["metrics"]["epoch"] for d in events if "metrics" in d]
+    assert epochs == sorted(epochs) and epochs[-1] == 5 and len(epochs) >= 4, epochs  # subscribed just after 202
+    assert all(0 <= d["metrics"]["test_accuracy"] <= 100 for d in events if "metrics" in d)
+    # /predict on real test digits agrees with their labels about as often as the test accuracy says.
+    images, labels = digits_test_images()
+    model_id = record["result"]["model_id"]
+    answers = [post(stack, "/api/v1/predict", {"image": data_url(img), "model": model_id}, "client").json()["results"]
+               for img in images[:40]]
+    assert np.mean([a == str(y) for a, y in zip(answers, labels[:40], strict=True)]) >= 0.85
+
+
+@pytest.mark.slow
+def test_cancel_then_resume_continues_from_the_last_completed_epoch(stack, digits):
+    r = post(stack, "/api/v1/train", digits_body(num_epochs="8"))
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while len(stack.wait_job(job_id, statuses=("started",))["history"]) < 2:
+        assert time.monotonic() < deadline, "two epochs did not complete in time"
+        time.sleep(0.2)
+    assert post(stack, f"/api/v1/jobs/{job_id}/resume").status_code == 409  # still running
+    assert post(stack, f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    stopped = stack.wait_job(job_id)
+    done = [h["epoch"] for h in stopped["history"]]
+    assert stopped["status"] == "cancelled" and done == list(range(1, len(done) + 1)) and len(done) < 8
+    cancelled_models = [m for m in trained_rows(stack).values() if m["job_id"] == job_id]
+    assert len(cancelled_models) == 1, "a cancelled run with a best checkpoint is catalogued"
+    r = post(stack, f"/api/v1/jobs/{job_id}/resume")
+    assert r.status_code == 202, r.text
+    resumed = stack.wait_job(r.json()["job_id"], timeout=90)
+    assert resumed["status"] == "finished", resumed["error"]
+    assert [h["epoch"] for h in resumed["history"]] == list(range(1, 9))  # continuous, nothing repeated
+    assert resumed["history"][: len(done)] == stopped["history"]
+
+
+@pytest.mark.slow
+def test_onnx_export_runs_and_matches_the_model(stack, digits_run):
+    from onnx.reference import ReferenceEvaluator
+
+    from engine.inference import Predictor
+
+    model_id = digits_run[0]["result"]["model_id"]
+    r = get(stack, f"/api/v1/models/{model_id}/export?format=onnx")
+    assert r.status_code == 200
+    predictor = Predictor(stack.data_dir / trained_rows(stack)[model_id]["path"])
+    batch = predictor.to_tensor([digits_test_images()[0][0]])
+    (onnx_logits,) = ReferenceEvaluator(r.content).run(None, {"input": batch.numpy()})
+    with torch.inference_mode():
+        expected = predictor.model(batch).numpy()
+    np.testing.assert_allclose(onnx_logits, expected, rtol=1e-3, atol=1e-3)

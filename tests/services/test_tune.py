@@ -1,0 +1,258 @@
+"""Hyperparameter search (issue 4) against the running stack: real Redis, ONE worker, the API under gunicorn.
+
+The data is scikit-learn's digits at 16 x 16 written as an HDF5 file in the seed's layout, so a trial
+trains in about a second and the studies below finish with the single worker of the ``stack`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import optuna
+import pytest
+import requests
+import streamlit as st
+from sklearn.datasets import load_digits
+from streamlit.testing.v1 import AppTest
+
+from services import tuning
+from services.config import REPO_ROOT
+
+DIGITS = "tune_digits.h5"
+OMIT = object()  # a field left out of the body
+SPACE = {"learning_rate": [0.005, 0.1], "batch_size": [32, 64], "weight_decay": [0.0, 0.001],
+         "optimizer": ["sgd", "adam"], "model_name": ["lenet5", "convnetj"]}
+
+
+@pytest.fixture(scope="module")
+def digits(stack) -> str:
+    """The digits as ``DATA_DIR/datasets/tune_digits.h5``: uint8 N x 16 x 16 x 3, class names as JSON."""
+    data = load_digits()
+    images = np.kron(data.images * 15.9, np.ones((2, 2))).clip(0, 255).astype(np.uint8)
+    images = np.repeat(images[..., None], 3, axis=3)
+    labels = data.target.astype(np.uint8)
+    with h5py.File(stack.data_dir / "datasets" / DIGITS, "w") as f:
+        f["X_train"], f["y_train"] = images[:800], labels[:800]
+        f["X_test"], f["y_test"] = images[1400:], labels[1400:]
+        f.attrs["class_names"] = json.dumps([str(d) for d in range(10)])
+    return DIGITS
+
+
+def study_body(**overrides) -> dict:
+    return {"dataset": "hdf5", "hdf5_path": DIGITS, "num_classes": 10, "image_size": 16, "num_epochs": 2,
+            "seed": 0, "n_trials": 3, "epochs_per_trial": 2, "parallel": 2, "space": SPACE, **overrides}
+
+
+def launch(stack, body: dict) -> dict:
+    r = requests.post(f"{stack.url}/api/v1/tune", json=body, headers=stack.headers("operator"), timeout=30)
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def study(stack, study_id: str) -> dict:
+    r = requests.get(f"{stack.url}/api/v1/tune/{study_id}", headers=stack.headers("operator"), timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def within_space(params: dict) -> bool:
+    low_lr, high_lr = SPACE["learning_rate"]
+    low_wd, high_wd = SPACE["weight_decay"]
+    return (low_lr <= params["learning_rate"] <= high_lr and low_wd <= params["weight_decay"] <= high_wd
+            and params["batch_size"] in SPACE["batch_size"] and params["optimizer"] in SPACE["optimizer"]
+            and params["model_name"] in SPACE["model_name"])
+
+
+@pytest.fixture(scope="module")
+def finished_study(stack, digits) -> dict:
+    """A study of 3 trials x 2 epochs, launched with parallel=2 and run to its end by the one worker."""
+    launched = launch(stack, study_body())
+    stack.wait_job(launched["study_id"], timeout=120)
+    return {"launched": launched, "view": study(stack, launched["study_id"])}
+
+
+@pytest.mark.slow
+def test_tiny_study_completes_with_one_worker(stack, finished_study):
+    launched, view = finished_study["launched"], finished_study["view"]
+    assert launched["job_id"] == launched["study_id"] == launched["jobs"]
+    assert len(launched["trial_jobs"]) == 2  # parallel=2 trials were queued at once, the third came later
+    assert view["status"] == "finished"
+    assert view["progress"]["done"] == 3 == view["progress"]["total"]
+    trials = view["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2]
+    assert all(t["job_status"] == "finished" and t["state"] in ("complete", "pruned") for t in trials)
+    assert all(within_space(t["params"]) for t in trials)
+    # Trials run in separate processes: each must draw its own configuration, not the same seeded one.
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 3
+    complete = [t for t in trials if t["state"] == "complete"]
+    assert len(complete) >= 2  # the pruner waits for two finished trials before it compares
+    best = view["best"]
+    assert best["value"] == max(t["value"] for t in complete) > 50  # test accuracy (%) after 2 epochs
+    assert within_space(best["params"])
+    assert best["train_request"]["l2_reg"] == best["params"]["weight_decay"]
+    assert best["train_request"]["num_epochs"] == 2 and best["train_request"]["hdf5_path"] == DIGITS
+    for trial in complete:
+        assert len(trial["intermediate"]) == 2 and max(trial["intermediate"]) == trial["value"]
+
+
+@pytest.mark.slow
+def test_trials_are_jobs_with_epoch_history_and_the_study_job_records_the_best(stack, finished_study):
+    view = finished_study["view"]
+    headers = stack.headers("operator")
+    study_job = requests.get(f"{stack.url}/api/v1/jobs/{view['study_id']}", headers=headers, timeout=10).json()
+    assert study_job["kind"] == "tune" and study_job["status"] == "finished"
+    assert study_job["result"]["best"] == view["best"]
+    for trial in view["trials"]:
+        job = requests.get(f"{stack.url}/api/v1/jobs/{trial['job_id']}", headers=headers, timeout=10).json()
+        assert job["kind"] == "tune-trial"
+        assert [h["test_accuracy"] for h in job["history"]] == trial["intermediate"]
+        assert job["result"]["trial"] == trial["number"]
+    assert not list((stack.data_dir / "checkpoints").glob(f"{view['trials'][0]['job_id']}*"))
+
+
+@pytest.mark.slow
+def test_train_best_launches_a_full_training_with_the_best_parameters(stack, finished_study):
+    view = finished_study["view"]
+    headers = stack.headers("operator")
+    r = requests.post(f"{stack.url}/api/v1/tune/{view['study_id']}/train-best", headers=headers, timeout=30)
+    assert r.status_code == 202, r.text
+    assert r.json()["jobs"] == r.json()["job_id"] and r.json()["trial"] == view["best"]["trial"]
+    job = requests.get(f"{stack.url}/api/v1/jobs/{r.json()['job_id']}", headers=headers, timeout=10).json()
+    best = view["best"]["params"]
+    assert job["kind"] == "train"
+    assert {k: job["params"][k] for k in ("learning_rate", "batch_size", "l2_reg", "optimizer", "model_name")} == {
+        "learning_rate": best["learning_rate"], "batch_size": best["batch_size"], "l2_reg": best["weight_decay"],
+        "optimizer": best["optimizer"], "model_name": best["model_name"]}
+    assert job["params"]["num_epochs"] == 2  # the study's num_epochs (the full run), not epochs_per_trial
+    # The training itself is the train feature's to test; the worker is needed for the next tests.
+    requests.post(f"{stack.url}/api/v1/jobs/{job['id']}/cancel", headers=headers, timeout=30)
+
+
+@pytest.mark.slow
+def test_stopped_study_stops_its_trial_and_enqueues_no_more(stack, digits):
+    body = study_body(n_trials=10, parallel=1, epochs_per_trial=500,
+                      space={"learning_rate": [0.01, 0.05], "model_name": ["lenet5"]})
+    study_id = launch(stack, body)["study_id"]
+    headers = stack.headers("operator")
+    first = wait_until(lambda: (study(stack, study_id)["trials"] or [None])[0], 30, "the first trial")
+    wait_until(lambda: requests.get(f"{stack.url}/api/v1/jobs/{first['job_id']}", headers=headers,
+                                    timeout=10).json()["history"], 60, "the first epoch")
+    early = requests.post(f"{stack.url}/api/v1/tune/{study_id}/train-best", headers=headers, timeout=30)
+    assert early.status_code == 409 and "no completed trial" in early.json()["message"]
+    r = requests.post(f"{stack.url}/api/v1/tune/{study_id}/stop", headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    trial_job = stack.wait_job(first["job_id"], timeout=60)
+    assert trial_job["status"] == "cancelled" and len(trial_job["history"]) < 500
+    time.sleep(1.5)  # time enough for a (wrong) next trial to be queued
+    view = study(stack, study_id)
+    assert view["status"] == "cancelled" and len(view["trials"]) == 1
+    assert view["trials"][0]["state"] == "pruned"  # what it measured stays in the study
+    again = requests.post(f"{stack.url}/api/v1/tune/{study_id}/stop", headers=headers, timeout=30)
+    assert again.status_code == 409 and again.json()["field"] == "study_id"
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"space": {**SPACE, "model_name": ["lenet5", "resnet99"]}}, "space.model_name", "lenet5"),
+    ({"space": {**SPACE, "learning_rate": [0.1, 0.001]}}, "space.learning_rate", "must not exceed"),
+    ({"space": {**SPACE, "weight_decay": [0.5, 0.1]}}, "space.weight_decay", "must not exceed"),
+    ({"space": {**SPACE, "optimizer": ["sgd", "rmsprop"]}}, "space.optimizer", "adam"),
+    ({"space": {**SPACE, "batch_size": []}}, "space.batch_size", "at least one"),
+    ({"space": {**SPACE, "model_name": ["lenet5", "alexnet"]}}, "space.model_name", "alexnet"),  # 16 px < 64
+    ({"space": {}}, "space", "at least one"),
+    ({"space": OMIT, "model_name": "lenet5"}, "space", "at least one"),  # no space: nothing to search
+    ({"hdf5_path": "missing.h5"}, "hdf5_path", "tune_digits.h5"),
+    ({"num_classes": 3}, "num_classes", "10 classes"),
+    ({"parallel": 0}, "parallel", "greater than or equal to 1"),
+])
+def test_bad_request_is_400_naming_the_field(stack, digits, change, field, words):
+    body = {key: value for key, value in study_body(**change).items() if value is not OMIT}
+    r = requests.post(f"{stack.url}/api/v1/tune", json=body, headers=stack.headers("operator"), timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field and words in r.json()["message"]
+
+
+def test_roles_and_unknown_studies(stack, digits):
+    r = requests.post(f"{stack.url}/api/v1/tune", json=study_body(), headers=stack.headers("client"), timeout=30)
+    assert r.status_code == 403
+    headers = stack.headers("operator")
+    for method, path in (("get", ""), ("post", "/stop"), ("post", "/train-best")):
+        r = requests.request(method, f"{stack.url}/api/v1/tune/nope{path}", headers=headers, timeout=30)
+        assert r.status_code == 404 and r.json()["field"] == "study_id"
+    listed = requests.get(f"{stack.url}/api/v1/tune", headers=headers, timeout=30)
+    assert listed.status_code == 200 and isinstance(listed.json()["studies"], list)
+
+
+@pytest.mark.slow
+def test_a_trial_far_below_the_median_is_pruned_after_its_first_epoch(stack, digits):
+    req = tuning.TuneRequest.model_validate(study_body(epochs_per_trial=4, space={"model_name": ["lenet5"]}))
+    study_id = uuid.uuid4().hex
+    optuna.create_study(study_name=study_id, storage=tuning.study_storage(stack.config, study_id), direction="maximize")
+    study = tuning.load_study(stack.config, study_id, req)
+    for value in (97.0, 98.0):  # two finished trials that were excellent at every epoch
+        trial = study.ask()
+        for epoch in range(1, 5):
+            trial.report(value, epoch)
+        study.tell(trial, value)
+    epochs, reported = [], []
+    ctx = SimpleNamespace(config=stack.config, job_id=uuid.uuid4().hex, epoch=epochs.append)
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):  # a learning rate this small cannot reach 97 % in one epoch
+        tuning.train_trial(ctx, req, {"learning_rate": 1e-6, "model_name": "lenet5"}, trial, lambda: False, reported)
+    assert len(epochs) == len(reported) == 1  # one epoch of four was spent
+    assert not (stack.data_dir / "checkpoints" / ctx.job_id).exists()
+
+
+@pytest.fixture
+def page(stack, monkeypatch):
+    """The Tune page against the running stack, signed in as an operator."""
+    monkeypatch.setenv("DATA_DIR", str(stack.data_dir))
+    monkeypatch.setenv("REDIS_URL", stack.redis_url)
+    st.cache_resource.clear()  # the config is cached per process: make the page read this DATA_DIR
+    at = AppTest.from_file(str(REPO_ROOT / "pages" / "tune.py"), default_timeout=30)
+    at.session_state["user"] = {"username": "operator", "role": "operator"}
+    yield at
+    st.cache_resource.clear()
+
+
+@pytest.mark.slow
+def test_page_shows_the_study_and_trains_the_best(stack, finished_study, page):
+    study_id = finished_study["view"]["study_id"]
+    page.session_state["tune_study"] = study_id
+    page.run()
+    assert not page.exception and page.title[0].value == "Tune"
+    table = page.dataframe[0].value
+    assert list(table["trial"]) == [0, 1, 2]
+    best = finished_study["view"]["best"]
+    assert any(f"trial {best['trial']}" in m.value for m in page.markdown if m.value.startswith("**Best:**"))
+    assert len(page.get("vega_lite_chart")) == 2  # objective per trial, test metric per epoch
+    page.button(key="tune_train_best").click().run()
+    assert not page.exception and "queued with the best parameters" in page.success[0].value
+    job_id = page.success[0].value.split()[2]
+    record = stack.wait_job(job_id, statuses=("queued", "started", "finished"), timeout=10)
+    assert record["kind"] == "train" and record["params"]["model_name"] == best["params"]["model_name"]
+    requests.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", headers=stack.headers("operator"), timeout=30)
+
+
+def test_page_reports_a_bad_space_without_a_traceback(stack, digits, page):
+    page.run()
+    page.number_input(key="tune_lr_low").set_value(0.5)
+    page.number_input(key="tune_lr_high").set_value(0.01)
+    page.button(key="tune_launch").click().run()
+    assert not page.exception
+    assert any("space.learning_rate" in e.value and "must not exceed" in e.value for e in page.error)
