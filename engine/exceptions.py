@@ -17,6 +17,32 @@ class InvalidInput(StudioError, ValueError):
         self.field = field
 
 
+class NotFound(StudioError, LookupError):
+    """Something named by the caller does not exist (the API answers 404).
+
+    Attributes:
+        field: the field that named it; subclasses may set a class-level default.
+    """
+
+    field: str | None = None
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        if field is not None:
+            self.field = field
+
+
+class Conflict(StudioError):
+    """The request is valid but the current state forbids it (the API answers 409)."""
+
+    field: str | None = None
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        if field is not None:
+            self.field = field
+
+
 class ImageTooLarge(InvalidInput):
     """An image has more pixels than the configured limit (decompression-bomb guard)."""
 

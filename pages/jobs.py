@@ -1,10 +1,11 @@
 """Jobs: every background job the user may read, with status, progress and cancel."""
 
 import pandas as pd
+import redis
 import streamlit as st
 
 from services import jobs
-from services.ui import get_config, get_store, require_role
+from services.ui import fail, get_config, get_store, require_role
 
 user = require_role("operator", "client")
 store, config = get_store(), get_config()
@@ -23,9 +24,16 @@ table = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "status": r["status"], 
 st.dataframe(table, key="jobs_table", hide_index=True,
              column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
 chosen = st.selectbox("Job", [r["id"] for r in records], key="jobs_pick")
-record = jobs.reconcile(config, store, store.get_job(chosen))
+record = store.get_job(chosen)
+try:
+    record = jobs.reconcile(config, store, record)
+except redis.exceptions.RedisError:
+    st.warning("The job queue (Redis) is unreachable; showing the last recorded state.")
 st.json({k: record[k] for k in ("status", "progress", "result", "error")}, expanded=False)
 if user["role"] != "client" and record["status"] not in jobs.TERMINAL:
     if st.button("Cancel job", key="jobs_cancel"):
-        jobs.cancel(config, store, chosen)
+        try:
+            jobs.cancel(config, store, chosen)
+        except redis.exceptions.RedisError:
+            fail("The job queue (Redis) is unreachable; try again shortly.")
         st.rerun()

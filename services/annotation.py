@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from engine import labels as labelsets
-from engine.exceptions import InvalidInput, StudioError
+from engine.exceptions import Conflict, InvalidInput, NotFound
 from engine.exif import ExifInfo, read_exif
 from engine.images import open_image, to_rgb_array
 from services.config import Config
@@ -40,13 +40,13 @@ VIEW_COLUMNS = ("id_name", "width", "height", "uploaded_by", "uploaded_at", "exi
                 "longitude", "altitude", "predict_tags", "labels", "labelled_by", "labelled_at")
 
 
-class UnknownImage(StudioError, LookupError):
+class UnknownImage(NotFound):
     """No image has this id (the API answers 404)."""
 
     field = "id_name"
 
 
-class ImageExists(StudioError):
+class ImageExists(Conflict):
     """An image with this id is already stored and overwriting was not asked for (the API answers 409)."""
 
     field = "id_name"

@@ -22,11 +22,12 @@ from pydantic import BaseModel, Field
 from werkzeug.exceptions import HTTPException
 
 import services
+from engine.exceptions import Conflict, InvalidInput, NotFound
 from services import jobs
 from services.config import ROLES, Config
 from services.routes import BLUEPRINTS
 from services.store import open_store
-from services.web import ApiError, Studio, endpoint, ok, openapi_spec, studio
+from services.web import ApiError, Studio, endpoint, from_invalid_input, ok, openapi_spec, studio
 
 log = logging.getLogger(__name__)
 jwt = JWTManager()
@@ -70,7 +71,11 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 def _register_error_handlers(app: Flask) -> None:
+    """One mapping from the project's exceptions to HTTP answers, all in the error shape."""
     app.register_error_handler(ApiError, lambda e: e.response())
+    app.register_error_handler(InvalidInput, lambda e: from_invalid_input(e).response())
+    app.register_error_handler(NotFound, lambda e: ApiError(404, "not_found", str(e), e.field).response())
+    app.register_error_handler(Conflict, lambda e: ApiError(409, "conflict", str(e), e.field).response())
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

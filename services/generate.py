@@ -38,7 +38,7 @@ from engine.augment.generate import (
     generate_dataset,
     preview_samples,
 )
-from engine.exceptions import Cancelled, InvalidInput, StudioError
+from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound
 from engine.images import open_image
 from services import jobs
 from services.config import Config
@@ -60,21 +60,19 @@ _DISK_HEADROOM = 1.1  # HDF5 chunk overhead and the temporary file's metadata
 Number = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class DatasetExists(StudioError):
+class DatasetExists(Conflict):
     """A dataset of this name exists; datasets are never overwritten (the API answers 409)."""
 
-    def __init__(self, message: str, field: str = "name"):
-        super().__init__(message)
-        self.field = field
+    field = "name"
 
 
-class UnknownDataset(StudioError, LookupError):
+class UnknownDataset(NotFound):
     """No dataset has this id (the API answers 404)."""
 
     field = "dataset_id"
 
 
-class BackgroundExists(StudioError):
+class BackgroundExists(Conflict):
     """The same picture is already a background (the API answers 409)."""
 
     field = "file"

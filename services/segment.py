@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.exceptions import InvalidInput, StudioError
+from engine.exceptions import InvalidInput, NotFound
 from engine.images import decode_image, encode_png
 from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS, Segmentation, grabcut
 from services.config import Config
@@ -43,7 +43,7 @@ Polyline = Annotated[list[Point], Field(min_length=1, max_length=10_000)]
 Strokes = Annotated[list[Polyline], Field(max_length=200)]
 
 
-class UnknownObject(StudioError, LookupError):
+class UnknownObject(NotFound):
     """No object has this id (the API answers 404)."""
 
     field = "object_id"

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, list_dataset_kinds
-from engine.exceptions import Cancelled, InvalidInput, StudioError
+from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
 from engine.inference import EXPORT_FORMATS, export_model, load_checkpoint
 from engine.models import get_model_info, list_models
 from engine.training import OPTIMIZERS, TrainConfig, fit
@@ -44,22 +44,6 @@ PATH_BASES = {"hdf5_path": ("datasets",), "trainset_dir": (), "testset_dir": ()}
 FIXED_PATHS = {"newdata_dir": ("newdata",)}
 METRIC_KEYS = ("best_accuracy", "test_accuracy", "test_loss", "train_accuracy", "train_loss",
                "test_map", "test_micro_f1", "test_macro_f1")
-
-
-class NotFound(StudioError):
-    """A job or model id that does not exist (HTTP 404)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-class Conflict(StudioError):
-    """The request is valid but the state forbids it now (HTTP 409)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 # ------------------------------------------------------------------------------------------ request

@@ -37,7 +37,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -49,6 +49,7 @@ from services.config import Config
 from services.jobs import JobContext, job_kind, redis_connection
 from services.store import Store
 from services.training import Conflict, NotFound, TrainRequest
+from services.web import invalid_input_from
 
 TUNE_KIND, TRIAL_KIND = "tune", "tune-trial"
 JOURNAL_PREFIX = "studio:optuna:{}"
@@ -183,7 +184,10 @@ def trial_request(req: TuneRequest, choice: dict, num_epochs: int) -> TrainReque
     """The ``/train`` request of one configuration: the fixed fields with ``choice`` applied."""
     body = training.request_params(req.model_dump())
     body.update({SEARCH_FIELDS[name]: value for name, value in choice.items()})
-    return TrainRequest.model_validate({**body, "num_epochs": num_epochs})
+    try:
+        return TrainRequest.model_validate({**body, "num_epochs": num_epochs})
+    except ValidationError as exc:
+        raise invalid_input_from(exc) from None
 
 
 def check_against_data(config: Config, req: TuneRequest) -> None:

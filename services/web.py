@@ -115,15 +115,21 @@ def _request_data(form: bool) -> dict:
     return data
 
 
+def invalid_input_from(exc: ValidationError) -> InvalidInput:
+    """The first problem of a pydantic validation, as the project's error naming its field."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or None
+    msg = err["msg"].removeprefix("Value error, ")
+    return InvalidInput(f"{field}: {msg}" if field else msg, field)
+
+
 def parse(model: type[BaseModel], data: dict) -> BaseModel:
     """Validate ``data`` against ``model``; the first problem becomes a 400 naming its field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ApiError(400, "invalid_field", f"{field}: {msg}" if field else msg, field) from None
+        problem = invalid_input_from(exc)
+        raise ApiError(400, "invalid_field", str(problem), problem.field) from None
 
 
 def authenticate() -> dict:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from typing import Literal
 
 from flask import Blueprint, Response, g, request
 from pydantic import BaseModel, Field
 
-from engine.exceptions import InvalidInput
 from services import annotation
-from services.web import ApiError, endpoint, from_invalid_input, ok, studio
+from services.web import ApiError, endpoint, ok, studio
 
 bp = Blueprint("annotate", __name__)
 READERS = ("annotator", "operator")
@@ -48,19 +45,6 @@ class ExportQuery(BaseModel):
     format: Literal["csv", "coco"] = "csv"
 
 
-@contextlib.contextmanager
-def service_errors() -> Iterator[None]:
-    """Turn the service's exceptions into API errors that name the field."""
-    try:
-        yield
-    except InvalidInput as exc:
-        raise from_invalid_input(exc) from None
-    except annotation.UnknownImage as exc:
-        raise ApiError(404, "not_found", str(exc), exc.field) from None
-    except annotation.ImageExists as exc:
-        raise ApiError(409, "exists", str(exc), exc.field) from None
-
-
 def _uploaded_bytes() -> bytes:
     upload = request.files.get("file")
     if upload is None:
@@ -72,24 +56,21 @@ def _uploaded_bytes() -> bytes:
 def imgup(body: UploadForm):
     """Upload an image (multipart ``file`` + ``id_name``, optional ``overwrite=1``); answers suggested tags."""
     data = _uploaded_bytes()
-    with service_errors():
-        row = annotation.store_upload(studio().config, studio().store, body.id_name, data, g.user["username"],
-                                      overwrite=body.overwrite)
+    row = annotation.store_upload(studio().config, studio().store, body.id_name, data, g.user["username"],
+                                  overwrite=body.overwrite)
     return ok({"image_id": row["id_name"], "predict_tags": row["predict_tags"]})
 
 
 @endpoint(bp, "/imginfo", roles=READERS, query=ImgInfoQuery)
 def imginfo_by_query(query: ImgInfoQuery):
     """The seed's image info: suggested tags, EXIF date, GPS, confirmed labels, signed coordinates."""
-    with service_errors():
-        return ok(annotation.imginfo(studio().store, query.id_name))
+    return ok(annotation.imginfo(studio().store, query.id_name))
 
 
 @endpoint(bp, "/imginfo/<id_name>", roles=READERS)
 def imginfo_by_path(id_name: str):
     """The seed's image info, with the id in the path."""
-    with service_errors():
-        return ok(annotation.imginfo(studio().store, id_name))
+    return ok(annotation.imginfo(studio().store, id_name))
 
 
 @endpoint(bp, "/api/v1/labels", roles=READERS)
@@ -101,16 +82,14 @@ def get_labels():
 @endpoint(bp, "/api/v1/labels", ("PUT",), roles=ADMIN_ONLY, body=LabelsBody)
 def put_labels(body: LabelsBody):
     """Replace the label set (admin); labels still used by images cannot be dropped."""
-    with service_errors():
-        return ok(annotation.set_label_set(studio().config, body.labels))
+    return ok(annotation.set_label_set(studio().config, body.labels))
 
 
 @endpoint(bp, "/api/v1/annotations", roles=READERS, query=AnnotationsQuery)
 def list_annotations(query: AnnotationsQuery):
     """Images and their labels, newest first; filters: unlabelled, label, uploaded_by."""
-    with service_errors():
-        rows = annotation.list_images(studio().config, studio().store, query.unlabelled, query.label,
-                                      query.uploaded_by, query.limit)
+    rows = annotation.list_images(studio().config, studio().store, query.unlabelled, query.label,
+                                  query.uploaded_by, query.limit)
     return ok({"images": [annotation.image_view(r) for r in rows], "count": len(rows)})
 
 
@@ -118,12 +97,11 @@ def list_annotations(query: AnnotationsQuery):
 def export_annotations(query: ExportQuery):
     """The labelled set as a CSV (Id + one 0/1 column per label) or COCO-style JSON download."""
     config = studio().config
-    with service_errors():
-        if query.format == "csv":
-            text, mimetype = annotation.export_csv(config), "text/csv"
-        else:
-            # A file to save as-is: no "status_code" key mixed into the COCO document.
-            text, mimetype = json.dumps(annotation.export_coco(config), indent=2), "application/json"
+    if query.format == "csv":
+        text, mimetype = annotation.export_csv(config), "text/csv"
+    else:
+        # A file to save as-is: no "status_code" key mixed into the COCO document.
+        text, mimetype = json.dumps(annotation.export_coco(config), indent=2), "application/json"
     filename = f"newdata-labels.{'csv' if query.format == 'csv' else 'json'}"
     return Response(text, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
@@ -131,13 +109,11 @@ def export_annotations(query: ExportQuery):
 @endpoint(bp, "/api/v1/annotations/<id_name>", roles=READERS)
 def get_annotation(id_name: str):
     """One image: its catalog record and confirmed labels."""
-    with service_errors():
-        return ok(annotation.image_view(annotation.get_image(studio().store, id_name)))
+    return ok(annotation.image_view(annotation.get_image(studio().store, id_name)))
 
 
 @endpoint(bp, "/api/v1/annotations/<id_name>", ("PUT",), roles=ANNOTATORS, body=LabelsBody)
 def put_annotation(id_name: str, body: LabelsBody):
     """Confirm an image's labels (only labels of the label set; an empty list means none apply)."""
-    with service_errors():
-        view = annotation.set_labels(studio().config, studio().store, id_name, body.labels, g.user["username"])
+    view = annotation.set_labels(studio().config, studio().store, id_name, body.labels, g.user["username"])
     return ok(view)

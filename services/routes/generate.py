@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Literal
 
 from flask import Blueprint, g, request
 from pydantic import BaseModel
 
-from engine.exceptions import InvalidInput
 from services import generate
-from services.web import ApiError, endpoint, from_invalid_input, ok, studio
+from services.web import ApiError, endpoint, ok, studio
 
 bp = Blueprint("generate", __name__)
 OPERATORS = ("operator",)
@@ -24,24 +21,10 @@ class BackgroundForm(BaseModel):
     split: Literal["train", "test"] | None = None
 
 
-@contextlib.contextmanager
-def service_errors() -> Iterator[None]:
-    """Turn the service's exceptions into API errors that name the field."""
-    try:
-        yield
-    except InvalidInput as exc:
-        raise from_invalid_input(exc) from None
-    except (generate.DatasetExists, generate.BackgroundExists) as exc:
-        raise ApiError(409, "exists", str(exc), exc.field) from None
-    except generate.UnknownDataset as exc:
-        raise ApiError(404, "not_found", str(exc), exc.field) from None
-
-
 @endpoint(bp, "/api/v1/generate", ("POST",), roles=OPERATORS, body=generate.GenerateBody)
 def post_generate(body: generate.GenerateBody):
     """Queue one job that writes an augmented HDF5 dataset from the object library (answers 202)."""
-    with service_errors():
-        job_id = generate.submit_generation(studio().config, studio().store, body, g.user["username"])
+    job_id = generate.submit_generation(studio().config, studio().store, body, g.user["username"])
     return ok({"jobs": [job_id], "job_id": job_id}, 202)
 
 
@@ -56,16 +39,14 @@ def list_datasets():
 @endpoint(bp, "/api/v1/datasets/<dataset_id>", roles=OPERATORS)
 def get_dataset(dataset_id: str):
     """One generated dataset: file, classes, counts, generation config, export folders."""
-    with service_errors():
-        row = generate.get_dataset(studio().store, dataset_id)
+    row = generate.get_dataset(studio().store, dataset_id)
     return ok(generate.dataset_view(studio().config, row))
 
 
 @endpoint(bp, "/api/v1/backgrounds", roles=READERS)
 def list_backgrounds():
     """Every background with its split (train or test) and origin (shipped or user)."""
-    with service_errors():
-        files = generate.list_background_files(studio().config)
+    files = generate.list_background_files(studio().config)
     counts = {split: sum(1 for b in files if b.split == split) for split in ("train", "test")}
     return ok({"backgrounds": [generate.background_view(b) for b in files], "counts": counts})
 
@@ -76,6 +57,5 @@ def post_background(body: BackgroundForm):
     upload = request.files.get("file")
     if upload is None:
         raise ApiError(400, "missing_file", "send the image as the multipart field 'file'", "file")
-    with service_errors():
-        bg = generate.add_background(studio().config, upload.read(), body.split)
+    bg = generate.add_background(studio().config, upload.read(), body.split)
     return ok(generate.background_view(bg))

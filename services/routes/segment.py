@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from flask import Blueprint, g, send_file
 from pydantic import BaseModel, Field
 
-from engine.exceptions import InvalidInput
 from services import segment
-from services.web import ApiError, endpoint, from_invalid_input, ok, studio
+from services.web import ApiError, endpoint, ok, studio
 
 bp = Blueprint("segment", __name__)
 CUTTERS = ("operator", "annotator")
@@ -22,23 +18,11 @@ class ObjectsQuery(BaseModel):
     limit: int = Field(1000, ge=1, le=100_000)
 
 
-@contextlib.contextmanager
-def service_errors() -> Iterator[None]:
-    """Turn the service's exceptions into API errors that name the field."""
-    try:
-        yield
-    except InvalidInput as exc:
-        raise from_invalid_input(exc) from None
-    except segment.UnknownObject as exc:
-        raise ApiError(404, "not_found", str(exc), exc.field) from None
-
-
 @endpoint(bp, "/api/v1/segment", ("POST",), roles=CUTTERS, body=segment.SegmentBody)
 def post_segment(body: segment.SegmentBody):
     """GrabCut the object inside the box (x1, y1, x2, y2) and save it as an object of class ``ean``."""
     config, store = studio().config, studio().store
-    with service_errors():
-        result = segment.segment(config, store, body, g.user["username"])
+    result = segment.segment(config, store, body, g.user["username"])
     return ok(result)
 
 
@@ -54,8 +38,7 @@ def list_objects(query: ObjectsQuery):
 @endpoint(bp, "/api/v1/objects/<object_id>/image", roles=CUTTERS)
 def object_image(object_id: str):
     """The object's RGBA cut-out as a PNG file."""
-    with service_errors():
-        row = segment.get_object(studio().store, object_id)
+    row = segment.get_object(studio().store, object_id)
     path = segment.object_file(studio().config, row)
     if not path.is_file():
         raise ApiError(404, "not_found", f"the file of object '{object_id}' is missing", "object_id")
@@ -65,6 +48,5 @@ def object_image(object_id: str):
 @endpoint(bp, "/api/v1/objects/<object_id>", ("DELETE",), roles=OPERATORS)
 def delete_object(object_id: str):
     """Remove an object from the library (its catalog row, then its file)."""
-    with service_errors():
-        row = segment.delete_object(studio().config, studio().store, object_id)
+    row = segment.delete_object(studio().config, studio().store, object_id)
     return ok({"deleted": row["id"], "class_name": row["class_name"]})

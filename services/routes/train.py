@@ -3,20 +3,17 @@ the model zoo, and the trained models (list, activate, export, delete)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import Literal
 
 from flask import Blueprint, g, send_file
 from pydantic import BaseModel, Field
 
-from engine.exceptions import InvalidInput
 from engine.images import decode_image
 from engine.models import list_models
 from services import predictions, training
 from services.training import TrainRequest
-from services.web import ApiError, endpoint, from_invalid_input, ok, studio
+from services.web import ApiError, endpoint, ok, studio
 
 bp = Blueprint("train", __name__)
 OPERATORS = ("operator",)
@@ -39,32 +36,17 @@ class PredictBody(BaseModel):
     model: str | None = None
 
 
-@contextlib.contextmanager
-def service_errors() -> Iterator[None]:
-    """Turn the training service's exceptions into API errors that name the field."""
-    try:
-        yield
-    except InvalidInput as exc:
-        raise from_invalid_input(exc) from None
-    except training.NotFound as exc:
-        raise ApiError(404, "not_found", str(exc), exc.field) from None
-    except training.Conflict as exc:
-        raise ApiError(409, "conflict", str(exc), exc.field) from None
-
-
 @endpoint(bp, "/api/v1/train", ("POST",), roles=OPERATORS, body=TrainRequest)
 def train(body: TrainRequest):
     """Start a training job (the seed's body); answers 202 with the job id."""
-    with service_errors():
-        job_id = training.submit_training(studio().config, studio().store, body, g.user["username"])
+    job_id = training.submit_training(studio().config, studio().store, body, g.user["username"])
     return ok({"jobs": job_id, "job_id": job_id}, 202)
 
 
 @endpoint(bp, "/api/v1/jobs/<job_id>/resume", ("POST",), roles=OPERATORS, query=ResumeQuery)
 def resume(job_id: str, query: ResumeQuery):
     """Continue a stopped training job from its last checkpoint, as a new job (202)."""
-    with service_errors():
-        new_id = training.resume(studio().config, studio().store, job_id, g.user["username"], query.num_epochs)
+    new_id = training.resume(studio().config, studio().store, job_id, g.user["username"], query.num_epochs)
     return ok({"jobs": new_id, "job_id": new_id, "resumed_from": job_id}, 202)
 
 
@@ -83,16 +65,14 @@ def trained_models():
 @endpoint(bp, "/api/v1/models/<model_id>/activate", ("POST",), roles=OPERATORS)
 def activate(model_id: str):
     """Make a model the default for predictions of its kind (single- or multi-label)."""
-    with service_errors():
-        return ok(training.activate(studio().store, model_id))
+    return ok(training.activate(studio().store, model_id))
 
 
 @endpoint(bp, "/api/v1/models/<model_id>/export", roles=OPERATORS, query=ExportQuery)
 def export(model_id: str, query: ExportQuery):
     """Download the model as TorchScript or ONNX (class names and preprocessing inside as metadata)."""
-    with service_errors():
-        row = training.get_model(studio().store, model_id)
-        path = training.export_file(studio().config, row, query.format)
+    row = training.get_model(studio().store, model_id)
+    path = training.export_file(studio().config, row, query.format)
     name = f"{row['model_name']}-{model_id[:8]}{path.suffix}"
     return send_file(path, as_attachment=True, download_name=name, mimetype="application/octet-stream")
 
@@ -100,8 +80,7 @@ def export(model_id: str, query: ExportQuery):
 @endpoint(bp, "/api/v1/models/<model_id>", ("DELETE",), roles=OPERATORS)
 def delete(model_id: str):
     """Delete a trained model: its catalog row, checkpoints and exports."""
-    with service_errors():
-        training.delete_model(studio().config, studio().store, model_id)
+    training.delete_model(studio().config, studio().store, model_id)
     return ok({"deleted": model_id})
 
 
@@ -114,9 +93,8 @@ def predict(body: PredictBody):
         raise ApiError(404, "not_found", f"no trained model {body.model!r}", "model")
     if row is None:
         raise ApiError(409, "no_model", "no trained model yet: train one with POST /api/v1/train", "model")
-    with service_errors():
-        image = decode_image(body.image, "image", config.max_image_pixels)
-        answer = predictions.predict(config, row, image)
+    image = decode_image(body.image, "image", config.max_image_pixels)
+    answer = predictions.predict(config, row, image)
     return ok(seed_answer(answer))
 
 

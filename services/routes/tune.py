@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from flask import Blueprint, g
 
-from engine.exceptions import InvalidInput
-from services import training, tuning  # importing tuning registers the "tune" and "tune-trial" job kinds
+from services import tuning  # importing tuning registers the "tune" and "tune-trial" job kinds
 from services.tuning import TuneRequest
-from services.web import ApiError, endpoint, from_invalid_input, ok, studio
+from services.web import endpoint, ok, studio
 
 bp = Blueprint("tune", __name__)
 OPERATORS = ("operator",)
 
 
-@contextlib.contextmanager
-def service_errors() -> Iterator[None]:
-    """Turn the tuning service's exceptions into API errors that name the field."""
-    try:
-        yield
-    except InvalidInput as exc:
-        raise from_invalid_input(exc) from None
-    except training.NotFound as exc:
-        raise ApiError(404, "not_found", str(exc), exc.field) from None
-    except training.Conflict as exc:
-        raise ApiError(409, "conflict", str(exc), exc.field) from None
-
-
 @endpoint(bp, "/api/v1/tune", ("POST",), roles=OPERATORS, body=TuneRequest)
 def launch_study(body: TuneRequest):
     """Start a hyperparameter study (Optuna; each trial an RQ job); answers 202 with the study id."""
-    with service_errors():
-        launched = tuning.launch(studio().config, studio().store, body, g.user["username"])
+    launched = tuning.launch(studio().config, studio().store, body, g.user["username"])
     return ok({**launched, "jobs": launched["job_id"]}, 202)
 
 
@@ -46,20 +28,17 @@ def list_studies():
 @endpoint(bp, "/api/v1/tune/<study_id>", roles=OPERATORS)
 def get_study(study_id: str):
     """One study: status, progress, the trials table and the best trial."""
-    with service_errors():
-        return ok(tuning.study_view(studio().config, studio().store, study_id))
+    return ok(tuning.study_view(studio().config, studio().store, study_id))
 
 
 @endpoint(bp, "/api/v1/tune/<study_id>/stop", ("POST",), roles=OPERATORS)
 def stop_study(study_id: str):
     """Stop a study: queued trials are cancelled, running ones stop at their next check, none is added."""
-    with service_errors():
-        return ok(tuning.stop(studio().config, studio().store, study_id))
+    return ok(tuning.stop(studio().config, studio().store, study_id))
 
 
 @endpoint(bp, "/api/v1/tune/<study_id>/train-best", ("POST",), roles=OPERATORS)
 def train_best(study_id: str):
     """Train the best configuration found so far in full (``num_epochs``); answers 202 with the job id."""
-    with service_errors():
-        started = tuning.train_best(studio().config, studio().store, study_id, g.user["username"])
+    started = tuning.train_best(studio().config, studio().store, study_id, g.user["username"])
     return ok({**started, "jobs": started["job_id"]}, 202)
