@@ -72,14 +72,18 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection in one transaction: committed on success, rolled back on error."""
+    def connect(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """A connection in one transaction: committed on success, rolled back on error.
+
+        Writers take the write lock up front (``BEGIN IMMEDIATE``) so two writers never deadlock on an
+        upgrade; readers use a deferred transaction and, in WAL mode, never wait for a writer.
+        """
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = ON")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
             conn.execute("COMMIT")
         except BaseException:
@@ -119,11 +123,11 @@ class Store:
             conn.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", values)
 
     def _one(self, sql: str, args: tuple = ()) -> dict | None:
-        with self.connect() as conn:
+        with self.connect(write=False) as conn:
             return _decode(conn.execute(sql, args).fetchone())
 
     def _all(self, sql: str, args: tuple = ()) -> list[dict]:
-        with self.connect() as conn:
+        with self.connect(write=False) as conn:
             return [_decode(r) for r in conn.execute(sql, args).fetchall()]
 
     @staticmethod
@@ -162,7 +166,7 @@ class Store:
         return self._all("SELECT username, role, created_at FROM users ORDER BY username")
 
     def count_users(self) -> int:
-        with self.connect() as conn:
+        with self.connect(write=False) as conn:
             return conn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
 
     # --- jobs ------------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ class Store:
 
     def count_rows(self, table: str) -> int:
         assert table in {"objects", "datasets", "models", "images", "jobs"}, table
-        with self.connect() as conn:
+        with self.connect(write=False) as conn:
             return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
     def delete_row(self, table: str, key_value: str) -> None:
