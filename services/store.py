@@ -1,13 +1,16 @@
 """The catalog: a SQLite database in DATA_DIR (WAL mode, schema version, forward-only migrations).
 
-One short-lived connection per operation keeps it safe across threads (gunicorn) and processes (RQ workers).
+One connection per thread and process (sqlite3 connections must not cross threads or a fork); one
+transaction per operation.
 Rows that point at files are written after the file is in place, so a crash leaves no row without a file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +73,18 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened once (and again in a forked child, which must not share it)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            local.conn.row_factory = sqlite3.Row
+            local.conn.execute("PRAGMA busy_timeout = 30000")
+            local.conn.execute("PRAGMA foreign_keys = ON")
+            local.pid = os.getpid()
+        return local.conn
 
     @contextmanager
     def connect(self, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -78,19 +93,14 @@ class Store:
         Writers take the write lock up front (``BEGIN IMMEDIATE``) so two writers never deadlock on an
         upgrade; readers use a deferred transaction and, in WAL mode, never wait for a writer.
         """
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA foreign_keys = ON")
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        finally:
-            conn.close()
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the schema version."""
