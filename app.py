@@ -2,20 +2,7 @@
 
 import streamlit as st
 
-from services.ui import current_user, get_store
-
-# The only list of pages: file, title, icon, and the roles that see it (admin sees everything).
-PAGES = (
-    ("pages/home.py", "Home", ":material/home:", ("operator", "annotator", "client")),
-    ("pages/segment.py", "Segment", ":material/content_cut:", ("operator", "annotator")),
-    ("pages/augment.py", "Augment", ":material/auto_awesome_mosaic:", ("operator",)),
-    ("pages/train.py", "Train", ":material/model_training:", ("operator",)),
-    ("pages/tune.py", "Tune", ":material/tune:", ("operator",)),
-    ("pages/models.py", "Models", ":material/inventory_2:", ("operator",)),
-    ("pages/predict.py", "Predict", ":material/online_prediction:", ("operator", "annotator", "client")),
-    ("pages/annotate.py", "Annotate", ":material/label:", ("annotator",)),
-    ("pages/jobs.py", "Jobs", ":material/work_history:", ("operator", "client")),
-)
+from services.ui import PAGES, current_user, get_store
 
 
 def login_page() -> None:

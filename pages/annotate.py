@@ -7,12 +7,12 @@ from engine import labels as labelsets
 from engine.exceptions import InvalidInput, StudioError
 from engine.exif import exif_summary
 from services import annotation
-from services.ui import fail, get_config, get_store, require_role
+from services.ui import fail, get_config, get_store, require_page
 
 QUEUE_SHOWN = 10  # one screen of cards; the rest wait their turn
 ALL, UNLABELLED = "(all)", "(unlabelled)"
 
-user = require_role("annotator")
+user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Annotate")
 try:

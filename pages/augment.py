@@ -12,14 +12,14 @@ from engine.augment import list_transforms
 from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
 from services import generate, jobs, segment
-from services.ui import fail, get_config, get_store, require_role
+from services.ui import fail, get_config, get_store, require_page
 
 PREVIEW_COUNT = 12
 GRID_COLUMNS = 6
 SAMPLE_COUNT = 12
 AUTO = "smaller set"
 
-user = require_role("operator")
+user = require_page(__file__)
 config, store = get_config(), get_store()
 DEFAULTS = GenerationConfig()  # the engine's defaults are the page's defaults: one source
 st.title("Augment")

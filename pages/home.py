@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from services.ui import current_user, get_store
+from services.ui import get_store, require_page
 
-user = current_user()
+user = require_page(__file__)
 store = get_store()
 st.title("PyTorch Automation Studio")
 st.caption(f"Signed in as {user['username']} ({user['role']})")

@@ -5,9 +5,9 @@ import redis
 import streamlit as st
 
 from services import jobs
-from services.ui import fail, get_config, get_store, require_role
+from services.ui import fail, get_config, get_store, require_page
 
-user = require_role("operator", "client")
+user = require_page(__file__)
 store, config = get_store(), get_config()
 st.title("Jobs")
 

@@ -5,9 +5,9 @@ import streamlit as st
 
 from engine.exceptions import InvalidInput
 from services import training
-from services.ui import get_config, get_store, require_role
+from services.ui import get_config, get_store, require_page
 
-user = require_role("operator")
+user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Models")
 

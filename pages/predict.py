@@ -7,11 +7,11 @@ import streamlit as st
 from engine.exceptions import InvalidInput
 from engine.images import decode_image
 from services import predictions, training
-from services.ui import fail, get_config, get_store, require_role
+from services.ui import fail, get_config, get_store, require_page
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 
-user = require_role("operator", "annotator", "client")
+user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Predict")
 

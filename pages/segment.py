@@ -14,7 +14,7 @@ from engine.exceptions import InvalidInput, StudioError
 from engine.images import encode_png
 from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS
 from services import annotation, segment
-from services.ui import fail, get_config, get_store, require_role
+from services.ui import fail, get_config, get_store, require_page
 
 CANVAS_MAX_WIDTH, CANVAS_MAX_HEIGHT = 800, 640  # the photo is shown downscaled; GrabCut runs on every pixel
 BOX, FOREGROUND, BACKGROUND = "Box", "Mark object", "Mark background"
@@ -27,7 +27,7 @@ NEW_CLASS = "(new class)"
 UPLOAD, LIBRARY = "Upload a photo", "An uploaded image"
 RECENT_SHOWN = 8
 
-user = require_role("operator", "annotator")
+user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Segment")
 st.caption("Draw a box around one object, optionally mark object and background with strokes, cut it out "

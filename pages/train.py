@@ -11,13 +11,13 @@ from engine.exceptions import InvalidInput
 from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training
-from services.ui import get_config, get_store, require_role
+from services.ui import get_config, get_store, require_page
 
 LIVE_SECONDS = 2  # how often the open page re-reads the run's history
 RUNS_SHOWN = 50
 QUEUE_DOWN = "The job queue (Redis) is unreachable; try again shortly."
 
-user = require_role("operator")
+user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Train")
 MODELS = {info.name: info for info in list_models()}

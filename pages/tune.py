@@ -11,12 +11,12 @@ from engine.exceptions import InvalidInput, StudioError
 from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training, tuning
-from services.ui import fail, get_config, get_store, require_role
+from services.ui import fail, get_config, get_store, require_page
 
 LIVE_SECONDS = 2  # how often the open page re-reads a running study
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 
-user = require_role("operator")
+user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Tune")
 MODELS = [info.name for info in list_models()]
