@@ -1,0 +1,37 @@
+"""Tune in a real browser: launch a tiny study on real digits and watch it finish with a best trial."""
+
+import pytest
+
+from tests.browser.conftest import assert_no_traceback, login, shot
+from tests.services.test_train import DIGITS_FILE, write_digits_hdf5
+
+pytestmark = pytest.mark.browser
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(300)
+
+
+def test_launch_a_tiny_study_and_see_it_finish(page, stack):
+    path = stack.data_dir / "datasets" / DIGITS_FILE
+    if not path.exists():
+        write_digits_hdf5(path)
+    login(page, stack, "operator")
+    page.locator("[data-testid='stSidebarNav'] a", has_text="Tune").click()
+    page.locator("h1", has_text="Tune").wait_for()
+    page.get_by_text("hdf5", exact=True).click()
+    page.get_by_text("HDF5 file (DATA_DIR/datasets)").wait_for()
+    set_number(page, "Trials", 2)
+    set_number(page, "Epochs per trial", 1)
+    set_number(page, "Trials at once (workers)", 1)
+    set_number(page, "Image size (0: each model's default)", 16)
+    page.get_by_role("button", name="Launch study").click()
+    page.get_by_text("2 of 2 trials ended").first.wait_for(timeout=120_000)
+    page.get_by_text("Status: finished").first.wait_for(timeout=60_000)
+    page.get_by_text("Best: trial").first.wait_for()
+    page.locator("[data-testid='stDataFrame']").first.wait_for()
+    assert_no_traceback(page)
+    shot(page, "tune-finished")
