@@ -227,8 +227,14 @@ class JobContext:
         return self.store.get_job(self.job_id)
 
     def should_stop(self) -> bool:
-        """True once someone asked this job to stop (checked between epochs, batches or images)."""
-        return bool(self._conn.exists(STOP_KEY.format(self.job_id)))
+        """True once someone asked this job to stop (checked between epochs, batches or images).
+
+        While Redis is unreachable nobody can ask, so the job carries on.
+        """
+        try:
+            return bool(self._conn.exists(STOP_KEY.format(self.job_id)))
+        except redis.exceptions.RedisError:
+            return False
 
     def progress(self, done: int, total: int, **extra: Any) -> None:
         """Report ``done`` of ``total`` units (events are throttled to ~5 per second, the last always)."""
@@ -251,9 +257,13 @@ class JobContext:
         emit_job_event(self.config, self.record(), "epoch", {"status": "started", "metrics": metrics})
 
     def _save_meta(self, **values: Any) -> None:
+        """Mirror progress into ``job.meta``; best effort: the catalog holds the truth, a Redis blip loses nothing."""
         if self.rq_job is not None:
             self.rq_job.meta.update(values)
-            self.rq_job.save_meta()
+            try:
+                self.rq_job.save_meta()
+            except redis.exceptions.RedisError:
+                log.warning("could not save job.meta of %s (Redis unreachable)", self.job_id)
 
 
 def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:

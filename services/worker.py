@@ -1,25 +1,80 @@
-"""An RQ worker for the studio's queue: ``python -m services.worker`` (forking ``Worker`` on Linux)."""
+"""An RQ worker for the studio's queue: ``python -m services.worker`` (forking ``Worker`` on Linux).
+
+RQ's worker quits when its Redis connection drops. This one waits for Redis to come back and rejoins the
+queue, so a Redis restart (or a network blip to a remote Redis) does not take the workers down with it.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import sys
+import time
+import uuid
 
+import redis
 from rq import Worker
 
 from services.config import Config
 from services.jobs import queue_for, redis_connection
-from services.redis_server import wait_for_redis
+
+log = logging.getLogger("services.worker")
+
+
+class StudioWorker(Worker):
+    """RQ's forking worker that remembers whether it was asked to stop (SIGTERM / SIGINT)."""
+
+    stop_signalled = False
+
+    def request_stop(self, signum, frame):
+        self.stop_signalled = True
+        super().request_stop(signum, frame)
+
+
+def wait_for_redis_forever(url: str, stop: dict) -> None:
+    """Block until Redis answers (or a stop signal arrives), backing off to one try every 5 s."""
+    delay = 0.2
+    client = redis_connection(url)
+    while not stop["requested"]:
+        try:
+            client.ping()
+            return
+        except redis.exceptions.RedisError:
+            log.warning("Redis at %s unreachable; retrying in %.1f s", url, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def serve(config: Config) -> int:
+    """Run workers one after another until asked to stop; each Redis loss starts a fresh one."""
+    stop = {"requested": False}
+
+    def on_signal(signum, _frame):
+        stop["requested"] = True
+
+    url = config.effective_redis_url
+    while True:
+        signal.signal(signal.SIGTERM, on_signal)  # RQ installs its own handlers while it works
+        signal.signal(signal.SIGINT, on_signal)
+        wait_for_redis_forever(url, stop)
+        if stop["requested"]:
+            return 0
+        worker = StudioWorker([queue_for(config)], connection=redis_connection(url),
+                              name=f"studio-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        try:
+            worker.work(with_scheduler=False, logging_level="INFO")
+        except redis.exceptions.RedisError:
+            pass  # RQ's teardown needs Redis too; what matters is whether a stop was asked for
+        if worker.stop_signalled:
+            return 0
+        log.warning("worker %s lost Redis; rejoining when it is back", worker.name)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
-    config = Config.from_env()
-    wait_for_redis(config.effective_redis_url, timeout=30)
-    name = f"studio-{socket.gethostname()}-{os.getpid()}"
-    worker = Worker([queue_for(config)], connection=redis_connection(config.effective_redis_url), name=name)
-    worker.work(with_scheduler=False, logging_level="INFO")
+    sys.exit(serve(Config.from_env()))
 
 
 if __name__ == "__main__":

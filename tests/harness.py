@@ -104,14 +104,18 @@ class Stack:
         return proc
 
     def wait_workers(self, count: int, timeout: float = 30) -> None:
-        from rq import Worker
-
-        from services.jobs import redis_connection
+        """Wait until ``count`` live workers serve the queue (stale registrations of dead ones do not count)."""
+        from services.jobs import live_workers
 
         deadline = time.monotonic() + timeout
-        while Worker.count(connection=redis_connection(self.redis_url)) < count:
+        while True:
+            try:
+                if live_workers(self.config) >= count:
+                    return
+            except Exception:  # Redis may still be coming up
+                pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"fewer than {count} workers registered")
+                raise RuntimeError(f"fewer than {count} live workers within {timeout} s")
             time.sleep(0.2)
 
     def start_api(self) -> None:
