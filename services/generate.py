@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import h5py
 import numpy as np
 from PIL import Image
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from engine.augment.backgrounds import IMAGE_SUFFIXES, SPLITS, BackgroundSets, list_backgrounds
 from engine.augment.generate import (
@@ -129,6 +129,14 @@ class GenerateBody(BaseModel):
 
     _sent: frozenset[str] = PrivateAttr(default=frozenset())
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_no_path(cls, value: str | None) -> str | None:
+        """Refuse path-like names at the edge, before anything looks at the object library."""
+        if value is not None and value.strip():
+            clean_dataset_name(value)
+        return value
+
     @model_validator(mode="wrap")
     @classmethod
     def _remember_spellings(cls, data: Any, handler):
@@ -169,14 +177,20 @@ def dataset_name(config: Config, store: Store, requested: str | None, image_size
     if requested is None or not requested.strip():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return f"dataset-{image_size}px-{stamp}-{uuid.uuid4().hex[:6]}"
+    name = clean_dataset_name(requested, field)
+    if store.get_row("datasets", name) or dataset_file(config, name).exists():
+        raise DatasetExists(f"a dataset named '{name}' exists; datasets are never overwritten", field)
+    return name
+
+
+def clean_dataset_name(requested: str, field: str = "name") -> str:
+    """A requested dataset name without its ``.hdf5`` suffix; anything that could be a path is refused."""
     name = requested.strip()
     for suffix in _HDF5_SUFFIXES:
         name = name.removesuffix(suffix)
     if not 1 <= len(name) <= MAX_NAME or not _NAME.match(name) or ".." in name:
         raise InvalidInput(f"'{field}' must be 1-{MAX_NAME} letters, digits, '_', '-' or '.', starting with a "
-                           f"letter or digit (no folders); got {requested!r}", field)
-    if store.get_row("datasets", name) or dataset_file(config, name).exists():
-        raise DatasetExists(f"a dataset named '{name}' exists; datasets are never overwritten", field)
+                           f"letter or digit (no folders); got {requested[:80]!r}", field)
     return name
 
 
