@@ -13,6 +13,7 @@ from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
 from services import generate, jobs, segment
 from services.ui import fail, get_config, get_store, require_page
+from services.web import invalid_input_from
 
 PREVIEW_COUNT = 12
 GRID_COLUMNS = 6
@@ -111,8 +112,7 @@ def parse(body: dict) -> generate.GenerateBody:
         parsed = generate.GenerateBody.model_validate(body)
         generate.generation_config(parsed)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        fail(f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+        fail(str(invalid_input_from(exc)))
     except InvalidInput as exc:
         fail(str(exc))
     return parsed

@@ -12,6 +12,7 @@ from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training
 from services.ui import get_config, get_store, require_page
+from services.web import invalid_input_from
 
 LIVE_SECONDS = 2  # how often the open page re-reads the run's history
 RUNS_SHOWN = 50
@@ -92,8 +93,7 @@ def build_request(fields: dict) -> training.TrainRequest | None:
     try:
         return training.TrainRequest.model_validate(fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        st.error(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}")
+        st.error(str(invalid_input_from(exc)))
         return None
 
 

@@ -12,6 +12,7 @@ from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training, tuning
 from services.ui import fail, get_config, get_store, require_page
+from services.web import invalid_input_from
 
 LIVE_SECONDS = 2  # how often the open page re-reads a running study
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
@@ -83,8 +84,7 @@ def launch_form() -> None:
     try:
         req = tuning.TuneRequest.model_validate(fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        fail(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}")
+        fail(str(invalid_input_from(exc)))
     try:
         launched = tuning.launch(config, store, req, user["username"])
     except InvalidInput as exc:

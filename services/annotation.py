@@ -24,7 +24,7 @@ from PIL import Image
 from engine import labels as labelsets
 from engine.exceptions import Conflict, InvalidInput, NotFound
 from engine.exif import ExifInfo, read_exif
-from engine.images import open_image, to_rgb_array
+from engine.images import encode_png, open_image, to_rgb_array
 from services.config import Config
 from services.predictions import suggest_tags
 from services.store import Store
@@ -331,6 +331,4 @@ def thumbnail_png(data: bytes, config: Config, size: int = 256) -> bytes:
     """Return a PNG thumbnail (EXIF orientation applied), at most ``size`` pixels on its longer side."""
     img = open_image(data, "file", config.max_image_pixels)
     img.thumbnail((size, size))
-    buf = io.BytesIO()
-    Image.fromarray(to_rgb_array(img)).save(buf, "PNG")
-    return buf.getvalue()
+    return encode_png(to_rgb_array(img))

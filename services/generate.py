@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from engine.augment.backgrounds import IMAGE_SUFFIXES, SPLITS, BackgroundSets, list_backgrounds
+from engine.augment.backgrounds import IMAGE_SUFFIXES, SPLITS, BackgroundSets, content_digest, list_backgrounds
 from engine.augment.generate import (
     GenerationConfig,
     count_samples,
@@ -39,7 +39,8 @@ from engine.augment.generate import (
     preview_samples,
 )
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound
-from engine.images import open_image
+from engine.files import atomic_write_bytes
+from engine.images import encode_png, open_image
 from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
@@ -375,10 +376,6 @@ def list_background_files(config: Config) -> list[Background]:
     return found
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def background_sets(config: Config, required: bool = False) -> BackgroundSets:
     """The train and test backgrounds of both origins together.
 
@@ -389,7 +386,7 @@ def background_sets(config: Config, required: bool = False) -> BackgroundSets:
     files = list_background_files(config)
     seen: dict[str, Background] = {}
     for bg in files:
-        twin = seen.setdefault(_digest(bg.path), bg)
+        twin = seen.setdefault(content_digest(bg.path), bg)
         if twin.split != bg.split:
             raise InvalidInput(f"background {bg.origin}/{bg.split}/{bg.name} is the same picture as "
                                f"{twin.origin}/{twin.split}/{twin.name}: a picture may be in one split only",
@@ -427,24 +424,16 @@ def add_background(config: Config, data: bytes, split: str | None = None) -> Bac
     img = open_image(data, "file", config.max_image_pixels)
     fmt = Image.open(io.BytesIO(data)).format  # open_image's oriented copy no longer knows its format
     if fmt not in _BACKGROUND_FORMATS:
-        buf = io.BytesIO()
-        img.convert("RGB").save(buf, "PNG")
-        data, fmt = buf.getvalue(), "PNG"
+        data, fmt = encode_png(np.asarray(img.convert("RGB"))), "PNG"
     digest = hashlib.sha256(data).hexdigest()
     files = list_background_files(config)
-    twin = next((b for b in files if _digest(b.path) == digest), None)
+    twin = next((b for b in files if content_digest(b.path) == digest), None)
     if twin is not None:
         raise BackgroundExists(f"this picture is already a {twin.split} background ({twin.origin}/{twin.name})")
     split = split or _smaller_split(files)
     target = config.user_bgs_dir / split / f"{digest[:20]}{_BACKGROUND_FORMATS[fmt]}"
     assert target.suffix in IMAGE_SUFFIXES, target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    atomic_write_bytes(target, data)
     return Background(target.name, split, "user", target)
 
 

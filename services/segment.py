@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 import re
 import time
 import uuid
@@ -25,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.exceptions import InvalidInput, NotFound
+from engine.files import atomic_write_bytes
 from engine.images import decode_image, encode_png
 from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS, Segmentation, grabcut
 from services.config import Config
@@ -167,25 +167,12 @@ def save_object(config: Config, store: Store, class_name: str, png: bytes, *, so
     assert folder.resolve().parent == objects_dir(config).resolve(), folder  # the name was validated above
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{object_id}.png"
-    _write_atomic(final, png)
+    atomic_write_bytes(final, png)
     row = {"id": object_id, "class_name": class_name, "path": str(final.relative_to(config.data_dir)),
            "source": source, "bbox": list(bbox) if bbox is not None else None, "width": int(size[0]),
            "height": int(size[1]), "created_by": created_by, "created_at": time.time()}
     store.add_row("objects", row)
     return row
-
-
-def _write_atomic(final: Path, data: bytes) -> None:
-    """Write beside the target then rename, so readers never see half a PNG."""
-    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def get_object(store: Store, object_id: str) -> dict:

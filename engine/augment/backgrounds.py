@@ -8,6 +8,7 @@ exactly one of them, so a test sample is never drawn on a background seen in tra
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -175,9 +176,9 @@ def list_backgrounds(bgs_dir: Path) -> BackgroundSets:
         InvalidInput: the same picture (by content) is in both sets.
     """
     sets = {split: _images_in(Path(bgs_dir) / split) for split in SPLITS}
-    train_digests = {_digest(path): path for path in sets["train"]}
+    train_digests = {content_digest(path): path for path in sets["train"]}
     for path in sets["test"]:
-        twin = train_digests.get(_digest(path))
+        twin = train_digests.get(content_digest(path))
         if twin is not None:
             raise InvalidInput(
                 f"background {path.name} is in both sets (same picture as {twin.name})", "backgrounds"
@@ -198,7 +199,7 @@ def split_backgrounds(paths: Iterable[Path], test_fraction: float = DEFAULT_TEST
     """
     if not 0.0 < test_fraction < 1.0:
         raise InvalidInput(f"'test_fraction' must be between 0 and 1, got {test_fraction}", "test_fraction")
-    scored = sorted((_hash_fraction(bytes.fromhex(_digest(Path(p)))), Path(p)) for p in paths)
+    scored = sorted((_hash_fraction(bytes.fromhex(content_digest(Path(p)))), Path(p)) for p in paths)
     test = [path for score, path in scored if score < test_fraction]
     train = [path for score, path in scored if score >= test_fraction]
     if len({score for score, _ in scored}) >= 2:
@@ -220,8 +221,18 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def content_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered while its size and modification time stay the same.
+
+    Listing backgrounds checks every picture by content; without the memo each listing re-reads them all.
+    """
+    stat = Path(path).stat()
+    return _digest_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _hash_fraction(digest: bytes) -> float:

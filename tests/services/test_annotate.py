@@ -14,46 +14,20 @@ from fractions import Fraction
 import pytest
 import requests
 import streamlit as st
-from PIL import ExifTags, Image
-from PIL.TiffImagePlugin import IFDRational
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from engine.labels import DEFAULT_LABELS
 from services import annotation
 from services.config import REPO_ROOT, Config
 from services.store import open_store
-
-GPS = ExifTags.GPS
-SEED_GPS = {"GPSAltitude": "0", "GPSAltitudeRef": "1", "GPSLatitude": 28.835149765, "GPSLatitudeRef": "N",
-            "GPSLongitude": 106.93543243388889, "GPSLongitudeRef": "E"}
+from tests.exif_images import GPS, SEED_GPS, dms, make_exif, rational, seed_gps
 
 
 # --- images with known EXIF -----------------------------------------------------------------------
-def rational(value: str | int) -> IFDRational:
-    exact = Fraction(value)
-    return IFDRational(exact.numerator, exact.denominator)
-
-
-def dms(degrees, minutes, seconds) -> tuple:
-    return rational(degrees), rational(minutes), rational(seconds)
-
-
-def seed_gps() -> dict:
-    """28° 50' 6.539154" N, 106° 56' 7.556762" E, altitude 0 with ref 1: the seed's /imginfo example."""
-    return {GPS.GPSLatitudeRef: "N", GPS.GPSLatitude: dms(28, 50, "6.539154"), GPS.GPSLongitudeRef: "E",
-            GPS.GPSLongitude: dms(106, 56, "7.556762"), GPS.GPSAltitudeRef: 1, GPS.GPSAltitude: rational(0)}
-
-
 def jpeg(gps: dict | None = None, size=(16, 12), fmt="JPEG", **dates: str) -> bytes:
     """An image whose EXIF holds ``gps`` and dates (DateTime in IFD0, the others in the Exif IFD)."""
-    exif = Image.Exif()
-    if "DateTime" in dates:
-        exif[ExifTags.Base.DateTime] = dates["DateTime"]
-    for name in ("DateTimeOriginal", "DateTimeDigitized"):
-        if name in dates:
-            exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base[name]] = dates[name]
-    if gps:
-        exif.get_ifd(ExifTags.IFD.GPSInfo).update(gps)
+    exif = make_exif(gps, **dates)
     buf = io.BytesIO()
     extra = {"exif": exif.tobytes()} if gps or dates else {}
     Image.new("RGB", size, (30, 120, 200)).save(buf, fmt, **extra)
