@@ -32,7 +32,9 @@ class Child:
     restarts: list[float] = field(default_factory=list)
 
     def start(self, env: dict) -> None:
-        # Each child leads its own process group, so stopping it also stops what it forked (work horses).
+        # Each child leads its own process group, so a signal reaches what it started too. (RQ's work horses
+        # have groups of their own: a worker forwards SIGTERM to its horse, and a killed worker's horse dies
+        # with it, see services/worker.die_with_parent.)
         self.proc = subprocess.Popen(self.argv, env=env, cwd=REPO_ROOT, start_new_session=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

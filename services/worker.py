@@ -6,6 +6,7 @@ queue, so a Redis restart (or a network blip to a remote Redis) does not take th
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -23,14 +24,42 @@ from services.jobs import queue_for, redis_connection
 log = logging.getLogger("services.worker")
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when ``parent_pid`` (its parent) dies; Linux only.
+
+    RQ puts each work horse in a process group of its own, so a worker killed outright (SIGKILL, the OOM
+    killer) would leave its horse running the job as an orphan: still writing checkpoints and history for
+    a job the catalog reports interrupted, and racing the run that resumes it.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent_pid:  # the worker died before the request took effect
+        os._exit(1)
+
+
 class StudioWorker(Worker):
-    """RQ's forking worker that remembers whether it was asked to stop (SIGTERM / SIGINT)."""
+    """RQ's forking worker that remembers whether it was asked to stop (SIGTERM / SIGINT) and whose work
+    horses die with it."""
 
     stop_signalled = False
+    _worker_pid = 0
 
     def request_stop(self, signum, frame):
         self.stop_signalled = True
         super().request_stop(signum, frame)
+
+    def fork_work_horse(self, job, queue):
+        self._worker_pid = os.getpid()  # read by the horse, which gets a copy of this object
+        super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job, queue):
+        die_with_parent(self._worker_pid)
+        super().main_work_horse(job, queue)
 
 
 def wait_for_redis_forever(url: str, stop: dict) -> None:

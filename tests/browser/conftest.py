@@ -56,6 +56,33 @@ def assert_no_traceback(page) -> None:
     assert "Traceback (most recent call last)" not in page.inner_text("body")
 
 
+def choose_option(page, widget, option: str, attempts: int = 4) -> None:
+    """Pick ``option`` in a Streamlit selectbox or multiselect (``widget``, a locator), as a person would.
+
+    Typing filters the list. A rerun that lands between opening the list and the pick closes it again,
+    so the list is reopened a few times before giving up.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(attempts):
+        widget.locator("input").click()
+        page.keyboard.type(option)
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            continue
+        if widget.get_attribute("data-testid") == "stMultiSelect":
+            page.keyboard.press("Escape")  # a multiselect keeps its list open for more picks
+        return
+    raise AssertionError(f"could not pick {option!r}: {widget.inner_text()!r}")
+
+
+def select_box(page, label: str):
+    """The selectbox labelled ``label``."""
+    return page.locator("[data-testid='stSelectbox']").filter(has_text=label)
+
+
 def login(page, stack, role: str) -> None:
     page.goto(stack.ui_url)
     page.get_by_label("Username", exact=True).fill(role)

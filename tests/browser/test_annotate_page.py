@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import assert_no_traceback, login, shot
+from tests.browser.conftest import assert_no_traceback, choose_option, login, shot
 
 pytestmark = pytest.mark.browser
 
@@ -34,9 +34,7 @@ def test_drop_two_photos_confirm_labels_and_see_them_on_the_map(page, stack, tmp
     page.get_by_text("harbour_b.jpg").first.wait_for()
     page.get_by_text("EXIF: 2021:06:01 10:00:00").first.wait_for()
     for i in range(2):  # confirm a label on each card
-        page.locator("[data-testid='stMultiSelect']").nth(i).click()
-        page.get_by_role("option", name="sea", exact=True).click()
-        page.keyboard.press("Escape")
+        choose_option(page, page.locator("[data-testid='stMultiSelect']").nth(i), "sea")
     shot(page, "annotate-upload")
     page.get_by_role("button", name="Save all (2)").click()
     page.get_by_text("Saved 2 of 2 images.").wait_for()

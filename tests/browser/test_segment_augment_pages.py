@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.augment.backgrounds import make_background
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, login, shot
+from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
 from tests.services.test_segment import CENTRE, RADIUS, SEED_BOX, encode, scene
 
 pytestmark = pytest.mark.browser
@@ -47,14 +47,6 @@ def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
     page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=4)
     page.mouse.move(*end, steps=4)
     page.mouse.up()
-
-
-def choose_option(page, label: str, option: str) -> None:
-    """Pick by typing: the list filters as one types (a plain click did not always open it here)."""
-    page.locator("[data-testid='stSelectbox']").filter(has_text=label).locator("input").click()
-    page.keyboard.type(option)
-    page.get_by_role("option", name=option).wait_for()
-    page.keyboard.press("Enter")
 
 
 def save_an_object(stack, ean: str, colour) -> None:
@@ -97,7 +89,7 @@ def test_segment_draw_a_box_with_the_mouse_cut_out_and_save(page, stack, tmp_pat
     shot(page, "segment-box")
     page.get_by_role("button", name="Run GrabCut").click()
     page.get_by_text("checkerboard = transparent").wait_for()
-    choose_option(page, "Class", "(new class)")
+    choose_option(page, select_box(page, "Class"), "(new class)")
     name = "browser_" + secrets.token_hex(3)
     field = page.get_by_label("New class name", exact=True)
     field.fill(name)  # waits until the rerun has enabled it

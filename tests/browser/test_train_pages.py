@@ -12,7 +12,7 @@ from engine.datasets import ArrayDataset
 from engine.training import TrainConfig, fit
 from services import training
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, login, shot
+from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
 from tests.services.test_train import SHAPES, png_bytes, shape_image, write_folder_dataset
 
 pytestmark = pytest.mark.browser
@@ -25,11 +25,6 @@ def open_page(page, stack, role: str, title: str) -> None:
     page.locator("h1", has_text=title).wait_for()
 
 
-def choose(page, label: str, option: str) -> None:
-    page.locator("[data-testid='stSelectbox']").filter(has_text=label).click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
 def set_number(page, label: str, value: int) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(str(value))
@@ -40,8 +35,8 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
     # Enough images at the model's 128 px that an epoch takes a couple of seconds: the page polls every 2 s.
     write_folder_dataset(stack.data_dir, "BROWSER_train", "BROWSER_test", n_train=24, n_test=4)
     open_page(page, stack, "operator", "Train")
-    choose(page, "Training folder", "BROWSER_train")
-    choose(page, "Test folder", "BROWSER_test")
+    choose_option(page, select_box(page, "Training folder"), "BROWSER_train")
+    choose_option(page, select_box(page, "Test folder"), "BROWSER_test")
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     set_number(page, "Epochs", 6)
     page.get_by_role("button", name="Launch training").click()

@@ -198,7 +198,7 @@ def test_a_job_whose_worker_is_killed_is_reported_interrupted(stack):
     job_id = submit(stack, n=400, delay=0.05)
     stack.wait_job(job_id, statuses=("started",))
     victim = stack.workers.pop(0)
-    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its work horse, as when a machine dies
+    os.killpg(victim.pid, signal.SIGKILL)  # as when a machine dies (the horse dies with its worker)
     victim.wait(10)
     record = stack.wait_job(job_id, timeout=30)
     assert record["status"] == "interrupted" and "worker" in record["error"]

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from engine.inference import load_checkpoint
 from tests.services.test_train import DIGITS_FILE, data_url, digits_body, digits_test_images, post, write_digits_hdf5
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(stack):
-    """Kill the worker (and its work horse) mid-training, then resume: (killed record, resumed record)."""
+    """Kill the worker mid-training, then resume: (killed record, resumed record)."""
     path = stack.data_dir / "datasets" / DIGITS_FILE
     if not path.exists():
         write_digits_hdf5(path)
@@ -27,7 +28,7 @@ def interrupted_then_resumed(stack):
         assert time.monotonic() < deadline, "three epochs did not complete in time"
         time.sleep(0.1)
     victim = stack.workers.pop(0)
-    os.killpg(victim.pid, signal.SIGKILL)  # as when the machine under the worker dies
+    os.kill(victim.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would: its horse must follow
     victim.wait(10)
     killed = stack.wait_job(job_id, timeout=30)
     stack.start_worker()
@@ -40,6 +41,15 @@ def test_a_killed_training_job_is_reported_interrupted_not_running(interrupted_t
     killed, _ = interrupted_then_resumed
     assert killed["status"] == "interrupted" and "worker" in killed["error"]
     assert len(killed["history"]) >= 3
+
+
+def test_the_work_horse_dies_with_its_worker_and_writes_nothing_more(stack, interrupted_then_resumed):
+    killed, resumed = interrupted_then_resumed
+    # By now the resumed run has trained for seconds; an orphaned horse would have gone on appending epochs
+    # to the killed job and rewriting its last.pt.
+    assert stack.wait_job(killed["id"])["history"] == killed["history"]
+    last = load_checkpoint(stack.data_dir / "checkpoints" / killed["id"] / "last.pt")
+    assert last["epoch"] <= len(killed["history"]) + 1
 
 
 def test_resume_continues_from_the_last_checkpoint_losing_at_most_the_epoch_in_progress(interrupted_then_resumed):
