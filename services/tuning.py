@@ -5,10 +5,11 @@ A *study* searches learning rate, batch size, weight decay, optimizer and model 
 a ``TrainRequest`` with the trial's choices, checked and mapped by ``services.training``).
 
 Storage. The Optuna study lives in Optuna's journal storage on the studio's Redis, one journal per
-study (keys ``studio:optuna:<study_id>:*``). Every worker already reaches that Redis for RQ, so workers
-on other machines share the study without a shared file system (SQLite over NFS locks unreliably);
-the embedded Redis runs with append-only persistence, and appending to a journal is atomic, so
-concurrent trials never overwrite each other. One journal per study keeps loading a study cheap.
+study (keys ``studio:optuna:<study_id>:*``, expiring a week after the study ends, when the catalog holds
+its result). Every worker already reaches that Redis for RQ, so workers on other machines share the
+study without a shared file system (SQLite over NFS locks unreliably); Redis runs with append-only
+persistence, and appending to a journal is atomic, so concurrent trials never overwrite each other.
+One journal per study keeps loading a study cheap.
 
 Scheduling works with a single worker. A study is a catalog job of kind ``tune``; its RQ job is
 created *deferred* (it waits on its trials) so that RQ and the catalog agree the study is alive.
@@ -330,12 +331,12 @@ def _finish(config: Config, store: Store, study_id: str) -> None:
     row = store.get_job(study_id)
     if row["status"] in jobs.TERMINAL:
         if row["result"] is None:
-            store.update_job(study_id, result=study_result(config, store, study_id))
+            store.update_job(study_id, result=final_result(config, store, study_id))
         return
     try:
         job = Job.fetch(study_id, connection=redis_connection(config.effective_redis_url))
     except NoSuchJobError:  # Redis lost the study's job: record the outcome directly
-        store.update_job(study_id, status="finished", result=study_result(config, store, study_id),
+        store.update_job(study_id, status="finished", result=final_result(config, store, study_id),
                          ended_at=time.time())
         return
     if job.get_status(refresh=True) == JobStatus.DEFERRED:
@@ -362,7 +363,7 @@ def tune(ctx: JobContext, params: dict) -> dict:
     """Record the study's outcome once its last trial ended (enqueued by :func:`advance`)."""
     # The wrapper has just stamped this job as started; the study really started at its launch.
     ctx.store.update_job(ctx.job_id, started_at=ctx.record()["created_at"])
-    return study_result(ctx.config, ctx.store, ctx.job_id)
+    return final_result(ctx.config, ctx.store, ctx.job_id)
 
 
 @job_kind(TRIAL_KIND, timeout=training.TRAIN_TIMEOUT, result_ttl=RESULT_TTL,
@@ -505,6 +506,22 @@ def study_result(config: Config, store: Store, study_id: str) -> dict:
             "epochs_per_trial": req.epochs_per_trial, "parallel": req.parallel,
             "space": req.space.model_dump(exclude_none=True), "trials": trials,
             "best": _best_entry(req, best) if best else None}
+
+
+def final_result(config: Config, store: Store, study_id: str) -> dict:
+    """The result of a study that has ended, for the catalog, which keeps it.
+
+    The study's journal and trial list then expire from Redis with the job's result (``RESULT_TTL``), so
+    ended studies do not pile up in Redis's memory; once gone, :func:`study_view` serves the catalog's copy.
+    """
+    result = study_result(config, store, study_id)
+    conn = redis_connection(config.effective_redis_url)
+    with conn.pipeline(transaction=False) as pipe:
+        for key in conn.scan_iter(match=JOURNAL_PREFIX.format(study_id) + ":*", count=1000):
+            pipe.expire(key, RESULT_TTL)
+        pipe.expire(TRIALS_KEY.format(study_id), RESULT_TTL)
+        pipe.execute()
+    return result
 
 
 def _trial_entry(store: Store, index: int, job_id: str, trial: FrozenTrial | None) -> dict:

@@ -144,6 +144,27 @@ def test_train_best_launches_a_full_training_with_the_best_parameters(stack, fin
 
 
 @pytest.mark.slow
+def test_an_ended_study_leaves_redis_in_a_week_and_is_then_served_from_the_catalog(stack, finished_study):
+    import redis
+
+    view = finished_study["view"]
+    conn = redis.Redis.from_url(stack.redis_url)
+    keys = [*conn.scan_iter(match=tuning.JOURNAL_PREFIX.format(view["study_id"]) + ":*"),
+            tuning.TRIALS_KEY.format(view["study_id"]).encode()]
+    assert len(keys) > 3
+    assert all(0 < conn.ttl(key) <= tuning.RESULT_TTL for key in keys)
+    for key in keys:  # as when they expire (renamed back afterwards: later tests read this study)
+        conn.rename(key, b"expired:" + key)
+    try:
+        expired = study(stack, view["study_id"])
+    finally:
+        for key in keys:
+            conn.rename(b"expired:" + key, key)
+    assert expired["best"] == view["best"] and expired["trials"] == view["trials"]
+    assert expired["status"] == "finished"
+
+
+@pytest.mark.slow
 def test_stopped_study_stops_its_trial_and_enqueues_no_more(stack, digits):
     body = study_body(n_trials=10, parallel=1, epochs_per_trial=500,
                       space={"learning_rate": [0.01, 0.05], "model_name": ["lenet5"]})
