@@ -46,18 +46,26 @@ class JobKind:
     timeout: int
     result_ttl: int
     description: str
+    on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None
 
 
 JOB_KINDS: dict[str, JobKind] = {}
 
 
-def job_kind(name: str, timeout: int, result_ttl: int = 7 * 24 * 3600, description: str = ""):
-    """Register a job function under ``name`` (the only list of job kinds)."""
+def job_kind(name: str, timeout: int, result_ttl: int = 7 * 24 * 3600, description: str = "",
+             on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None):
+    """Register a job function under ``name`` (the only list of job kinds).
+
+    Args:
+        on_ended_elsewhere: called with ``(config, store, record)`` after the platform ended a job of this
+            kind on its behalf (its worker died, RQ stopped it or timed it out), when the job's own
+            epilogue never ran.
+    """
 
     def decorate(func):
         # The wrapped function replaces the original under the same module-level name, so RQ can import it.
         run = _run_with_context(func)
-        JOB_KINDS[name] = JobKind(name, run, timeout, result_ttl, description)
+        JOB_KINDS[name] = JobKind(name, run, timeout, result_ttl, description, on_ended_elsewhere)
         return run
 
     return decorate
@@ -184,7 +192,29 @@ def reconcile(config: Config, store: Store, record: dict) -> dict:
     store.update_job(record["id"], status=verdict, ended_at=time.time(),
                      error=record.get("error") or ("the worker stopped before the job ended"
                                                    if verdict == "interrupted" else None))
-    return store.get_job(record["id"])
+    record = store.get_job(record["id"])
+    _ended_elsewhere(config, store, record)
+    return record
+
+
+def sweep(config: Config, store: Store) -> None:
+    """Reconcile every job the catalog holds as started (each worker does this at start and every
+    minute), so a job whose worker died is reported and followed up even when nobody reads it.
+
+    Queued jobs are left to readers: one may sit in the catalog a moment before it reaches the queue.
+    """
+    for record in store.list_jobs(status="started", limit=10_000):
+        reconcile(config, store, record)
+
+
+def _ended_elsewhere(config: Config, store: Store, record: dict) -> None:
+    """Run the kind's follow-up for a job the platform ended on its behalf (best effort, logged)."""
+    kind = JOB_KINDS.get(record["kind"])
+    if kind is not None and kind.on_ended_elsewhere is not None:
+        try:
+            kind.on_ended_elsewhere(config, store, record)
+        except Exception:
+            log.exception("the follow-up of %s job %s failed", record["kind"], record["id"])
 
 
 def _has_live_worker(conn: redis.Redis, job_id: str) -> bool:
@@ -314,4 +344,6 @@ def _mark_if_open(job_id: str, status: str, error: str | None) -> None:
     record = store.get_job(job_id)
     if record and record["status"] not in TERMINAL:
         store.update_job(job_id, status=status, error=error, ended_at=time.time())
-        emit_job_event(config, store.get_job(job_id), status, {"status": status, "error": error})
+        record = store.get_job(job_id)
+        emit_job_event(config, record, status, {"status": status, "error": error})
+        _ended_elsewhere(config, store, record)

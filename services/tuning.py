@@ -367,7 +367,8 @@ def tune(ctx: JobContext, params: dict) -> dict:
 
 
 @job_kind(TRIAL_KIND, timeout=training.TRAIN_TIMEOUT, result_ttl=RESULT_TTL,
-          description="one trial of a hyperparameter study: a short training with the trial's parameters")
+          description="one trial of a hyperparameter study: a short training with the trial's parameters",
+          on_ended_elsewhere=lambda config, store, record: settle(config, store, record["params"]["study_id"]))
 def tune_trial(ctx: JobContext, params: dict) -> dict:
     """Ask the study for parameters, train ``epochs_per_trial`` epochs, tell the outcome, continue the chain."""
     study_id = params["study_id"]
@@ -473,10 +474,18 @@ def _repair(config: Config, store: Store, study_id: str) -> None:
         record = store.get_job(job_id)
         if record["status"] not in jobs.TERMINAL:
             jobs.reconcile(config, store, record)
+    settle(config, store, study_id)
+
+
+def settle(config: Config, store: Store, study_id: str) -> None:
+    """Move a study on after trials ended without their epilogue (their worker died): Optuna is told they
+    failed, and the next trial (or the study's end) is enqueued."""
     req = TuneRequest.model_validate(store.get_job(study_id)["params"])
-    study = load_study(config, study_id, req)
-    for trial in _orphaned_trials(store, study):
-        study.tell(trial.number, state=TrialState.FAIL)
+    with redis_connection(config.effective_redis_url).lock(LOCK_KEY.format(study_id), timeout=60,
+                                                             blocking_timeout=30):
+        study = load_study(config, study_id, req)
+        for trial in _orphaned_trials(store, study):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     advance(config, store, study_id)
 
 

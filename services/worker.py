@@ -18,13 +18,16 @@ import uuid
 import redis
 from rq import Worker
 
+from services import jobs
 from services.config import Config
 from services.jobs import queue_for, redis_connection
+from services.store import open_store
 
 log = logging.getLogger("services.worker")
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+MAINTENANCE_S = 60  # RQ's registry cleaning and our sweep; RQ's default is 10 minutes
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -43,11 +46,15 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class StudioWorker(Worker):
-    """RQ's forking worker that remembers whether it was asked to stop (SIGTERM / SIGINT) and whose work
-    horses die with it."""
+    """RQ's forking worker that remembers whether it was asked to stop (SIGTERM / SIGINT), whose work
+    horses die with it, and that sweeps the catalog for jobs whose worker died."""
 
     stop_signalled = False
     _worker_pid = 0
+
+    def __init__(self, *args, studio_config: Config, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.studio_config = studio_config
 
     def request_stop(self, signum, frame):
         self.stop_signalled = True
@@ -60,6 +67,21 @@ class StudioWorker(Worker):
     def main_work_horse(self, job, queue):
         die_with_parent(self._worker_pid)
         super().main_work_horse(job, queue)
+
+    def run_maintenance_tasks(self):
+        """RQ's registry cleaning, then :func:`services.jobs.sweep` (at start and every minute): jobs
+        whose worker died are reported interrupted and followed up (a study moves on to its next trial)
+        even when nobody reads them."""
+        # Registers every job kind with its follow-up (RQ's cleaning may end abandoned jobs too). It also
+        # preloads torch, which the work horses then share instead of importing it for each job; nothing
+        # here runs a torch operation, so forking stays safe.
+        import services.routes  # noqa: F401
+
+        super().run_maintenance_tasks()
+        try:
+            jobs.sweep(self.studio_config, open_store(self.studio_config.data_dir))
+        except Exception:
+            log.exception("the sweep of started jobs failed; the next maintenance tries again")
 
 
 def wait_for_redis_forever(url: str, stop: dict) -> None:
@@ -90,8 +112,9 @@ def serve(config: Config) -> int:
         wait_for_redis_forever(url, stop)
         if stop["requested"]:
             return 0
-        worker = StudioWorker([queue_for(config)], connection=redis_connection(url),
-                              name=f"studio-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        worker = StudioWorker([queue_for(config)], connection=redis_connection(url), studio_config=config,
+                              name=f"studio-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                              maintenance_interval=MAINTENANCE_S)
         try:
             worker.work(with_scheduler=False, logging_level="INFO")
         except redis.exceptions.RedisError:

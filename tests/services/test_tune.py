@@ -7,6 +7,8 @@ trains in about a second and the studies below finish with the single worker of 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from types import SimpleNamespace
@@ -22,6 +24,8 @@ from streamlit.testing.v1 import AppTest
 
 from services import tuning
 from services.config import REPO_ROOT
+from services.jobs import TERMINAL
+from services.store import open_store
 
 DIGITS = "tune_digits.h5"
 OMIT = object()  # a field left out of the body
@@ -186,6 +190,28 @@ def test_stopped_study_stops_its_trial_and_enqueues_no_more(stack, digits):
     assert view["trials"][0]["state"] == "pruned"  # what it measured stays in the study
     again = requests.post(f"{stack.url}/api/v1/tune/{study_id}/stop", headers=headers, timeout=30)
     assert again.status_code == 409 and again.json()["field"] == "study_id"
+
+
+@pytest.mark.slow
+def test_a_study_whose_worker_died_goes_on_once_a_worker_is_back_without_anyone_reading_it(stack, digits):
+    body = study_body(n_trials=2, parallel=1, epochs_per_trial=40,
+                      space={"learning_rate": [0.01, 0.05], "model_name": ["lenet5"]})
+    launched = launch(stack, body)
+    study_id, first = launched["study_id"], launched["trial_jobs"][0]
+    catalog = open_store(stack.data_dir)  # only the catalog is read: no API call may be what repairs the study
+    wait_until(lambda: catalog.get_job(first)["history"], 60, "the first trial's first epoch")
+    victim = stack.workers.pop(0)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(10)
+    stack.start_worker()
+    ended = wait_until(lambda: catalog.get_job(study_id)["status"] in TERMINAL and catalog.get_job(study_id),
+                       120, "the study's end")
+    assert ended["status"] == "finished"
+    assert catalog.get_job(first)["status"] == "interrupted"
+    view = study(stack, study_id)
+    assert [(t["job_status"], t["state"]) for t in view["trials"]] == [("interrupted", "fail"),
+                                                                        ("finished", "complete")]
+    assert view["best"]["trial"] == 1 and view["best"]["value"] > 50
 
 
 @pytest.mark.parametrize("change, field, words", [
