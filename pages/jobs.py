@@ -1,4 +1,6 @@
-"""Jobs: every background job the user may read, with status, progress and cancel."""
+"""Jobs: every background job the user may read, with status, progress and cancel; live while it runs."""
+
+import time
 
 import pandas as pd
 import redis
@@ -7,9 +9,46 @@ import streamlit as st
 from services import jobs
 from services.ui import fail, get_config, get_store, require_page
 
+LIVE_SECONDS = 2  # how often the open page re-reads the chosen job while it runs
+
 user = require_page(__file__)
 store, config = get_store(), get_config()
 st.title("Jobs")
+
+
+def current(record: dict) -> dict:
+    """The record brought in line with the queue (a job whose worker died shows as interrupted)."""
+    try:
+        return jobs.reconcile(config, store, record)
+    except redis.exceptions.RedisError:
+        st.warning("The job queue (Redis) is unreachable; showing the last recorded state.")
+        return record
+
+
+def job_details(job_id: str, was_live: bool) -> None:
+    """Status, progress, error, result and Cancel of one job; re-run every few seconds while it runs."""
+    record = current(store.get_job(job_id))
+    progress = record["progress"] or {}
+    started, ended = record["started_at"], record["ended_at"]
+    took = f" · {(ended or time.time()) - started:.0f} s" if started else ""
+    st.markdown(f"**{record['kind']}** by {record['created_by'] or '—'} · **{record['status']}**{took}")
+    if progress.get("fraction") is not None:
+        st.progress(min(max(progress["fraction"], 0.0), 1.0),
+                    text=f"{progress.get('done')} of {progress.get('total')} {progress.get('unit') or ''}s")
+    if record["error"]:
+        st.error(record["error"])
+    if record["result"] is not None:
+        st.json(record["result"], expanded=1)
+    if user["role"] != "client" and record["status"] not in jobs.TERMINAL:
+        if st.button("Cancel job", key="jobs_cancel"):
+            try:
+                jobs.cancel(config, store, job_id)
+            except redis.exceptions.RedisError:
+                fail("The job queue (Redis) is unreachable; try again shortly.")
+            st.rerun(scope="app")
+    if was_live and record["status"] in jobs.TERMINAL:
+        st.rerun(scope="app")  # once: the table shows the end too, and the page stops polling
+
 
 owner = user["username"] if user["role"] == "client" else None
 everything = store.list_jobs(created_by=owner, limit=1000)
@@ -24,16 +63,5 @@ table = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "status": r["status"], 
 st.dataframe(table, key="jobs_table", hide_index=True,
              column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
 chosen = st.selectbox("Job", [r["id"] for r in records], key="jobs_pick")
-record = store.get_job(chosen)
-try:
-    record = jobs.reconcile(config, store, record)
-except redis.exceptions.RedisError:
-    st.warning("The job queue (Redis) is unreachable; showing the last recorded state.")
-st.json({k: record[k] for k in ("status", "progress", "result", "error")}, expanded=False)
-if user["role"] != "client" and record["status"] not in jobs.TERMINAL:
-    if st.button("Cancel job", key="jobs_cancel"):
-        try:
-            jobs.cancel(config, store, chosen)
-        except redis.exceptions.RedisError:
-            fail("The job queue (Redis) is unreachable; try again shortly.")
-        st.rerun()
+live = current(store.get_job(chosen))["status"] not in jobs.TERMINAL
+st.fragment(run_every=LIVE_SECONDS if live else None)(job_details)(chosen, live)

@@ -1,8 +1,13 @@
 """Signing in and out, and the pages each role can reach, in a real browser."""
 
-import pytest
+import re
 
-from tests.browser.conftest import assert_no_traceback, login, shot
+import pytest
+from playwright.sync_api import expect
+
+from services import jobs
+from services.store import open_store
+from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
 
 pytestmark = pytest.mark.browser
 
@@ -35,12 +40,30 @@ def test_annotator_sees_only_annotate_segment_predict_and_cannot_reach_train(pag
     shot(page, "annotator-no-train")
 
 
-def test_operator_signs_in_sees_jobs_and_signs_out(page, stack):
+def test_operator_cancels_a_running_job_on_the_jobs_page_and_signs_out(page, stack):
+    import tests.fake_jobs  # noqa: F401  (registers the slow counting job kind)
+
+    job_id = jobs.submit(stack.config, open_store(stack.data_dir), "test-count", {"n": 1200, "delay": 0.05},
+                         "operator")
+    stack.wait_job(job_id, statuses=("started",))
     login(page, stack, "operator")
     assert "Jobs" in nav_links(page)
     page.locator("[data-testid='stSidebarNav'] a", has_text="Jobs").click()
     page.locator("h1", has_text="Jobs").wait_for()
-    assert_no_traceback(page)
+    page.locator("[data-testid='stDataFrame']").wait_for()
+    choose_option(page, select_box(page, "Job"), job_id)
+
+    def epochs_done() -> int:
+        text = page.locator("[data-testid='stProgress']").get_by_text(re.compile(r"of 1200 epochs")).inner_text()
+        return int(text.split()[0])
+
+    before = epochs_done()
+    page.wait_for_timeout(3_000)  # the panel re-reads the job every 2 s
+    assert epochs_done() > before
     shot(page, "jobs")
+    page.get_by_role("button", name="Cancel job").click()
+    assert stack.wait_job(job_id, timeout=30)["status"] == "cancelled"
+    expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)  # an ended job has nothing to cancel
+    assert_no_traceback(page)
     page.locator("[data-testid='stSidebarNav'] a", has_text="Sign out").click()
     page.get_by_role("button", name="Sign in").wait_for()
