@@ -39,7 +39,10 @@ with left:
     st.markdown(f"**Classes:** {', '.join(row['class_names'] or [])}")
     st.markdown(f"**Training job:** `{row['job_id']}` · **checkpoint:** `{row['path']}`")
 with right:
-    st.json(row["metrics"] or {}, expanded=False)
+    metrics = row["metrics"] or {}
+    st.dataframe(pd.DataFrame({"metric": list(metrics), "value": [
+        f"{v:.4g}" if isinstance(v, float) else str(v) for v in metrics.values()]}),
+        hide_index=True, key="models_metrics")
 
 actions = st.columns(4)
 if actions[0].button("Activate", key="models_activate", disabled=row["active"],

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 
 from engine.datasets import ArrayDataset
 from engine.training import TrainConfig, fit
@@ -45,6 +46,7 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
     assert len(running) >= 2, f"the chart never grew while the run was live: {seen}"
     assert seen[-1] == ("finished", 6)
     page.get_by_text("Confusion matrix (best epoch, test set)").wait_for()
+    expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)  # a finished run has nothing to cancel
     assert page.locator("[data-testid='stVegaLiteChart']").count() >= 3  # loss, accuracy, confusion matrix
     assert_no_traceback(page)
     page.get_by_text("Confusion matrix (best epoch, test set)").scroll_into_view_if_needed()
@@ -104,7 +106,7 @@ def test_models_page_lists_the_model_and_downloads_torchscript(page, stack, shap
     import torch
 
     open_page(page, stack, "operator", "Models")
-    page.locator("[data-testid='stDataFrame']").wait_for()
+    page.locator("[data-testid='stDataFrame']").first.wait_for()
     page.get_by_text(shapes_model["job_id"]).first.wait_for()  # the newest model is preselected
     with page.expect_download() as download:
         page.get_by_role("button", name="Download torchscript").click()
