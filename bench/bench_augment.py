@@ -46,23 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from engine.augment.backgrounds import list_backgrounds  # noqa: E402
 from engine.augment.generate import GenerationConfig, count_samples, generate_dataset  # noqa: E402
+from tests.engine.test_generate import SEED_BODY  # noqa: E402  (the seed's example body, engine spelling)
 
-SEED_BODY = {
-    "number_backgrounds": "2",
-    "training_transforms": ["brightness", "color"],
-    "testing_transforms": ["gaussian", "contrast"],
-    "scales": ["500", "490"],
-    "flip_vertically": "1",
-    "flip_horizontally": "1",
-    "flip_both": "1",
-    "angles": ["15", "-15", "30", "-30"],
-    "test_angles": ["5", "-5", "20", "-20", "35", "-35"],
-    "apply_occlusion": "0",
-    "occlusion_window": "0",
-    "occlusion_stride": "0",
-    "apply_center_crop": "0",
-    "center_crop_windows": [112, 56],
-}
 RUNNERS = ("ours", "albumentations", "albumentations-cached")
 BUFFER = 64
 

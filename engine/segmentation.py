@@ -106,12 +106,8 @@ def grabcut(
     Raises:
         InvalidInput: a bad box, iteration count or stroke (``field`` names it), or nothing was found.
     """
-    image = _as_rgb(image_rgb)
-    x1, y1, x2, y2 = _validate_box(box, image.shape)
-    _validate_iterations(iterations)
-    width = _validate_stroke_width(stroke_width)
-    fg = _validate_strokes(fg_strokes, "fg_strokes")
-    bg = _validate_strokes(bg_strokes, "bg_strokes")
+    image, (x1, y1, x2, y2), fg, bg, width = _validated(image_rgb, box, iterations, fg_strokes, bg_strokes,
+                                                        stroke_width)
     if not 32 <= int(work_size) <= 4096:
         raise InvalidInput(f"'work_size' must be 32..4096, got {work_size}", "work_size")
     mask = _grabcut_mask(image, (x1, y1, x2, y2), iterations, fg, bg, width, int(work_size), workers)
@@ -137,14 +133,21 @@ def grabcut_full_resolution(
     Returns:
         H×W bool mask. Same arguments and validation as :func:`grabcut`.
     """
+    image, rect, fg, bg, width = _validated(image_rgb, box, iterations, fg_strokes, bg_strokes, stroke_width)
+    labels = _initial_labels(image.shape[:2], rect, fg, bg, width, (1.0, 1.0))
+    _run_grabcut(image, labels, iterations)
+    return (labels & 1).astype(bool)
+
+
+def _validated(image_rgb, box, iterations, fg_strokes, bg_strokes, stroke_width):
+    """The checks both GrabCut entry points share: ``(rgb image, box, fg strokes, bg strokes, stroke width)``."""
     image = _as_rgb(image_rgb)
     rect = _validate_box(box, image.shape)
     _validate_iterations(iterations)
+    width = _validate_stroke_width(stroke_width)
     fg = _validate_strokes(fg_strokes, "fg_strokes")
     bg = _validate_strokes(bg_strokes, "bg_strokes")
-    labels = _initial_labels(image.shape[:2], rect, fg, bg, _validate_stroke_width(stroke_width), (1.0, 1.0))
-    _run_grabcut(image, labels, iterations)
-    return (labels & 1).astype(bool)
+    return image, rect, fg, bg, width
 
 
 def make_cutout(image_rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, Box]:
