@@ -13,7 +13,7 @@ from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
 from services import generate, jobs, segment
 from services.ui import fail, get_config, get_store, require_page
-from services.web import invalid_input_from
+from services.validation import invalid_input_from
 
 PREVIEW_COUNT = 12
 GRID_COLUMNS = 6
@@ -160,7 +160,7 @@ def launch(body: generate.GenerateBody) -> None:
 
 def job_panel(job_id: str) -> None:
     """Progress of the generation job; a whole-page rerun once it ends, to show the dataset."""
-    record = jobs.reconcile(config, store, store.get_job(job_id))
+    record = jobs.read_job(config, store, store.get_job(job_id))
     progress = record["progress"] or {}
     done, total = progress.get("done") or 0, progress.get("total")
     text = f"Job {job_id[:8]}: {record['status']}" + (f" · {done} / {total} samples" if total else "")

@@ -19,7 +19,7 @@ st.title("Jobs")
 def current(record: dict) -> dict:
     """The record brought in line with the queue (a job whose worker died shows as interrupted)."""
     try:
-        return jobs.reconcile(config, store, record)
+        return jobs.read_job(config, store, record)
     except redis.exceptions.RedisError:
         st.warning("The job queue (Redis) is unreachable; showing the last recorded state.")
         return record

@@ -12,7 +12,7 @@ from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training
 from services.ui import get_config, get_store, require_page
-from services.web import invalid_input_from
+from services.validation import invalid_input_from
 
 LIVE_SECONDS = 2  # how often the open page re-reads the run's history
 RUNS_SHOWN = 50
@@ -130,7 +130,7 @@ def launch_form() -> None:
 def current(record: dict) -> dict:
     """The record brought in line with RQ (a dead worker ends it); as stored when Redis is unreachable."""
     try:
-        return jobs.reconcile(config, store, record)
+        return jobs.read_job(config, store, record)
     except RedisError:
         return record
 

@@ -12,7 +12,7 @@ from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training, tuning
 from services.ui import fail, get_config, get_store, require_page
-from services.web import invalid_input_from
+from services.validation import invalid_input_from
 
 LIVE_SECONDS = 2  # how often the open page re-reads a running study
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)

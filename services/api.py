@@ -25,6 +25,7 @@ import services
 from engine.exceptions import Conflict, InvalidInput, NotFound
 from services import jobs
 from services.config import ROLES, Config
+from services.kinds import load_job_kinds
 from services.routes import BLUEPRINTS
 from services.store import open_store
 from services.web import ApiError, Studio, endpoint, from_invalid_input, ok, openapi_spec, studio
@@ -58,6 +59,7 @@ def create_app(config: Config | None = None) -> Flask:
         JWT_TOKEN_LOCATION=["headers"], MAX_CONTENT_LENGTH=config.max_upload_mb * 1024 * 1024,
         JSON_SORT_KEYS=False)
     app.extensions["studio"] = Studio(config, open_store(config.data_dir))
+    load_job_kinds(config)
     app.wsgi_app = LegacyJwtHeader(app.wsgi_app)
     jwt.init_app(app)
     socketio.init_app(app, async_mode="threading", message_queue=config.effective_redis_url,
@@ -157,7 +159,7 @@ def readable_job(job_id: str) -> dict:
     record = studio().store.get_job(job_id)
     if record is None or (g.user["role"] == "client" and record["created_by"] != g.user["username"]):
         raise ApiError(404, "not_found", f"no job '{job_id}'", "job_id")
-    return jobs.reconcile(studio().config, studio().store, record)
+    return jobs.read_job(studio().config, studio().store, record)
 
 
 @endpoint(core, "/api/v1/jobs", roles=JOB_READERS, query=JobsQuery)
@@ -165,7 +167,7 @@ def list_jobs(query: JobsQuery):
     """Jobs, newest first, filterable by kind and status."""
     owner = g.user["username"] if g.user["role"] == "client" else None
     records = studio().store.list_jobs(query.kind, query.status, owner, query.limit)
-    return ok({"jobs": [jobs.reconcile(studio().config, studio().store, r) for r in records]})
+    return ok({"jobs": jobs.read_jobs(studio().config, studio().store, records)})
 
 
 @endpoint(core, "/api/v1/jobs/<job_id>", roles=JOB_READERS)

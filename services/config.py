@@ -29,6 +29,7 @@ class Config:
         data_dir: where the catalog, datasets, objects, checkpoints and uploads live.
         redis_url: a Redis to use; None means the launcher starts the embedded one.
         jwt_secret_key: None means generated once and kept in ``data_dir/jwt_secret.key`` (mode 0600).
+        job_modules: extra modules whose job kinds the workers may run (``JOB_MODULES``, comma-separated).
     """
 
     data_dir: Path = REPO_ROOT
@@ -43,6 +44,7 @@ class Config:
     max_image_pixels: int = 50_000_000
     workers: int = 1
     queue_name: str = "studio"
+    job_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Config:
@@ -60,6 +62,7 @@ class Config:
             max_upload_mb=_int(env, "MAX_UPLOAD_MB", 32),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
             workers=_int(env, "WORKERS", 1),
+            job_modules=tuple(m.strip() for m in env.get("JOB_MODULES", "").split(",") if m.strip()),
         )
 
     @property

@@ -2,9 +2,11 @@
 
 A job function is a boring module-level function ``f(ctx: JobContext, params: dict) -> dict`` registered with
 :func:`job_kind`; RQ calls it as ``f(job_id=..., params=...)`` with plain values only. It reports through a
-:class:`JobContext`, which writes
-``job.meta``, the catalog (durable history) and Socket.IO events (emitted from the worker process through
-the Redis message queue, so clients see them the moment they happen).
+:class:`JobContext`, which writes the catalog (the one truth about a job) and Socket.IO events (emitted from
+the worker process through the Redis message queue, so clients see them the moment they happen).
+
+Jobs travel through Redis as JSON, never pickles, and a worker resolves only the functions registered here
+(:class:`RegisteredJob`): whoever can write to Redis can queue work, but only the studio's own kinds run.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from rq import Queue, Worker, get_current_job
+from rq import Queue, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Callback, Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from engine.exceptions import Cancelled
 from services.config import Config
@@ -47,28 +50,74 @@ class JobKind:
     result_ttl: int
     description: str
     on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None
+    runs_while_started: bool = True
 
 
 JOB_KINDS: dict[str, JobKind] = {}
+_FUNCS: dict[str, Callable] = {}  # "module.function" as RQ names it -> the registered function
 
 
 def job_kind(name: str, timeout: int, result_ttl: int = 7 * 24 * 3600, description: str = "",
-             on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None):
+             on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None,
+             runs_while_started: bool = True):
     """Register a job function under ``name`` (the only list of job kinds).
 
     Args:
         on_ended_elsewhere: called with ``(config, store, record)`` after the platform ended a job of this
             kind on its behalf (its worker died, RQ stopped it or timed it out), when the job's own
             epilogue never ran.
+        runs_while_started: False for a kind whose catalog row says started while its RQ job waits
+            (a study, started at launch, runs only at its end): no worker holding it is then no sign of death.
     """
 
     def decorate(func):
         # The wrapped function replaces the original under the same module-level name, so RQ can import it.
         run = _run_with_context(func)
-        JOB_KINDS[name] = JobKind(name, run, timeout, result_ttl, description, on_ended_elsewhere)
+        JOB_KINDS[name] = JobKind(name, run, timeout, result_ttl, description, on_ended_elsewhere,
+                                  runs_while_started)
+        _FUNCS[f"{run.__module__}.{run.__qualname__}"] = run
         return run
 
     return decorate
+
+
+class UnregisteredJob(Exception):
+    """A queued job names a function that is not a registered job kind; it is failed without being run."""
+
+
+class RegisteredJob(Job):
+    """An RQ job that resolves only registered job functions and the studio's own callbacks.
+
+    RQ imports whatever dotted name a job carries. Here the name is looked up in the registry instead, so a
+    job pushed straight into Redis (``enqueue("os.system", ...)``) fails without anything being imported.
+    """
+
+    @property
+    def func(self):
+        name = self.func_name
+        if self.instance is not None or name not in _FUNCS:
+            raise UnregisteredJob(f"refused job {self.id}: {name!r} is not a registered job kind")
+        return _FUNCS[name]
+
+    @property
+    def success_callback(self):
+        return None  # the studio sets none; a queued name is never imported
+
+    @property
+    def failure_callback(self):
+        return _callback(self._failure_callback_name, _on_failure)
+
+    @property
+    def stopped_callback(self):
+        return _callback(self._stopped_callback_name, _on_stopped)
+
+
+def _callback(name: str | None, ours: Callable) -> Callable | None:
+    if name == f"{ours.__module__}.{ours.__qualname__}":
+        return ours
+    if name:
+        log.warning("ignored a job callback that is not the studio's: %r", name)
+    return None
 
 
 # --- connections ---------------------------------------------------------------------------------
@@ -79,7 +128,13 @@ def redis_connection(url: str) -> redis.Redis:
 
 
 def queue_for(config: Config) -> Queue:
-    return Queue(config.queue_name, connection=redis_connection(config.effective_redis_url))
+    return Queue(config.queue_name, connection=redis_connection(config.effective_redis_url),
+                 job_class=RegisteredJob, serializer=JSONSerializer)
+
+
+def fetch_job(conn: redis.Redis, job_id: str) -> RegisteredJob:
+    """The RQ job ``job_id`` (raises ``NoSuchJobError``)."""
+    return RegisteredJob.fetch(job_id, connection=conn, serializer=JSONSerializer)
 
 
 @functools.lru_cache(maxsize=8)
@@ -144,7 +199,7 @@ def cancel(config: Config, store: Store, job_id: str, grace: float = 5.0) -> dic
     conn = redis_connection(config.effective_redis_url)
     request_stop(config, job_id)
     try:
-        rq_job = Job.fetch(job_id, connection=conn)
+        rq_job = fetch_job(conn, job_id)
         status = rq_job.get_status(refresh=True)
     except NoSuchJobError:
         rq_job, status = None, None
@@ -174,13 +229,76 @@ def _wait_for_end(store: Store, job_id: str, grace: float) -> None:
         time.sleep(0.1)
 
 
-def reconcile(config: Config, store: Store, record: dict) -> dict:
-    """Bring a catalog record in line with RQ when its worker died or Redis lost it."""
-    if record["status"] in TERMINAL:
+def effective_status(record: dict, held: frozenset[str] | None) -> dict:
+    """The job as readers should see it: the catalog's record, unless it claims to run on no live worker.
+
+    Pure: it never writes. The worker sweep (:func:`sweep`) makes the catalog say the same a little later.
+
+    Args:
+        record: the catalog's row.
+        held: ids of the jobs live workers are running (:func:`running_job_ids`); None when unknown
+            (Redis unreachable), in which case the record is returned as it is.
+    """
+    kind = JOB_KINDS.get(record["kind"])
+    if record["status"] != "started" or held is None or record["id"] in held or (
+            kind is not None and not kind.runs_while_started):
         return record
-    conn = redis_connection(config.effective_redis_url)
+    return {**record, "status": "interrupted", "error": record.get("error") or WORKER_GONE}
+
+
+WORKER_GONE = "the worker stopped before the job ended"
+
+
+def running_job_ids(config: Config) -> frozenset[str] | None:
+    """Ids of the jobs that live workers are running now; None while Redis is unreachable."""
     try:
-        status = Job.fetch(record["id"], connection=conn).get_status(refresh=True)
+        workers = Worker.all(connection=redis_connection(config.effective_redis_url))
+        return frozenset(job_id for w in workers if (job_id := w.get_current_job_id()) and worker_alive(w))
+    except redis.exceptions.RedisError:
+        return None
+
+
+def read_jobs(config: Config, store: Store, records: list[dict]) -> list[dict]:
+    """Catalog records as readers see them (:func:`effective_status`), from one look at the workers.
+
+    A record that looked started but whose job no live worker holds is read again first: it may simply
+    have ended between the two looks.
+    """
+    suspects = [r for r in records if r["status"] == "started"]
+    if not suspects:
+        return records
+    from services.kinds import load_job_kinds  # a reader may not have imported every kind (a UI page)
+
+    load_job_kinds(config)
+    held = running_job_ids(config)
+    fresh = {r["id"]: store.get_job(r["id"]) for r in suspects if held is not None and r["id"] not in held}
+    return [effective_status(fresh.get(r["id"]) or r, held) for r in records]
+
+
+def read_job(config: Config, store: Store, record: dict) -> dict:
+    return read_jobs(config, store, [record])[0]
+
+
+def sweep(config: Config, store: Store, queued_grace_s: float = 60.0) -> None:
+    """Repair the catalog where the platform ended jobs behind its back (each worker does this at start and
+    every minute; nothing else writes such repairs), and run each kind's follow-up (a study moves on).
+
+    A started job that no live worker holds, or that RQ says failed or stopped, is marked interrupted or
+    cancelled. A queued job is left alone for ``queued_grace_s`` (it may sit in the catalog a moment
+    before it reaches the queue); after that, one that Redis lost is marked interrupted.
+    """
+    conn = redis_connection(config.effective_redis_url)
+    for record in store.list_jobs(status="started", limit=10_000):
+        _repair(config, store, conn, record)
+    cutoff = time.time() - queued_grace_s
+    for record in store.list_jobs(status="queued", limit=10_000):
+        if (record.get("created_at") or 0) < cutoff:
+            _repair(config, store, conn, record)
+
+
+def _repair(config: Config, store: Store, conn: redis.Redis, record: dict) -> None:
+    try:
+        status = fetch_job(conn, record["id"]).get_status(refresh=True)
     except NoSuchJobError:
         status = None
     verdict = {JobStatus.FAILED: "interrupted", JobStatus.STOPPED: "cancelled",
@@ -188,23 +306,10 @@ def reconcile(config: Config, store: Store, record: dict) -> dict:
     if status == JobStatus.STARTED and not _has_live_worker(conn, record["id"]):
         verdict = "interrupted"
     if verdict is None:
-        return record
+        return
     store.update_job(record["id"], status=verdict, ended_at=time.time(),
-                     error=record.get("error") or ("the worker stopped before the job ended"
-                                                   if verdict == "interrupted" else None))
-    record = store.get_job(record["id"])
-    _ended_elsewhere(config, store, record)
-    return record
-
-
-def sweep(config: Config, store: Store) -> None:
-    """Reconcile every job the catalog holds as started (each worker does this at start and every
-    minute), so a job whose worker died is reported and followed up even when nobody reads it.
-
-    Queued jobs are left to readers: one may sit in the catalog a moment before it reaches the queue.
-    """
-    for record in store.list_jobs(status="started", limit=10_000):
-        reconcile(config, store, record)
+                     error=record.get("error") or (WORKER_GONE if verdict == "interrupted" else None))
+    _ended_elsewhere(config, store, store.get_job(record["id"]))
 
 
 def _ended_elsewhere(config: Config, store: Store, record: dict) -> None:
@@ -249,7 +354,6 @@ class JobContext:
 
     def __init__(self, job_id: str, config: Config, store: Store):
         self.job_id, self.config, self.store = job_id, config, store
-        self.rq_job = get_current_job()
         self._conn = redis_connection(config.effective_redis_url)
         self._last_emit = 0.0
 
@@ -269,7 +373,6 @@ class JobContext:
     def progress(self, done: int, total: int, **extra: Any) -> None:
         """Report ``done`` of ``total`` units (events are throttled to ~5 per second, the last always)."""
         progress = {"done": done, "total": total, "fraction": round(done / total, 4) if total else None, **extra}
-        self._save_meta(progress=progress)
         now = time.monotonic()
         if done >= total or now - self._last_emit > 0.2:
             self._last_emit = now
@@ -277,23 +380,13 @@ class JobContext:
             emit_job_event(self.config, self.record(), "progress", {"status": "started", "progress": progress})
 
     def epoch(self, metrics: dict) -> None:
-        """Record one epoch's metrics: catalog history, job.meta, and the ``epoch`` / ``my_response`` events."""
+        """Record one epoch's metrics: catalog history, and the ``epoch`` / ``my_response`` events."""
         self.store.append_history(self.job_id, metrics)
         total = metrics.get("epochs")
         progress = {"done": metrics.get("epoch"), "total": total, "unit": "epoch",
                     "fraction": round(metrics["epoch"] / total, 4) if total else None}
         self.store.update_job(self.job_id, progress=progress)
-        self._save_meta(progress=progress, last_epoch=metrics)
         emit_job_event(self.config, self.record(), "epoch", {"status": "started", "metrics": metrics})
-
-    def _save_meta(self, **values: Any) -> None:
-        """Mirror progress into ``job.meta``; best effort: the catalog holds the truth, a Redis blip loses nothing."""
-        if self.rq_job is not None:
-            self.rq_job.meta.update(values)
-            try:
-                self.rq_job.save_meta()
-            except redis.exceptions.RedisError:
-                log.warning("could not save job.meta of %s (Redis unreachable)", self.job_id)
 
 
 def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:
@@ -323,7 +416,6 @@ def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:
 
 def _finish(ctx: JobContext, status: str, result: dict | None) -> dict:
     ctx.store.update_job(ctx.job_id, status=status, result=result, ended_at=time.time())
-    ctx._save_meta(status=status)
     emit_job_event(ctx.config, ctx.record(), status, {"status": status, "result": result})
     return result or {}
 

@@ -246,7 +246,7 @@ def resume(config: Config, store: Store, job_id: str, username: str | None, num_
     record = store.get_job(job_id)
     if record is None or record["kind"] != "train":
         raise NotFound(f"no training job {job_id!r}", "job_id")
-    record = jobs.reconcile(config, store, record)
+    record = jobs.read_job(config, store, record)
     if record["status"] not in jobs.TERMINAL:
         raise Conflict(f"job {job_id!r} is still {record['status']}; cancel it before resuming", "job_id")
     last = checkpoint_dir(config, job_id) / "last.pt"

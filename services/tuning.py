@@ -40,7 +40,8 @@ from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
 
 from engine.exceptions import Cancelled, InvalidInput
 from engine.models import get_model_info
@@ -50,7 +51,7 @@ from services.config import Config
 from services.jobs import JobContext, job_kind, redis_connection
 from services.store import Store
 from services.training import Conflict, NotFound, TrainRequest
-from services.web import invalid_input_from
+from services.validation import invalid_input_from
 
 TUNE_KIND, TRIAL_KIND = "tune", "tune-trial"
 JOURNAL_PREFIX = "studio:optuna:{}"
@@ -284,8 +285,10 @@ def launch(config: Config, store: Store, req: TuneRequest, username: str | None)
 def _park_study_job(config: Config, study_id: str, username: str | None) -> None:
     """Create the study's RQ job deferred: it runs (and records the best trial) once its trials are over."""
     kind = jobs.JOB_KINDS[TUNE_KIND]
-    job = Job.create(kind.func, kwargs={"job_id": study_id, "params": {"study_id": study_id}}, id=study_id,
+    job = jobs.RegisteredJob.create(
+                     kind.func, kwargs={"job_id": study_id, "params": {"study_id": study_id}}, id=study_id,
                      connection=redis_connection(config.effective_redis_url), status=JobStatus.DEFERRED,
+                     serializer=JSONSerializer,
                      origin=config.queue_name, timeout=kind.timeout, result_ttl=kind.result_ttl,
                      failure_ttl=kind.result_ttl, description=f"{TUNE_KIND} by {username}")
     job.save()
@@ -334,7 +337,7 @@ def _finish(config: Config, store: Store, study_id: str) -> None:
             store.update_job(study_id, result=final_result(config, store, study_id))
         return
     try:
-        job = Job.fetch(study_id, connection=redis_connection(config.effective_redis_url))
+        job = jobs.fetch_job(redis_connection(config.effective_redis_url), study_id)
     except NoSuchJobError:  # Redis lost the study's job: record the outcome directly
         store.update_job(study_id, status="finished", result=final_result(config, store, study_id),
                          ended_at=time.time())
@@ -357,7 +360,7 @@ def is_stopped(config: Config, study_id: str, row: dict | None = None) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- the jobs
-@job_kind(TUNE_KIND, timeout=10 * 60, result_ttl=RESULT_TTL,
+@job_kind(TUNE_KIND, timeout=10 * 60, result_ttl=RESULT_TTL, runs_while_started=False,
           description="a hyperparameter study: waits deferred on its trials, then records the best one")
 def tune(ctx: JobContext, params: dict) -> dict:
     """Record the study's outcome once its last trial ended (enqueued by :func:`advance`)."""
@@ -453,28 +456,14 @@ def list_studies(store: Store, limit: int = 100) -> list[dict]:
 
 
 def study_view(config: Config, store: Store, study_id: str) -> dict:
-    """The study as clients see it: status, progress, every trial, the best one.
-
-    Reading repairs what a dead worker left behind: trials it was running are marked, and the chain
-    moves on.
-    """
-    row = jobs.reconcile(config, store, get_study(store, study_id))
-    if row["status"] not in jobs.TERMINAL or row["result"] is None:
-        _repair(config, store, study_id)
-        row = store.get_job(study_id)
+    """The study as clients see it: status, progress, every trial, the best one (reading changes nothing;
+    trials a dead worker left behind are settled by the worker sweep)."""
+    row = jobs.read_job(config, store, get_study(store, study_id))
     try:
         result = study_result(config, store, study_id)
     except KeyError:  # the journal is gone from Redis: what the catalog kept is all there is
         result = row["result"] or {}
     return {**result, "status": row["status"], "progress": row["progress"], "error": row["error"]}
-
-
-def _repair(config: Config, store: Store, study_id: str) -> None:
-    for job_id in _trial_ids(config, study_id):
-        record = store.get_job(job_id)
-        if record["status"] not in jobs.TERMINAL:
-            jobs.reconcile(config, store, record)
-    settle(config, store, study_id)
 
 
 def settle(config: Config, store: Store, study_id: str) -> None:
@@ -556,7 +545,7 @@ def stop(config: Config, store: Store, study_id: str) -> dict:
         NotFound: no such study.
         Conflict: the study has already ended.
     """
-    row = jobs.reconcile(config, store, get_study(store, study_id))
+    row = jobs.read_job(config, store, get_study(store, study_id))
     if row["status"] in jobs.TERMINAL:
         raise Conflict(f"study {study_id!r} has already ended ({row['status']})", "study_id")
     conn = redis_connection(config.effective_redis_url)

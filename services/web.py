@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from engine.exceptions import ImageTooLarge, InvalidInput
 from services.config import Config
 from services.store import Store
+from services.validation import invalid_input_from
 
 PUBLIC: tuple[str, ...] = ()
 ALL_ROLES = ("admin", "operator", "annotator", "client")
@@ -113,14 +114,6 @@ def _request_data(form: bool) -> dict:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object (Content-Type: application/json)")
     return data
-
-
-def invalid_input_from(exc: ValidationError) -> InvalidInput:
-    """The first problem of a pydantic validation, as the project's error naming its field."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or None
-    msg = err["msg"].removeprefix("Value error, ")
-    return InvalidInput(f"{field}: {msg}" if field else msg, field)
 
 
 def parse(model: type[BaseModel], data: dict) -> BaseModel:

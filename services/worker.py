@@ -17,10 +17,12 @@ import uuid
 
 import redis
 from rq import Worker
+from rq.serializers import JSONSerializer
 
 from services import jobs
 from services.config import Config
-from services.jobs import queue_for, redis_connection
+from services.jobs import RegisteredJob, queue_for, redis_connection
+from services.kinds import load_job_kinds
 from services.store import open_store
 
 log = logging.getLogger("services.worker")
@@ -72,11 +74,6 @@ class StudioWorker(Worker):
         """RQ's registry cleaning, then :func:`services.jobs.sweep` (at start and every minute): jobs
         whose worker died are reported interrupted and followed up (a study moves on to its next trial)
         even when nobody reads them."""
-        # Registers every job kind with its follow-up (RQ's cleaning may end abandoned jobs too). It also
-        # preloads torch, which the work horses then share instead of importing it for each job; nothing
-        # here runs a torch operation, so forking stays safe.
-        import services.routes  # noqa: F401
-
         super().run_maintenance_tasks()
         try:
             jobs.sweep(self.studio_config, open_store(self.studio_config.data_dir))
@@ -105,6 +102,10 @@ def serve(config: Config) -> int:
     def on_signal(signum, _frame):
         stop["requested"] = True
 
+    # The kinds this worker may run, with their follow-ups. Importing them here also preloads torch, which
+    # the work horses then share instead of importing it for each job; nothing here runs a torch
+    # operation, so forking stays safe.
+    load_job_kinds(config)
     url = config.effective_redis_url
     while True:
         signal.signal(signal.SIGTERM, on_signal)  # RQ installs its own handlers while it works
@@ -113,6 +114,7 @@ def serve(config: Config) -> int:
         if stop["requested"]:
             return 0
         worker = StudioWorker([queue_for(config)], connection=redis_connection(url), studio_config=config,
+                              job_class=RegisteredJob, serializer=JSONSerializer,
                               name=f"studio-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
                               maintenance_interval=MAINTENANCE_S)
         try:

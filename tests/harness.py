@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,12 @@ from services.config import REPO_ROOT, Config
 from services.launcher import gunicorn_argv
 from services.redis_server import start_redis
 from services.store import open_store
+
+
+def chromium() -> str | None:
+    """Debian's Chromium for the browser tests, if this machine has it (CI installs it: see .ci/run)."""
+    found = shutil.which("chromium") or "/usr/bin/chromium"
+    return found if Path(found).exists() else None
 
 
 def free_port() -> int:
@@ -84,7 +91,8 @@ class Stack:
     def env(self) -> dict:
         return {**os.environ, "DATA_DIR": str(self.data_dir), "REDIS_URL": self.redis_url,
                 "API_PORT": str(self.api_port), "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1",
+                "JOB_MODULES": "tests.fake_jobs"}
 
     def log(self, name: str):
         return open(self.data_dir / "logs" / f"{name}.log", "ab")
@@ -138,6 +146,12 @@ class Stack:
             cwd=REPO_ROOT, env=self.env, stdout=self.log("ui"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.ui_url + "/_stcore/health", proc=self.ui)
 
+    @classmethod
+    def in_own_folder(cls, tmp_path_factory, name: str) -> Stack:
+        """A stack whose DATA_DIR is the only thing in a folder of its own, so a check for files written
+        beside DATA_DIR watches a folder that no other stack (or its worker) writes to."""
+        return cls(tmp_path_factory.mktemp(name) / "data")
+
     def start(self) -> Stack:
         self.config.ensure_dirs()
         self.config.secret_key()
@@ -176,3 +190,11 @@ class Stack:
                 return record
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} did not reach {statuses} within {timeout} s: {record}")
+
+
+def post(stack, path: str, body: dict | None = None, role: str = "operator", **kwargs) -> requests.Response:
+    return requests.post(stack.url + path, json=body, headers=stack.headers(role), timeout=60, **kwargs)
+
+
+def get(stack, path: str, role: str = "operator", **kwargs) -> requests.Response:
+    return requests.get(stack.url + path, headers=stack.headers(role), timeout=120, **kwargs)

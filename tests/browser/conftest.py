@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from services.config import REPO_ROOT
+from tests.harness import chromium
 
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = chromium()
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def ui(stack):
 
 @pytest.fixture(scope="session")
 def browser():
-    if not Path(CHROMIUM).exists():
+    if CHROMIUM is None:
         pytest.skip("Chromium is not installed (CI installs it with apt: see .ci/run)")
     from playwright.sync_api import sync_playwright
 

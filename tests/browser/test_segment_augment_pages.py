@@ -13,7 +13,7 @@ from PIL import Image
 from engine.augment.backgrounds import make_background
 from services.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
-from tests.services.test_segment import CENTRE, RADIUS, SEED_BOX, encode, scene
+from tests.scenes import CENTRE, RADIUS, SEED_BOX, encode, scene
 
 pytestmark = pytest.mark.browser
 ZOOM = 5  # the 320×240 scene becomes a 1600×1200 photo, shown downscaled on the canvas

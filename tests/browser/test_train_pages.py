@@ -14,7 +14,7 @@ from engine.training import TrainConfig, fit
 from services import training
 from services.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
-from tests.services.test_train import SHAPES, png_bytes, shape_image, write_folder_dataset
+from tests.shapes import SHAPES, png_bytes, shape_image, write_folder_dataset
 
 pytestmark = pytest.mark.browser
 RECORDED = re.compile(r"Status:\s*(\w+)\s*·\s*(\d+) epochs recorded")

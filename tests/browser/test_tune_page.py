@@ -3,7 +3,7 @@
 import pytest
 
 from tests.browser.conftest import assert_no_traceback, login, shot
-from tests.services.test_train import DIGITS_FILE, write_digits_hdf5
+from tests.digits import DIGITS_FILE, write_digits_hdf5
 
 pytestmark = pytest.mark.browser
 

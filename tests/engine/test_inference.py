@@ -11,13 +11,13 @@ import onnx
 import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
-from sklearn.datasets import load_digits
 
 from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
 from engine.images import encode_png
 from engine.inference import Predictor, export_model, load_checkpoint
 from engine.training import TrainConfig, fit
+from tests.digits import digit_images
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -26,9 +26,7 @@ CLASSES = [f"digit-{d}" for d in range(10)]
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
-    data = load_digits()
-    images = (data.images * (255 / 16)).round().astype(np.uint8)
-    rgb = np.repeat(images[..., None], 3, axis=3)  # uploads are colour images; the run trains grey
+    rgb, labels = digit_images(rgb=True)  # uploads are colour images; the run trains grey
     config = TrainConfig(
         model_name="convnetb",
         num_classes=10,
@@ -40,11 +38,11 @@ def digits_model(tmp_path_factory):
     )
     pre = config.preprocessing()
     train, test = (
-        ArrayDataset(rgb[:1400], data.target[:1400], pre, True),
-        ArrayDataset(rgb[1400:], data.target[1400:], pre),
+        ArrayDataset(rgb[:1400], labels[:1400], pre, True),
+        ArrayDataset(rgb[1400:], labels[1400:], pre),
     )
     result = fit(config, train, test, CLASSES, tmp_path_factory.mktemp("digits"))
-    return result, rgb[1400:], data.target[1400:]
+    return result, rgb[1400:], labels[1400:]
 
 
 def test_predictor_reproduces_the_test_accuracy_of_training(digits_model):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
 from engine import labels as labelsets
@@ -36,6 +35,7 @@ from engine.training import (
     fit,
     multilabel_metrics,
 )
+from tests.digits import digit_images
 
 torch.set_num_threads(1)
 CLASSES = [str(d) for d in range(10)]
@@ -59,13 +59,12 @@ RECORD_KEYS = {
 
 def digits(config: TrainConfig, n_train: int = 1400, n_test: int | None = None):
     """scikit-learn's real 8x8 handwritten digits as uint8 images, split into train and test datasets."""
-    data = load_digits()
-    images = (data.images * (255 / 16)).round().astype(np.uint8)
+    images, labels = digit_images()
     pre = config.preprocessing()
     end = None if n_test is None else n_train + n_test
     return (
-        ArrayDataset(images[:n_train], data.target[:n_train], pre, train=True),
-        ArrayDataset(images[n_train:end], data.target[n_train:end], pre),
+        ArrayDataset(images[:n_train], labels[:n_train], pre, train=True),
+        ArrayDataset(images[n_train:end], labels[n_train:end], pre),
     )
 
 

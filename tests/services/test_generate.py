@@ -20,7 +20,7 @@ from services.api import create_app
 from services.config import Config
 from services.generate import GenerateBody, generation_config
 from services.store import open_store
-from tests.services.test_segment import SEED_BOX, encode, scene
+from tests.scenes import SEED_BOX, encode, scene
 
 # The seed's /generate body, key for key and value for value.
 SEED = {

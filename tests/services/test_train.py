@@ -7,20 +7,15 @@ folders) for the fast tests and scikit-learn's real digits, written as an HDF5 f
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
-from pathlib import Path
 
-import cv2
-import h5py
 import numpy as np
 import pytest
 import requests
 import socketio
 import torch
 from flask_jwt_extended import create_access_token
-from PIL import Image
 
 from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
@@ -31,86 +26,19 @@ from services.api import create_app
 from services.config import Config
 from services.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
+from tests.digits import DIGITS_FILE, digits_body, digits_test_images, write_digits_hdf5
+from tests.harness import get, post
+from tests.shapes import SHAPES, data_url, png_bytes, shape_image, write_folder_dataset
 
 # The seed's /train body, exactly as documented (only num_epochs is shortened, and sent as a string).
 SEED_TRAIN = {"model_name": "convnetj", "dataset": "custom", "num_classes": 3, "batch_size": 16, "is_transform": 1,
               "num_workers": 2, "lr_decay": 1, "l2_reg": 0.0001, "hdf5_path": "dataset-512x512.hdf5",
               "trainset_dir": "TRAIN_data_224", "testset_dir": "TEST_data_224", "convert_grey": 0,
               "learning_rate": 0.01, "num_epochs": "2"}
-SHAPES = ("circle", "square", "triangle")
-DIGITS_FILE = "digits-8x8.hdf5"
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
-# ------------------------------------------------------------------------------------------- data
-def shape_image(shape: str, seed: int, side: int = 32) -> np.ndarray:
-    """A light shape at a random place and size on a dark noisy background (RGB uint8)."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 60, (side, side, 3), dtype=np.uint8)
-    r = int(rng.integers(side // 6, side // 3))
-    cx, cy = (int(v) for v in rng.integers(r, side - r, 2))
-    colour = tuple(int(c) for c in rng.integers(160, 256, 3))
-    if shape == "circle":
-        cv2.circle(img, (cx, cy), r, colour, -1)
-    elif shape == "square":
-        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), colour, -1)
-    else:
-        cv2.fillPoly(img, [np.array([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], np.int32)], colour)
-    return img
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def data_url(img: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode()
-
-
-def write_folder_dataset(data_dir: Path, train: str = "TRAIN_data_224", test: str = "TEST_data_224",
-                         n_train: int = 6, n_test: int = 2, side: int = 32) -> None:
-    """The seed's custom layout: ``<train>/<class>/*.png`` and ``<test>/<class>/*.png`` under DATA_DIR."""
-    for split, n, offset in ((train, n_train, 0), (test, n_test, 1000)):
-        for c, shape in enumerate(SHAPES):
-            folder = data_dir / split / shape
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                (folder / f"{i}.png").write_bytes(png_bytes(shape_image(shape, offset + 100 * c + i, side)))
-
-
-def write_digits_hdf5(path: Path, n_train: int = 1400) -> None:
-    """scikit-learn's real 8x8 digits in the seed's HDF5 layout (X/y per split, class_names attribute)."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = np.repeat((data.images * (255 / 16)).round().astype(np.uint8)[..., None], 3, axis=3)
-    tmp = path.with_suffix(".tmp")
-    with h5py.File(tmp, "w") as f:
-        f["X_train"], f["y_train"] = images[:n_train], data.target[:n_train]
-        f["X_test"], f["y_test"] = images[n_train:], data.target[n_train:]
-        f.attrs["class_names"] = json.dumps([str(d) for d in range(10)])
-    tmp.replace(path)
-
-
-def digits_test_images() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = (data.images * (255 / 16)).round().astype(np.uint8)
-    return np.repeat(images[1400:, ..., None], 3, axis=3), data.target[1400:]
-
-
 # ---------------------------------------------------------------------------------------- helpers
-def post(stack, path: str, body: dict | None = None, role: str = "operator", **kwargs) -> requests.Response:
-    return requests.post(stack.url + path, json=body, headers=stack.headers(role), timeout=60, **kwargs)
-
-
-def get(stack, path: str, role: str = "operator", **kwargs) -> requests.Response:
-    return requests.get(stack.url + path, headers=stack.headers(role), timeout=120, **kwargs)
-
-
 def trained_rows(stack) -> dict[str, dict]:
     return {r["id"]: r for r in get(stack, "/api/v1/models/trained", "client").json()["models"]}
 
@@ -358,12 +286,6 @@ def _socket(stack, events: list) -> socketio.Client:
     client.connect(stack.url, namespaces=["/jobs"], auth={"token": stack.token("operator")}, wait_timeout=10,
                    transports=["websocket"])
     return client
-
-
-def digits_body(**change) -> dict:
-    return {"model_name": "convnetb", "dataset": "hdf5", "hdf5_path": DIGITS_FILE, "num_classes": "10",
-            "batch_size": "64", "learning_rate": "0.05", "num_epochs": "5", "image_size": "16",
-            "convert_grey": "1", "lr_decay": "0", "is_transform": "0", "num_workers": "0", "seed": "3", **change}
 
 
 @pytest.fixture(scope="module")

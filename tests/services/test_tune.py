@@ -13,19 +13,17 @@ import time
 import uuid
 from types import SimpleNamespace
 
-import h5py
-import numpy as np
 import optuna
 import pytest
 import requests
 import streamlit as st
-from sklearn.datasets import load_digits
 from streamlit.testing.v1 import AppTest
 
 from services import tuning
 from services.config import REPO_ROOT
 from services.jobs import TERMINAL
 from services.store import open_store
+from tests.digits import write_digits_hdf5
 
 DIGITS = "tune_digits.h5"
 OMIT = object()  # a field left out of the body
@@ -36,14 +34,7 @@ SPACE = {"learning_rate": [0.005, 0.1], "batch_size": [32, 64], "weight_decay": 
 @pytest.fixture(scope="module")
 def digits(stack) -> str:
     """The digits as ``DATA_DIR/datasets/tune_digits.h5``: uint8 N x 16 x 16 x 3, class names as JSON."""
-    data = load_digits()
-    images = np.kron(data.images * 15.9, np.ones((2, 2))).clip(0, 255).astype(np.uint8)
-    images = np.repeat(images[..., None], 3, axis=3)
-    labels = data.target.astype(np.uint8)
-    with h5py.File(stack.data_dir / "datasets" / DIGITS, "w") as f:
-        f["X_train"], f["y_train"] = images[:800], labels[:800]
-        f["X_test"], f["y_test"] = images[1400:], labels[1400:]
-        f.attrs["class_names"] = json.dumps([str(d) for d in range(10)])
+    write_digits_hdf5(stack.data_dir / "datasets" / DIGITS, train=slice(0, 800), scale=2)
     return DIGITS
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory):
     """A studio of its own, so fuzzed writes never touch what other tests look at."""
-    s = Stack(tmp_path_factory.mktemp("fuzz")).start()
+    s = Stack.in_own_folder(tmp_path_factory, "fuzz").start()
     yield s
     s.close()
 

@@ -30,7 +30,8 @@ def tree(root: Path) -> set[str]:
 
 @pytest.fixture
 def outside(stack):
-    """Everything beside DATA_DIR (its parent folder, recursively, minus DATA_DIR itself), before and after."""
+    """Everything beside DATA_DIR (its parent folder, which holds nothing else of any other stack's,
+    recursively, minus DATA_DIR itself), before and after."""
     parent = stack.data_dir.parent
 
     def snapshot():

@@ -11,7 +11,9 @@ import pytest
 import requests
 
 from engine.inference import load_checkpoint
-from tests.services.test_train import DIGITS_FILE, data_url, digits_body, digits_test_images, post, write_digits_hdf5
+from tests.digits import DIGITS_FILE, digits_body, digits_test_images, write_digits_hdf5
+from tests.harness import post
+from tests.shapes import data_url
 
 pytestmark = pytest.mark.slow
 
