@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.datasets import make_preprocessing
 from engine.exceptions import Cancelled, InvalidInput
+from engine.metrics import best_thresholds, confusion_matrix, count_correct, multilabel_metrics
 from engine.models import create_model, get_model_info, head_parameter_names
 
 OPTIMIZERS = ("sgd", "adam")
@@ -253,75 +254,6 @@ def _keep_frozen_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
-# -------------------------------------------------------------------------------------------- metrics
-
-
-def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """Correct decisions: samples (single-label) or sample-label pairs at probability 0.5 (multi-label)."""
-    if multi_label:
-        return ((logits > 0) == (targets > 0.5)).sum()
-    return (logits.argmax(dim=1) == targets).sum()
-
-
-def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[list[int]]:
-    """Return the confusion matrix as nested lists: rows are true classes, columns predictions."""
-    flat = targets.long() * num_classes + predictions.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
-
-
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-class average precision (mean precision at each hit); NaN for classes without positives."""
-    result = np.full(scores.shape[1], np.nan)
-    for c in range(scores.shape[1]):
-        positive = targets[np.argsort(-scores[:, c], kind="stable"), c] > 0.5
-        if positive.any():
-            precision_at_hits = np.cumsum(positive)[positive] / (np.flatnonzero(positive) + 1)
-            result[c] = precision_at_hits.mean()
-    return result
-
-
-def best_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float]:
-    """Per class, the probability threshold that maximises F1 on this set (0.5 for classes never present)."""
-    thresholds = []
-    for c in range(probs.shape[1]):
-        order = np.argsort(-probs[:, c], kind="stable")
-        hits = targets[order, c] > 0.5
-        if not hits.any():
-            thresholds.append(0.5)
-            continue
-        tp = np.cumsum(hits)
-        f1 = 2 * tp / (np.arange(1, len(hits) + 1) + hits.sum())
-        k = int(np.argmax(f1))
-        # Midway to the next score, so that the chosen item is included with some margin.
-        nxt = probs[order[k + 1], c] if k + 1 < len(order) else 0.0
-        thresholds.append(float((probs[order[k], c] + nxt) / 2))
-    return thresholds
-
-
-def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
-    """mAP, micro/macro F1 and per-class precision/recall/F1 (percentages) at the given thresholds."""
-    truth = targets > 0.5
-    pred = probs >= np.asarray(thresholds)[None, :]
-    tp, fp, fn = (pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)
-    precision = np.divide(tp, tp + fp, out=np.zeros(len(tp)), where=(tp + fp) > 0)
-    recall = np.divide(tp, tp + fn, out=np.zeros(len(tp)), where=(tp + fn) > 0)
-    f1 = np.divide(
-        2 * precision * recall, precision + recall, out=np.zeros(len(tp)), where=(precision + recall) > 0
-    )
-    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
-    ap = average_precision(probs, targets)
-    return {
-        "map": 100 * float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0,
-        "micro_f1": 100 * float(2 * tp.sum() / micro_den) if micro_den else 0.0,
-        "macro_f1": 100 * float(f1[truth.any(0)].mean()) if truth.any() else 0.0,
-        "precision": (100 * precision).tolist(),
-        "recall": (100 * recall).tolist(),
-        "f1": (100 * f1).tolist(),
-        "average_precision": [None if math.isnan(a) else 100 * float(a) for a in ap],
-        "support": truth.sum(0).astype(int).tolist(),
-    }
-
-
 # --------------------------------------------------------------------------------- epochs and evaluation
 
 
@@ -360,7 +292,7 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach() * len(images)
-        correct += _correct(logits.detach(), targets, multi_label)
+        correct += count_correct(logits.detach(), targets, multi_label)
         samples += len(images)
         if step % log_every == 0:
             if on_batch is not None:
@@ -406,7 +338,7 @@ def evaluate(
     n_decisions = targets.numel() if multi_label else len(targets)
     result = {
         "loss": loss_sum / max(len(targets), 1),
-        "accuracy": 100.0 * _correct(logits, targets, multi_label).item() / max(n_decisions, 1),
+        "accuracy": 100.0 * count_correct(logits, targets, multi_label).item() / max(n_decisions, 1),
     }
     if multi_label:
         probs = torch.sigmoid(logits).numpy()

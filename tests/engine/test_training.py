@@ -24,16 +24,13 @@ from engine.datasets import (
 from engine.exceptions import Cancelled, InvalidInput
 from engine.images import decode_image, encode_png
 from engine.inference import rebuild_model
+from engine.metrics import average_precision, best_thresholds, confusion_matrix, multilabel_metrics
 from engine.models import create_model
 from engine.training import (
     TrainConfig,
-    average_precision,
-    best_thresholds,
     build_criterion,
-    confusion_matrix,
     evaluate,
     fit,
-    multilabel_metrics,
 )
 from tests.digits import digit_images
 
