@@ -14,6 +14,7 @@ Dataset kinds are registered with :func:`register_dataset`; :func:`build_dataset
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 
 import cv2
 import h5py
+import h5py._objects as h5py_objects
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -175,6 +177,7 @@ MAX_CLASS_NAME = 200
 # The pixel range of non-uint8 images is judged on evenly spaced images, within these bounds, so that a
 # request stays quick on a file of any size; stray values elsewhere are clipped when the item is read.
 SAMPLE_IMAGES, SAMPLE_BYTES = 256, 64 << 20
+HDF5_READ_SECONDS = 60.0  # checking a file's header, labels and sample; far more means a damaged file
 _HOW_TO_SAVE = (
     "Write it with h5py as X_train, y_train, X_test (or X_val), y_test (or y_val): images N x H x W (x C) "
     "uint8, labels integer class indices, and the class names as an attribute, "
@@ -271,22 +274,66 @@ def _refusal(path: Path, problem: str, fix: str = _HOW_TO_SAVE) -> InvalidInput:
     return InvalidInput(f"HDF5 file {path.name!r}: {problem}. {fix}", field="hdf5_path")
 
 
-def _open_hdf5(path: str | os.PathLike) -> _Hdf5Layout:
+def _open_hdf5(path: str | os.PathLike, seconds: float | None = None) -> _Hdf5Layout:
     path = Path(path)
     if not path.is_file():
         raise _refusal(path, "does not exist", "Put it in DATA_DIR/datasets or upload it")
+    outcome, value = _read_isolated(path, HDF5_READ_SECONDS if seconds is None else seconds)
+    if outcome == "ok":
+        return value
+    if outcome == "refused":
+        raise InvalidInput(value, field="hdf5_path")
+    raise _refusal(path, value, "The file is probably damaged: write it again, or check it with h5dump")
+
+
+def _read_isolated(path: Path, seconds: float) -> tuple[str, Any]:
+    """Read the file in a forked child, with a time limit.
+
+    libhdf5 can spin forever or crash on a damaged file (seen: a flipped byte in a string attribute's
+    heap), holding h5py's global lock; in a child neither the caller nor its other threads are stuck.
+    """
+    if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+        return _read_outcome(path)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_send_outcome, args=(path, send), name="hdf5-reader")
+    with h5py_objects.phil:  # no other thread is inside libhdf5 at the fork, so the child cannot deadlock
+        child.start()
+    send.close()
+    try:
+        if not receive.poll(seconds):
+            return "failed", f"took over {seconds:g} s to read"
+        return receive.recv()
+    except EOFError:
+        child.join(5)
+        return "failed", f"made the reader crash (exit code {child.exitcode})"
+    finally:
+        receive.close()
+        child.join(1)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+def _send_outcome(path: Path, send: Any) -> None:
+    send.send(_read_outcome(path))
+    send.close()
+
+
+def _read_outcome(path: Path) -> tuple[str, Any]:
+    """``("ok", layout)``, ``("refused", message)`` or ``("failed", problem)``: plain values that pickle."""
     try:
         handle = h5py.File(path, "r")
     except (OSError, ValueError) as exc:
-        raise _refusal(path, f"is not an HDF5 file ({exc})") from None
+        return "refused", str(_refusal(path, f"is not an HDF5 file ({exc})"))
     try:
         with handle as f:
-            return _read_layout(f, path)
-    except InvalidInput:
-        raise
+            return "ok", _read_layout(f, path)
+    except InvalidInput as exc:
+        return "refused", str(exc)
     # h5py reports damaged files, unknown compression filters and odd types in all of these.
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-        raise _refusal(path, f"could not be read ({type(exc).__name__}: {exc})") from None
+        return "failed", f"could not be read ({type(exc).__name__}: {exc})"
 
 
 def _read_layout(f: h5py.File, path: Path) -> _Hdf5Layout:

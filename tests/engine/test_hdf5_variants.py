@@ -9,6 +9,7 @@ says what is wrong and how to fix it, and no server path in it.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -256,3 +257,29 @@ def test_missing_file_is_refused_naming_hdf5_path(tmp_path):
     with pytest.raises(InvalidInput) as err:
         inspect_hdf5(tmp_path / "nope.h5")
     assert err.value.field == "hdf5_path" and "does not exist" in str(err.value)
+
+
+def _damage_last_class_name(path: Path) -> None:
+    """Give the last string of the global heap (the class names' storage) a length past its heap's end."""
+    raw = bytearray(path.read_bytes())
+    position = raw.index(b"GCOL") + 16
+    while int.from_bytes(raw[position : position + 2], "little") != len(NAMES):
+        size = int.from_bytes(raw[position + 8 : position + 16], "little")
+        position += 16 + -(-size // 8) * 8
+    raw[position + 8] = 120
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_file_that_makes_libhdf5_spin_is_refused_in_time(tmp_path, monkeypatch):
+    """One flipped byte of the heap made libhdf5 loop forever inside h5py's global lock."""
+    monkeypatch.setattr("engine.datasets.HDF5_READ_SECONDS", 3.0)
+    path = tmp_path / "damaged.h5"
+    _write(path, names=NAMES)
+    _damage_last_class_name(path)
+    started = time.monotonic()
+    with pytest.raises(InvalidInput) as err:
+        inspect_hdf5(path)
+    assert err.value.field == "hdf5_path" and "damaged" in str(err.value)
+    assert time.monotonic() - started < 20
+    _write(path)  # the reader (and h5py in this process) still works afterwards
+    assert inspect_hdf5(path).class_names == NAMES
