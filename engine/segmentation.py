@@ -63,6 +63,13 @@ _N_COMPONENTS = 5  # OpenCV's GrabCut GMMs have five components; a model is 5 + 
 # near edges (see the module docstring)
 _COLOUR_FLOOR = 2.0**2
 
+_STROKE_REACH = 1  # a stroke re-decides pixels up to this many stroke widths away
+# tiles of a stroke's re-cut: a thin band along a stroke fills less of a small tile; the models are
+# frozen, so only the edge contrast (beta) depends on the tile
+_STROKE_TILE = 128
+_STROKE_SAMPLES = 40_000  # pixels round the strokes the models are re-learnt from
+_STROKE_WEIGHT = 4  # how many times a painted pixel counts when the models are re-learnt
+
 Box = tuple[int, int, int, int]
 Strokes = Sequence[Sequence[Sequence[float]]]
 
@@ -75,11 +82,14 @@ class Segmentation:
         mask: H×W bool array over the whole image, True on the object.
         cutout: RGBA uint8 array cropped to the mask's bounding box; alpha is 255 on the object, 0 elsewhere.
         bbox: ``(x1, y1, x2, y2)`` of the crop in image pixels (x2, y2 exclusive).
+        models: the background and foreground colour models (OpenCV's 1×65 GMMs) the mask was cut
+            with; :func:`refine` starts from them.
     """
 
     mask: np.ndarray
     cutout: np.ndarray
     bbox: Box
+    models: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,14 +137,57 @@ def grabcut(
                                                         stroke_width)
     if not 32 <= int(work_size) <= 4096:
         raise InvalidInput(f"'work_size' must be 32..4096, got {work_size}", "work_size")
-    mask = _grabcut_mask(image, (x1, y1, x2, y2), iterations, fg, bg, width, int(work_size), workers)
+    mask, models = _grabcut_mask(image, (x1, y1, x2, y2), iterations, fg, bg, width, int(work_size), workers)
+    return _segmentation(image, mask, models)
+
+
+def refine(
+    image_rgb: np.ndarray,
+    previous: Segmentation,
+    box: Sequence[int],
+    fg_strokes: Strokes | None = None,
+    bg_strokes: Strokes | None = None,
+    stroke_width: int = DEFAULT_STROKE_WIDTH,
+    *,
+    workers: int | None = None,
+) -> Segmentation:
+    """Apply strokes to a previous cut of the same image instead of cutting it again from scratch.
+
+    The colour models are re-learnt with the painted pixels on their side, and only the pixels near the
+    strokes are cut again (at full resolution); the rest of the previous mask stays. Strokes already
+    applied may be sent again: they change nothing more.
+
+    Args:
+        image_rgb: the image ``previous`` was cut from.
+        previous: a result of :func:`grabcut` or :func:`refine` on this image.
+        box: the box of the first cut; nothing outside it becomes object.
+        fg_strokes: polylines painted as certain foreground.
+        bg_strokes: polylines painted as certain background.
+        stroke_width: stroke thickness in image pixels.
+        workers: threads for the full-resolution tiles (default: up to 2).
+
+    Returns:
+        The new mask and cut-out, with the re-learnt models.
+
+    Raises:
+        InvalidInput: bad box or strokes (``field`` names them), a previous cut of another size (``image``),
+            or nothing left of the object.
+    """
+    image, rect, fg, bg, width = _validated(image_rgb, box, 1, fg_strokes, bg_strokes, stroke_width)
+    if previous.models is None or previous.mask.shape != image.shape[:2]:
+        raise InvalidInput("the previous cut is of another image; cut this one first", "image")
+    mask, models = _refine_with_strokes(image, rect, fg, bg, width, previous, workers)
+    return _segmentation(image, mask, models)
+
+
+def _segmentation(image: np.ndarray, mask: np.ndarray, models) -> Segmentation:
     if not mask.any():
         raise InvalidInput(
             "GrabCut found no object inside the box; draw the box around the object or paint foreground",
             "box",
         )
     cutout, bbox = make_cutout(image, mask)
-    return Segmentation(mask=mask, cutout=cutout, bbox=bbox)
+    return Segmentation(mask=mask, cutout=cutout, bbox=bbox, models=models)
 
 
 def grabcut_full_resolution(
@@ -259,7 +312,8 @@ def _validate_strokes(strokes: Strokes | None, field: str) -> list[np.ndarray]:
 # ------------------------------------------------------------------------------------------ the solver
 
 
-def _grabcut_mask(image, rect, iterations, fg, bg, width, work_size, workers) -> np.ndarray:
+def _grabcut_mask(image, rect, iterations, fg, bg, width, work_size, workers):
+    """The mask over the whole image and the ``(background, foreground)`` models it was cut with."""
     height, width_px = image.shape[:2]
     rx1, ry1, rx2, ry2 = _region_of_interest(rect, fg, (height, width_px))
     roi = image[ry1:ry2, rx1:rx2]
@@ -269,14 +323,14 @@ def _grabcut_mask(image, rect, iterations, fg, bg, width, work_size, workers) ->
     scale = min(1.0, work_size / max(roi.shape[:2]))
     if scale == 1.0:  # small enough: the coarse solve is already at full resolution
         labels = _initial_labels(roi.shape[:2], local, fg_local, bg_local, width, (1.0, 1.0))
-        _solve(roi, labels, iterations)
+        models = _solve(roi, labels, iterations)
         roi_mask = (labels & 1).astype(bool)
     else:
         coarse = _coarse_solve(roi, local, fg_local, bg_local, width, iterations, scale)
-        roi_mask = _refine(roi, local, fg_local, bg_local, width, coarse, workers)
+        roi_mask, models = _refine(roi, local, fg_local, bg_local, width, coarse, workers)
     mask = np.zeros((height, width_px), bool)
     mask[ry1:ry2, rx1:rx2] = roi_mask
-    return mask
+    return mask, models
 
 
 def _region_of_interest(rect: Box, fg: list[np.ndarray], shape: tuple[int, int]) -> Box:
@@ -397,7 +451,7 @@ def _refine(roi, rect, fg, bg, width, coarse: _Coarse, workers) -> np.ndarray:
     mask[fixed == cv2.GC_FGD] = True
     mask[fixed == cv2.GC_BGD] = False
     _cut_tiles(roi, mask, uncertain, bgd, fgd, workers)
-    return mask
+    return mask, (bgd, fgd)
 
 
 def _contradicting_cells(samples, is_fg, in_rect, bgd, fgd) -> np.ndarray:
@@ -423,17 +477,17 @@ def _upscaled_labels(shape, coarse: _Coarse, contradicts: np.ndarray) -> tuple[n
     return mask, band
 
 
-def _cut_tiles(roi, mask, uncertain, bgd, fgd, workers) -> None:
+def _cut_tiles(roi, mask, uncertain, bgd, fgd, workers, size: int = _TILE) -> None:
     """Graph-cut the uncertain pixels at full resolution, tile by tile, writing into ``mask`` in place."""
     height, width = mask.shape
-    rows, cols = -(-height // _TILE), -(-width // _TILE)
-    padded = np.zeros((rows * _TILE, cols * _TILE), bool)
+    rows, cols = -(-height // size), -(-width // size)
+    padded = np.zeros((rows * size, cols * size), bool)
     padded[:height, :width] = uncertain
-    tiles = list(zip(*np.nonzero(padded.reshape(rows, _TILE, cols, _TILE).any(axis=(1, 3))), strict=True))
+    tiles = list(zip(*np.nonzero(padded.reshape(rows, size, cols, size).any(axis=(1, 3))), strict=True))
     before = mask.copy()  # every tile reads the coarse labels, never a neighbour's fresh result
 
     def cut(tile: tuple[int, int]) -> None:
-        _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd)
+        _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd, size)
 
     workers = workers or min(2, os.cpu_count() or 1)
     if workers <= 1 or len(tiles) < 2:
@@ -444,10 +498,10 @@ def _cut_tiles(roi, mask, uncertain, bgd, fgd, workers) -> None:
         list(pool.map(cut, tiles))  # each tile writes a disjoint block of ``mask``
 
 
-def _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd) -> None:
+def _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd, size) -> None:
     height, width = mask.shape
-    cy, cx = tile[0] * _TILE, tile[1] * _TILE
-    core = uncertain[cy : cy + _TILE, cx : cx + _TILE]
+    cy, cx = tile[0] * size, tile[1] * size
+    core = uncertain[cy : cy + size, cx : cx + size]
     rows, cols = np.flatnonzero(core.any(axis=1)), np.flatnonzero(core.any(axis=0))
     uy1, uy2, ux1, ux2 = cy + rows[0], cy + rows[-1] + 1, cx + cols[0], cx + cols[-1] + 1
     wy1, wx1 = max(0, uy1 - _TILE_MARGIN), max(0, ux1 - _TILE_MARGIN)
@@ -458,6 +512,70 @@ def _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd) -> None:
     cv2.grabCut(window, labels, None, bgd.copy(), fgd.copy(), 1, cv2.GC_EVAL_FREEZE_MODEL)
     # certain pixels keep their label through the cut, so the whole block can be written back
     mask[uy1:uy2, ux1:ux2] = (labels[uy1 - wy1 : uy2 - wy1, ux1 - wx1 : ux2 - wx1] & 1).astype(bool)
+
+
+# ------------------------------------------------------------------------------- strokes on a previous cut
+
+
+def _refine_with_strokes(image, rect, fg, bg, width, previous: Segmentation, workers):
+    height, width_px = image.shape[:2]
+    fg_paint = _painted((height, width_px), fg, width)
+    bg_paint = _painted((height, width_px), bg, width)
+    mask = previous.mask.copy()
+    inside = np.zeros((height, width_px), bool)
+    inside[rect[1] : rect[3], rect[0] : rect[2]] = True
+    mask &= inside
+    painted = fg_paint | bg_paint
+    if not painted.any():
+        return mask, previous.models
+    reach = max(_STROKE_REACH * width, 2 * _TILE_MARGIN)
+    wx1, wy1, wx2, wy2 = _grown_bounds(painted, reach, (height, width_px))
+    window = np.ascontiguousarray(image[wy1:wy2, wx1:wx2])
+    w_mask, w_fg, w_bg = mask[wy1:wy2, wx1:wx2], fg_paint[wy1:wy2, wx1:wx2], bg_paint[wy1:wy2, wx1:wx2]
+    w_mask[w_fg & inside[wy1:wy2, wx1:wx2]] = True
+    w_mask[w_bg] = False
+    near = cv2.distanceTransform((~(w_fg | w_bg)).view(np.uint8), cv2.DIST_L2, 3) <= reach
+    bgd, fgd = _models_with_strokes(window, w_mask, w_fg | w_bg, near, previous.models)
+    uncertain = near & ~w_fg & ~w_bg & inside[wy1:wy2, wx1:wx2]
+    if uncertain.any():
+        _cut_tiles(window, w_mask, uncertain, bgd, fgd, workers, _STROKE_TILE)
+    return mask, (bgd, fgd)
+
+
+def _painted(shape: tuple[int, int], lines: list[np.ndarray], width: int) -> np.ndarray:
+    canvas = np.zeros(shape, np.uint8)
+    _paint(canvas, lines, 1, width, (1.0, 1.0))
+    return canvas.astype(bool)
+
+
+def _grown_bounds(pixels: np.ndarray, grow: int, shape: tuple[int, int]) -> Box:
+    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    return (max(0, int(cols[0]) - grow), max(0, int(rows[0]) - grow),
+            min(shape[1], int(cols[-1]) + 1 + grow), min(shape[0], int(rows[-1]) + 1 + grow))
+
+
+def _models_with_strokes(window, mask, painted, near, models):
+    """Re-learn both models round the strokes; painted pixels count ``_STROKE_WEIGHT`` times.
+
+    Painted pixels say what the user sees, which the previous models got wrong; weighting them makes
+    the colour they mark win over the wrongly labelled pixels round it. The models are local (learnt
+    where the strokes are), which is where they are used; samples are capped so a long stroke on a
+    big photo stays quick.
+    """
+    pixels = window.reshape(-1, 3)
+    around = _capped(np.flatnonzero(near.ravel()), _STROKE_SAMPLES)
+    strokes = _capped(np.flatnonzero(painted.ravel()), _STROKE_SAMPLES // _STROKE_WEIGHT)
+    chosen = np.concatenate([around, np.repeat(strokes, _STROKE_WEIGHT - 1)])
+    x, is_fg = pixels[chosen].astype(np.float64), mask.ravel()[chosen]
+    bgd, fgd = models
+    return _relearn_gmm(x[~is_fg], bgd), _relearn_gmm(x[is_fg], fgd)
+
+
+def _capped(indices: np.ndarray, limit: int) -> np.ndarray:
+    """At most ``limit`` of ``indices``, evenly spread (deterministic)."""
+    if len(indices) <= limit:
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, limit).astype(np.intp)]
 
 
 # --------------------------------------------------------------------- OpenCV's GMM, read and re-learnt

@@ -14,7 +14,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from engine.segmentation import grabcut, grabcut_full_resolution, mask_iou
+from engine.exceptions import InvalidInput
+from engine.segmentation import grabcut, grabcut_full_resolution, mask_iou, refine
 
 # dark and light colour of each texture: the grey texture is stretched between them
 TINTS = {
@@ -100,3 +101,59 @@ def test_lossless_composites_stay_as_good():
     ours = mask_iou(grabcut(image, box).mask, truth)
     assert ours >= 0.97
     assert ours >= mask_iou(grabcut_full_resolution(image, box), truth) - 0.005
+
+
+# ------------------------------------------------------------------------ strokes refine the previous cut
+
+
+def with_shadow(width: int, height: int):
+    """The coffee composite with a brown ring (a shadow) round the object, as JPEG q85.
+
+    The ring's colour is nowhere outside the box, so a box alone keeps it: a halo only a stroke removes.
+    Returns ``(decoded rgb, true mask, box, ring mask, a background stroke through the ring's left half,
+    stroke width)``.
+    """
+    image, truth, box = composite(width, height, "coffee", "gravel")
+    r = max(3, width // 40)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    ring = cv2.dilate(truth.view(np.uint8), disc).astype(bool) & ~truth
+    image[ring] = (image[ring] * 0.3 + np.array([110, 60, 40]) * 0.7).astype(np.uint8)
+    contour = max(cv2.findContours(truth.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=len)
+    points = contour[:, 0, :].astype(float)
+    centre = points.mean(axis=0)
+    outward = (points - centre) / np.linalg.norm(points - centre, axis=1, keepdims=True)
+    middle = points + outward * (r / 2 + 0.5)  # the middle of the ring
+    middle = np.roll(middle, -int(np.argmax(middle[:, 0])), axis=0)  # start on the right
+    left = middle[:, 0] < centre[0]
+    first = int(np.argmax(left))
+    last = first + int(np.argmin(left[first:]))
+    stroke = middle[first:last][:: max(1, width // 100)].tolist()
+    return through_jpeg(image, 85), truth, box, ring, stroke, max(2, r // 2)
+
+
+def test_a_background_stroke_on_a_halo_removes_it_and_keeps_the_object():
+    image, truth, box, ring, stroke, width = with_shadow(400, 300)
+    first = grabcut(image, box)
+    assert first.mask[ring].mean() > 0.9  # the halo a user would see
+    second = refine(image, first, box, bg_strokes=[stroke], stroke_width=width)
+    left = ring & (np.arange(image.shape[1])[None, :] < np.mean(np.nonzero(truth)[1]))
+    assert second.mask[left].mean() < 0.05
+    assert second.mask[truth].mean() > 0.99
+    assert mask_iou(second.mask, truth) > mask_iou(first.mask, truth) + 0.05
+    # the same strokes sent again (a client that sends all strokes so far) change nothing more
+    again = refine(image, second, box, bg_strokes=[stroke], stroke_width=width)
+    assert mask_iou(again.mask, second.mask) > 0.995
+
+
+def test_refining_without_strokes_keeps_the_cut():
+    image, truth, box = composite(400, 300, "coffee", "grass")
+    first = grabcut(through_jpeg(image, 85), box)
+    assert np.array_equal(refine(through_jpeg(image, 85), first, box).mask, first.mask)
+
+
+def test_refining_a_cut_of_another_image_names_the_image():
+    image, _, box = composite(400, 300, "coffee", "grass")
+    first = grabcut(image, box)
+    with pytest.raises(InvalidInput) as err:
+        refine(image[:200], first, (10, 10, 100, 100))
+    assert err.value.field == "image"
