@@ -110,7 +110,7 @@ def with_shadow(width: int, height: int):
     """The coffee composite with a brown ring (a shadow) round the object, as JPEG q85.
 
     The ring's colour is nowhere outside the box, so a box alone keeps it: a halo only a stroke removes.
-    Returns ``(decoded rgb, true mask, box, ring mask, a background stroke through the ring's left half,
+    Returns ``(JPEG bytes, true mask, box, ring mask, a background stroke through the ring's left half,
     stroke width)``.
     """
     image, truth, box = composite(width, height, "coffee", "gravel")
@@ -128,11 +128,12 @@ def with_shadow(width: int, height: int):
     first = int(np.argmax(left))
     last = first + int(np.argmin(left[first:]))
     stroke = middle[first:last][:: max(1, width // 100)].tolist()
-    return through_jpeg(image, 85), truth, box, ring, stroke, max(2, r // 2)
+    return jpeg_bytes(image, 85), truth, box, ring, stroke, max(2, r // 2)
 
 
 def test_a_background_stroke_on_a_halo_removes_it_and_keeps_the_object():
-    image, truth, box, ring, stroke, width = with_shadow(400, 300)
+    data, truth, box, ring, stroke, width = with_shadow(400, 300)
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     first = grabcut(image, box)
     assert first.mask[ring].mean() > 0.9  # the halo a user would see
     second = refine(image, first, box, bg_strokes=[stroke], stroke_width=width)
