@@ -14,6 +14,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from engine.augment.backgrounds import list_background_kinds, make_background
 from engine.exceptions import InvalidInput
 from engine.segmentation import grabcut, grabcut_full_resolution, mask_iou, refine
 
@@ -23,11 +24,15 @@ TINTS = {
     "grass": ((30, 60, 20), (120, 170, 70)),
     "brick": ((70, 35, 30), (190, 120, 100)),
 }
-BACKGROUNDS = (*TINTS, "plain")
+BACKGROUNDS = (*TINTS, "plain", "noise")
 
 
 def background(kind: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """A float32 RGB backdrop: a tinted skimage texture at a scale that grows with the frame, or plain grey."""
+    """A float32 RGB backdrop: a tinted skimage texture at a scale that grows with the frame, plain grey,
+    or one of the project's procedural backgrounds (``engine.augment.backgrounds``)."""
+    if kind in list_background_kinds():
+        side = max(width, height)
+        return make_background(kind, side, int(rng.integers(1000)))[:height, :width].astype(np.float32)
     if kind == "plain":
         plain = np.empty((height, width, 3), np.float32)
         plain[:] = (200, 205, 210)
@@ -73,7 +78,7 @@ def through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 SCENES = [("chelsea", "gravel"), ("coffee", "gravel"), ("coffee", "grass"), ("astronaut", "grass"),
-          ("chelsea", "brick"), ("coffee", "brick"), ("chelsea", "plain")]
+          ("chelsea", "brick"), ("coffee", "brick"), ("chelsea", "plain"), ("astronaut", "noise")]
 
 
 @pytest.mark.parametrize("quality", [85, 95])
