@@ -10,15 +10,30 @@ their IoU against the true mask, and the speed ratios (wall clock; and CPU time,
 when other processes share the cores: ours uses up to two threads, cv2.grabCut one); then, per size,
 the medians over scenes.
 
-    .venv/bin/python bench/bench_grabcut.py                 # 1.1, 2.1 and 4.3 MP, all scenes
-    .venv/bin/python bench/bench_grabcut.py --sizes 1200x900 --repeats 1
+The JPEG table (``--table jpeg``, the default) is what users send: the composites of
+``tests/engine/test_segmentation_jpeg.py`` (a rounded piece of a skimage photo on tinted gravel, grass,
+brick, a plain grey and the project's procedural "noise"), saved by Pillow as JPEG (4:2:0) and decoded.
+Per background × quality × size it gives the IoU and wall time of full-resolution ``cv2.grabCut``, of
+the fast path as it was before the colour floor (read from git, commit ``BEFORE``), and of today's;
+then the median ``POST /api/v1/segment`` time per size against a real API (Redis, worker, gunicorn),
+with the first cut and a stroke's refinement apart. ``cv2.grabCut`` takes minutes at 12 MP, so it runs
+only at the sizes in ``--full-sizes`` (default 1 and 3 MP), and at 3 MP only at ``--full-quality``;
+12 MP runs at that quality only (to keep a run near 6 minutes on 2 busy cores).
+
+    .venv/bin/python bench/bench_grabcut.py                        # JPEG table, about 5 minutes
+    .venv/bin/python bench/bench_grabcut.py --table lossless       # 1.1, 2.1 and 4.3 MP, all scenes
+    .venv/bin/python bench/bench_grabcut.py --table lossless --sizes 1200x900 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import importlib.util
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,8 +41,15 @@ import cv2
 import numpy as np
 import skimage.data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 from engine.segmentation import grabcut, grabcut_full_resolution, mask_iou  # noqa: E402
+from tests.engine.test_segmentation_jpeg import composite, jpeg_bytes, with_shadow  # noqa: E402
+
+BEFORE = "bf51dd5"  # the fast path before the colour floor (JPEG halo)
+JPEG_SIZES = {"1MP": (1200, 900), "3MP": (2000, 1500), "12MP": (4000, 3000)}
+JPEG_SCENES = (("gravel", "chelsea"), ("grass", "coffee"), ("brick", "astronaut"), ("plain", "coffee"),
+               ("noise", "chelsea"))
 
 SIZES = ("1200x900", "1700x1250", "2400x1800")
 SCENES = (
@@ -123,14 +145,155 @@ def summarise(label: str, rows: list[dict]) -> None:
     )
 
 
+# ------------------------------------------------------------------------------------------ JPEG table
+
+
+def load_before():
+    """engine.segmentation as of ``BEFORE`` (None outside a git checkout)."""
+    try:
+        source = subprocess.run(["git", "show", f"{BEFORE}:engine/segmentation.py"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / "segmentation_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("segmentation_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def decoded(data: bytes) -> np.ndarray:
+    from engine.images import decode_image
+
+    return decode_image(data)
+
+
+def jpeg_rows(sizes, qualities, full_sizes, full_quality, before) -> list[dict]:
+    rows = []
+    for size in sizes:
+        width, height = JPEG_SIZES[size]
+        for backdrop, photo in JPEG_SCENES:
+            image, truth, box = composite(width, height, photo, backdrop)
+            for quality in qualities if size != "12MP" else [full_quality]:
+                pixels = decoded(jpeg_bytes(image, quality))
+                row = {"size": size, "scene": f"{photo}/{backdrop}", "q": quality}
+                if size in full_sizes and (size == "1MP" or quality == full_quality):
+                    mask, row["full_s"], _ = timed(lambda: grabcut_full_resolution(pixels, box), 1)  # noqa: B023
+                    row["full_iou"] = mask_iou(mask, truth)
+                if before is not None:
+                    mask, row["before_s"], _ = timed(lambda: before.grabcut(pixels, box).mask, 1)  # noqa: B023
+                    row["before_iou"] = mask_iou(mask, truth)
+                mask, row["ours_s"], _ = timed(lambda: grabcut(pixels, box).mask, 1)  # noqa: B023
+                row["ours_iou"] = mask_iou(mask, truth)
+                rows.append(row)
+                print("  " + format_row(row), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    def cell(key):
+        return (f"IoU {row[key + '_iou']:.3f} {row[key + '_s']:6.2f} s" if key + "_iou" in row
+                else "            -      ")
+
+    return (f"{row['size']:>5} {row['scene']:<16} q{row['q']:<3} cv2.grabCut {cell('full')} | "
+            f"before {cell('before')} | ours {cell('ours')}")
+
+
+def summarise_jpeg(rows: list[dict]) -> None:
+    print("\nMEDIANS per size (over backgrounds and qualities; cv2.grabCut where it ran):")
+    for size in dict.fromkeys(r["size"] for r in rows):
+        group = [r for r in rows if r["size"] == size]
+        parts = []
+        for key, name in (("full", "cv2.grabCut"), ("before", "before"), ("ours", "ours")):
+            ran = [r for r in group if key + "_iou" in r]
+            if ran:
+                parts.append(f"{name} IoU {statistics.median(r[key + '_iou'] for r in ran):.3f} "
+                             f"{statistics.median(r[key + '_s'] for r in ran):.2f} s (n={len(ran)})")
+        both = [r for r in group if "full_iou" in r]
+        worst = min((r["ours_iou"] - r["full_iou"] for r in both), default=float("nan"))
+        print(f"  {size:>5}: " + " | ".join(parts) + f" | worst ours-cv2 per scene {worst:+.3f}"
+              f" | min ours IoU {min(r['ours_iou'] for r in group):.3f}")
+
+
+def http_times(sizes, repeats: int) -> dict:
+    """Median ``POST /api/v1/segment`` wall time per size: a first cut of a q85 JPEG, and a stroke after it."""
+    import requests
+
+    from tests.harness import Stack
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp)).start()
+        try:
+            for size in sizes:
+                width, height = JPEG_SIZES[size]
+                data, truth, box, _, stroke, stroke_width = with_shadow(width, height)
+                x1, y1, x2, y2 = box
+                body = {"x1": str(x1), "y1": str(y1), "x2": str(x2), "y2": str(y2), "ean": "bench",
+                        "image": "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")}
+                firsts, strokes = [], []
+                for _ in range(repeats):  # a body without strokes is always a first cut
+                    firsts.append(_post(requests, stack, body))
+                    strokes.append(_post(requests, stack, {**body, "bg_strokes": [stroke],
+                                                           "stroke_width": stroke_width}))
+                out[size] = (statistics.median(firsts), statistics.median(strokes), len(data))
+                print(f"  HTTP {size:>5}: first cut {out[size][0]:.2f} s, a stroke {out[size][1]:.2f} s "
+                      f"(JPEG {len(data) / 1e6:.1f} MB, medians of {repeats})", flush=True)
+                _forget_cuts(stack)
+        finally:
+            stack.close()
+    return out
+
+
+def _post(requests, stack, body: dict) -> float:
+    start = time.perf_counter()
+    r = requests.post(stack.url + "/api/v1/segment", json=body, headers=stack.headers("operator"), timeout=600)
+    r.raise_for_status()
+    return time.perf_counter() - start
+
+
+def _forget_cuts(stack) -> None:
+    from services.jobs import redis_connection
+
+    conn = redis_connection(stack.redis_url)
+    for key in conn.keys("segment:last-cut:*"):
+        conn.delete(key)
+
+
+def run_jpeg(args) -> None:
+    before = load_before()
+    print(f"JPEG table: GrabCut, 5 iterations; OpenCV {cv2.__version__}, {cv2.getNumberOfCPUs()} CPUs; "
+          f"'before' = fast path at {BEFORE}" + ("" if before else " (not found: skipped)") + "\n")
+    rows = jpeg_rows(args.jpeg_sizes, args.qualities, args.full_sizes, args.full_quality, before)
+    summarise_jpeg(rows)
+    print("\nHTTP end to end (POST /api/v1/segment, q85 JPEG, shadow-ring scene):")
+    http = http_times(args.jpeg_sizes, args.http_repeats)
+    three = [r for r in rows if r["size"] == "3MP" and "full_s" in r]
+    if "3MP" in http and three:
+        full = statistics.median(r["full_s"] for r in three)
+        print(f"\n  3 MP: cv2.grabCut {full:.1f} s vs HTTP first cut {http['3MP'][0]:.2f} s: "
+              f"x{full / http['3MP'][0]:.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), help="WIDTHxHEIGHT (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of ours per scene (default: 3)")
-    parser.add_argument("--full-repeats", type=int, default=1, help="runs of cv2.grabCut (default: 1)")
+    parser.add_argument("--table", choices=("jpeg", "lossless"), default="jpeg")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), help="lossless: WIDTHxHEIGHT (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="lossless: runs of ours per scene (default: 3)")
+    parser.add_argument("--full-repeats", type=int, default=1, help="lossless: runs of cv2.grabCut (default: 1)")
+    parser.add_argument("--jpeg-sizes", nargs="+", default=list(JPEG_SIZES), choices=list(JPEG_SIZES))
+    parser.add_argument("--qualities", nargs="+", type=int, default=[75, 85, 95])
+    parser.add_argument("--full-sizes", nargs="+", default=["1MP", "3MP"], help="sizes where cv2.grabCut runs")
+    parser.add_argument("--full-quality", type=int, default=85, help="the one quality cv2.grabCut runs at 3 MP")
+    parser.add_argument("--http-repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.table == "jpeg":
+        run_jpeg(args)
+        return
     print(f"GrabCut, 5 iterations; OpenCV {cv2.__version__}, {cv2.getNumberOfCPUs()} CPUs\n")
     for size in args.sizes:
         width, height = (int(v) for v in size.split("x"))

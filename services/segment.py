@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import json
+import logging
 import math
 import re
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +25,19 @@ from typing import Annotated
 
 import cv2
 import numpy as np
+import redis
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.exceptions import InvalidInput, NotFound
 from engine.files import atomic_write_bytes
-from engine.images import decode_image, encode_png
-from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS, Segmentation, grabcut
+from engine.images import decode_image
+from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS, Segmentation, grabcut, refine
 from services.config import Config
+from services.jobs import redis_connection
 from services.store import Store
+
+log = logging.getLogger(__name__)
 
 MAX_CLASS_NAME = 64
 # Letters and digits of any script, then also '_', '-', '.' and inner spaces: no '/', '\\', ':' or '..' can
@@ -36,6 +45,11 @@ MAX_CLASS_NAME = 64
 _CLASS_NAME = re.compile(r"^[^\W_](?:[\w .-]*[\w-])?$")
 CHECKER_CELL = 8
 OUTLINE_RGB = (255, 0, 255)  # magenta: visible on skin, sky, foliage and the grey checkerboard
+# A cut is kept this long for strokes to refine: an editing session, not an archive.
+LAST_CUT_TTL_S = 15 * 60
+_LAST_CUT_KEY = "segment:last-cut:{user}:{digest}"
+# zlib level 6 (Pillow's default) spends 0.8 s on a 3 MP cut-out for 20 % fewer bytes than level 1
+_PNG_COMPRESS_LEVEL = 1
 
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Point = tuple[Number, Number]
@@ -118,18 +132,78 @@ def cut_out(image: np.ndarray, box: Sequence[float], iterations: int = DEFAULT_I
 def segment(config: Config, store: Store, body: SegmentBody, username: str | None) -> dict:
     """Everything ``POST /api/v1/segment`` does: decode, cut out, save as an object of class ``ean``.
 
+    A request with strokes for an image and box this user cut in the last ``LAST_CUT_TTL_S`` seconds
+    refines that cut (its mask and colour models) instead of starting over; the answer has the same shape.
+
     Returns:
         The seed's response fields: ``output_image`` (base64 PNG of the RGBA cut-out), ``object_id``,
         ``ean`` and ``bbox`` (``[x1, y1, x2, y2]`` of the cut-out in image pixels, x2/y2 exclusive).
     """
     image = decode(config, body.image)
-    result = cut_out(image, body.box(), body.iterations, body.fg_strokes, body.bg_strokes, body.stroke_width)
-    source = body.source or f"sha256:{hashlib.sha256(body.image.encode()).hexdigest()[:16]}"
-    png = encode_png(result.cutout)
-    row = save_object(config, store, body.ean, png, source=source, bbox=result.bbox, created_by=username,
-                      size=(result.cutout.shape[1], result.cutout.shape[0]))
+    digest = hashlib.sha256(body.image.encode()).hexdigest()
+    result = _cut_or_refine(config, image, body, username, digest)
+    remember_cut(config, username, digest, body.box(), result)
+    png = encode_cutout_png(result.cutout)
+    row = save_object(config, store, body.ean, png, source=body.source or f"sha256:{digest[:16]}",
+                      bbox=result.bbox, created_by=username, size=(result.cutout.shape[1], result.cutout.shape[0]))
     return {"output_image": base64.b64encode(png).decode("ascii"), "object_id": row["id"], "ean": body.ean,
             "bbox": list(result.bbox)}
+
+
+def _cut_or_refine(config: Config, image: np.ndarray, body: SegmentBody, username: str | None,
+                   digest: str) -> Segmentation:
+    previous = None
+    if body.fg_strokes or body.bg_strokes:
+        previous = recall_cut(config, username, digest, body.box(), image.shape[:2])
+    if previous is None:
+        return cut_out(image, body.box(), body.iterations, body.fg_strokes, body.bg_strokes, body.stroke_width)
+    return refine(image, previous, body.box(), body.fg_strokes, body.bg_strokes, body.stroke_width)
+
+
+def encode_cutout_png(cutout: np.ndarray) -> bytes:
+    """The RGBA cut-out as PNG, compressed for speed (it is answered at once and stored once)."""
+    buf = io.BytesIO()
+    Image.fromarray(cutout).save(buf, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------ the last cut, for strokes
+
+
+def remember_cut(config: Config, username: str | None, digest: str, box: Sequence[int], cut: Segmentation) -> None:
+    """Keep a cut's mask and colour models in Redis for a while; a Redis failure only loses refinement."""
+    if cut.models is None:
+        return
+    header = {"box": list(box), "shape": list(cut.mask.shape), "models": [m.ravel().tolist() for m in cut.models]}
+    blob = json.dumps(header).encode() + b"\n" + zlib.compress(np.packbits(cut.mask).tobytes(), 1)
+    try:
+        redis_connection(config.effective_redis_url).set(_last_cut_key(username, digest), blob, ex=LAST_CUT_TTL_S)
+    except redis.RedisError as exc:
+        log.warning("could not keep the last cut for refinement: %s", exc)
+
+
+def recall_cut(config: Config, username: str | None, digest: str, box: Sequence[int],
+               shape: tuple[int, int]) -> Segmentation | None:
+    """The cut :func:`remember_cut` kept for this user, image and box, or None (gone, other box, no Redis)."""
+    try:
+        blob = redis_connection(config.effective_redis_url).get(_last_cut_key(username, digest))
+    except redis.RedisError as exc:
+        log.warning("could not read the last cut, cutting again: %s", exc)
+        return None
+    if blob is None:
+        return None
+    head, _, packed = blob.partition(b"\n")
+    header = json.loads(head)
+    if header["box"] != list(box) or tuple(header["shape"]) != tuple(shape):
+        return None
+    bits = np.unpackbits(np.frombuffer(zlib.decompress(packed), np.uint8), count=shape[0] * shape[1])
+    models = tuple(np.asarray(m, np.float64)[None, :] for m in header["models"])
+    return Segmentation(mask=bits.reshape(shape).astype(bool), cutout=np.zeros((0, 0, 4), np.uint8),
+                        bbox=(0, 0, 0, 0), models=models)
+
+
+def _last_cut_key(username: str | None, digest: str) -> str:
+    return _LAST_CUT_KEY.format(user=username or "-", digest=digest)
 
 
 # ---------------------------------------------------------------------------------- the object library

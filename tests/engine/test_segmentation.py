@@ -64,11 +64,11 @@ def test_as_good_as_full_resolution_grabcut_on_thin_shapes():
     assert ours >= full - 0.01
 
 
-def test_small_images_get_plain_grabcut():
+def test_small_images_are_no_worse_than_plain_grabcut():
     image, truth, box = bottle_scene(200, 150)
-    mask = grabcut(image, box).mask
-    assert np.array_equal(mask, grabcut_full_resolution(image, box))
-    assert mask_iou(mask, truth) >= 0.85
+    ours = mask_iou(grabcut(image, box).mask, truth)
+    assert ours >= 0.85
+    assert ours >= mask_iou(grabcut_full_resolution(image, box), truth) - 0.005
 
 
 def test_same_input_gives_the_same_mask(bottle):

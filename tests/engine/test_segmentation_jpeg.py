@@ -1,0 +1,165 @@
+"""GrabCut on JPEG photos: no halo of background round objects on textured and plain backgrounds.
+
+The scenes are composites with a known mask: a rounded shape cut out of a ``skimage.data`` photo, with a
+lens-like soft edge, on a tinted ``skimage.data`` texture (gravel, grass, brick) or a plain grey, then
+saved as JPEG the way Pillow does by default (4:2:0 chroma) and decoded back. ``bench/bench_grabcut.py``
+builds its JPEG table from the same scenes.
+"""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from engine.augment.backgrounds import list_background_kinds, make_background
+from engine.exceptions import InvalidInput
+from engine.segmentation import grabcut, grabcut_full_resolution, mask_iou, refine
+
+# dark and light colour of each texture: the grey texture is stretched between them
+TINTS = {
+    "gravel": ((60, 55, 50), (170, 160, 150)),
+    "grass": ((30, 60, 20), (120, 170, 70)),
+    "brick": ((70, 35, 30), (190, 120, 100)),
+}
+BACKGROUNDS = (*TINTS, "plain", "noise")
+
+
+def background(kind: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A float32 RGB backdrop: a tinted skimage texture at a scale that grows with the frame, plain grey,
+    or one of the project's procedural backgrounds (``engine.augment.backgrounds``)."""
+    if kind in list_background_kinds():
+        side = max(width, height)
+        return make_background(kind, side, int(rng.integers(1000)))[:height, :width].astype(np.float32)
+    if kind == "plain":
+        plain = np.empty((height, width, 3), np.float32)
+        plain[:] = (200, 205, 210)
+        plain += np.linspace(-20, 20, width, dtype=np.float32)[None, :, None]
+        return plain + rng.normal(0, 3, (height, width, 1)).astype(np.float32)
+    grey = getattr(skimage.data, kind)().astype(np.float32) / 255
+    scale = max(width, height) / 800
+    grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    grey = np.tile(grey, (-(-height // grey.shape[0]), -(-width // grey.shape[1])))[:height, :width]
+    dark, light = (np.array(c, np.float32) for c in TINTS[kind])
+    return dark + grey[..., None] * (light - dark)
+
+
+def composite(width: int, height: int, photo: str = "chelsea", backdrop: str = "gravel", seed: int = 0):
+    """A lossless composite: ``(rgb uint8, true mask, box)``; the box is the object's plus width/25."""
+    shape = np.zeros((height, width), np.uint8)
+    cx, cy = width // 2, height // 2
+    cv2.ellipse(shape, (cx, int(cy * 1.1)), (int(width * 0.2), int(height * 0.28)), 15, 0, 360, 255, -1)
+    ear = [[cx - width * 0.05, height * 0.15], [cx + width * 0.12, height * 0.22], [cx + width * 0.08, cy],
+           [cx - width * 0.1, cy]]
+    cv2.fillPoly(shape, [np.array(ear, np.int32)], 255)
+    alpha = cv2.GaussianBlur(shape.astype(np.float32) / 255, (0, 0), max(0.7, width / 1500))[..., None]
+    fill = cv2.resize(getattr(skimage.data, photo)(), (width, height), interpolation=cv2.INTER_AREA)
+    back = background(backdrop, width, height, np.random.default_rng(seed))
+    image = np.clip(fill.astype(np.float32) * alpha + back * (1 - alpha), 0, 255).astype(np.uint8)
+    truth = alpha[..., 0] > 0.5
+    ys, xs = np.nonzero(truth)
+    pad = width // 25
+    box = (int(xs.min()) - pad, int(ys.min()) - pad, int(xs.max()) + 1 + pad, int(ys.max()) + 1 + pad)
+    return image, truth, box
+
+
+def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
+    """JPEG as Pillow writes it by default (4:2:0 chroma subsampling)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """The pixels a user's JPEG decodes to."""
+    return np.asarray(Image.open(io.BytesIO(jpeg_bytes(image, quality))).convert("RGB")).copy()
+
+
+SCENES = [("chelsea", "gravel"), ("coffee", "gravel"), ("coffee", "grass"), ("astronaut", "grass"),
+          ("chelsea", "brick"), ("coffee", "brick"), ("chelsea", "plain"), ("astronaut", "noise")]
+
+
+@pytest.mark.parametrize("quality", [85, 95])
+@pytest.mark.parametrize(("photo", "backdrop"), SCENES)
+def test_no_halo_on_jpeg(photo, backdrop, quality):
+    image, truth, box = composite(400, 300, photo, backdrop)
+    decoded = through_jpeg(image, quality)
+    ours = grabcut(decoded, box).mask
+    reference = grabcut_full_resolution(decoded, box)
+    assert mask_iou(ours, truth) >= 0.95
+    assert mask_iou(ours, truth) >= mask_iou(reference, truth) - 0.005
+    ring = cv2.dilate(truth.view(np.uint8), np.ones((21, 21), np.uint8)).astype(bool) & ~truth
+    assert ours[ring].mean() < 0.2  # the 10 px round the object, which a halo fills
+
+
+@pytest.mark.slow
+def test_no_halo_on_a_photo_sized_jpeg():
+    image, truth, box = composite(1600, 1200, "coffee", "gravel")
+    ours = grabcut(through_jpeg(image, 85), box).mask
+    assert mask_iou(ours, truth) >= 0.97
+
+
+def test_lossless_composites_stay_as_good():
+    image, truth, box = composite(400, 300, "astronaut", "plain")
+    ours = mask_iou(grabcut(image, box).mask, truth)
+    assert ours >= 0.97
+    assert ours >= mask_iou(grabcut_full_resolution(image, box), truth) - 0.005
+
+
+# ------------------------------------------------------------------------ strokes refine the previous cut
+
+
+def with_shadow(width: int, height: int):
+    """The coffee composite with a brown ring (a shadow) round the object, as JPEG q85.
+
+    The ring's colour is nowhere outside the box, so a box alone keeps it: a halo only a stroke removes.
+    Returns ``(JPEG bytes, true mask, box, ring mask, a background stroke through the ring's left half,
+    stroke width)``.
+    """
+    image, truth, box = composite(width, height, "coffee", "gravel")
+    r = max(3, width // 40)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    ring = cv2.dilate(truth.view(np.uint8), disc).astype(bool) & ~truth
+    image[ring] = (image[ring] * 0.3 + np.array([110, 60, 40]) * 0.7).astype(np.uint8)
+    contour = max(cv2.findContours(truth.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=len)
+    points = contour[:, 0, :].astype(float)
+    centre = points.mean(axis=0)
+    outward = (points - centre) / np.linalg.norm(points - centre, axis=1, keepdims=True)
+    middle = points + outward * (r / 2 + 0.5)  # the middle of the ring
+    middle = np.roll(middle, -int(np.argmax(middle[:, 0])), axis=0)  # start on the right
+    left = middle[:, 0] < centre[0]
+    first = int(np.argmax(left))
+    last = first + int(np.argmin(left[first:]))
+    stroke = middle[first:last][:: max(1, width // 100)].tolist()
+    return jpeg_bytes(image, 85), truth, box, ring, stroke, max(2, r // 2)
+
+
+def test_a_background_stroke_on_a_halo_removes_it_and_keeps_the_object():
+    data, truth, box, ring, stroke, width = with_shadow(400, 300)
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    first = grabcut(image, box)
+    assert first.mask[ring].mean() > 0.9  # the halo a user would see
+    second = refine(image, first, box, bg_strokes=[stroke], stroke_width=width)
+    left = ring & (np.arange(image.shape[1])[None, :] < np.mean(np.nonzero(truth)[1]))
+    assert second.mask[left].mean() < 0.05
+    assert second.mask[truth].mean() > 0.99
+    assert mask_iou(second.mask, truth) > mask_iou(first.mask, truth) + 0.05
+    # the same strokes sent again (a client that sends all strokes so far) change nothing more
+    again = refine(image, second, box, bg_strokes=[stroke], stroke_width=width)
+    assert mask_iou(again.mask, second.mask) > 0.995
+
+
+def test_refining_without_strokes_keeps_the_cut():
+    image, truth, box = composite(400, 300, "coffee", "grass")
+    first = grabcut(through_jpeg(image, 85), box)
+    assert np.array_equal(refine(through_jpeg(image, 85), first, box).mask, first.mask)
+
+
+def test_refining_a_cut_of_another_image_names_the_image():
+    image, _, box = composite(400, 300, "coffee", "grass")
+    first = grabcut(image, box)
+    with pytest.raises(InvalidInput) as err:
+        refine(image[:200], first, (10, 10, 100, 100))
+    assert err.value.field == "image"
