@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tests.services.test_train import get, post
+from tests.harness import get, post
 
 NAMES = ["zero", "one", "two", "three"]
 
