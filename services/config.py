@@ -64,8 +64,10 @@ class Config:
 
     @property
     def effective_redis_url(self) -> str:
-        """The Redis every part talks to: REDIS_URL, else the embedded server's address."""
-        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        """The Redis every part talks to: REDIS_URL, else the embedded server's address with its password."""
+        if self.redis_url:
+            return self.redis_url
+        return f"redis://:{self.redis_password()}@127.0.0.1:{self.redis_port}/0"
 
     @property
     def api_url(self) -> str:
@@ -99,13 +101,27 @@ class Config:
         """The JWT signing key: JWT_SECRET_KEY, else one generated once and kept owner-only."""
         if self.jwt_secret_key:
             return self.jwt_secret_key
-        key_file = self.path("jwt_secret.key")
-        if not key_file.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = key_file.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-            os.replace(tmp, key_file)
-        os.chmod(key_file, 0o600)
-        return key_file.read_text().strip()
+        return _owner_only_secret(self.path("jwt_secret.key"), 48)
+
+    def redis_password(self) -> str:
+        """The embedded Redis's password, generated once and kept owner-only in ``redis_password.key``."""
+        # URL-safe and without '@', ':' or '/', so it can sit in a redis:// URL unquoted.
+        return _owner_only_secret(self.path("redis_password.key"), 32)
+
+
+def _owner_only_secret(key_file: Path, nbytes: int) -> str:
+    """Read a secret file, creating it (mode 0600) first if absent; processes racing to create it agree."""
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key_file.with_name(f"{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(nbytes))
+        try:
+            os.link(tmp, key_file)  # fails if another process got there first: its secret wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    os.chmod(key_file, 0o600)
+    return key_file.read_text().strip()

@@ -244,7 +244,14 @@ class Store:
 
 
 def open_store(data_dir: Path) -> Store:
-    """The catalog of a data folder, migrated."""
-    store = Store(Path(data_dir) / "catalog.sqlite3")
+    """The catalog of a data folder, migrated, readable by its owner only (it holds password hashes)."""
+    path = Path(data_dir) / "catalog.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    store = Store(path)
     store.migrate()
+    for suffix in ("", "-wal", "-shm"):  # SQLite gives its -wal/-shm the database's mode; older ones may differ
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.chmod(companion, 0o600)
     return store
