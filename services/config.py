@@ -43,6 +43,12 @@ class Config:
     max_image_pixels: int = 50_000_000
     workers: int = 1
     queue_name: str = "studio"
+    auth_failures_per_user: int = 10  # wrong passwords per username per minute before 429
+    auth_failures_per_address: int = 60  # wrong passwords per client address per minute before 429
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed on Socket.IO; () means the UI's own
+    max_active_jobs_per_user: int = 20  # queued + running jobs one non-admin may have
+    heavy_requests: int = 4  # image-decoding requests served at once; more wait briefly, then 503
+    image_budget_mb: int = 256  # decoded pixels of one image: width x height x channels x bytes per sample
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Config:
@@ -60,6 +66,12 @@ class Config:
             max_upload_mb=_int(env, "MAX_UPLOAD_MB", 32),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
             workers=_int(env, "WORKERS", 1),
+            auth_failures_per_user=_int(env, "AUTH_FAILURES_PER_USER", 10),
+            auth_failures_per_address=_int(env, "AUTH_FAILURES_PER_ADDRESS", 60),
+            cors_origins=tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()),
+            max_active_jobs_per_user=_int(env, "MAX_ACTIVE_JOBS_PER_USER", 20),
+            heavy_requests=_int(env, "HEAVY_REQUESTS", 4),
+            image_budget_mb=_int(env, "IMAGE_BUDGET_MB", 256),
         )
 
     @property
@@ -72,6 +84,14 @@ class Config:
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """Browser origins that may open a Socket.IO connection: CORS_ORIGINS, else the UI's and the API's."""
+        if self.cors_origins:
+            return list(self.cors_origins)
+        hosts = {self.api_host, "127.0.0.1", "localhost"}
+        return sorted({f"http://{h}:{p}" for h in hosts for p in (self.ui_port, self.api_port)})
 
     def path(self, *parts: str) -> Path:
         """A path under ``data_dir`` (folders are created by :func:`ensure_dirs`)."""

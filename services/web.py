@@ -134,15 +134,17 @@ def parse(model: type[BaseModel], data: dict) -> BaseModel:
 
 def authenticate() -> dict:
     """The user of a valid access token, or a 401 ApiError."""
-    from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+    from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+    from services.users import token_problem
 
     try:
         verify_jwt_in_request()
     except Exception as exc:  # flask-jwt-extended and PyJWT raise many types; all mean "not authenticated"
         raise ApiError(401, "unauthorized", _auth_message(exc)) from None
-    user = studio().store.get_user(get_jwt_identity())
+    user, problem = token_problem(studio().store, get_jwt())
     if user is None:
-        raise ApiError(401, "unauthorized", "the token's user no longer exists")
+        raise ApiError(401, "unauthorized", problem)
     return user
 
 

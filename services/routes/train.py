@@ -50,7 +50,7 @@ def resume(job_id: str, query: ResumeQuery):
     return ok({"jobs": new_id, "job_id": new_id, "resumed_from": job_id}, 202)
 
 
-@endpoint(bp, "/api/v1/models", roles=None)
+@endpoint(bp, "/api/v1/models", roles=PREDICTORS)
 def models():
     """The model zoo: name, default input size and a one-line description of every registered model."""
     return ok({"models": [dataclasses.asdict(info) for info in list_models()]})
@@ -58,8 +58,11 @@ def models():
 
 @endpoint(bp, "/api/v1/models/trained", roles=MODEL_READERS)
 def trained_models():
-    """Trained models with their metrics and active flag, newest first."""
-    return ok({"models": training.list_trained(studio().store)})
+    """Trained models with their metrics and active flag, newest first (clients see no file paths)."""
+    rows = training.list_trained(studio().store)
+    if g.user["role"] == "client":
+        rows = [{k: v for k, v in row.items() if k != "path"} for row in rows]
+    return ok({"models": rows})
 
 
 @endpoint(bp, "/api/v1/models/<model_id>/activate", ("POST",), roles=OPERATORS)
