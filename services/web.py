@@ -6,8 +6,12 @@ parsing and the OpenAPI document (``openapi_spec``) all read that declaration.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import re
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,16 +39,28 @@ def studio() -> Studio:
     return current_app.extensions["studio"]
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def scrub(message: str) -> str:
+    """A message without Python object reprs (``<_io.BytesIO object at 0x...>`` tells users nothing)."""
+    return _OBJECT_REPR.sub("the data", message)
+
+
 class ApiError(Exception):
     """Any non-2xx answer: ``{"error": code, "message": what to fix, "field": name or null}``."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        message = scrub(message)
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
 
     def response(self):
         resp = jsonify({"error": self.code, "message": self.message, "field": self.field})
         resp.status_code = self.status
+        resp.headers.update(self.headers)
         return resp
 
 
@@ -73,18 +89,21 @@ class EndpointMeta:
     query: type[BaseModel] | None
     summary: str
     form: bool = False
+    heavy: bool = False
 
 
 def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), roles: tuple[str, ...] | None = None,
              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None, summary: str = "",
-             form: bool = False):
+             form: bool = False, heavy: bool = False):
     """Register a view on ``bp`` with its roles (None = public; admin may always call) and schemas.
 
-    The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared.
+    The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared. A
+    ``heavy`` route (one that decodes images) runs only while a slot of :func:`heavy_slot` is free.
     """
 
     def decorate(view: Callable[..., Any]):
-        meta = EndpointMeta(roles, body, query, summary or (view.__doc__ or "").strip().split("\n")[0], form)
+        meta = EndpointMeta(roles, body, query, summary or (view.__doc__ or "").strip().split("\n")[0], form,
+                            heavy)
 
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
@@ -97,6 +116,9 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
                 kwargs["body"] = parse(body, _request_data(form))
             if query is not None:
                 kwargs["query"] = parse(query, request.args.to_dict())
+            if heavy:
+                with heavy_slot():
+                    return view(*args, **kwargs)
             return view(*args, **kwargs)
 
         wrapper.endpoint_meta = meta
@@ -106,10 +128,57 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
     return decorate
 
 
+def request_json():
+    """The request's JSON (None when absent or malformed); JSON nested too deeply to parse is a 400."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the JSON body is nested too deeply") from None
+
+
+HEAVY_WAIT_SECONDS = 5.0
+RETRY_AFTER_BUSY = "5"
+_heavy_lock = threading.Lock()
+
+
+def _heavy_semaphore() -> threading.BoundedSemaphore:
+    """The app's semaphore of heavy requests, made on first use with the configured number of slots."""
+    ext = current_app.extensions
+    with _heavy_lock:
+        if "heavy_slots" not in ext:
+            ext["heavy_slots"] = threading.BoundedSemaphore(max(1, studio().config.heavy_requests))
+        return ext["heavy_slots"]
+
+
+@contextmanager
+def heavy_slot():
+    """Hold one of the few slots for image-decoding work; 503 with Retry-After when none frees up soon.
+
+    N parallel uploads then cost at most ``heavy_requests`` decoded images of memory, not N.
+    """
+    slots = _heavy_semaphore()
+    if not slots.acquire(timeout=HEAVY_WAIT_SECONDS):
+        raise ApiError(503, "busy", "the server is busy with other images; try again shortly",
+                       headers={"Retry-After": RETRY_AFTER_BUSY})
+    try:
+        yield
+    finally:
+        slots.release()
+        _give_memory_back()
+
+
+def _give_memory_back() -> None:
+    """Ask glibc to return freed heap pages to the system, so a spike does not stay in the RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _request_data(form: bool) -> dict:
     if form:
         return request.form.to_dict()
-    data = request.get_json(silent=True)
+    data = request_json()
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object (Content-Type: application/json)")
     return data
@@ -180,7 +249,8 @@ ERROR_SCHEMA = {"type": "object", "required": ["error", "message", "field"], "ad
                                "field": {"type": ["string", "null"]}}}
 ERROR_STATUSES = {"400": "Invalid input", "401": "No, bad or expired token", "403": "Role may not call this",
                   "404": "Not found", "405": "Method not allowed", "409": "Conflict", "413": "Too large",
-                  "503": "Redis unreachable"}
+                  "429": "Too many requests or jobs", "503": "Redis unreachable or server busy (Retry-After)",
+                  "507": "Not enough disk"}
 
 
 def _error(description: str) -> dict:
