@@ -75,8 +75,14 @@ def ok(body: dict | list | None = None, status: int = 200):
 
 def from_invalid_input(exc: InvalidInput) -> ApiError:
     """Map the engine's validation error onto the API's error (413 for oversize images)."""
+    from services.quotas import InsufficientStorage, TooManyJobs
+
     if isinstance(exc, ImageTooLarge):
         return ApiError(413, "too_large", str(exc), exc.field)
+    if isinstance(exc, TooManyJobs):
+        return ApiError(429, "too_many_jobs", str(exc), exc.field)
+    if isinstance(exc, InsufficientStorage):
+        return ApiError(507, "insufficient_storage", str(exc), exc.field)
     return ApiError(400, "invalid", str(exc), exc.field)
 
 
@@ -90,20 +96,22 @@ class EndpointMeta:
     summary: str
     form: bool = False
     heavy: bool = False
+    submits_job: bool = False
 
 
 def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), roles: tuple[str, ...] | None = None,
              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None, summary: str = "",
-             form: bool = False, heavy: bool = False):
+             form: bool = False, heavy: bool = False, submits_job: bool = False):
     """Register a view on ``bp`` with its roles (None = public; admin may always call) and schemas.
 
     The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared. A
-    ``heavy`` route (one that decodes images) runs only while a slot of :func:`heavy_slot` is free.
+    ``heavy`` route (one that decodes images) runs only while a slot of :func:`heavy_slot` is free; a
+    route that ``submits_job`` is refused (429) when the user has too many queued or running jobs.
     """
 
     def decorate(view: Callable[..., Any]):
         meta = EndpointMeta(roles, body, query, summary or (view.__doc__ or "").strip().split("\n")[0], form,
-                            heavy)
+                            heavy, submits_job)
 
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
@@ -116,6 +124,8 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
                 kwargs["body"] = parse(body, _request_data(form))
             if query is not None:
                 kwargs["query"] = parse(query, request.args.to_dict())
+            if submits_job:
+                _check_job_quota()
             if heavy:
                 with heavy_slot():
                     return view(*args, **kwargs)
@@ -173,6 +183,15 @@ def _give_memory_back() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+def _check_job_quota() -> None:
+    from services.quotas import check_job_quota
+
+    try:
+        check_job_quota(studio().config, studio().store, g.user)
+    except InvalidInput as exc:
+        raise from_invalid_input(exc) from None
 
 
 def _request_data(form: bool) -> dict:

@@ -36,14 +36,14 @@ class PredictBody(BaseModel):
     model: str | None = None
 
 
-@endpoint(bp, "/api/v1/train", ("POST",), roles=OPERATORS, body=TrainRequest)
+@endpoint(bp, "/api/v1/train", ("POST",), roles=OPERATORS, body=TrainRequest, submits_job=True)
 def train(body: TrainRequest):
     """Start a training job (the seed's body); answers 202 with the job id."""
     job_id = training.submit_training(studio().config, studio().store, body, g.user["username"])
     return ok({"jobs": job_id, "job_id": job_id}, 202)
 
 
-@endpoint(bp, "/api/v1/jobs/<job_id>/resume", ("POST",), roles=OPERATORS, query=ResumeQuery)
+@endpoint(bp, "/api/v1/jobs/<job_id>/resume", ("POST",), roles=OPERATORS, query=ResumeQuery, submits_job=True)
 def resume(job_id: str, query: ResumeQuery):
     """Continue a stopped training job from its last checkpoint, as a new job (202)."""
     new_id = training.resume(studio().config, studio().store, job_id, g.user["username"], query.num_epochs)
