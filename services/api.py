@@ -34,7 +34,17 @@ from services.routes import BLUEPRINTS
 from services.routes.users import bp as users_bp
 from services.store import open_store
 from services.users import password_problem, token_problem
-from services.web import ALL_ROLES, ApiError, Studio, endpoint, from_invalid_input, ok, openapi_spec, studio
+from services.web import (
+    ALL_ROLES,
+    ApiError,
+    Studio,
+    endpoint,
+    from_invalid_input,
+    ok,
+    openapi_spec,
+    run_blocking,
+    studio,
+)
 
 log = logging.getLogger(__name__)
 jwt = JWTManager()
@@ -56,6 +66,15 @@ class LegacyJwtHeader:
         return self.wsgi_app(environ, start_response)
 
 
+def socket_async_mode() -> str:
+    """``gevent`` inside gunicorn's gevent worker (which patched the standard library), else ``threading``."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return "threading"
+    return "gevent" if monkey.is_module_patched("socket") else "threading"
+
+
 def create_app(config: Config | None = None) -> Flask:
     """Build the API application for ``config`` (default: read from the environment)."""
     config = config or Config.from_env()
@@ -72,7 +91,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.wsgi_app = LegacyJwtHeader(app.wsgi_app)
     jwt.init_app(app)
     limiter.init_app(app)
-    socketio.init_app(app, async_mode="threading", message_queue=config.effective_redis_url,
+    socketio.init_app(app, async_mode=socket_async_mode(), message_queue=config.effective_redis_url,
                       cors_allowed_origins=config.allowed_origins, logger=False, engineio_logger=False)
     app.register_blueprint(core)
     app.register_blueprint(users_bp)
@@ -160,7 +179,7 @@ def _per_address_limit() -> str:
 @limiter.limit(_per_address_limit, deduct_when=_failed_sign_in)
 def auth(body: AuthBody):
     """Exchange a username and password for an access token (failed attempts are rate-limited: 429)."""
-    user = studio().store.check_password(body.username, body.password)
+    user = run_blocking(studio().store.check_password, body.username, body.password)  # scrypt holds the CPU
     if user is None:
         raise ApiError(401, "bad_credentials", "wrong username or password")
     token = create_access_token(identity=user["username"],

@@ -46,14 +46,19 @@ class Child:
                 pass
 
 
-def gunicorn_argv(config: Config, threads: int = 64) -> list[str]:
-    """The API under gunicorn: one process, many threads (Flask-SocketIO's threading mode).
+def gunicorn_argv(config: Config, connections: int = 2000) -> list[str]:
+    """The API under gunicorn's gevent worker: one process, one event loop, a greenlet per connection.
 
-    The request line is not limited by gunicorn (whose own 414 page is HTML): query values have
-    declared maximum lengths, so an over-long one gets the API's JSON 400 naming the field.
+    An idle websocket or a client that sends its headers slowly then costs a greenlet, not one of a few
+    dozen threads, so none of them can stall ``/health``. Work that holds the CPU (image decoding,
+    predictions, GrabCut, password hashing) runs in real threads (see ``services.web``). One worker
+    process, because Socket.IO keeps its sessions in memory. The request line is not limited by gunicorn
+    (whose own 414 page is HTML): query values have declared maximum lengths, so an over-long one gets
+    the API's JSON 400 naming the field.
     """
-    return [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", str(threads), "--timeout", "120",
-            "--limit-request-line", "0", "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]
+    return [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gevent", "--worker-connections", str(connections),
+            "--timeout", "120", "--graceful-timeout", "10", "--keep-alive", "5", "--limit-request-line", "0",
+            "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]
 
 
 def plan(config: Config, what: str) -> list[Child]:

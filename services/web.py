@@ -6,6 +6,7 @@ parsing and the OpenAPI document (``openapi_spec``) all read that declaration.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import functools
 import re
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, has_request_context, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from engine.exceptions import ImageTooLarge, InvalidInput
@@ -128,7 +129,7 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
                 _check_job_quota()
             if heavy:
                 with heavy_slot():
-                    return view(*args, **kwargs)
+                    return run_blocking(view, *args, **kwargs)
             return view(*args, **kwargs)
 
         wrapper.endpoint_meta = meta
@@ -175,6 +176,31 @@ def heavy_slot():
     finally:
         slots.release()
         _give_memory_back()
+
+
+def _under_gevent() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")
+
+
+def run_blocking(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run CPU-bound work (decoding, inference, GrabCut, scrypt) off the event loop when serving under gevent.
+
+    The function runs in one of gevent's real threads with a copy of this request's context (``request``,
+    ``g``, the app); the request's body is read first, here, because its socket belongs to the loop.
+    Outside gevent it simply runs.
+    """
+    if not _under_gevent():
+        return fn(*args, **kwargs)
+    from gevent import get_hub
+
+    if has_request_context():
+        request.get_data(cache=True, parse_form_data=True)
+    context = contextvars.copy_context()
+    return get_hub().threadpool.apply(context.run, (fn, *args), kwargs)
 
 
 def _give_memory_back() -> None:

@@ -125,7 +125,7 @@ class Stack:
 
     def start_api(self) -> None:
         self.api = subprocess.Popen(
-            gunicorn_argv(self.config, threads=32), cwd=REPO_ROOT, env=self.env,
+            gunicorn_argv(self.config), cwd=REPO_ROOT, env=self.env,
             stdout=self.log("api"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.url + "/health", proc=self.api)
 
