@@ -44,7 +44,9 @@ def decoded_bytes(img: Image.Image) -> int:
         per_sample = 2
     else:
         per_sample = 1
-    return img.width * img.height * len(img.getbands()) * per_sample
+    in_file = len(img.getbands()) * per_sample
+    in_pillow = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4  # RGB is 4 bytes
+    return img.width * img.height * max(in_file, in_pillow)
 
 
 def open_image(data: bytes, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -73,6 +75,7 @@ def open_image(data: bytes, field: str = "image", max_pixels: int = DEFAULT_MAX_
                 img.draft(img.mode, (max_side, max_side))
             _check_size(img, field, max_pixels, max_bytes)
             img.load()
+            img = _reduced(img, max_side)
     except ImageTooLarge:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -80,7 +83,20 @@ def open_image(data: bytes, field: str = "image", max_pixels: int = DEFAULT_MAX_
     except Exception as exc:  # Pillow raises many types for corrupt data
         detail = _OBJECT_REPR.sub("the data", str(exc))  # an object's address tells the user nothing
         raise InvalidInput(f"'{field}' is not a readable image ({type(exc).__name__}: {detail})", field) from exc
-    return ImageOps.exif_transpose(img)
+    ImageOps.exif_transpose(img, in_place=True)  # the default returns a copy even when nothing turns
+    return img
+
+
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """``img`` shrunk by a whole factor while both sides stay at least ``max_side`` (later copies cost less)."""
+    factor = min(img.size) // max_side if max_side else 1
+    if factor < 2:
+        return img
+    reduced = img.reduce(factor)
+    reduced.info, reduced.format = img.info, img.format  # EXIF orientation still to be applied
+    if hasattr(img, "getexif"):
+        reduced.getexif().update(img.getexif())
+    return reduced
 
 
 def _check_size(img: Image.Image, field: str, max_pixels: int, max_bytes: int) -> None:
@@ -99,7 +115,8 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    rgb = img if img.mode == "RGB" else img.convert("RGB")  # convert() copies even when nothing changes
+    return np.array(rgb, dtype=np.uint8)
 
 
 def decode_image(data: bytes | str, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -200,7 +200,18 @@ def run_blocking(fn: Callable[..., Any], *args, **kwargs) -> Any:
     if has_request_context():
         request.get_data(cache=True, parse_form_data=True)
     context = contextvars.copy_context()
-    return get_hub().threadpool.apply(context.run, (fn, *args), kwargs)
+    ok_, value = get_hub().threadpool.apply(context.run, (_captured, fn, *args), kwargs)
+    if not ok_:
+        raise value  # raised here, in the request's greenlet, where the error handlers answer it
+    return value
+
+
+def _captured(fn: Callable[..., Any], *args, **kwargs) -> tuple[bool, Any]:
+    # gevent's thread pool prints every exception it sees; expected ones (a 400, a 413) must not fill the log.
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller unchanged
+        return False, exc
 
 
 def _give_memory_back() -> None:
