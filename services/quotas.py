@@ -20,6 +20,8 @@ ACTIVE = ("queued", "started")
 # Folders where jobs and uploads write under a temporary name before moving the file into place.
 TEMP_HOMES = ("datasets", "checkpoints", "exports", "objects", "newdata/images", "bgs/user")
 STALE_AFTER_SECONDS = 3600.0
+# Even with no job running, an upload may be writing its temporary file right now: spare the young ones.
+MIN_AGE_SECONDS = 120.0
 
 
 class TooManyJobs(InvalidInput):
@@ -81,11 +83,12 @@ def remove_stale_tmp(config: Config, store: Store, stale_after: float = STALE_AF
     """Remove temporary files and folders that no running job is writing; returns what was removed.
 
     Meant for a worker's start, after the catalog's started jobs of dead workers were marked ended. With no
-    job running anywhere, every temporary file is an orphan; otherwise only those untouched for
-    ``stale_after`` seconds are (a running generation keeps touching its file).
+    job running anywhere, every temporary file older than two minutes is an orphan (younger ones may be an
+    upload in progress); otherwise only those untouched for ``stale_after`` seconds are (a running
+    generation keeps touching its file).
     """
     anything_running = bool(store.list_jobs(status="started", limit=1))
-    cutoff = time.time() - stale_after
+    cutoff = time.time() - (stale_after if anything_running else MIN_AGE_SECONDS)
     removed = []
     for home in TEMP_HOMES:
         folder = config.path(home)
@@ -95,7 +98,7 @@ def remove_stale_tmp(config: Config, store: Store, stale_after: float = STALE_AF
             if not _is_temporary(path):
                 continue
             try:
-                if anything_running and path.stat().st_mtime > cutoff:
+                if path.stat().st_mtime > cutoff:
                     continue
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             except FileNotFoundError:  # its job finished and moved it meanwhile

@@ -66,8 +66,14 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
     staging = tmp_path / "exports" / ".set.0a1b"
     staging.mkdir()
     (staging / "x.png").write_bytes(b"png")
+    five_minutes_ago = time.time() - 300
+    for path in (orphan, staging):
+        os.utime(path, (five_minutes_ago, five_minutes_ago))
+    uploading = tmp_path / "objects" / ".cut.png.99.tmp"  # an upload being written as the worker starts
+    uploading.write_bytes(b"partial")
     assert sorted(p.name for p in remove_stale_tmp(config, store)) == [".half.h5.0a1b.tmp", ".set.0a1b"]
-    assert kept.exists() and not orphan.exists() and not staging.exists()
+    assert kept.exists() and uploading.exists() and not orphan.exists() and not staging.exists()
+    uploading.unlink()
 
     store.create_job("running", "generate", {}, "operator")
     store.update_job("running", status="started")
