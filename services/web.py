@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.exceptions import ImageTooLarge, InvalidInput
 from services.config import Config
+from services.quotas import InsufficientStorage, TooManyJobs, check_job_quota
 from services.store import Store
 
 PUBLIC: tuple[str, ...] = ()
@@ -75,9 +76,7 @@ def ok(body: dict | list | None = None, status: int = 200):
 
 
 def from_invalid_input(exc: InvalidInput) -> ApiError:
-    """Map the engine's validation error onto the API's error (413 for oversize images)."""
-    from services.quotas import InsufficientStorage, TooManyJobs
-
+    """Map the engine's validation error onto the API's error (413 oversize image, 429 quota, 507 disk)."""
     if isinstance(exc, ImageTooLarge):
         return ApiError(413, "too_large", str(exc), exc.field)
     if isinstance(exc, TooManyJobs):
@@ -223,8 +222,6 @@ def _give_memory_back() -> None:
 
 
 def _check_job_quota() -> None:
-    from services.quotas import check_job_quota
-
     try:
         check_job_quota(studio().config, studio().store, g.user)
     except InvalidInput as exc:
