@@ -537,6 +537,14 @@ def _item_id(item: Any) -> str:
     return item.stem if isinstance(item, Path) else str(item)
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A text cell that a spreadsheet shows as text: a leading ``'`` before what would start a formula."""
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+
+
 def export_csv(items: Iterable[tuple[Any, Sequence[str]]], label_set: Sequence[str]) -> str:
     """Return the labelled set as CSV: header ``Id`` then one 0/1 column per label, in label-set order.
 
@@ -545,17 +553,19 @@ def export_csv(items: Iterable[tuple[Any, Sequence[str]]], label_set: Sequence[s
         label_set: the label set (columns).
 
     Returns:
-        The CSV text, ``\\n`` line endings, one row per item in the given order.
+        The CSV text, ``\\n`` line endings, one row per item in the given order. A cell that starts with
+        ``=``, ``+``, ``-`` or ``@`` is prefixed with ``'`` so spreadsheets show it as text.
 
     Raises:
         InvalidInput: an item carries a label outside the label set (named).
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["Id", *label_set])
+    # Labels and ids come from users, and a cell such as =HYPERLINK(...) would run when the file is opened.
+    writer.writerow(["Id", *(spreadsheet_safe(label) for label in label_set)])
     for item, labels in items:
         chosen = set(validate_labels(labels, label_set))
-        writer.writerow([_item_id(item), *(int(label in chosen) for label in label_set)])
+        writer.writerow([spreadsheet_safe(_item_id(item)), *(int(label in chosen) for label in label_set)])
     return out.getvalue()
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 from html import escape
 from typing import Literal
@@ -16,7 +19,9 @@ from typing import Literal
 import click
 import redis
 from flask import Blueprint, Flask, current_app, g, request
-from flask_jwt_extended import JWTManager, create_access_token, decode_token
+from flask_jwt_extended import JWTManager, create_access_token, decode_token, get_jwt
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_socketio import SocketIO, disconnect, join_room
 from pydantic import BaseModel, Field
 from werkzeug.exceptions import HTTPException
@@ -27,12 +32,25 @@ from services import jobs
 from services.config import ROLES, Config
 from services.kinds import load_job_kinds
 from services.routes import BLUEPRINTS
+from services.routes.users import bp as users_bp
 from services.store import open_store
-from services.web import ApiError, Studio, endpoint, from_invalid_input, ok, openapi_spec, studio
+from services.users import password_problem, token_problem
+from services.web import (
+    ALL_ROLES,
+    ApiError,
+    Studio,
+    endpoint,
+    from_invalid_input,
+    ok,
+    openapi_spec,
+    run_blocking,
+    studio,
+)
 
 log = logging.getLogger(__name__)
 jwt = JWTManager()
 socketio = SocketIO()
+limiter = Limiter(key_func=get_remote_address)
 JOB_READERS = ("operator", "client")  # clients read only their own jobs
 
 
@@ -49,6 +67,15 @@ class LegacyJwtHeader:
         return self.wsgi_app(environ, start_response)
 
 
+def socket_async_mode() -> str:
+    """``gevent`` inside gunicorn's gevent worker (which patched the standard library), else ``threading``."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return "threading"
+    return "gevent" if monkey.is_module_patched("socket") else "threading"
+
+
 def create_app(config: Config | None = None) -> Flask:
     """Build the API application for ``config`` (default: read from the environment)."""
     config = config or Config.from_env()
@@ -57,19 +84,39 @@ def create_app(config: Config | None = None) -> Flask:
     app.config.update(
         JWT_SECRET_KEY=config.secret_key(), JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=config.token_minutes),
         JWT_TOKEN_LOCATION=["headers"], MAX_CONTENT_LENGTH=config.max_upload_mb * 1024 * 1024,
-        JSON_SORT_KEYS=False)
+        JSON_SORT_KEYS=False, RATELIMIT_STORAGE_URI=config.effective_redis_url, RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_KEY_PREFIX="studio-limits", RATELIMIT_STRATEGY="moving-window",
+        # While Redis is down, counts are kept in this process rather than letting every guess through.
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True, RATELIMIT_SWALLOW_ERRORS=True)
     app.extensions["studio"] = Studio(config, open_store(config.data_dir))
     load_job_kinds(config)
     app.wsgi_app = LegacyJwtHeader(app.wsgi_app)
     jwt.init_app(app)
-    socketio.init_app(app, async_mode="threading", message_queue=config.effective_redis_url,
-                      cors_allowed_origins="*", logger=False, engineio_logger=False)
+    limiter.init_app(app)
+    socketio.init_app(app, async_mode=socket_async_mode(), message_queue=config.effective_redis_url,
+                      cors_allowed_origins=config.allowed_origins, logger=False, engineio_logger=False)
     app.register_blueprint(core)
+    app.register_blueprint(users_bp)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     _register_error_handlers(app)
+    app.after_request(_security_headers)
     app.cli.add_command(create_user_command)
     return app
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",  # an uploaded file is never run as a script or a page
+    "X-Frame-Options": "DENY",  # no page of the API inside someone else's frame (clickjacking)
+    "Content-Security-Policy": "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _security_headers(response):
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -81,8 +128,11 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.code, "http_error")
+        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed",
+                429: "too_many_requests"}.get(exc.code, "http_error")
         message = f"the request body exceeds {studio().config.max_upload_mb} MB" if exc.code == 413 else exc.description
+        if exc.code == 429:
+            message = "too many failed sign-ins; wait before trying again (see Retry-After)"
         return ApiError(exc.code or 500, code, message).response()
 
     @app.errorhandler(redis.exceptions.RedisError)
@@ -105,15 +155,48 @@ class AuthBody(BaseModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
+def _failed_sign_in(response) -> bool:
+    return response.status_code == 401
+
+
+def _auth_username() -> str:
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # the endpoint answers 400 for it
+        return ""
+    name = data.get("username") if isinstance(data, dict) else None
+    return f"user:{name[:64]}" if isinstance(name, str) and name else ""
+
+
+def _per_user_limit() -> str:
+    return f"{studio().config.auth_failures_per_user}/minute"
+
+
+def _per_address_limit() -> str:
+    return f"{studio().config.auth_failures_per_address}/minute"
+
+
 @endpoint(core, "/auth", ("POST",), roles=None, body=AuthBody)
+@limiter.limit(_per_user_limit, key_func=_auth_username, deduct_when=_failed_sign_in)
+@limiter.limit(_per_address_limit, deduct_when=_failed_sign_in)
 def auth(body: AuthBody):
-    """Exchange a username and password for an access token."""
-    user = studio().store.check_password(body.username, body.password)
+    """Exchange a username and password for an access token (failed attempts are rate-limited: 429)."""
+    user = run_blocking(studio().store.check_password, body.username, body.password)  # scrypt holds the CPU
     if user is None:
         raise ApiError(401, "bad_credentials", "wrong username or password")
-    token = create_access_token(identity=user["username"], additional_claims={"role": user["role"]})
+    token = create_access_token(identity=user["username"],
+                                additional_claims={"role": user["role"], "tv": user["token_version"]})
     return ok({"access_token": token, "role": user["role"],
                "expires_in": studio().config.token_minutes * 60})
+
+
+@endpoint(core, "/auth/logout", ("POST",), roles=ALL_ROLES)
+def logout():
+    """Revoke the token this request carries (other sessions of the user stay signed in)."""
+    claims = get_jwt()
+    studio().store.revoke_token(claims["jti"], float(claims["exp"]))
+    live_sockets.drop(lambda entry: entry.jti == claims["jti"])
+    return ok({"revoked": True})
 
 
 @endpoint(core, "/health", roles=None)
@@ -198,18 +281,95 @@ def cancel_job(job_id: str):
 
 
 # --- Socket.IO -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LiveSocket:
+    """What a connected socket was authenticated with, to drop it when that stops being true."""
+
+    sid: str
+    namespace: str
+    username: str
+    jti: str
+    expires_at: float
+    claims: dict
+
+
+class LiveSockets:
+    """The connected sockets of this process; a sweeper thread drops the expired and the revoked."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], LiveSocket] = {}
+        self._sweeper_started = False
+
+    def add(self, entry: LiveSocket, app: Flask) -> None:
+        with self._lock:
+            self._entries[(entry.sid, entry.namespace)] = entry
+            start, self._sweeper_started = not self._sweeper_started, True
+        if start:
+            socketio.start_background_task(self._sweep_forever, app)
+
+    def remove(self, sid: str, namespace: str) -> None:
+        with self._lock:
+            self._entries.pop((sid, namespace), None)
+
+    def get(self, sid: str, namespace: str) -> LiveSocket | None:
+        with self._lock:
+            return self._entries.get((sid, namespace))
+
+    def drop(self, predicate) -> int:
+        """Disconnect every socket whose entry satisfies ``predicate``; returns how many."""
+        with self._lock:
+            doomed = [e for e in self._entries.values() if predicate(e)]
+        for entry in doomed:
+            self.remove(entry.sid, entry.namespace)
+            socketio.server.disconnect(entry.sid, namespace=entry.namespace)
+        return len(doomed)
+
+    def sweep(self, store) -> int:
+        """Drop the sockets whose token has expired or was revoked since they connected."""
+        now = time.time()
+        return self.drop(lambda e: e.expires_at <= now or token_problem(store, e.claims)[0] is None)
+
+    def _sweep_forever(self, app: Flask) -> None:
+        while True:
+            socketio.sleep(SOCKET_SWEEP_SECONDS)
+            try:
+                self.sweep(app.extensions["studio"].store)
+            except Exception:  # a sweep that fails (catalog busy) is retried at the next tick
+                log.exception("socket sweep failed")
+
+
+SOCKET_SWEEP_SECONDS = 2.0
+live_sockets = LiveSockets()
+
+
 def _socket_user(auth) -> dict:
+    """Authenticate a connecting socket and remember it; refuse it without a valid, unrevoked token."""
     token = (auth or {}).get("token") if isinstance(auth, dict) else None
     token = token or request.args.get("token")
-    if not token:
+    if not token or not isinstance(token, str):
         raise ConnectionRefusedError("a token is required: connect with auth={'token': ...} or ?token=")
     try:
-        identity = decode_token(token)["sub"]
+        claims = decode_token(token)
     except Exception:
         raise ConnectionRefusedError("the token is invalid or expired") from None
-    user = studio().store.get_user(identity)
+    user, problem = token_problem(studio().store, claims)
     if user is None:
-        raise ConnectionRefusedError("the token's user no longer exists")
+        raise ConnectionRefusedError(problem)
+    live_sockets.add(LiveSocket(request.sid, request.namespace, user["username"], str(claims.get("jti", "")),
+                                float(claims["exp"]), claims), current_app._get_current_object())
+    return user
+
+
+def _current_socket_user() -> dict | None:
+    """The user of this socket if its token still stands; otherwise the socket is disconnected."""
+    entry = live_sockets.get(request.sid, request.namespace)
+    user = None
+    if entry is not None and entry.expires_at > time.time():
+        user = token_problem(studio().store, entry.claims)[0]
+    if user is None:
+        live_sockets.remove(request.sid, request.namespace)
+        disconnect()
     return user
 
 
@@ -217,6 +377,12 @@ def _join_job_rooms(user: dict) -> None:
     join_room(f"jobs:user:{user['username']}")
     if user["role"] in ("admin", "operator"):
         join_room("jobs:all")
+
+
+@socketio.on("connect")
+def root_connect(auth=None):
+    """The default namespace carries nothing, but it too refuses a connection without a token."""
+    _socket_user(auth)
 
 
 @socketio.on("connect", namespace="/test")
@@ -227,23 +393,21 @@ def seed_connect(auth=None):
 
 @socketio.on("connect", namespace="/jobs")
 def jobs_connect(auth=None):
-    user = _socket_user(auth)
-    from flask import session
+    _socket_user(auth)
 
-    session["user"] = user
+
+for _namespace in ("/", "/test", "/jobs"):
+    socketio.on("disconnect", namespace=_namespace)(lambda *args: live_sockets.remove(request.sid, request.namespace))
 
 
 @socketio.on("subscribe", namespace="/jobs")
 def jobs_subscribe(data):
     """Receive the events of one job (``progress``, ``epoch``, ``finished``, ``failed``, ``cancelled``)."""
-    from flask import session
-
-    user = session.get("user")
-    job_id = str((data or {}).get("job_id", "")) if isinstance(data, dict) else str(data)
-    record = studio().store.get_job(job_id) if user else None
+    user = _current_socket_user()
     if user is None:
-        disconnect()
         return {"ok": False, "error": "not authenticated"}
+    job_id = str((data or {}).get("job_id", "")) if isinstance(data, dict) else str(data)
+    record = studio().store.get_job(job_id)
     if record is None or not _may_read(user, record):
         return {"ok": False, "error": f"no job '{job_id}'"}
     join_room(f"job:{job_id}")
@@ -266,6 +430,9 @@ def create_user_command(username: str, role: str) -> None:
             raise click.ClickException("the passwords differ")
     else:
         password = sys.stdin.readline().rstrip("\n")
+    problem = password_problem(password, username)
+    if problem:
+        raise click.ClickException(problem)
     try:
         studio().store.create_user(username, password, role)
     except ValueError as exc:

@@ -21,6 +21,11 @@ def _int(env: dict, name: str, default: int) -> int:
         raise SystemExit(f"configuration error: {name} must be an integer, got {raw!r}") from None
 
 
+def _names(env: dict, name: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the services need to know about their surroundings.
@@ -45,6 +50,12 @@ class Config:
     workers: int = 1
     queue_name: str = "studio"
     job_modules: tuple[str, ...] = ()
+    auth_failures_per_user: int = 10  # wrong passwords per username per minute before 429
+    auth_failures_per_address: int = 60  # wrong passwords per client address per minute before 429
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed on Socket.IO; () means the UI's own
+    max_active_jobs_per_user: int = 20  # queued + running jobs one non-admin may have
+    heavy_requests: int = 4  # image-decoding requests served at once; more wait briefly, then 503
+    image_budget_mb: int = 256  # decoded pixels of one image: width x height x channels x bytes per sample
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Config:
@@ -62,17 +73,33 @@ class Config:
             max_upload_mb=_int(env, "MAX_UPLOAD_MB", 32),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
             workers=_int(env, "WORKERS", 1),
-            job_modules=tuple(m.strip() for m in env.get("JOB_MODULES", "").split(",") if m.strip()),
+            job_modules=_names(env, "JOB_MODULES"),
+            auth_failures_per_user=_int(env, "AUTH_FAILURES_PER_USER", 10),
+            auth_failures_per_address=_int(env, "AUTH_FAILURES_PER_ADDRESS", 60),
+            cors_origins=_names(env, "CORS_ORIGINS"),
+            max_active_jobs_per_user=_int(env, "MAX_ACTIVE_JOBS_PER_USER", 20),
+            heavy_requests=_int(env, "HEAVY_REQUESTS", 4),
+            image_budget_mb=_int(env, "IMAGE_BUDGET_MB", 256),
         )
 
     @property
     def effective_redis_url(self) -> str:
-        """The Redis every part talks to: REDIS_URL, else the embedded server's address."""
-        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        """The Redis every part talks to: REDIS_URL, else the embedded server's address with its password."""
+        if self.redis_url:
+            return self.redis_url
+        return f"redis://:{self.redis_password()}@127.0.0.1:{self.redis_port}/0"
 
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """Browser origins that may open a Socket.IO connection: CORS_ORIGINS, else the UI's and the API's."""
+        if self.cors_origins:
+            return list(self.cors_origins)
+        hosts = {self.api_host, "127.0.0.1", "localhost"}
+        return sorted({f"http://{h}:{p}" for h in hosts for p in (self.ui_port, self.api_port)})
 
     def path(self, *parts: str) -> Path:
         """A path under ``data_dir`` (folders are created by :func:`ensure_dirs`)."""
@@ -102,13 +129,27 @@ class Config:
         """The JWT signing key: JWT_SECRET_KEY, else one generated once and kept owner-only."""
         if self.jwt_secret_key:
             return self.jwt_secret_key
-        key_file = self.path("jwt_secret.key")
-        if not key_file.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            tmp = key_file.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-            os.replace(tmp, key_file)
-        os.chmod(key_file, 0o600)
-        return key_file.read_text().strip()
+        return _owner_only_secret(self.path("jwt_secret.key"), 48)
+
+    def redis_password(self) -> str:
+        """The embedded Redis's password, generated once and kept owner-only in ``redis_password.key``."""
+        # URL-safe and without '@', ':' or '/', so it can sit in a redis:// URL unquoted.
+        return _owner_only_secret(self.path("redis_password.key"), 32)
+
+
+def _owner_only_secret(key_file: Path, nbytes: int) -> str:
+    """Read a secret file, creating it (mode 0600) first if absent; processes racing to create it agree."""
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key_file.with_name(f"{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(nbytes))
+        try:
+            os.link(tmp, key_file)  # fails if another process got there first: its secret wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    os.chmod(key_file, 0o600)
+    return key_file.read_text().strip()

@@ -44,6 +44,7 @@ from engine.images import encode_png, open_image
 from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
+from services.quotas import check_disk_reservation
 from services.segment import object_paths
 from services.store import Store
 
@@ -204,10 +205,15 @@ def folder_targets(config: Config, name: str) -> dict[str, Path]:
     return {split: config.path(f"{name}_{split}") for split in SPLITS}
 
 
-def check_disk_space(config: Config, gen: GenerationConfig, n_objects: int) -> None:
-    """Refuse a dataset that cannot fit on the disk (HDF5 samples are stored uncompressed)."""
+def check_disk_space(config: Config, gen: GenerationConfig, n_objects: int, store: Store | None = None) -> int:
+    """Refuse a dataset that cannot fit on the disk (HDF5 samples are stored uncompressed); returns its size.
+
+    With ``store``, what queued and running generations reserved counts as used (507 when it does not fit).
+    """
     samples = sum(count_samples(gen, n_objects).values())
     needed = samples * gen.image_size ** 2 * 3 * _DISK_HEADROOM
+    if store is not None:
+        check_disk_reservation(config, store, int(needed), "image_size")
     folder = config.path("datasets")
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
@@ -215,6 +221,7 @@ def check_disk_space(config: Config, gen: GenerationConfig, n_objects: int) -> N
         raise InvalidInput(f"{samples} samples of {gen.image_size}px need about {needed / 1e9:.1f} GB; only "
                            f"{free / 1e9:.1f} GB are free (lower number_backgrounds, angles, scales or image_size)",
                            "image_size")
+    return int(needed)
 
 
 def submit_generation(config: Config, store: Store, body: GenerateBody, username: str | None) -> str:
@@ -228,13 +235,13 @@ def submit_generation(config: Config, store: Store, body: GenerateBody, username
     gen = generation_config(body)
     library = object_paths(config, store, body.classes)
     background_sets(config, required=True)
-    check_disk_space(config, gen, sum(len(paths) for paths in library.values()))
+    needed = check_disk_space(config, gen, sum(len(paths) for paths in library.values()), store)
     name = dataset_name(config, store, body.name, gen.image_size, body.spelled("name"))
     taken = [p.name for p in folder_targets(config, name).values() if body.export_folders and p.exists()]
     if taken:
         raise DatasetExists(f"export folders exist already: {', '.join(taken)}", body.spelled("name"))
     params = {"config": gen.to_dict(), "classes": list(library), "name": name,
-              "export_folders": bool(body.export_folders)}
+              "export_folders": bool(body.export_folders), "reserved_bytes": needed}
     return jobs.submit(config, store, "generate", params, username)
 
 

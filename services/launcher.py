@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.config import REPO_ROOT, Config
-from services.redis_server import redis_executable, wait_for_redis
+from services.redis_server import redis_argv, wait_for_redis
 from services.store import open_store
 
 MAX_RESTARTS_PER_MINUTE = 3
@@ -30,12 +30,13 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    umask: int = -1  # -1: inherit the launcher's
 
     def start(self, env: dict) -> None:
         # Each child leads its own process group, so a signal reaches what it started too. (RQ's work horses
         # have groups of their own: a worker forwards SIGTERM to its horse, and a killed worker's horse dies
         # with it, see services/worker.die_with_parent.)
-        self.proc = subprocess.Popen(self.argv, env=env, cwd=REPO_ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(self.argv, env=env, cwd=REPO_ROOT, start_new_session=True, umask=self.umask)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -45,14 +46,19 @@ class Child:
                 pass
 
 
-def gunicorn_argv(config: Config, threads: int = 64) -> list[str]:
-    """The API under gunicorn: one process, many threads (Flask-SocketIO's threading mode).
+def gunicorn_argv(config: Config, connections: int = 2000) -> list[str]:
+    """The API under gunicorn's gevent worker: one process, one event loop, a greenlet per connection.
 
-    The request line is not limited by gunicorn (whose own 414 page is HTML): query values have
-    declared maximum lengths, so an over-long one gets the API's JSON 400 naming the field.
+    An idle websocket or a client that sends its headers slowly then costs a greenlet, not one of a few
+    dozen threads, so none of them can stall ``/health``. Work that holds the CPU (image decoding,
+    predictions, GrabCut, password hashing) runs in real threads (see ``services.web``). One worker
+    process, because Socket.IO keeps its sessions in memory. The request line is not limited by gunicorn
+    (whose own 414 page is HTML): query values have declared maximum lengths, so an over-long one gets
+    the API's JSON 400 naming the field.
     """
-    return [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", str(threads), "--timeout", "120",
-            "--limit-request-line", "0", "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]
+    return [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gevent", "--worker-connections", str(connections),
+            "--timeout", "120", "--graceful-timeout", "10", "--keep-alive", "5", "--limit-request-line", "0",
+            "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]
 
 
 def plan(config: Config, what: str) -> list[Child]:
@@ -60,9 +66,8 @@ def plan(config: Config, what: str) -> list[Child]:
     py = sys.executable
     children: list[Child] = []
     if what == "all" and not config.redis_url:
-        children.append(Child("redis", [redis_executable(), "--port", str(config.redis_port), "--bind", "127.0.0.1",
-                                        "--dir", str(config.path("redis")), "--appendonly", "yes", "--save", "",
-                                        "--daemonize", "no", "--loglevel", "warning"]))
+        argv = redis_argv(config.redis_port, config.path("redis"), config.redis_password())
+        children.append(Child("redis", argv, umask=0o077))
     children += [Child(f"worker-{i + 1}", [py, "-m", "services.worker"]) for i in range(config.workers)]
     if what == "all":
         children.append(Child("api", gunicorn_argv(config)))
@@ -126,6 +131,15 @@ def shutdown(children: list[Child], timeout: float = 10.0) -> None:
             child.proc.wait()
 
 
+def _without_password(url: str) -> str:
+    """The URL as it may be printed: any password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", nargs="?", choices=("all", "worker"), default="all")
@@ -140,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         child.start(env)
         if child.name == "redis":
             wait_for_redis(config.effective_redis_url, proc=child.proc)
-    print(f"[launcher] Redis  {config.effective_redis_url}{'' if config.redis_url else ' (embedded)'}", flush=True)
+    print(f"[launcher] Redis  {_without_password(config.effective_redis_url)}"
+          f"{'' if config.redis_url else ' (embedded, password in redis_password.key)'}", flush=True)
     print(f"[launcher] {config.workers} worker(s) on queue '{config.queue_name}'", flush=True)
     if args.what == "all":
         print(f"[launcher] API    {config.api_url}  (docs: {config.api_url}/api/v1/docs)", flush=True)

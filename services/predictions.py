@@ -16,6 +16,8 @@ from services.config import Config
 from services.store import Store
 
 _lock = threading.Lock()
+# Models see a few hundred pixels a side; a JPEG is decoded at the smallest scale that keeps this many.
+PREDICT_MAX_SIDE = 1024
 
 
 def choose_model(store: Store, model_id: str | None = None, multi_label: bool | None = None) -> dict | None:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import redis
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from engine.exceptions import InvalidInput, NotFound
 from engine.files import atomic_write_bytes
@@ -55,6 +55,8 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 Point = tuple[Number, Number]
 Polyline = Annotated[list[Point], Field(min_length=1, max_length=10_000)]
 Strokes = Annotated[list[Polyline], Field(max_length=200)]
+# Drawing strokes costs about points x width; this allows e.g. 20,000 points at width 100.
+MAX_STROKE_WORK = 2_000_000
 
 
 class UnknownObject(NotFound):
@@ -110,6 +112,15 @@ class SegmentBody(BaseModel):
     def _class_name(cls, value: str) -> str:
         return validate_class_name(value, "ean")
 
+    @field_validator("stroke_width")
+    @classmethod
+    def _stroke_budget(cls, value: int, info: ValidationInfo) -> int:
+        points = sum(len(line) for key in ("fg_strokes", "bg_strokes") for line in info.data.get(key) or ())
+        if points * value > MAX_STROKE_WORK:
+            raise ValueError(f"{points} stroke points at width {value} exceed the budget of {MAX_STROKE_WORK:,} "
+                             "(points x width); send fewer points or a thinner stroke")
+        return value
+
     def box(self) -> tuple[int, int, int, int]:
         """The box in whole pixels, grown outwards when fractional (a drawn box never loses the object's edge)."""
         return math.floor(self.x1), math.floor(self.y1), math.ceil(self.x2), math.ceil(self.y2)
@@ -120,7 +131,7 @@ class SegmentBody(BaseModel):
 
 def decode(config: Config, data: str | bytes, field: str = "image") -> np.ndarray:
     """Decode a request image (base64 or bytes) under the configured pixel limit into RGB uint8."""
-    return decode_image(data, field, config.max_image_pixels)
+    return decode_image(data, field, config.max_image_pixels, config.image_budget_mb * 2**20)
 
 
 def cut_out(image: np.ndarray, box: Sequence[float], iterations: int = DEFAULT_ITERATIONS,

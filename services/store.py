@@ -7,8 +7,10 @@ Rows that point at files are written after the file is in place, so a crash leav
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -46,6 +48,10 @@ MIGRATIONS: tuple[str, ...] = (
         uploaded_by TEXT, uploaded_at REAL NOT NULL, exif_date TEXT, gps TEXT,
         latitude REAL, longitude REAL, altitude REAL, predict_tags TEXT,
         labels TEXT, labelled_by TEXT, labelled_at REAL);
+    """,
+    """
+    ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE revoked_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
     """,
 )
 
@@ -162,12 +168,21 @@ class Store:
                                "role": role, "created_at": time.time()})
 
     def get_user(self, username: str) -> dict | None:
-        return self._one("SELECT username, role, created_at FROM users WHERE username = ?", (username,))
+        """The user's name, role, creation time and token version (None if there is no such user)."""
+        return self._one("SELECT username, role, created_at, token_version FROM users WHERE username = ?",
+                         (username,))
 
     def check_password(self, username: str, password: str) -> dict | None:
-        """The user when the password matches, else None (the same answer for unknown users)."""
+        """The user when the password matches, else None.
+
+        An unknown user costs one scrypt verification too, against a dummy hash, so the answer's timing
+        does not tell which usernames exist.
+        """
         row = self._one("SELECT * FROM users WHERE username = ?", (username,))
-        if row is None or not check_password_hash(row["password_hash"], password):
+        if row is None:
+            check_password_hash(_dummy_hash(), password)
+            return None
+        if not check_password_hash(row["password_hash"], password):
             return None
         row.pop("password_hash")
         return row
@@ -178,6 +193,41 @@ class Store:
     def count_users(self) -> int:
         with self.connect(write=False) as conn:
             return conn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+    def set_role(self, username: str, role: str) -> bool:
+        """Change a user's role and revoke their tokens; False if there is no such user."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
+        return self._change_user(username, "role = ?", (role,))
+
+    def set_password(self, username: str, password: str) -> bool:
+        """Replace a user's password and revoke their tokens; False if there is no such user."""
+        return self._change_user(username, "password_hash = ?", (generate_password_hash(password),))
+
+    def revoke_user_tokens(self, username: str) -> bool:
+        """Invalidate every token issued to the user so far."""
+        return self._change_user(username, "", ())
+
+    def delete_user(self, username: str) -> bool:
+        """Remove a user (their tokens die with the row); False if there was no such user."""
+        with self.connect() as conn:
+            return conn.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 1
+
+    def _change_user(self, username: str, assignment: str, args: tuple) -> bool:
+        sets = f"{assignment}, " if assignment else ""
+        with self.connect() as conn:
+            cur = conn.execute(f"UPDATE users SET {sets}token_version = token_version + 1 WHERE username = ?",
+                               (*args, username))
+            return cur.rowcount == 1
+
+    def revoke_token(self, jti: str, expires_at: float) -> None:
+        """Refuse one token (a logout) until it would have expired anyway; expired entries are pruned."""
+        with self.connect() as conn:
+            conn.execute("DELETE FROM revoked_tokens WHERE expires_at < ?", (time.time(),))
+            conn.execute("INSERT OR REPLACE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)", (jti, expires_at))
+
+    def is_token_revoked(self, jti: str) -> bool:
+        return self._one("SELECT jti FROM revoked_tokens WHERE jti = ?", (jti,)) is not None
 
     # --- jobs ------------------------------------------------------------------------------------
     def create_job(self, job_id: str, kind: str, params: dict, created_by: str | None) -> None:
@@ -243,8 +293,20 @@ class Store:
             conn.execute("UPDATE models SET active = 1 WHERE id = ?", (model_id,))
 
 
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
 def open_store(data_dir: Path) -> Store:
-    """The catalog of a data folder, migrated."""
-    store = Store(Path(data_dir) / "catalog.sqlite3")
+    """The catalog of a data folder, migrated, readable by its owner only (it holds password hashes)."""
+    path = Path(data_dir) / "catalog.sqlite3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    store = Store(path)
     store.migrate()
+    for suffix in ("", "-wal", "-shm"):  # SQLite gives its -wal/-shm the database's mode; older ones may differ
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.chmod(companion, 0o600)
     return store

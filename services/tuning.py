@@ -78,11 +78,16 @@ def _low_high(value: list[float] | None, floor: float, ceiling: float, open_floo
     return [float(low), float(high)]
 
 
+MAX_CHOICES = 64  # a categorical dimension wider than this is not a search a study can cover
+
+
 def _choices(value: list, allowed: Callable[[object], None]) -> list | None:
     if value is None:
         return None
     if not value:
         raise ValueError("name at least one choice")
+    if len(value) > MAX_CHOICES:
+        raise ValueError(f"at most {MAX_CHOICES} choices, got {len(value)}")
     for item in value:
         allowed(item)
     return list(dict.fromkeys(value))  # duplicates would only tilt the sampler

@@ -6,16 +6,22 @@ parsing and the OpenAPI document (``openapi_spec``) all read that declaration.
 
 from __future__ import annotations
 
+import contextvars
+import ctypes
 import functools
+import re
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, has_request_context, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from engine.exceptions import ImageTooLarge, InvalidInput
 from services.config import Config
+from services.quotas import InsufficientStorage, TooManyJobs, check_job_quota
 from services.store import Store
 from services.validation import invalid_input_from
 
@@ -36,16 +42,28 @@ def studio() -> Studio:
     return current_app.extensions["studio"]
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def scrub(message: str) -> str:
+    """A message without Python object reprs (``<_io.BytesIO object at 0x...>`` tells users nothing)."""
+    return _OBJECT_REPR.sub("the data", message)
+
+
 class ApiError(Exception):
     """Any non-2xx answer: ``{"error": code, "message": what to fix, "field": name or null}``."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        message = scrub(message)
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
 
     def response(self):
         resp = jsonify({"error": self.code, "message": self.message, "field": self.field})
         resp.status_code = self.status
+        resp.headers.update(self.headers)
         return resp
 
 
@@ -59,9 +77,13 @@ def ok(body: dict | list | None = None, status: int = 200):
 
 
 def from_invalid_input(exc: InvalidInput) -> ApiError:
-    """Map the engine's validation error onto the API's error (413 for oversize images)."""
+    """Map the engine's validation error onto the API's error (413 oversize image, 429 quota, 507 disk)."""
     if isinstance(exc, ImageTooLarge):
         return ApiError(413, "too_large", str(exc), exc.field)
+    if isinstance(exc, TooManyJobs):
+        return ApiError(429, "too_many_jobs", str(exc), exc.field)
+    if isinstance(exc, InsufficientStorage):
+        return ApiError(507, "insufficient_storage", str(exc), exc.field)
     return ApiError(400, "invalid", str(exc), exc.field)
 
 
@@ -74,18 +96,23 @@ class EndpointMeta:
     query: type[BaseModel] | None
     summary: str
     form: bool = False
+    heavy: bool = False
+    submits_job: bool = False
 
 
 def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), roles: tuple[str, ...] | None = None,
              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None, summary: str = "",
-             form: bool = False):
+             form: bool = False, heavy: bool = False, submits_job: bool = False):
     """Register a view on ``bp`` with its roles (None = public; admin may always call) and schemas.
 
-    The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared.
+    The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared. A
+    ``heavy`` route (one that decodes images) runs only while a slot of :func:`heavy_slot` is free; a
+    route that ``submits_job`` is refused (429) when the user has too many queued or running jobs.
     """
 
     def decorate(view: Callable[..., Any]):
-        meta = EndpointMeta(roles, body, query, summary or (view.__doc__ or "").strip().split("\n")[0], form)
+        meta = EndpointMeta(roles, body, query, summary or (view.__doc__ or "").strip().split("\n")[0], form,
+                            heavy, submits_job)
 
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
@@ -98,6 +125,11 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
                 kwargs["body"] = parse(body, _request_data(form))
             if query is not None:
                 kwargs["query"] = parse(query, request.args.to_dict())
+            if submits_job:
+                _check_job_quota()
+            if heavy:
+                with heavy_slot():
+                    return run_blocking(view, *args, **kwargs)
             return view(*args, **kwargs)
 
         wrapper.endpoint_meta = meta
@@ -107,10 +139,100 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
     return decorate
 
 
+def request_json():
+    """The request's JSON (None when absent or malformed); JSON nested too deeply to parse is a 400."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the JSON body is nested too deeply") from None
+
+
+HEAVY_WAIT_SECONDS = 5.0
+RETRY_AFTER_BUSY = "5"
+_heavy_lock = threading.Lock()
+
+
+def _heavy_semaphore() -> threading.BoundedSemaphore:
+    """The app's semaphore of heavy requests, made on first use with the configured number of slots."""
+    ext = current_app.extensions
+    with _heavy_lock:
+        if "heavy_slots" not in ext:
+            ext["heavy_slots"] = threading.BoundedSemaphore(max(1, studio().config.heavy_requests))
+        return ext["heavy_slots"]
+
+
+@contextmanager
+def heavy_slot():
+    """Hold one of the few slots for image-decoding work; 503 with Retry-After when none frees up soon.
+
+    N parallel uploads then cost at most ``heavy_requests`` decoded images of memory, not N.
+    """
+    slots = _heavy_semaphore()
+    if not slots.acquire(timeout=HEAVY_WAIT_SECONDS):
+        raise ApiError(503, "busy", "the server is busy with other images; try again shortly",
+                       headers={"Retry-After": RETRY_AFTER_BUSY})
+    try:
+        yield
+    finally:
+        slots.release()
+        _give_memory_back()
+
+
+def _under_gevent() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")
+
+
+def run_blocking(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run CPU-bound work (decoding, inference, GrabCut, scrypt) off the event loop when serving under gevent.
+
+    The function runs in one of gevent's real threads with a copy of this request's context (``request``,
+    ``g``, the app); the request's body is read first, here, because its socket belongs to the loop.
+    Outside gevent it simply runs.
+    """
+    if not _under_gevent():
+        return fn(*args, **kwargs)
+    from gevent import get_hub
+
+    if has_request_context():
+        request.get_data(cache=True, parse_form_data=True)
+    context = contextvars.copy_context()
+    ok_, value = get_hub().threadpool.apply(context.run, (_captured, fn, *args), kwargs)
+    if not ok_:
+        raise value  # raised here, in the request's greenlet, where the error handlers answer it
+    return value
+
+
+def _captured(fn: Callable[..., Any], *args, **kwargs) -> tuple[bool, Any]:
+    # gevent's thread pool prints every exception it sees; expected ones (a 400, a 413) must not fill the log.
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller unchanged
+        return False, exc
+
+
+def _give_memory_back() -> None:
+    """Ask glibc to return freed heap pages to the system, so a spike does not stay in the RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _check_job_quota() -> None:
+    try:
+        check_job_quota(studio().config, studio().store, g.user)
+    except InvalidInput as exc:
+        raise from_invalid_input(exc) from None
+
+
 def _request_data(form: bool) -> dict:
     if form:
         return request.form.to_dict()
-    data = request.get_json(silent=True)
+    data = request_json()
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object (Content-Type: application/json)")
     return data
@@ -127,15 +249,17 @@ def parse(model: type[BaseModel], data: dict) -> BaseModel:
 
 def authenticate() -> dict:
     """The user of a valid access token, or a 401 ApiError."""
-    from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+    from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+    from services.users import token_problem
 
     try:
         verify_jwt_in_request()
     except Exception as exc:  # flask-jwt-extended and PyJWT raise many types; all mean "not authenticated"
         raise ApiError(401, "unauthorized", _auth_message(exc)) from None
-    user = studio().store.get_user(get_jwt_identity())
+    user, problem = token_problem(studio().store, get_jwt())
     if user is None:
-        raise ApiError(401, "unauthorized", "the token's user no longer exists")
+        raise ApiError(401, "unauthorized", problem)
     return user
 
 
@@ -171,7 +295,8 @@ ERROR_SCHEMA = {"type": "object", "required": ["error", "message", "field"], "ad
                                "field": {"type": ["string", "null"]}}}
 ERROR_STATUSES = {"400": "Invalid input", "401": "No, bad or expired token", "403": "Role may not call this",
                   "404": "Not found", "405": "Method not allowed", "409": "Conflict", "413": "Too large",
-                  "503": "Redis unreachable"}
+                  "429": "Too many requests or jobs", "503": "Redis unreachable or server busy (Retry-After)",
+                  "507": "Not enough disk"}
 
 
 def _error(description: str) -> dict:

@@ -23,6 +23,7 @@ from services import jobs
 from services.config import Config
 from services.jobs import RegisteredJob, queue_for, redis_connection
 from services.kinds import load_job_kinds
+from services.quotas import remove_stale_tmp
 from services.store import open_store
 
 log = logging.getLogger("services.worker")
@@ -73,12 +74,17 @@ class StudioWorker(Worker):
     def run_maintenance_tasks(self):
         """RQ's registry cleaning, then :func:`services.jobs.sweep` (at start and every minute): jobs
         whose worker died are reported interrupted and followed up (a study moves on to its next trial)
-        even when nobody reads them."""
+        even when nobody reads them; and temporary files that no running job writes are removed."""
         super().run_maintenance_tasks()
+        store = open_store(self.studio_config.data_dir)
         try:
-            jobs.sweep(self.studio_config, open_store(self.studio_config.data_dir))
+            jobs.sweep(self.studio_config, store)
         except Exception:
             log.exception("the sweep of started jobs failed; the next maintenance tries again")
+        try:
+            remove_stale_tmp(self.studio_config, store)
+        except Exception:
+            log.exception("removing stale temporary files failed; the next maintenance tries again")
 
 
 def wait_for_redis_forever(url: str, stop: dict) -> None:

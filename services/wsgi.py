@@ -1,4 +1,4 @@
-"""WSGI entry for gunicorn: ``gunicorn -w 1 --threads 64 services.wsgi:app``."""
+"""WSGI entry for gunicorn: ``gunicorn -w 1 -k gevent services.wsgi:app`` (see services.launcher)."""
 
 from services.api import create_app
 

@@ -75,8 +75,12 @@ class Stack:
     passwords: dict = field(default_factory=dict)
 
     @property
+    def redis_password(self) -> str:
+        return Config(data_dir=self.data_dir).redis_password()
+
+    @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
 
     @property
     def url(self) -> str:
@@ -98,7 +102,8 @@ class Stack:
         return open(self.data_dir / "logs" / f"{name}.log", "ab")
 
     def start_redis(self) -> None:
-        self.redis = start_redis(self.redis_port, self.data_dir / "redis", self.data_dir / "logs" / "redis.log")
+        self.redis = start_redis(self.redis_port, self.data_dir / "redis", self.data_dir / "logs" / "redis.log",
+                                 password=self.redis_password)
 
     def stop_redis(self) -> None:
         self.redis.terminate()
@@ -128,7 +133,7 @@ class Stack:
 
     def start_api(self) -> None:
         self.api = subprocess.Popen(
-            gunicorn_argv(self.config, threads=32), cwd=REPO_ROOT, env=self.env,
+            gunicorn_argv(self.config), cwd=REPO_ROOT, env=self.env,
             stdout=self.log("api"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.url + "/health", proc=self.api)
 

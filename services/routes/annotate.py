@@ -52,13 +52,24 @@ def _uploaded_bytes() -> bytes:
     return upload.read()
 
 
-@endpoint(bp, "/imgup", ("POST",), roles=ANNOTATORS, body=UploadForm, form=True)
+@endpoint(bp, "/imgup", ("POST",), roles=ANNOTATORS, body=UploadForm, form=True, heavy=True)
 def imgup(body: UploadForm):
     """Upload an image (multipart ``file`` + ``id_name``, optional ``overwrite=1``); answers suggested tags."""
     data = _uploaded_bytes()
+    if body.overwrite:
+        _may_overwrite(body.id_name)
     row = annotation.store_upload(studio().config, studio().store, body.id_name, data, g.user["username"],
                                   overwrite=body.overwrite)
     return ok({"image_id": row["id_name"], "predict_tags": row["predict_tags"]})
+
+
+def _may_overwrite(id_name: str) -> None:
+    """Annotators replace only their own uploads; operators and admins may replace any."""
+    existing = studio().store.get_row("images", id_name)
+    user = g.user
+    if existing and user["role"] == "annotator" and existing["uploaded_by"] != user["username"]:
+        raise ApiError(403, "forbidden", f"image '{id_name}' was uploaded by another user; an annotator may "
+                       "overwrite only their own uploads", "id_name")
 
 
 @endpoint(bp, "/imginfo", roles=READERS, query=ImgInfoQuery)

@@ -21,7 +21,7 @@ class BackgroundForm(BaseModel):
     split: Literal["train", "test"] | None = None
 
 
-@endpoint(bp, "/api/v1/generate", ("POST",), roles=OPERATORS, body=generate.GenerateBody)
+@endpoint(bp, "/api/v1/generate", ("POST",), roles=OPERATORS, body=generate.GenerateBody, submits_job=True)
 def post_generate(body: generate.GenerateBody):
     """Queue one job that writes an augmented HDF5 dataset from the object library (answers 202)."""
     job_id = generate.submit_generation(studio().config, studio().store, body, g.user["username"])

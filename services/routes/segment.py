@@ -18,7 +18,7 @@ class ObjectsQuery(BaseModel):
     limit: int = Field(1000, ge=1, le=100_000)
 
 
-@endpoint(bp, "/api/v1/segment", ("POST",), roles=CUTTERS, body=segment.SegmentBody)
+@endpoint(bp, "/api/v1/segment", ("POST",), roles=CUTTERS, body=segment.SegmentBody, heavy=True)
 def post_segment(body: segment.SegmentBody):
     """GrabCut the object inside the box (x1, y1, x2, y2) and save it as an object of class ``ean``."""
     config, store = studio().config, studio().store

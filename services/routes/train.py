@@ -36,21 +36,21 @@ class PredictBody(BaseModel):
     model: str | None = None
 
 
-@endpoint(bp, "/api/v1/train", ("POST",), roles=OPERATORS, body=TrainRequest)
+@endpoint(bp, "/api/v1/train", ("POST",), roles=OPERATORS, body=TrainRequest, submits_job=True)
 def train(body: TrainRequest):
     """Start a training job (the seed's body); answers 202 with the job id."""
     job_id = training.submit_training(studio().config, studio().store, body, g.user["username"])
     return ok({"jobs": job_id, "job_id": job_id}, 202)
 
 
-@endpoint(bp, "/api/v1/jobs/<job_id>/resume", ("POST",), roles=OPERATORS, query=ResumeQuery)
+@endpoint(bp, "/api/v1/jobs/<job_id>/resume", ("POST",), roles=OPERATORS, query=ResumeQuery, submits_job=True)
 def resume(job_id: str, query: ResumeQuery):
     """Continue a stopped training job from its last checkpoint, as a new job (202)."""
     new_id = training.resume(studio().config, studio().store, job_id, g.user["username"], query.num_epochs)
     return ok({"jobs": new_id, "job_id": new_id, "resumed_from": job_id}, 202)
 
 
-@endpoint(bp, "/api/v1/models", roles=None)
+@endpoint(bp, "/api/v1/models", roles=PREDICTORS)
 def models():
     """The model zoo: name, default input size and a one-line description of every registered model."""
     return ok({"models": [dataclasses.asdict(info) for info in list_models()]})
@@ -58,8 +58,11 @@ def models():
 
 @endpoint(bp, "/api/v1/models/trained", roles=MODEL_READERS)
 def trained_models():
-    """Trained models with their metrics and active flag, newest first."""
-    return ok({"models": training.list_trained(studio().store)})
+    """Trained models with their metrics and active flag, newest first (clients see no file paths)."""
+    rows = training.list_trained(studio().store)
+    if g.user["role"] == "client":
+        rows = [{k: v for k, v in row.items() if k != "path"} for row in rows]
+    return ok({"models": rows})
 
 
 @endpoint(bp, "/api/v1/models/<model_id>/activate", ("POST",), roles=OPERATORS)
@@ -84,16 +87,18 @@ def delete(model_id: str):
     return ok({"deleted": model_id})
 
 
-@endpoint(bp, "/api/v1/predict", ("POST",), roles=PREDICTORS, body=PredictBody)
+@endpoint(bp, "/api/v1/predict", ("POST",), roles=PREDICTORS, body=PredictBody, heavy=True)
 def predict(body: PredictBody):
     """Classify one image (the seed's body); single-label ``results``, multi-label ``predict_tags``."""
     config, store = studio().config, studio().store
+    # The image is checked first: an oversized one is a 413 whether or not a model exists yet.
+    image = decode_image(body.image, "image", config.max_image_pixels, config.image_budget_mb * 2**20,
+                         max_side=predictions.PREDICT_MAX_SIDE)
     row = predictions.choose_model(store, body.model)
     if row is None and body.model is not None:
         raise ApiError(404, "not_found", f"no trained model {body.model!r}", "model")
     if row is None:
         raise ApiError(409, "no_model", "no trained model yet: train one with POST /api/v1/train", "model")
-    image = decode_image(body.image, "image", config.max_image_pixels)
     answer = predictions.predict(config, row, image)
     return ok(seed_answer(answer))
 

@@ -12,7 +12,7 @@ bp = Blueprint("tune", __name__)
 OPERATORS = ("operator",)
 
 
-@endpoint(bp, "/api/v1/tune", ("POST",), roles=OPERATORS, body=TuneRequest)
+@endpoint(bp, "/api/v1/tune", ("POST",), roles=OPERATORS, body=TuneRequest, submits_job=True)
 def launch_study(body: TuneRequest):
     """Start a hyperparameter study (Optuna; each trial an RQ job); answers 202 with the study id."""
     launched = tuning.launch(studio().config, studio().store, body, g.user["username"])
@@ -37,7 +37,7 @@ def stop_study(study_id: str):
     return ok(tuning.stop(studio().config, studio().store, study_id))
 
 
-@endpoint(bp, "/api/v1/tune/<study_id>/train-best", ("POST",), roles=OPERATORS)
+@endpoint(bp, "/api/v1/tune/<study_id>/train-best", ("POST",), roles=OPERATORS, submits_job=True)
 def train_best(study_id: str):
     """Train the best configuration found so far in full (``num_epochs``); answers 202 with the job id."""
     started = tuning.train_best(studio().config, studio().store, study_id, g.user["username"])

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:F
 
 # ---------------------------------------------------------------------------------------- helpers
 def trained_rows(stack) -> dict[str, dict]:
-    return {r["id"]: r for r in get(stack, "/api/v1/models/trained", "client").json()["models"]}
+    return {r["id"]: r for r in get(stack, "/api/v1/models/trained", "operator").json()["models"]}
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +160,9 @@ def test_roles_on_the_training_routes(stack, folders):
     assert requests.post(stack.url + "/api/v1/predict", json={"image": "x"}, timeout=10).status_code == 401
 
 
-def test_the_model_zoo_is_public_and_read_from_the_registry(stack):
-    body = requests.get(stack.url + "/api/v1/models", timeout=10).json()
+def test_the_model_zoo_needs_a_token_and_is_read_from_the_registry(stack):
+    assert requests.get(stack.url + "/api/v1/models", timeout=10).status_code == 401
+    body = get(stack, "/api/v1/models", "client").json()
     assert [m["name"] for m in body["models"]] == [m.name for m in list_models()]
     j = next(m for m in body["models"] if m["name"] == "convnetj")
     assert j["default_input_size"] == 128 and j["description"]
