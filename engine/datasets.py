@@ -254,6 +254,11 @@ def inspect_hdf5(path: str | os.PathLike) -> Hdf5Summary:
     "0", "1" and "7" (and 7 becomes output 2), never eight classes of which five are empty. Multi-hot
     rows without names keep the columns that are set at least once, named by their column number.
 
+    The pixel range of non-uint8 images is judged on up to 256 evenly spaced images; when an item is
+    read later, values outside it are clipped and NaN becomes 0, so training never stops on them. The
+    file is read in a forked child within ``HDF5_READ_SECONDS``: libhdf5 can loop forever on a damaged
+    file, and must not hang the caller.
+
     Args:
         path: the ``.hdf5``/``.h5`` file.
 
