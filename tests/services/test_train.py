@@ -322,7 +322,9 @@ def test_real_digits_reach_high_accuracy_with_live_epoch_events(stack, digits_ru
     assert record["status"] == "finished", record["error"]
     assert record["result"]["best_accuracy"] >= 90.0, record["history"]
     epochs = [d["metrics"]["epoch"] for d in events if "metrics" in d]
-    assert epochs == sorted(epochs) and epochs[-1] == 5 and len(epochs) >= 4, epochs  # subscribed just after 202
+    # Subscribed just after the 202, so on a busy machine the first epochs may come before it; from then on
+    # every epoch arrives, in order, none missing.
+    assert epochs and epochs == list(range(epochs[0], 6)), epochs
     assert all(0 <= d["metrics"]["test_accuracy"] <= 100 for d in events if "metrics" in d)
     # /predict on real test digits agrees with their labels about as often as the test accuracy says.
     images, labels = digits_test_images()
