@@ -40,6 +40,7 @@ __all__ = [
     "load_pretrained_weights",
     "pretrained_cache_file",
     "pretrained_state_dict",
+    "read_weights_file",
     "register_model",
 ]
 
@@ -177,7 +178,7 @@ def create_model(
     model = entry.constructor(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.multi_label = bool(multi_label)
     if weights_path is not None:
-        load_pretrained_weights(model, _load_weights_file(weights_path), source=Path(weights_path).name)
+        load_pretrained_weights(model, read_weights_file(weights_path), source=Path(weights_path).name)
     elif pretrained:
         load_pretrained_weights(model, pretrained_state_dict(name), source=f"{name}'s ImageNet weights")
     return model
@@ -188,7 +189,15 @@ def _check_int(value: Any, minimum: int, field: str) -> None:
         raise InvalidInput(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
 
 
-def _load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a ``.pth``/``.pt``/``.tar`` (torch, tensors only) or ``.safetensors`` file.
+
+    Whole checkpoints (``state_dict`` or ``model`` inside) yield their weights. Nothing is unpickled
+    beyond tensors and plain containers.
+
+    Raises:
+        InvalidInput: (field ``weights_path``) missing file, or not a state_dict of tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"weights file {str(path)!r} does not exist", field="weights_path")
@@ -222,7 +231,7 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     """
     entry = _REGISTRY[get_model_info(name).name]
     if entry.bundled_weights is not None:
-        return _load_weights_file(entry.bundled_weights())
+        return read_weights_file(entry.bundled_weights())
     if entry.torchvision_weights is None:
         raise InvalidInput(
             f"model {name!r} has no published pretrained weights; pass a weights file", field="pretrained"
