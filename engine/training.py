@@ -836,6 +836,10 @@ def fit_head(
     resume_from: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    start_epoch: int | None = None,
+    on_batch: Callable[[Record], None] | None = None,
+    log_every: int = 20,
 ) -> FitResult:
     """Train only the classifier of a pretrained model, on backbone features cached in ``feature_cache``.
 
@@ -846,7 +850,8 @@ def fit_head(
 
     Args:
         on_progress: ``(images done, images total)`` while features are computed.
-        Other arguments: as :func:`fit` (``config.head_only`` must be set).
+        Other arguments: as :func:`fit` (``config.head_only`` must be set; ``on_batch`` counts batches
+            of features).
     """
     assert config.head_only, "fit_head trains head-only configurations"
     _check_inputs(config, train_ds, test_ds, class_names)
@@ -858,6 +863,7 @@ def fit_head(
         _restore(run, resume_from)
     else:
         run.save("last")
+    run.epoch = run.epoch if start_epoch is None else start_epoch
     generator = torch.Generator()
     loaders = (
         DataLoader(features[0], batch_size=config.batch_size, shuffle=True, generator=generator),
@@ -865,7 +871,7 @@ def fit_head(
     )
     stopped_early = False
     while run.epoch < config.epochs:
-        record = _run_head_epoch(run, loaders, generator, should_stop)
+        record = _run_head_epoch(run, loaders, generator, should_stop, on_batch, log_every)
         if on_epoch is not None:
             on_epoch(dict(record))
         stopped_early = config.patience is not None and run.bad_epochs >= config.patience
@@ -900,13 +906,14 @@ def _head_features(
 
 
 def _run_head_epoch(
-    run: _Run, loaders: tuple[DataLoader, DataLoader], generator: torch.Generator, should_stop
+    run: _Run, loaders: tuple[DataLoader, DataLoader], generator: torch.Generator, should_stop, on_batch, log_every
 ) -> Record:
     config, criterion, head = run.config, build_criterion(run.config.multi_label), run.model.get_classifier()
     torch.manual_seed(config.seed + run.epoch)
     generator.manual_seed(config.seed + run.epoch)
     train = train_one_epoch(
-        head, loaders[0], criterion, run.optimizer, run.device, None, config.multi_label, should_stop
+        head, loaders[0], criterion, run.optimizer, run.device, None, config.multi_label, should_stop,
+        on_batch, log_every,
     )
     started = time.perf_counter()
     test = evaluate(head, loaders[1], criterion, run.device, config.multi_label)

@@ -23,6 +23,8 @@ from engine.models import (
     pretrained_cache_file,
 )
 from engine.training import TrainConfig, fit, fit_head
+from engine.transfer import main as transfer_main
+from tests.engine.test_transfer import LABELS, data_dir  # noqa: F401  (the newdata/ fixture)
 
 torch.set_num_threads(1)
 
@@ -239,3 +241,17 @@ def test_head_only_needs_weights_and_fine_tune_trains_the_backbone_slower(tmp_pa
     bundled = create_model("efficientnet-lite0", 2, pretrained=True).state_dict()
     assert not torch.equal(tuned["_conv_head.weight"], bundled["_conv_head.weight"])
     assert torch.load(result.last_path, weights_only=True)["optimizer"]["param_groups"][1]["lr"] == 1e-4
+
+
+def test_the_seeds_transfer_example_runs_on_the_bundled_backbone(data_dir, capsys):  # noqa: F811
+    # The seed's example (python main.py -b 4 --resume ... --epochs 10 --result ...) on a fresh install:
+    # nobody has its checkpoint, so no --resume; nothing is downloaded.
+    out = data_dir / "output" / "coco.csv"
+    assert transfer_main(["--data-dir", str(data_dir), "-b", "4", "--epochs", "10", "--result", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "efficientnet-lite0, head only" in printed and "Epoch [10/10]" in printed
+    best = torch.load(data_dir / "checkpoints" / "transfer" / "best.pt", weights_only=True)
+    assert best["model"]["name"] == "efficientnet-lite0" and best["config"]["head_only"]
+    rows = out.read_text().splitlines()
+    assert rows[0] == ",".join(["Id", "Tag", "Predict_tag", *LABELS]) and len(rows) > 1
+    assert list((data_dir / "features").glob("*.h5"))
