@@ -13,6 +13,7 @@ automatic mixed precision (float16 autocast + GradScaler); on a CPU it runs in f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -869,16 +870,23 @@ def fit_head(
         DataLoader(features[0], batch_size=config.batch_size, shuffle=True, generator=generator),
         DataLoader(features[1], batch_size=max(config.batch_size, 256)),
     )
-    stopped_early = False
-    while run.epoch < config.epochs:
-        record = _run_head_epoch(run, loaders, generator, should_stop, on_batch, log_every)
-        if on_epoch is not None:
-            on_epoch(dict(record))
-        stopped_early = config.patience is not None and run.bad_epochs >= config.patience
-        if stopped_early:
-            break
-        if run.epoch < config.epochs and should_stop is not None and should_stop():
-            raise Cancelled(f"stopped after epoch {run.epoch}; resume from {directory / 'last.pt'}")
+    stopped_early, best = False, None
+    try:
+        while run.epoch < config.epochs:
+            record = _run_head_epoch(run, loaders, generator, should_stop, on_batch, log_every)
+            # Epochs of a head take milliseconds: checkpoints are written when the run ends, not per epoch.
+            best = copy.deepcopy(run.checkpoint("best")) if record["improved"] else best
+            if on_epoch is not None:
+                on_epoch(dict(record))
+            stopped_early = config.patience is not None and run.bad_epochs >= config.patience
+            if stopped_early:
+                break
+            if run.epoch < config.epochs and should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after epoch {run.epoch}; resume from {directory / 'last.pt'}")
+    finally:
+        if best is not None:
+            _write_snapshot(directory / "best.pt", best)
+        run.save("last")
     return FitResult(
         directory / "best.pt", directory / "last.pt", run.best.get("epoch", 0), run.best.get("score", float("nan")),
         run.monitor, run.epoch, stopped_early, list(run.history), run.evaluation, list(class_names),
@@ -928,6 +936,10 @@ def _run_head_epoch(
     run.history.append(record)
     if record["improved"]:
         run.evaluation = final_evaluation(*test["outputs"], config.multi_label, run.class_names)
-        run.save("best")
-    run.save("last")
     return record
+
+
+def _write_snapshot(path: Path, snapshot: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(snapshot, tmp)
+    os.replace(tmp, path)
