@@ -32,6 +32,20 @@ def jpeg(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def leave_no_models(stack):
+    """The stack is shared: models trained here must not become other modules' default for /predict."""
+    before = set(trained_ids(stack))
+    yield
+    for model_id in set(trained_ids(stack)) - before:
+        requests.delete(f"{stack.url}/api/v1/models/{model_id}", headers=stack.headers("operator"), timeout=30)
+
+
+def trained_ids(stack) -> list[str]:
+    r = requests.get(f"{stack.url}/api/v1/models/trained", headers=stack.headers("operator"), timeout=30)
+    return [row["id"] for row in r.json()["models"]]
+
+
 @pytest.fixture(scope="module")
 def photos(stack):
     """10 training and 10 test photos per class under DATA_DIR; returns the held-out (image, class) pairs."""
