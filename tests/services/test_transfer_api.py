@@ -32,7 +32,7 @@ def jpeg(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def leave_no_models(stack):
     """The stack is shared: models trained here must not become other modules' default for /predict."""
     before = set(trained_ids(stack))
@@ -47,7 +47,7 @@ def trained_ids(stack) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def photos(stack):
+def photos(stack, leave_no_models):
     """10 training and 10 test photos per class under DATA_DIR; returns the held-out (image, class) pairs."""
     images = (data.lfw_subset() * 255).round().astype(np.uint8)
     held_out = []
@@ -133,3 +133,22 @@ def test_transfer_fields_are_checked_naming_the_field(stack, photos, extra, fiel
     r = post(stack, "/api/v1/train", {**SEED_BODY, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field, r.text
+
+
+def test_an_uploaded_weights_file_is_kept_under_data_dir_and_checked(tmp_path):
+    from engine.exceptions import InvalidInput
+    from services.config import Config
+    from services.training import save_weights_upload
+
+    config = Config(data_dir=tmp_path)
+    buffer = io.BytesIO()
+    torch.save(create_model("lenet5", 3).state_dict(), buffer)
+    # Browsers on Windows may send the client-side path: only the file's own name is kept.
+    kept = save_weights_upload(config, "C:\\Users\\me\\lenet.pth", buffer.getvalue())
+    assert kept == "weights/lenet.pth" and (tmp_path / kept).is_file()
+    for name, payload, words in [("notes.txt", b"hello", "not a weights file"),
+                                 ("evil.pth", b"\x80\x04cos\nsystem\n.", "not a loadable state_dict")]:
+        with pytest.raises(InvalidInput) as err:
+            save_weights_upload(config, name, payload)
+        assert err.value.field == "weights" and words in str(err.value)
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["lenet.pth"]
