@@ -13,7 +13,7 @@ from skimage import data
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from engine.datasets import ArrayDataset, make_preprocessing, preprocess
-from engine.exceptions import InvalidInput
+from engine.exceptions import Cancelled, InvalidInput
 from engine.features import cached_features, dataset_key
 from engine.inference import Predictor
 from engine.models import (
@@ -255,3 +255,19 @@ def test_the_seeds_transfer_example_runs_on_the_bundled_backbone(data_dir, capsy
     rows = out.read_text().splitlines()
     assert rows[0] == ",".join(["Id", "Tag", "Predict_tag", *LABELS]) and len(rows) > 1
     assert list((data_dir / "features").glob("*.h5"))
+
+
+def test_a_head_only_run_resumes_and_a_cancel_keeps_its_last_epoch(tmp_path):
+    images, labels, train, test = _faces(k=4)
+    pre = _head_config().preprocessing()
+    sets = ArrayDataset(images[train], labels[train], pre, train=True), ArrayDataset(images[test], labels[test], pre)
+    names = ["non-face", "face"]
+    done = []
+    with pytest.raises(Cancelled):
+        fit_head(_head_config(epochs=4), *sets, names, tmp_path / "a", tmp_path / "f", on_epoch=done.append,
+                 should_stop=lambda: len(done) >= 2)
+    last = tmp_path / "a" / "last.pt"
+    assert [r["epoch"] for r in torch.load(last, weights_only=True)["history"]] == [1, 2]
+    assert (tmp_path / "a" / "best.pt").is_file()
+    resumed = fit_head(_head_config(epochs=4), *sets, names, tmp_path / "b", tmp_path / "f", resume_from=last)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
