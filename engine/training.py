@@ -13,6 +13,7 @@ automatic mixed precision (float16 autocast + GradScaler); on a CPU it runs in f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -75,6 +76,10 @@ class TrainConfig:
         lr_pretrained: learning rate of every layer but the classifier (0 freezes them; None: same lr).
         num_workers: DataLoader worker processes.
         augment: light train-time augmentation (the seed's ``is_transform``).
+        head_only: train only the classifier, on backbone features computed once and cached
+            (:func:`fit_head`); needs ``pretrained`` or ``weights_path``.
+        augment_copies: head-only with ``augment``: augmented copies of each training image whose
+            features are cached (augmentation happens once, when features are computed).
     """
 
     model_name: str
@@ -99,6 +104,8 @@ class TrainConfig:
     lr_pretrained: float | None = None
     num_workers: int = 0
     augment: bool = False
+    head_only: bool = False
+    augment_copies: int = 4
 
     def __post_init__(self):
         info = get_model_info(self.model_name)
@@ -118,6 +125,8 @@ class TrainConfig:
         _check_number(self, "image_size", int, info.min_input_size, 4096, optional=True)
         _check_number(self, "lr_pretrained", float, 0.0, 10.0, optional=True)
         _check_number(self, "num_workers", int, 0, 64)
+        _check_number(self, "augment_copies", int, 1, 64)
+        _check_head_only(self)
         if self.multi_label and not info.multi_label_ok:
             raise InvalidInput(
                 f"model {self.model_name!r} cannot be trained multi-label", field="multi_label"
@@ -149,6 +158,20 @@ def _check_number(
         raise InvalidInput(
             f"{name} must be {'an integer' if kind is int else 'a number'} in [{low}, {high}], got {value!r}",
             field=name,
+        )
+
+
+def _check_head_only(config: TrainConfig) -> None:
+    if config.head_only and not (config.pretrained or config.weights_path):
+        raise InvalidInput(
+            "head_only trains a classifier on pretrained features: it needs pretrained weights "
+            "or a weights file",
+            field="head_only",
+        )
+    if config.head_only and config.lr_pretrained:
+        raise InvalidInput(
+            f"head_only freezes the pretrained layers; lr_pretrained must be 0, got {config.lr_pretrained}",
+            field="lr_pretrained",
         )
 
 
@@ -193,23 +216,38 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
     ``lr_pretrained == 0`` freezes the non-classifier layers (no gradients, batch norm statistics kept).
     """
-    named = list(model.named_parameters())
-    if config.lr_pretrained is None:
-        groups = [{"params": [p for _, p in named], "lr": config.learning_rate}]
-    else:
-        head = head_parameter_names(model)
-        body = [p for name, p in named if name not in head]
-        groups = [{"params": [p for name, p in named if name in head], "lr": config.learning_rate}]
-        if config.lr_pretrained > 0:
-            groups.append({"params": body, "lr": config.lr_pretrained})
-        else:
-            for p in body:
-                p.requires_grad_(False)
+    groups = parameter_groups(config, model)
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         groups, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
     )
+
+
+def parameter_groups(config: TrainConfig, model: nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's groups: the classifier at ``learning_rate``, the pretrained layers at ``lr_pretrained``.
+
+    Without ``lr_pretrained`` every parameter shares one group. ``lr_pretrained == 0`` (or
+    ``head_only``) freezes the pretrained layers instead of giving them a zero learning rate, so they
+    get no gradients at all (and batch norm keeps their statistics).
+    """
+    named = list(model.named_parameters())
+    if config.lr_pretrained is None and not config.head_only:
+        return [{"params": [p for _, p in named], "lr": config.learning_rate}]
+    head = head_parameter_names(model)
+    body = [p for name, p in named if name not in head]
+    groups = [{"params": [p for name, p in named if name in head], "lr": config.learning_rate}]
+    if config.lr_pretrained and not config.head_only:
+        groups.append({"params": body, "lr": config.lr_pretrained})
+    else:
+        freeze(body)
+    return groups
+
+
+def freeze(parameters: Sequence[nn.Parameter]) -> None:
+    """Stop gradients to ``parameters`` (a frozen layer's batch norm is kept in eval mode by the loop)."""
+    for p in parameters:
+        p.requires_grad_(False)
 
 
 def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -714,3 +752,126 @@ def fit(
         run.evaluation,
         list(class_names),
     )
+
+
+# -------------------------------------------------------------------------- head-only transfer learning
+
+
+def fit_head(
+    config: TrainConfig,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    class_names: Sequence[str],
+    checkpoint_dir: str | os.PathLike,
+    feature_cache: str | os.PathLike,
+    on_epoch: Callable[[Record], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume_from: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    *,
+    start_epoch: int | None = None,
+    on_batch: Callable[[Record], None] | None = None,
+    log_every: int = 20,
+) -> FitResult:
+    """Train only the classifier of a pretrained model, on backbone features cached in ``feature_cache``.
+
+    The backbone runs once per dataset, preprocessing and weights (:mod:`engine.features`); every epoch
+    after that touches only the classifier, so a run takes seconds on a CPU. With ``augment`` the
+    training features are ``augment_copies`` augmented passes. Checkpoints, records and the result are
+    those of :func:`fit`: the saved model is the whole network, and inference never knows the difference.
+
+    Args:
+        on_progress: ``(images done, images total)`` while features are computed.
+        Other arguments: as :func:`fit` (``config.head_only`` must be set; ``on_batch`` counts batches
+            of features).
+    """
+    assert config.head_only, "fit_head trains head-only configurations"
+    _check_inputs(config, train_ds, test_ds, class_names)
+    directory = Path(checkpoint_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    run = _make_run(config, class_names, config.preprocessing(), resolve_device(device), directory, None)
+    features = _head_features(run, train_ds, test_ds, feature_cache, on_progress, should_stop)
+    if resume_from is not None:
+        _restore(run, resume_from)
+    else:
+        run.save("last")
+    run.epoch = run.epoch if start_epoch is None else start_epoch
+    generator = torch.Generator()
+    loaders = (
+        DataLoader(features[0], batch_size=config.batch_size, shuffle=True, generator=generator),
+        DataLoader(features[1], batch_size=max(config.batch_size, 256)),
+    )
+    stopped_early, best = False, None
+    try:
+        while run.epoch < config.epochs:
+            record = _run_head_epoch(run, loaders, generator, should_stop, on_batch, log_every)
+            # Epochs of a head take milliseconds: checkpoints are written when the run ends, not per epoch.
+            best = copy.deepcopy(run.checkpoint("best")) if record["improved"] else best
+            if on_epoch is not None:
+                on_epoch(dict(record))
+            stopped_early = config.patience is not None and run.bad_epochs >= config.patience
+            if stopped_early:
+                break
+            if run.epoch < config.epochs and should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after epoch {run.epoch}; resume from {directory / 'last.pt'}")
+    finally:
+        if best is not None:
+            _write_snapshot(directory / "best.pt", best)
+        run.save("last")
+    return FitResult(
+        directory / "best.pt", directory / "last.pt", run.best.get("epoch", 0), run.best.get("score", float("nan")),
+        run.monitor, run.epoch, stopped_early, list(run.history), run.evaluation, list(class_names),
+    )
+
+
+def _head_features(
+    run: _Run, train_ds: Dataset, test_ds: Dataset, cache: str | os.PathLike, on_progress, should_stop
+) -> tuple[torch.utils.data.TensorDataset, torch.utils.data.TensorDataset]:
+    # Imported here: engine.features imports the model registry, as this module does, and nothing else.
+    from engine.features import cached_features
+
+    config = run.config
+    copies = config.augment_copies if config.augment else 1
+    sets = []
+    for dataset, n in ((train_ds, copies), (test_ds, 1)):
+        found = cached_features(
+            config.model_name, run.model, dataset, cache, n, config.seed, max(config.batch_size, 32),
+            run.device, on_progress, should_stop,
+        )
+        targets = torch.as_tensor(found.targets)
+        targets = targets.float() if config.multi_label else targets.long()
+        sets.append(torch.utils.data.TensorDataset(torch.from_numpy(found.features), targets))
+    return sets[0], sets[1]
+
+
+def _run_head_epoch(
+    run: _Run, loaders: tuple[DataLoader, DataLoader], generator: torch.Generator, should_stop, on_batch, log_every
+) -> Record:
+    config, criterion, head = run.config, build_criterion(run.config.multi_label), run.model.get_classifier()
+    torch.manual_seed(config.seed + run.epoch)
+    generator.manual_seed(config.seed + run.epoch)
+    train = train_one_epoch(
+        head, loaders[0], criterion, run.optimizer, run.device, None, config.multi_label, should_stop,
+        on_batch, log_every,
+    )
+    started = time.perf_counter()
+    test = evaluate(head, loaders[1], criterion, run.device, config.multi_label)
+    test["seconds"] = time.perf_counter() - started
+    record = _epoch_record(run, train, test)
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(record[run.monitor])
+    elif run.scheduler is not None:
+        run.scheduler.step()
+    run.bad_epochs = 0 if record["improved"] else run.bad_epochs + 1
+    run.epoch += 1
+    run.history.append(record)
+    if record["improved"]:
+        run.evaluation = final_evaluation(*test["outputs"], config.multi_label, run.class_names)
+    return record
+
+
+def _write_snapshot(path: Path, snapshot: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(snapshot, tmp)
+    os.replace(tmp, path)

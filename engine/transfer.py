@@ -1,6 +1,11 @@
-"""Transfer learning command line (the seed's ``main_coco.py``): ResNet-18, multi-label, on ``newdata/``.
+"""Transfer learning command line (the seed's ``main_coco.py``): a pretrained backbone, multi-label, on ``newdata/``.
 
-Usage: ``python -m engine.transfer [OPTIONS]``. It trains on the annotated images of
+Usage: ``python -m engine.transfer [OPTIONS]``. The backbone is ResNet-18 when ``--weights`` (a local
+ResNet-18 file, as the seed's) is given, the model of the ``--resume`` checkpoint when that is, else
+EfficientNet-Lite0 with the ImageNet weights installed with the package: the seed's example runs on a
+fresh, offline install. With ``--lrp 0`` (the default) only the output layer trains, on backbone
+features computed once and cached in ``<data-dir>/features``; with ``--lrp`` > 0 the pretrained layers
+train too, at that rate. It trains on the annotated images of
 ``<data-dir>/newdata`` (labels from its label set, a stratified train/validation split) with the same
 :func:`engine.training.fit` as the API's jobs, keeps the best-on-validation checkpoint in
 ``<data-dir>/checkpoints/transfer/``, and with ``--result`` writes the validation predictions as CSV:
@@ -22,9 +27,10 @@ from engine import labels as labelsets
 from engine.datasets import DatasetSpec, build_datasets, read_image_file
 from engine.exceptions import Cancelled, StudioError
 from engine.inference import Predictor
-from engine.training import TrainConfig, fit
+from engine.training import TrainConfig, fit, fit_head
 
-MODEL_NAME = "resnet18"
+WEIGHTS_MODEL = "resnet18"  # what the seed's --weights / --resume files hold
+BUNDLED_MODEL = "efficientnet-lite0"
 TAG_SEPARATOR = ";"
 
 
@@ -34,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m engine.transfer",
         description=(
             "Transfer learning: train the output layer (and, with --lrp > 0, the pretrained layers) "
-            "of ResNet-18 "
-            "on the multi-label images of newdata/"
+            "of a pretrained network on the multi-label images of newdata/"
         ),
     )
     p.add_argument(
@@ -91,7 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         default=None,
         metavar="PATH",
-        help="local pretrained ResNet-18 state_dict (default: torchvision's cached ImageNet weights)",
+        help="local pretrained state_dict of --model (.pth/.safetensors; default: ImageNet weights)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help=f"registered model (default: {WEIGHTS_MODEL} with --weights, the checkpoint's with --resume, "
+        f"else {BUNDLED_MODEL}, whose ImageNet weights are installed)",
     )
     p.add_argument("--no-pretrained", action="store_true", help="start from random weights")
     p.add_argument(
@@ -103,10 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def choose_model(args: argparse.Namespace) -> str:
+    """``--model``, else the --resume checkpoint's model, else ResNet-18 for --weights, else the bundled one."""
+    if args.model:
+        return args.model
+    if args.resume:
+        from engine.inference import load_checkpoint
+
+        return load_checkpoint(args.resume)["model"]["name"]
+    return WEIGHTS_MODEL if args.weights else BUNDLED_MODEL
+
+
 def config_from_args(args: argparse.Namespace, num_labels: int) -> TrainConfig:
     """Map the command-line options onto the engine's training configuration."""
+    starts_trained = not args.no_pretrained
     return TrainConfig(
-        model_name=MODEL_NAME,
+        model_name=choose_model(args),
         num_classes=num_labels,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -119,10 +143,11 @@ def config_from_args(args: argparse.Namespace, num_labels: int) -> TrainConfig:
         seed=args.seed,
         image_size=args.image_size,
         multi_label=True,
-        pretrained=not args.no_pretrained and args.weights is None,
-        weights_path=None if args.no_pretrained else args.weights,
+        pretrained=starts_trained and args.weights is None,
+        weights_path=args.weights if starts_trained else None,
         lr_pretrained=args.lrp,
         num_workers=args.workers,
+        head_only=starts_trained and args.lrp == 0,
     )
 
 
@@ -176,6 +201,24 @@ def write_result(
     return len(items)
 
 
+def train(args: argparse.Namespace, config: TrainConfig, bundle, directory: Path, features: Path):
+    """``fit_head`` on cached features for head-only runs, else the full loop."""
+    common = dict(
+        on_epoch=print_epoch,
+        resume_from=args.resume,
+        device=choose_device(args.device_ids),
+        start_epoch=args.start_epoch,
+        log_every=max(args.print_freq, 1),
+        on_batch=lambda b: print(f"  [{b['batch']}/{b['batches']}] loss {b['loss']:.4f}", flush=True),
+    )
+    if config.head_only:
+        progress = lambda done, total: print(f"  features {done}/{total}", flush=True)  # noqa: E731
+        return fit_head(config, bundle.train, bundle.test, bundle.class_names, directory, features,
+                        on_progress=progress, **common)
+    return fit(config, bundle.train, bundle.test, bundle.class_names, directory, device_ids=args.device_ids,
+               **common)
+
+
 def run(args: argparse.Namespace) -> Path:
     """Train (or resume) and optionally write the result CSV; return the checkpoint folder."""
     data_dir = Path(args.data_dir or os.environ.get("DATA_DIR") or os.getcwd())
@@ -189,20 +232,8 @@ def run(args: argparse.Namespace) -> Path:
         flush=True,
     )
     directory = data_dir / "checkpoints" / "transfer"
-    result = fit(
-        config,
-        bundle.train,
-        bundle.test,
-        bundle.class_names,
-        directory,
-        on_epoch=print_epoch,
-        resume_from=args.resume,
-        device=choose_device(args.device_ids),
-        device_ids=args.device_ids,
-        start_epoch=args.start_epoch,
-        log_every=max(args.print_freq, 1),
-        on_batch=lambda b: print(f"  [{b['batch']}/{b['batches']}] loss {b['loss']:.4f}", flush=True),
-    )
+    print(f"{config.model_name}, {'head only' if config.head_only else 'all layers'}", flush=True)
+    result = train(args, config, bundle, directory, data_dir / "features")
     print(f"best mAP {result.best_score:.2f} at epoch {result.best_epoch}: {result.best_path}", flush=True)
     if args.result:
         best = result.best_path if result.best_path.is_file() else result.last_path

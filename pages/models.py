@@ -1,4 +1,5 @@
-"""Models: the trained models with their metrics; activate one, download it as TorchScript or ONNX, delete."""
+"""Models: the trained models with their metrics; activate one, download it as TorchScript or ONNX, delete.
+Upload a weights file (.pth/.safetensors) for runs to start from."""
 
 import pandas as pd
 import streamlit as st
@@ -10,6 +11,17 @@ from services.ui import get_config, get_store, require_page
 user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Models")
+
+with st.expander("Upload weights to start a run from (.pth, .safetensors)"):
+    upload = st.file_uploader("Weights file", type=[s.lstrip(".") for s in training.WEIGHTS_SUFFIXES],
+                              key="models_weights_upload")
+    if upload is not None and st.button("Keep this weights file", key="models_weights_save"):
+        try:
+            kept = training.save_weights_upload(config, upload.name, upload.getvalue())
+        except InvalidInput as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"Saved as `{kept}`: name it as `weights` in a training request.")
 
 rows = training.list_trained(store)
 if not rows:

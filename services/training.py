@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, list_dataset_kinds
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
 from engine.inference import EXPORT_FORMATS, export_model, load_checkpoint
-from engine.models import get_model_info, list_models
-from engine.training import OPTIMIZERS, TrainConfig, fit
+from engine.models import download_pretrained, get_model_info, list_models, read_weights_file
+from engine.training import OPTIMIZERS, TrainConfig, build_model, fit, fit_head
 from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
@@ -37,7 +38,12 @@ EXPORT_SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}  # file names only; th
 assert set(EXPORT_SUFFIXES) == set(EXPORT_FORMATS), "every export format needs a file suffix"
 # TrainConfig fields whose request names differ, so an engine error names the field the client sent.
 REQUEST_NAMES = {"epochs": "num_epochs", "weight_decay": "l2_reg", "grey": "convert_grey",
-                 "augment": "is_transform", "lr_schedule": "lr_decay"}
+                 "augment": "is_transform", "lr_schedule": "lr_decay", "head_only": "transfer_mode",
+                 "lr_pretrained": "lrp", "weights_path": "weights"}
+TRANSFER_MODES = ("head-only", "fine-tune", "scratch")
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors")
+# Fine-tuning without an explicit lrp: the pretrained layers learn ten times slower than the new head.
+FINE_TUNE_LR_FACTOR = 0.1
 # Where each dataset path field lives: hdf5 files in the datasets folder, image folders anywhere in DATA_DIR.
 PATH_BASES = {"hdf5_path": ("datasets",), "trainset_dir": (), "testset_dir": ()}
 # Dataset paths that clients do not choose: the annotation feature's folder.
@@ -74,7 +80,15 @@ class TrainRequest(BaseModel):
     patience: int | None = Field(None, ge=1, le=1_000_000, description="early stopping")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     image_size: int | None = Field(None, ge=1, le=4096, description="None: the model's default")
-    pretrained: bool = False
+    pretrained: bool | None = Field(None, description="start from ImageNet weights; None: yes when they ship "
+                                    "with the install (efficientnet-lite0)")
+    transfer_mode: Literal[TRANSFER_MODES] | None = Field(
+        None, description="head-only (frozen backbone, cached features), fine-tune (pretrained layers at lrp) "
+                          "or scratch; None: head-only with weights (fine-tune when lrp > 0), else scratch")
+    lrp: float | None = Field(None, ge=0, le=10, description="learning rate of the pretrained layers (the seed's "
+                                                             "--lrp; 0 freezes them); fine-tune default: lr/10")
+    weights: str | None = Field(None, max_length=1024, description="a .pth/.safetensors state_dict to start from, "
+                                                                  "relative to DATA_DIR")
     multi_label: bool | None = Field(None, description="None: from the data (newdata is multi-label)")
 
     @field_validator("model_name")
@@ -90,12 +104,19 @@ class TrainRequest(BaseModel):
             raise ValueError(f"unknown dataset {value!r}; known: {', '.join(list_dataset_kinds())}")
         return value
 
-    @field_validator("hdf5_path", "trainset_dir", "testset_dir")
+    @field_validator("hdf5_path", "trainset_dir", "testset_dir", "weights")
     @classmethod
     def _relative(cls, value: str | None) -> str | None:
         if value is not None:
             check_relative_path(value)
         return value or None
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_suffix(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().endswith(WEIGHTS_SUFFIXES):
+            raise ValueError(f"must be a weights file ({', '.join(WEIGHTS_SUFFIXES)}), got {value!r}")
+        return value
 
 
 def check_relative_path(raw: str) -> None:
@@ -155,13 +176,23 @@ def prepare(config: Config, req: TrainRequest) -> PreparedRun:
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise InvalidInput(f"num_classes is {req.num_classes} but the data has {len(names)} classes: {shown}",
                            "num_classes")
-    return PreparedRun(req, to_train_config(req, len(names), data.multi_label), data)
+    weights = _weights_file(config, req)
+    return PreparedRun(req, to_train_config(req, len(names), data.multi_label, weights), data)
+
+
+def _weights_file(config: Config, req: TrainRequest) -> str | None:
+    if req.weights is None:
+        return None
+    path = resolve_under(config.data_dir, req.weights, "weights")
+    if not _probe(path, Path.is_file):
+        raise InvalidInput(f"weights: no file {req.weights!r} in DATA_DIR", "weights")
+    return str(path)
 
 
 def _open_data(config: Config, req: TrainRequest) -> DatasetBundle:
     spec = dataset_spec(config, req)
     # The preprocessing depends on neither the class count nor the label kind, which the data tells.
-    preprocessing = to_train_config(req, 2, False).preprocessing()
+    preprocessing = to_train_config(req, 2, False, req.weights).preprocessing()
     try:
         return build_datasets(spec, preprocessing)
     except InvalidInput as exc:  # the engine names absolute paths; clients know paths relative to DATA_DIR
@@ -199,19 +230,21 @@ def _probe(path: Path, test) -> bool:
         return False
 
 
-def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool) -> TrainConfig:
-    """Map the seed's fields onto the engine's TrainConfig (errors name the request's field)."""
+def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
+                    weights_path: str | None = None) -> TrainConfig:
+    """Map the seed's fields onto the engine's TrainConfig (errors name the request's field).
+
+    Args:
+        weights_path: the request's ``weights`` file, already resolved inside DATA_DIR.
+    """
     schedule = ("step" if req.epoch_step else "plateau") if req.lr_decay else "none"
-    if req.pretrained and not get_model_info(req.model_name).has_pretrained:
-        raise InvalidInput(f"pretrained: model {req.model_name!r} has no published pretrained weights",
-                           "pretrained")
     try:
         return TrainConfig(
             model_name=req.model_name, num_classes=num_classes, epochs=req.num_epochs, batch_size=req.batch_size,
             learning_rate=req.learning_rate, optimizer=req.optimizer, momentum=req.momentum,
             weight_decay=req.l2_reg, lr_schedule=schedule, epoch_step=req.epoch_step, patience=req.patience,
             seed=req.seed, image_size=req.image_size, grey=req.convert_grey, multi_label=multi_label,
-            pretrained=req.pretrained, augment=req.is_transform,
+            augment=req.is_transform, **transfer_settings(req, weights_path),
             # More loader processes than cores only adds contention with the training process itself.
             num_workers=min(req.num_workers, os.cpu_count() or 1))
     except InvalidInput as exc:
@@ -221,11 +254,78 @@ def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool) -> T
         raise InvalidInput(str(exc).replace(exc.field, field, 1), field) from None
 
 
+def transfer_settings(req: TrainRequest, weights_path: str | None) -> dict:
+    """``pretrained``, ``weights_path``, ``head_only`` and ``lr_pretrained`` of the run ``req`` asks for.
+
+    Without ``transfer_mode``: head-only when the run starts from weights (``pretrained``, a ``weights``
+    file, or a model whose weights ship with the install), fine-tune instead when ``lrp`` > 0, else scratch.
+    """
+    info = get_model_info(req.model_name)
+    pretrained = info.bundled_weights and weights_path is None if req.pretrained is None else req.pretrained
+    if pretrained and not info.has_pretrained:
+        raise InvalidInput(f"pretrained: model {req.model_name!r} has no published pretrained weights",
+                           "pretrained")
+    starts_trained = bool(pretrained or weights_path)
+    mode = req.transfer_mode or (("fine-tune" if req.lrp else "head-only") if starts_trained else "scratch")
+    if mode == "scratch":
+        if req.pretrained or weights_path:
+            raise InvalidInput("transfer_mode: 'scratch' starts from random weights; drop pretrained and weights",
+                               "transfer_mode")
+        return {"pretrained": False, "weights_path": None, "head_only": False, "lr_pretrained": req.lrp}
+    if not starts_trained:
+        raise InvalidInput(f"transfer_mode: {mode!r} needs weights: pretrained true or a weights file",
+                           "transfer_mode")
+    start = {"pretrained": bool(pretrained) and weights_path is None, "weights_path": weights_path}
+    if mode == "head-only":
+        if req.lrp:
+            raise InvalidInput("lrp: head-only freezes the pretrained layers; lrp must be 0 or left out", "lrp")
+        return {**start, "head_only": True, "lr_pretrained": 0.0}
+    if req.lrp == 0:
+        raise InvalidInput("lrp: fine-tune trains the pretrained layers; lrp must be > 0", "lrp")
+    lrp = req.lrp if req.lrp is not None else req.learning_rate * FINE_TUNE_LR_FACTOR
+    return {**start, "head_only": False, "lr_pretrained": lrp}
+
+
 # ------------------------------------------------------------------------------------- submit/resume
 def submit_training(config: Config, store: Store, req: TrainRequest, username: str | None) -> str:
-    """Check ``req`` against the data, then enqueue a ``train`` job; returns its id."""
-    prepare(config, req)
+    """Check ``req`` against the data (and its weights file against the model), then enqueue a ``train`` job."""
+    run = prepare(config, req)
+    if run.config.weights_path:
+        check_weights_fit(run.config)
     return jobs.submit(config, store, "train", req.model_dump(), username)
+
+
+def check_weights_fit(config: TrainConfig) -> None:
+    """Build the run's model from its weights file now, so a file that does not fit is a 400, not a failed job."""
+    try:
+        build_model(config, config.preprocessing()["channels"])
+    except InvalidInput as exc:
+        raise InvalidInput(f"weights: {exc}", "weights") from None
+
+
+def save_weights_upload(config: Config, filename: str, payload: bytes) -> str:
+    """Keep an uploaded weights file in ``DATA_DIR/weights``; returns its path relative to DATA_DIR.
+
+    Raises:
+        InvalidInput: (field ``weights``) a name without a weights suffix, or content that is not a
+            state_dict of tensors (read without unpickling anything else).
+    """
+    name = Path(PureWindowsPath(filename).name).name  # a browser may send a client-side path
+    if not name.lower().endswith(WEIGHTS_SUFFIXES) or name.startswith("."):
+        raise InvalidInput(f"weights: {filename!r} is not a weights file ({', '.join(WEIGHTS_SUFFIXES)})",
+                           "weights")
+    folder = config.path("weights")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{uuid.uuid4().hex}{Path(name).suffix}"
+    try:
+        tmp.write_bytes(payload)
+        read_weights_file(tmp)
+        os.replace(tmp, folder / name)
+    except InvalidInput as exc:
+        raise InvalidInput(f"weights: {str(exc).replace(tmp.name, name)}", "weights") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return f"weights/{name}"
 
 
 def checkpoint_dir(config: Config, job_id: str) -> Path:
@@ -277,14 +377,37 @@ def train(ctx: JobContext, params: dict) -> dict:
     resume_from = _resume_from(ctx, params.get("resume_from"))
     directory = checkpoint_dir(ctx.config, ctx.job_id)
     try:
-        # Polling the stop flag every few batches lets a cancel land within the platform's grace period.
-        result = fit(run.config, run.data.train, run.data.test, run.data.class_names, directory,
-                     on_epoch=ctx.epoch, should_stop=ctx.should_stop, resume_from=resume_from, log_every=5)
+        fetch_pretrained(ctx, run.config)
+        if run.config.head_only:
+            result = fit_head(run.config, run.data.train, run.data.test, run.data.class_names, directory,
+                              ctx.config.path("features"), on_epoch=ctx.epoch, should_stop=ctx.should_stop,
+                              resume_from=resume_from,
+                              on_progress=lambda done, total: ctx.progress(done, total, unit="image",
+                                                                           stage="computing features"))
+        else:
+            # Polling the stop flag every few batches lets a cancel land within the platform's grace period.
+            result = fit(run.config, run.data.train, run.data.test, run.data.class_names, directory,
+                         on_epoch=ctx.epoch, should_stop=ctx.should_stop, resume_from=resume_from, log_every=5)
     except Cancelled:
         register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
         raise
     row = register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
     return _summary(ctx.config, result, row)
+
+
+def use_weights_cache(config: Config) -> Path:
+    """Point torch.hub (torchvision's weights cache, ``$TORCH_HOME/hub``) at ``DATA_DIR/torch/hub``."""
+    folder = config.path("torch", "hub")
+    torch.hub.set_dir(str(folder))
+    return folder
+
+
+def fetch_pretrained(ctx: JobContext, config: TrainConfig) -> None:
+    """Download torchvision's weights of the run's model into DATA_DIR's cache, reporting the bytes."""
+    use_weights_cache(ctx.config)
+    if config.pretrained:
+        download_pretrained(config.model_name, on_progress=lambda done, total: ctx.progress(
+            done, total, unit="byte", stage="downloading pretrained weights"))
 
 
 def _resume_from(ctx: JobContext, raw: str | None) -> Path | None:

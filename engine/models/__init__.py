@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
 import torch
 from torch import nn
@@ -32,10 +33,14 @@ __all__ = [
     "ImageClassifier",
     "ModelInfo",
     "create_model",
+    "download_pretrained",
     "get_model_info",
     "head_parameter_names",
     "list_models",
     "load_pretrained_weights",
+    "pretrained_cache_file",
+    "pretrained_state_dict",
+    "read_weights_file",
     "register_model",
 ]
 
@@ -50,8 +55,9 @@ class ModelInfo:
         description: one line for people.
         multi_label_ok: whether the model can be trained with a multi-label (sigmoid) head.
         min_input_size: the smallest side the architecture accepts.
-        has_pretrained: whether torchvision publishes ImageNet weights for it.
+        has_pretrained: whether ImageNet weights exist for it (torchvision's, or bundled).
         family: the module of the zoo that defines it (``"convnets"``, ``"stn"``, ...).
+        bundled_weights: whether its pretrained weights ship with the install (usable offline).
     """
 
     name: str
@@ -61,9 +67,18 @@ class ModelInfo:
     min_input_size: int = 16
     has_pretrained: bool = False
     family: str = ""
+    bundled_weights: bool = False
 
 
-_REGISTRY: dict[str, tuple[ModelInfo, Callable[..., nn.Module], Callable[[], Any] | None]] = {}
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    constructor: Callable[..., nn.Module]
+    torchvision_weights: Callable[[], Any] | None
+    bundled_weights: Callable[[], Path] | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
 
 
 def register_model(
@@ -73,6 +88,7 @@ def register_model(
     multi_label_ok: bool = True,
     min_input_size: int = 16,
     pretrained_weights: Callable[[], Any] | None = None,
+    bundled_weights: Callable[[], Path] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that adds a model constructor ``fn(num_classes, in_chans, **kwargs)`` to the registry.
 
@@ -84,6 +100,8 @@ def register_model(
         min_input_size: the smallest image side that the architecture accepts.
         pretrained_weights: zero-argument callable returning a torchvision ``WeightsEnum`` member
             (called lazily, so importing the zoo never touches torchvision's weight tables).
+        bundled_weights: zero-argument callable returning the path of a weights file installed with a
+            package; wins over ``pretrained_weights`` (no download, no cache).
     """
 
     def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -94,10 +112,11 @@ def register_model(
             description,
             multi_label_ok,
             min_input_size,
-            pretrained_weights is not None,
+            pretrained_weights is not None or bundled_weights is not None,
             fn.__module__.rsplit(".", 1)[-1],
+            bundled_weights is not None,
         )
-        _REGISTRY[name] = (info, fn, pretrained_weights)
+        _REGISTRY[name] = _Entry(info, fn, pretrained_weights, bundled_weights)
         return fn
 
     return decorate
@@ -105,7 +124,7 @@ def register_model(
 
 def list_models() -> list[ModelInfo]:
     """Return the registered models, sorted by name."""
-    return [entry[0] for _, entry in sorted(_REGISTRY.items())]
+    return [entry.info for _, entry in sorted(_REGISTRY.items())]
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -118,7 +137,7 @@ def get_model_info(name: str) -> ModelInfo:
         raise InvalidInput(
             f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}", field="model_name"
         )
-    return _REGISTRY[name][0]
+    return _REGISTRY[name].info
 
 
 def create_model(
@@ -136,7 +155,8 @@ def create_model(
         name: registry name.
         num_classes: number of outputs (classes or labels).
         in_chans: 3 for RGB, 1 for grey.
-        pretrained: load ImageNet weights from torchvision's local cache (never downloads).
+        pretrained: load ImageNet weights: bundled with the install, or from torch.hub's local cache
+            (never downloads here; see :func:`download_pretrained`).
         weights_path: a local state_dict file (torchvision layout, or a checkpoint holding
             ``state_dict``/``model``); wins over ``pretrained``. Layers whose shape differs only because
             of ``num_classes`` are left freshly initialised; an RGB first convolution is summed for grey.
@@ -154,17 +174,13 @@ def create_model(
         raise InvalidInput(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}", field="in_chans")
     if multi_label and not info.multi_label_ok:
         raise InvalidInput(f"model {name!r} cannot be trained multi-label", field="multi_label")
-    _, constructor, weights = _REGISTRY[name]
-    model = constructor(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    entry = _REGISTRY[name]
+    model = entry.constructor(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.multi_label = bool(multi_label)
     if weights_path is not None:
-        load_pretrained_weights(model, _load_weights_file(weights_path), source=str(weights_path))
+        load_pretrained_weights(model, read_weights_file(weights_path), source=Path(weights_path).name)
     elif pretrained:
-        if weights is None:
-            raise InvalidInput(
-                f"model {name!r} has no published pretrained weights; pass a weights file", field="pretrained"
-            )
-        load_pretrained_weights(model, _cached_torchvision_weights(weights(), name), source="torchvision")
+        load_pretrained_weights(model, pretrained_state_dict(name), source=f"{name}'s ImageNet weights")
     return model
 
 
@@ -173,28 +189,54 @@ def _check_int(value: Any, minimum: int, field: str) -> None:
         raise InvalidInput(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
 
 
-def _load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a ``.pth``/``.pt``/``.tar`` (torch, tensors only) or ``.safetensors`` file.
+
+    Whole checkpoints (``state_dict`` or ``model`` inside) yield their weights. Nothing is unpickled
+    beyond tensors and plain containers.
+
+    Raises:
+        InvalidInput: (field ``weights_path``) missing file, or not a state_dict of tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"weights file {str(path)!r} does not exist", field="weights_path")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickler errors all mean "not a weights file"
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded = load_file(path, device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, safetensors and unpickler errors all mean "not a weights file"
         raise InvalidInput(
-            f"{str(path)!r} is not a loadable state_dict: {exc}", field="weights_path"
+            f"{path.name!r} is not a loadable state_dict: {exc}", field="weights_path"
         ) from exc
     for key in ("state_dict", "model"):  # whole checkpoints (ours, the seed's .tar) nest the weights
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise InvalidInput(f"{str(path)!r} does not hold a state_dict of tensors", field="weights_path")
+        raise InvalidInput(f"{path.name!r} does not hold a state_dict of tensors", field="weights_path")
     return loaded
 
 
-def _cached_torchvision_weights(weights: Any, name: str) -> dict[str, torch.Tensor]:
-    # torchvision would download a missing file; this machine must never reach the network, so only a
-    # file already in torch.hub's cache is used.
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of ``name``: the bundled file, else the file in torch.hub's local cache.
+
+    Never downloads (see :func:`download_pretrained`); torch.hub's cache is ``$TORCH_HOME/hub``
+    unless ``torch.hub.set_dir`` chose another.
+
+    Raises:
+        InvalidInput: (field ``pretrained``) the model has no pretrained weights, or they are not cached.
+    """
+    entry = _REGISTRY[get_model_info(name).name]
+    if entry.bundled_weights is not None:
+        return read_weights_file(entry.bundled_weights())
+    if entry.torchvision_weights is None:
+        raise InvalidInput(
+            f"model {name!r} has no published pretrained weights; pass a weights file", field="pretrained"
+        )
+    cached = pretrained_cache_file(name)
     if not cached.is_file():
         raise InvalidInput(
             f"pretrained weights for {name!r} are not available offline: "
@@ -203,6 +245,62 @@ def _cached_torchvision_weights(weights: Any, name: str) -> dict[str, torch.Tens
             field="pretrained",
         )
     return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def pretrained_cache_file(name: str) -> Path:
+    """Where torchvision's weights of ``name`` live in torch.hub's cache (the name torchvision uses)."""
+    weights = _REGISTRY[get_model_info(name).name].torchvision_weights
+    assert weights is not None, f"{name!r} has no torchvision weights"
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights().url).path)
+
+
+def download_pretrained(
+    name: str,
+    on_progress: Callable[[int, int], None] | None = None,
+    opener: Callable[..., Any] = urlopen,
+    chunk: int = 1 << 20,
+) -> Path | None:
+    """Fetch torchvision's ImageNet weights of ``name`` into torch.hub's cache unless already there.
+
+    Bundled weights and models without torchvision weights need nothing (returns None). The file is
+    written under a temporary name and renamed, so a broken download never looks cached.
+
+    Args:
+        name: a registered model.
+        on_progress: called with ``(bytes done, bytes total)`` (total 0 when the server does not say).
+        opener: ``urllib.request.urlopen`` or a stand-in.
+        chunk: bytes read at a time.
+
+    Raises:
+        InvalidInput: (field ``pretrained``) the download failed, e.g. on a machine without network.
+    """
+    entry = _REGISTRY[get_model_info(name).name]
+    if entry.bundled_weights is not None or entry.torchvision_weights is None:
+        return None
+    target = pretrained_cache_file(name)
+    if target.is_file():
+        return target
+    url = entry.torchvision_weights().url
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with opener(url, timeout=30) as response, tmp.open("wb") as out:
+            total, done = int(response.headers.get("Content-Length") or 0), 0
+            while block := response.read(chunk):
+                out.write(block)
+                done += len(block)
+                if on_progress is not None:
+                    on_progress(done, total)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as exc:  # URLError and socket timeouts are OSErrors
+        raise InvalidInput(
+            f"pretrained weights for {name!r} could not be downloaded from {url} ({exc}); without a "
+            f"network, put {target.name} in {target.parent} or pass a local weights file",
+            field="pretrained",
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
@@ -237,13 +335,21 @@ def load_pretrained_weights(
     missing = [
         k for k in own if k not in chosen and k not in optional and not k.endswith("num_batches_tracked")
     ]
-    if missing:
+    unexpected = [k for k in state_dict if k not in own and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
         raise InvalidInput(
-            f"weights from {source} do not fit this model: {len(missing)} tensors are missing or shaped "
-            f"differently, e.g. {missing[:3]}",
+            f"weights from {source} do not fit model {type(model).__name__}: "
+            f"{len(missing)} missing or shaped differently{_listed(missing)}; "
+            f"{len(unexpected)} unexpected{_listed(unexpected)}",
             field="weights_path",
         )
     model.load_state_dict(chosen, strict=False)
+
+
+def _listed(keys: list[str], shown: int = 8) -> str:
+    if not keys:
+        return ""
+    return ": " + ", ".join(keys[:shown]) + (f", ... ({len(keys) - shown} more)" if len(keys) > shown else "")
 
 
 def _adapt_input_conv(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
@@ -282,4 +388,4 @@ class ImageClassifier(nn.Module):
 
 
 # Importing the family modules registers their models (timm does the same in its package __init__).
-from engine.models import alexnet, capsnet, convnets, lenet, resnet, stn  # noqa: E402, F401
+from engine.models import alexnet, capsnet, convnets, efficientnet, lenet, resnet, stn  # noqa: E402, F401

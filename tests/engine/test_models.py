@@ -29,7 +29,8 @@ def test_registry_lists_every_family_with_its_entry():
     assert {"alexnet", "lenet5", "stn-lenet5", "stn-alexnet", "capsnet", "resnet18"} <= names
     for info in list_models():
         assert info.description and info.default_input_size >= info.min_input_size >= 16
-    assert {i.family for i in list_models()} == {"alexnet", "capsnet", "convnets", "lenet", "resnet", "stn"}
+    families = {"alexnet", "capsnet", "convnets", "efficientnet", "lenet", "resnet", "stn"}
+    assert {i.family for i in list_models()} == families
 
 
 def test_unknown_model_names_the_field_and_the_known_models():

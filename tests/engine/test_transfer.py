@@ -145,7 +145,7 @@ def test_resume_and_start_epoch(data_dir, weights):
 
 def test_missing_pretrained_weights_is_a_clear_error(data_dir, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(data_dir / "empty-torch-home"))
-    assert main(["--data-dir", str(data_dir), "--workers", "0", "--epochs", "1"]) == 2
+    assert main(["--data-dir", str(data_dir), "--model", "resnet18", "--workers", "0", "--epochs", "1"]) == 2
     assert "not available offline" in capsys.readouterr().err
 
 
