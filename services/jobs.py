@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -121,9 +122,18 @@ def _callback(name: str | None, ours: Callable) -> Callable | None:
 
 
 # --- connections ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
 def redis_connection(url: str) -> redis.Redis:
-    """A shared client per URL (redis-py clients are thread-safe connection pools)."""
+    """A shared client per URL and operating-system thread (redis-py clients are connection pools).
+
+    Per OS thread, not per process: under gevent, a socket belongs to the event loop of the thread that
+    opened it, and the API runs CPU-bound views in gevent's real threads, which must not touch the loop's
+    sockets. Greenlets of one thread share that thread's client.
+    """
+    return _redis_client(url, threading.get_native_id())
+
+
+@functools.lru_cache(maxsize=64)
+def _redis_client(url: str, _thread: int) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10)
 
 
