@@ -11,7 +11,7 @@ when other processes share the cores: ours uses up to two threads, cv2.grabCut o
 the medians over scenes.
 
 The JPEG table (``--table jpeg``, the default) is what users send: the composites of
-``tests/engine/test_segmentation_jpeg.py`` (a rounded piece of a skimage photo on tinted gravel, grass,
+``tests/engine/test_segmentation_jpeg.py`` (a rounded piece of a skimage photo on grey gravel, tinted grass,
 brick, a plain grey and the project's procedural "noise"), saved by Pillow as JPEG (4:2:0) and decoded.
 Per background × quality × size it gives the IoU and wall time of full-resolution ``cv2.grabCut``, of
 the fast path as it was before the colour floor (read from git, commit ``BEFORE``), and of today's;
@@ -48,7 +48,7 @@ from tests.engine.test_segmentation_jpeg import composite, jpeg_bytes, with_shad
 
 BEFORE = "bf51dd5"  # the fast path before the colour floor (JPEG halo)
 JPEG_SIZES = {"1MP": (1200, 900), "3MP": (2000, 1500), "12MP": (4000, 3000)}
-JPEG_SCENES = (("gravel", "chelsea"), ("grass", "coffee"), ("brick", "astronaut"), ("plain", "coffee"),
+JPEG_SCENES = (("grey-gravel", "coffee"), ("grass", "coffee"), ("brick", "astronaut"), ("plain", "coffee"),
                ("noise", "chelsea"))
 
 SIZES = ("1200x900", "1700x1250", "2400x1800")
