@@ -197,7 +197,7 @@ def format_row(row: dict) -> str:
         return (f"IoU {row[key + '_iou']:.3f} {row[key + '_s']:6.2f} s" if key + "_iou" in row
                 else "            -      ")
 
-    return (f"{row['size']:>5} {row['scene']:<16} q{row['q']:<3} cv2.grabCut {cell('full')} | "
+    return (f"{row['size']:>5} {row['scene']:<22} q{row['q']:<3} cv2.grabCut {cell('full')} | "
             f"before {cell('before')} | ours {cell('ours')}")
 
 
