@@ -168,7 +168,7 @@ def refine(
     Args:
         image_rgb: the image ``previous`` was cut from.
         previous: a result of :func:`grabcut` or :func:`refine` on this image.
-        box: the box of the first cut; nothing outside it becomes object.
+        box: the box of the first cut; outside it only painted object becomes object.
         fg_strokes: polylines painted as certain foreground.
         bg_strokes: polylines painted as certain background.
         stroke_width: stroke thickness in image pixels.
@@ -544,7 +544,6 @@ def _refine_with_strokes(image, rect, fg, bg, width, previous: Segmentation, wor
     mask = previous.mask.copy()
     inside = np.zeros((height, width_px), bool)
     inside[rect[1] : rect[3], rect[0] : rect[2]] = True
-    mask &= inside
     painted = fg_paint | bg_paint
     if not painted.any():
         return mask, previous.models
@@ -552,8 +551,8 @@ def _refine_with_strokes(image, rect, fg, bg, width, previous: Segmentation, wor
     wx1, wy1, wx2, wy2 = _grown_bounds(painted, reach, (height, width_px))
     window = np.ascontiguousarray(image[wy1:wy2, wx1:wx2])
     w_mask, w_fg, w_bg = mask[wy1:wy2, wx1:wx2], fg_paint[wy1:wy2, wx1:wx2], bg_paint[wy1:wy2, wx1:wx2]
-    w_mask[w_fg & inside[wy1:wy2, wx1:wx2]] = True
     w_mask[w_bg] = False
+    w_mask[w_fg] = True  # as in grabcut(): object strokes win where strokes cross, even outside the box
     near = cv2.distanceTransform((~(w_fg | w_bg)).view(np.uint8), cv2.DIST_L2, 3) <= reach
     bgd, fgd = _models_with_strokes(window, w_mask, w_fg | w_bg, near, previous.models)
     uncertain = near & ~w_fg & ~w_bg & inside[wy1:wy2, wx1:wx2]
