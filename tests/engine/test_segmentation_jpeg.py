@@ -18,18 +18,19 @@ from engine.augment.backgrounds import list_background_kinds, make_background
 from engine.exceptions import InvalidInput
 from engine.segmentation import grabcut, grabcut_full_resolution, mask_iou, refine
 
-# dark and light colour of each texture: the grey texture is stretched between them
-TINTS = {
-    "gravel": ((60, 55, 50), (170, 160, 150)),
-    "grass": ((30, 60, 20), (120, 170, 70)),
-    "brick": ((70, 35, 30), (190, 120, 100)),
+# skimage texture, and the dark and light colours its grey levels are stretched between
+TEXTURES = {
+    "gravel": ("gravel", (60, 55, 50), (170, 160, 150)),
+    "grey-gravel": ("gravel", (0, 0, 0), (255, 255, 255)),
+    "grass": ("grass", (30, 60, 20), (120, 170, 70)),
+    "brick": ("brick", (70, 35, 30), (190, 120, 100)),
 }
-BACKGROUNDS = (*TINTS, "plain", "noise")
+BACKGROUNDS = (*TEXTURES, "plain", "noise")
 
 
 def background(kind: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """A float32 RGB backdrop: a tinted skimage texture at a scale that grows with the frame, plain grey,
-    or one of the project's procedural backgrounds (``engine.augment.backgrounds``)."""
+    """A float32 RGB backdrop: a tinted skimage texture tiled at its own scale (as fine as in a photo of
+    gravel at any size), plain grey with noise, or a procedural background (``engine.augment.backgrounds``)."""
     if kind in list_background_kinds():
         side = max(width, height)
         return make_background(kind, side, int(rng.integers(1000)))[:height, :width].astype(np.float32)
@@ -38,12 +39,10 @@ def background(kind: str, width: int, height: int, rng: np.random.Generator) -> 
         plain[:] = (200, 205, 210)
         plain += np.linspace(-20, 20, width, dtype=np.float32)[None, :, None]
         return plain + rng.normal(0, 3, (height, width, 1)).astype(np.float32)
-    grey = getattr(skimage.data, kind)().astype(np.float32) / 255
-    scale = max(width, height) / 800
-    grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    name, dark, light = TEXTURES[kind]
+    grey = getattr(skimage.data, name)().astype(np.float32) / 255
     grey = np.tile(grey, (-(-height // grey.shape[0]), -(-width // grey.shape[1])))[:height, :width]
-    dark, light = (np.array(c, np.float32) for c in TINTS[kind])
-    return dark + grey[..., None] * (light - dark)
+    return np.float32(dark) + grey[..., None] * (np.float32(light) - np.float32(dark))
 
 
 def composite(width: int, height: int, photo: str = "chelsea", backdrop: str = "gravel", seed: int = 0):
@@ -77,7 +76,7 @@ def through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg_bytes(image, quality))).convert("RGB")).copy()
 
 
-SCENES = [("chelsea", "gravel"), ("coffee", "gravel"), ("coffee", "grass"), ("astronaut", "grass"),
+SCENES = [("chelsea", "gravel"), ("coffee", "grey-gravel"), ("coffee", "grass"), ("astronaut", "grass"),
           ("chelsea", "brick"), ("coffee", "brick"), ("chelsea", "plain"), ("astronaut", "noise")]
 
 
