@@ -47,6 +47,13 @@ MIGRATIONS: tuple[str, ...] = (
         latitude REAL, longitude REAL, altitude REAL, predict_tags TEXT,
         labels TEXT, labelled_by TEXT, labelled_at REAL);
     """,
+    # UI sign-in sessions: only a hash of the browser's token is kept, so a copy of the catalog signs nobody in.
+    """
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, role TEXT NOT NULL, created_at REAL NOT NULL,
+        last_seen REAL NOT NULL, revoked_at REAL);
+    CREATE INDEX sessions_user ON sessions(username);
+    """,
 )
 
 JSON_COLUMNS = frozenset({"params", "progress", "history", "result", "bbox", "class_names", "counts",
