@@ -153,9 +153,12 @@ def _folder_fields(prefix: str, folders: list[str]) -> dict:
                 "testing (<folder>/<class>/*.png); found " + (", ".join(folders) or "none") + ".")
         return {"trainset_dir": None, "testset_dir": None}
     left, right = st.columns(2)
-    train = left.selectbox("Training folder", folders, key=f"{prefix}_trainset")
+    named = [f for f in folders if "train" in f.lower()]
+    train = left.selectbox("Training folder", folders, index=folders.index(named[0]) if named else 0,
+                           key=f"{prefix}_trainset")
+    # Keyed by the training folder: choosing another one proposes its own test folder again.
     test = right.selectbox("Test folder", folders, index=folders.index(_test_partner(train, folders)),
-                           key=f"{prefix}_testset")
+                           key=f"{prefix}_testset_{train}")
     return {"trainset_dir": train, "testset_dir": test}
 
 
