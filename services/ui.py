@@ -16,6 +16,7 @@ from services.store import Store, open_store
 PAGES = (
     ("pages/home.py", "Home", ":material/home:", ("operator", "annotator", "client")),
     ("pages/segment.py", "Segment", ":material/content_cut:", ("operator", "annotator")),
+    ("pages/objects.py", "Objects", ":material/category:", ("operator", "annotator")),
     ("pages/augment.py", "Augment", ":material/auto_awesome_mosaic:", ("operator",)),
     ("pages/train.py", "Train", ":material/model_training:", ("operator",)),
     ("pages/tune.py", "Tune", ":material/tune:", ("operator",)),
