@@ -15,6 +15,7 @@ from services.ui import DATASET_FIELD_LABELS, dataset_picker, get_config, get_st
 
 LIVE_SECONDS = 2  # how often the open page re-reads the run's history
 RUNS_SHOWN = 50
+CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds
 QUEUE_DOWN = "The job queue (Redis) is unreachable; try again shortly."
 
 user = require_page(__file__)
@@ -186,6 +187,19 @@ def live_run(job_id: str, was_live: bool) -> None:
         st.rerun(scope="app")  # once: the full page stops polling and shows the final evaluation
 
 
+def confusion_chart(cells: pd.DataFrame, names: list[str]) -> alt.LayerChart:
+    """Square cells big enough to read, with white numbers on dark cells and black ones on light cells."""
+    side = min(CONFUSION_MAX, max(CONFUSION_MIN, CONFUSION_CELL * len(names)))
+    half = max(1, int(cells["count"].max())) / 2
+    base = alt.Chart(cells, title="Confusion matrix (best epoch, test set)", width=side, height=side).encode(
+        x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
+    rects = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
+                                    tooltip=["true", "predicted", "count"])
+    text = base.mark_text(fontSize=14 if len(names) <= 10 else 10).encode(
+        text="count:Q", color=alt.condition(alt.datum.count > half, alt.value("white"), alt.value("black")))
+    return rects + text
+
+
 def evaluation(record: dict) -> None:
     """The best epoch's confusion matrix (single-label) or per-label metrics (multi-label)."""
     found = (record["result"] or {}).get("evaluation") or {}
@@ -193,11 +207,7 @@ def evaluation(record: dict) -> None:
     if "confusion_matrix" in found:
         cells = pd.DataFrame([{"true": names[i], "predicted": names[j], "count": n}
                               for i, row in enumerate(found["confusion_matrix"]) for j, n in enumerate(row)])
-        base = alt.Chart(cells, title="Confusion matrix (best epoch, test set)").encode(
-            x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
-        chart = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"))) + \
-            base.mark_text().encode(text="count:Q")
-        st.altair_chart(chart, key="train_confusion")
+        st.altair_chart(confusion_chart(cells, names), key="train_confusion", width="content")
     elif "per_class" in found:
         st.subheader("Per-label metrics (best epoch)")
         st.dataframe(pd.DataFrame(found["per_class"]).T, key="train_per_class")

@@ -71,7 +71,8 @@ def fail(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------- messages in page words
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_PYTHON_NAMES = re.compile(r"\b[A-Z]\w*(?:Error|Exception): ")
 
 
 def page_message(error: Exception | str, labels: Mapping[str, str] | None = None) -> str:
@@ -90,8 +91,10 @@ def page_message(error: Exception | str, labels: Mapping[str, str] | None = None
         if field and text.startswith(f"{field}: "):
             text = f"{_field_label(tuple(field.split('.')), labels)}: {text[len(field) + 2:]}"
     for name, label in labels.items():
-        text = re.sub(rf"(?<![\w.])'?{re.escape(name)}'?(?![\w])", lambda _m, label=label: label, text)
-    return _OBJECT_REPR.sub("the uploaded file", text)
+        # Quoted names anywhere; bare ones only when they cannot be an ordinary word ("trainset_dir", not "file").
+        quote = "'" if "_" not in name and "." not in name else "'?"
+        text = re.sub(rf"(?<![\w.]){quote}{re.escape(name)}{quote}(?![\w])", lambda _m, label=label: label, text)
+    return _PYTHON_NAMES.sub("", _OBJECT_REPR.sub("", text)).replace(" )", ")")
 
 
 def _field_label(loc: tuple, labels: Mapping[str, str]) -> str:
