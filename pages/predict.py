@@ -68,10 +68,10 @@ except InvalidInput as exc:  # e.g. a checkpoint that is not one of ours
 
 height, width = image.shape[:2]
 if min(height, width) < TINY_SIDE:
-    st.warning(f"This image is only {width}×{height} px. The model enlarges it to "
-               f"{(row['metrics'] or {}).get('image_size', 'its input size')} px first, so the answer below says "
-               "little about what it shows: use a photo at least "
-               f"{TINY_SIDE} px on each side.")
+    size = (row["metrics"] or {}).get("image_size")
+    shown = "×".join(str(v) for v in size) if isinstance(size, list) else size or "its input size"
+    st.warning(f"This image is only {width}×{height} px. The model enlarges it to {shown} px first, so the "
+               f"answer below says little about what it shows: use a photo at least {TINY_SIDE} px on each side.")
 
 left, right = st.columns([1, 2])
 left.image(image, caption=f"{upload.name} · {width}×{height} px", width=min(width, PREVIEW_CAP))

@@ -136,3 +136,15 @@ def test_train_page_refuses_the_training_folder_as_test_folder_and_says_why(page
     expect(page.get_by_role("button", name="Launch training")).to_be_disabled()
     assert_no_traceback(page)
     shot(page, "train-refuses-same-folder")
+
+
+def test_predict_page_warns_about_a_one_pixel_image(page, stack, shapes_model, tmp_path):
+    image = tmp_path / "dot.png"
+    image.write_bytes(png_bytes(np.full((1, 1, 3), 200, dtype=np.uint8)))
+    open_page(page, stack, "client", "Predict")
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(image))
+    warning = page.locator("[data-testid='stAlertContentWarning']")
+    warning.wait_for()
+    assert "only 1×1 px" in warning.inner_text() and "at least 32 px" in warning.inner_text()
+    assert_no_traceback(page)
+    shot(page, "predict-tiny-image")
