@@ -5,6 +5,8 @@ run re-reads the user from the catalog, so a deleted or re-roled user is signed 
 Signed out, every page's address shows the sign-in form, and signing in opens the page that was asked for.
 """
 
+import importlib
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -13,6 +15,7 @@ from services import sessions
 from services.ui import PAGES, get_store
 
 HERE = Path(__file__).parent
+WARM_MODULES = ("services.training", "services.tuning", "services.generate", "altair", "pandas")
 
 
 def signed_in_user() -> dict | None:
@@ -56,6 +59,16 @@ def write_cookie(token: str | None) -> None:
         st.html(sessions.cookie_script(token), unsafe_allow_javascript=True, width=1)
 
 
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Import the heavy modules (torch, the model registry) once per process, after a sign-in, in the
+    background: the sign-in page stays light, and the first visit to Train does not wait for them."""
+    thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in WARM_MODULES], daemon=True,
+                              name="ui-warm-up")
+    thread.start()
+    return thread
+
+
 def pages_for(role: str) -> list:
     return [st.Page(path, title=title, icon=icon) for path, title, icon, roles in PAGES
             if (role == "admin" or role in roles) and (HERE / path).exists()]
@@ -78,4 +91,5 @@ else:
         write_cookie(st.session_state["session_token"])
     st.sidebar.markdown(f"Signed in as **{user['username']}** ({user['role']})")
     st.sidebar.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
+    warm_up()
     st.navigation({"Workbench": pages_for(user["role"])}).run()
