@@ -187,9 +187,14 @@ def live_run(job_id: str, was_live: bool) -> None:
         st.rerun(scope="app")  # once: the full page stops polling and shows the final evaluation
 
 
+def confusion_side(names: list[str]) -> int:
+    """The matrix's side in pixels: a readable cell per class, within bounds."""
+    return min(CONFUSION_MAX, max(CONFUSION_MIN, CONFUSION_CELL * len(names)))
+
+
 def confusion_chart(cells: pd.DataFrame, names: list[str]) -> alt.LayerChart:
-    """Square cells big enough to read, with white numbers on dark cells and black ones on light cells."""
-    side = min(CONFUSION_MAX, max(CONFUSION_MIN, CONFUSION_CELL * len(names)))
+    """Cells big enough to read, with white numbers on dark cells and black ones on light cells."""
+    side = confusion_side(names)
     half = max(1, int(cells["count"].max())) / 2
     base = alt.Chart(cells, title="Confusion matrix (best epoch, test set)", width=side, height=side).encode(
         x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
@@ -207,7 +212,9 @@ def evaluation(record: dict) -> None:
     if "confusion_matrix" in found:
         cells = pd.DataFrame([{"true": names[i], "predicted": names[j], "count": n}
                               for i, row in enumerate(found["confusion_matrix"]) for j, n in enumerate(row)])
-        st.altair_chart(confusion_chart(cells, names), key="train_confusion", width="content")
+        side = confusion_side(names)
+        # Fixed pixel sizes: Streamlit otherwise shrinks a layered chart of nominal axes to a few dozen pixels.
+        st.altair_chart(confusion_chart(cells, names), key="train_confusion", width=side + 160, height=side + 120)
     elif "per_class" in found:
         st.subheader("Per-label metrics (best epoch)")
         st.dataframe(pd.DataFrame(found["per_class"]).T, key="train_per_class")
