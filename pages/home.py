@@ -29,6 +29,7 @@ for col, table in zip(cols, ("images", "objects", "datasets", "models", "jobs"),
 mine = [(path, title, icon) for path, title, icon, roles in PAGES
         if path in PURPOSE and (user["role"] == "admin" or user["role"] in roles)]
 start = START.get(user["role"], "pages/segment.py")
+mine.sort(key=lambda page: page[0] != start)  # the starting point first, the rest in the order of the work
 st.subheader("Where to go")
 for path, title, icon in mine:
     left, right = st.columns([1, 4])

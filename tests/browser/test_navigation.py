@@ -31,6 +31,11 @@ def test_annotator_sees_only_annotate_segment_predict_and_cannot_reach_train(pag
     links = nav_links(page)
     assert "Train" not in links and "Augment" not in links and "Jobs" not in links
     page.locator("h1", has_text="PyTorch Automation Studio").wait_for()
+    start = page.locator("[data-testid='stPageLink'] a", has_text="start here")
+    start.wait_for()  # Home links the role's pages, its starting point marked
+    assert start.inner_text().strip().endswith("Annotate · start here")
+    assert page.locator("[data-testid='stPageLink'] a", has_text="Train").count() == 0
+    shot(page, "home-annotator")
     assert_no_traceback(page)
     page.goto(stack.ui_url + "/train")  # typing the address: still signed in, but no Train for this role
     page.get_by_test_id("stSidebarUserContent").get_by_text("Signed in as annotator").wait_for()
