@@ -170,8 +170,10 @@ def label_editor(row: dict, prefix: str) -> None:
             left.warning("file missing")
         else:
             left.image(thumb, caption=row["id_name"])
+        suggested = row["labels"] is None and bool(known(row["predict_tags"]))
         current = row["labels"] if row["labels"] is not None else row["predict_tags"]
-        chosen = right.multiselect("Labels", label_set, default=known(current), key=f"{prefix}_labels_{row['id_name']}")
+        chosen = right.multiselect("Labels (suggested tags preselected)" if suggested else "Labels", label_set,
+                                   default=known(current), key=f"{prefix}_labels_{row['id_name']}")
         right.caption(f"{row['id_name']} · uploaded by {row['uploaded_by']} · EXIF date {row['exif_date'] or '—'}")
         if right.button("Save labels", key=f"{prefix}_save_{row['id_name']}"):
             try:
