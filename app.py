@@ -1,8 +1,33 @@
-"""Streamlit entry: sign in, then the pages the user's role may use (st.navigation over pages/)."""
+"""Streamlit entry: sign in, then the pages the user's role may use (st.navigation over pages/).
+
+The sign-in survives a reload or a typed address: a session token in a cookie (services/sessions.py). Every
+run re-reads the user from the catalog, so a deleted or re-roled user is signed out at their next click.
+Signed out, every page's address shows the sign-in form, and signing in opens the page that was asked for.
+"""
+
+import importlib
+import threading
+from pathlib import Path
 
 import streamlit as st
 
-from services.ui import PAGES, current_user, get_store
+from services import sessions
+from services.ui import PAGES, get_store
+
+HERE = Path(__file__).parent
+WARM_MODULES = ("services.training", "services.tuning", "services.generate", "altair", "pandas")
+
+
+def signed_in_user() -> dict | None:
+    """The user of this browser's session (this tab's token, else the cookie's), or None."""
+    token = st.session_state.get("session_token") or st.context.cookies.get(sessions.COOKIE)
+    user = sessions.resume(get_store(), token)
+    if user is None:
+        for key in ("session_token", "user"):
+            st.session_state.pop(key, None)
+        return None
+    st.session_state["session_token"], st.session_state["user"] = token, user
+    return user
 
 
 def login_page() -> None:
@@ -16,28 +41,55 @@ def login_page() -> None:
         if user is None:
             st.error("Wrong username or password.")
         else:
-            st.session_state["user"] = user
-            st.rerun()
+            st.session_state["session_token"] = sessions.create(get_store(), user)
+            st.session_state["write_cookie"] = True
+            st.rerun()  # the same address now opens the page it names
 
 
-def logout_page() -> None:
-    st.session_state.pop("user", None)
-    st.rerun()
+def sign_out() -> None:
+    sessions.revoke(get_store(), st.session_state.get("session_token"))
+    for key in ("session_token", "user"):
+        st.session_state.pop(key, None)
+    st.session_state["clear_cookie"] = True
+
+
+def write_cookie(token: str | None) -> None:
+    """Hand the browser its session cookie (None: delete it); an invisible script element."""
+    with st.sidebar:
+        st.html(sessions.cookie_script(token), unsafe_allow_javascript=True, width=1)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Import the heavy modules (torch, the model registry) once per process, after a sign-in, in the
+    background: the sign-in page stays light, and the first visit to Train does not wait for them."""
+    thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in WARM_MODULES], daemon=True,
+                              name="ui-warm-up")
+    thread.start()
+    return thread
 
 
 def pages_for(role: str) -> list:
-    from pathlib import Path
-
-    here = Path(__file__).parent
     return [st.Page(path, title=title, icon=icon) for path, title, icon, roles in PAGES
-            if (role == "admin" or role in roles) and (here / path).exists()]
+            if (role == "admin" or role in roles) and (HERE / path).exists()]
 
 
-user = current_user()
+def sign_in_pages() -> list:
+    """The sign-in form at every page's address, so a deep link or reload keeps its address until signed in."""
+    return [st.Page(login_page, title="Sign in", icon=":material/login:", url_path=Path(path).stem,
+                    default=i == 0) for i, (path, _title, _icon, _roles) in enumerate(PAGES)]
+
+
+user = signed_in_user()
 if user is None:
-    st.navigation([st.Page(login_page, title="Sign in", icon=":material/login:")]).run()
+    if st.session_state.pop("clear_cookie", False):
+        write_cookie(None)
+    st.navigation(sign_in_pages(), position="hidden").run()
 else:
     st.set_page_config(page_title="PyTorch Automation Studio", layout="wide")
+    if st.session_state.pop("write_cookie", False):
+        write_cookie(st.session_state["session_token"])
     st.sidebar.markdown(f"Signed in as **{user['username']}** ({user['role']})")
-    account = [st.Page(logout_page, title="Sign out", icon=":material/logout:", url_path="logout")]
-    st.navigation({"Workbench": pages_for(user["role"]), "Account": account}).run()
+    st.sidebar.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
+    warm_up()
+    st.navigation({"Workbench": pages_for(user["role"])}).run()

@@ -7,10 +7,13 @@ from engine import labels as labelsets
 from engine.exceptions import InvalidInput, StudioError
 from engine.exif import exif_summary
 from services import annotation
-from services.ui import fail, get_config, get_store, require_page
+from services.predictions import annotation_model
+from services.ui import fail, get_config, get_store, page_message, require_page
 
 QUEUE_SHOWN = 10  # one screen of cards; the rest wait their turn
 ALL, UNLABELLED = "(all)", "(unlabelled)"
+SCORES_SHOWN = 5
+LABELS = {"id_name": "Image id", "file": "Image", "labels": "Labels"}
 
 user = require_page(__file__)
 config, store = get_config(), get_store()
@@ -22,8 +25,8 @@ except StudioError as exc:
 
 
 @st.cache_data(show_spinner=False, max_entries=256, ttl=600)
-def inspect_upload(data: bytes, _config, _store) -> tuple[annotation.Inspection, bytes]:
-    """Decode once per file, not on every rerun (the model's suggestion is the slow part)."""
+def inspect_upload(data: bytes, model_id: str | None, _config, _store) -> tuple[annotation.Inspection, bytes]:
+    """Decode once per file and annotation model (``model_id``), not on every rerun (suggesting is the slow part)."""
     return annotation.inspect_image(_config, _store, data), annotation.thumbnail_png(data, _config)
 
 
@@ -40,6 +43,11 @@ def thumbnail_of(row: dict) -> bytes | None:
         return stored_thumbnail(str(path), path.stat().st_mtime, config)
     except (OSError, InvalidInput):
         return None
+
+
+def model_id() -> str | None:
+    row, _why = annotation_model(store)
+    return row["id"] if row else None
 
 
 def known(tags) -> list[str]:
@@ -61,22 +69,38 @@ def save_upload(upload, id_name: str, labels: list[str], inspection, overwrite: 
     return None
 
 
+def suggestion_caption(inspection) -> str:
+    """The model's best scores, the preselected ones marked, so a person sees what the model thinks and how sure."""
+    best = sorted(inspection.predict_scores.items(), key=lambda kv: -kv[1])[:SCORES_SHOWN]
+    marked = [f"**{name} {score:.0%} ✓**" if name in inspection.predict_tags else f"{name} {score:.0%}"
+              for name, score in best]
+    return "Suggested (✓ preselected, over the model's threshold for the label): " + ", ".join(marked)
+
+
 def upload_card(upload, overwrite: bool) -> tuple | None:
-    """One dropped file: thumbnail, id, suggested tags, EXIF date, Save. Returns what "Save all" needs."""
+    """One dropped file: thumbnail, id, suggested tags, EXIF date, Save.
+
+    Returns:
+        What "Save all" needs and whether the card's suggested tags went unreviewed; None once saved.
+    """
     saved = st.session_state["annotate_saved"]
     with st.container(border=True):
         try:
-            inspection, thumb = inspect_upload(upload.getvalue(), config, store)
+            inspection, thumb = inspect_upload(upload.getvalue(), model_id(), config, store)
         except InvalidInput as exc:
-            st.error(f"{upload.name}: {exc}")
+            st.error(f"{upload.name}: {page_message(exc, LABELS)}")
             return None
         left, right = st.columns([1, 3])
         left.image(thumb, caption=upload.name)
         key = upload.file_id
-        id_name = right.text_input("id_name", annotation.default_id_name(upload.name), key=f"annotate_id_{key}")
-        labels = right.multiselect("Labels", label_set, default=known(inspection.predict_tags),
-                                   key=f"annotate_labels_{key}", help="Suggested tags are preselected; "
-                                   "leave empty to label it later in the queue.")
+        id_name = right.text_input("Image id", annotation.default_id_name(upload.name), key=f"annotate_id_{key}")
+        suggested = known(inspection.predict_tags)
+        labels_key = f"annotate_labels_{key}"
+        labels = right.multiselect("Labels (suggested tags preselected)" if suggested else "Labels", label_set,
+                                   default=suggested, key=labels_key, on_change=mark_reviewed, args=(labels_key,),
+                                   help="Leave empty to label it later in the queue.")
+        if inspection.predict_scores:
+            right.caption(suggestion_caption(inspection))
         right.caption(f"EXIF: {exif_summary(inspection.exif)}")
         if key in saved:
             right.success(f"Saved as '{saved[key]}'.")
@@ -88,21 +112,53 @@ def upload_card(upload, overwrite: bool) -> tuple | None:
             else:
                 right.success(f"Saved as '{id_name}'.")
             return None
-        return upload, id_name, labels, inspection
+        unreviewed = bool(suggested) and labels_key not in st.session_state.get("annotate_reviewed", set())
+        return (upload, id_name, labels, inspection), unreviewed
+
+
+def mark_reviewed(key: str) -> None:
+    """A person changed the card's labels: its suggestions were looked at."""
+    st.session_state.setdefault("annotate_reviewed", set()).add(key)
+
+
+def save_all(pending: list[tuple], overwrite: bool) -> None:
+    errors = [e for e in (save_upload(*card, overwrite) for card in pending) if e]
+    for error in errors:
+        st.error(error)
+    st.success(f"Saved {len(pending) - len(errors)} of {len(pending)} images.")
+
+
+def confirm_unreviewed(pending: list[tuple], unreviewed: int, overwrite: bool) -> None:
+    """Ask before storing suggested tags nobody looked at."""
+    st.warning(f"{unreviewed} image(s) carry suggested tags that nobody changed or confirmed. Save them as they are?")
+    yes, no = st.columns(2)
+    if yes.button("Yes, save with the suggested tags", key="annotate_confirm_yes", type="primary"):
+        st.session_state.pop("annotate_confirm", None)
+        save_all(pending, overwrite)
+    elif no.button("No, let me review them", key="annotate_confirm_no"):
+        st.session_state.pop("annotate_confirm", None)
+        st.rerun()
 
 
 def upload_section() -> None:
     st.session_state.setdefault("annotate_saved", {})
+    st.caption(annotation_model(store)[1])
     files = st.file_uploader("Drop images here", type=list(labelsets.IMAGE_EXTENSIONS), accept_multiple_files=True,
                              key="annotate_files", max_upload_size=config.max_upload_mb)
     overwrite = st.checkbox("Replace images that have the same id (their labels are cleared)",
                             key="annotate_overwrite")
-    pending = [card for card in (upload_card(f, overwrite) for f in files or []) if card is not None]
-    if pending and st.button(f"Save all ({len(pending)})", key="annotate_save_all", type="primary"):
-        errors = [e for e in (save_upload(*card, overwrite) for card in pending) if e]
-        for error in errors:
-            st.error(error)
-        st.success(f"Saved {len(pending) - len(errors)} of {len(pending)} images.")
+    cards = [card for card in (upload_card(f, overwrite) for f in files or []) if card is not None]
+    pending = [card for card, _ in cards]
+    unreviewed = sum(1 for _, flag in cards if flag)
+    if not pending:
+        return
+    if st.session_state.get("annotate_confirm") and unreviewed:
+        confirm_unreviewed(pending, unreviewed, overwrite)
+    elif st.button(f"Save all ({len(pending)})", key="annotate_save_all", type="primary"):
+        if unreviewed:
+            st.session_state["annotate_confirm"] = True
+            st.rerun()
+        save_all(pending, overwrite)
 
 
 def label_editor(row: dict, prefix: str) -> None:
@@ -114,8 +170,10 @@ def label_editor(row: dict, prefix: str) -> None:
             left.warning("file missing")
         else:
             left.image(thumb, caption=row["id_name"])
+        suggested = row["labels"] is None and bool(known(row["predict_tags"]))
         current = row["labels"] if row["labels"] is not None else row["predict_tags"]
-        chosen = right.multiselect("Labels", label_set, default=known(current), key=f"{prefix}_labels_{row['id_name']}")
+        chosen = right.multiselect("Labels (suggested tags preselected)" if suggested else "Labels", label_set,
+                                   default=known(current), key=f"{prefix}_labels_{row['id_name']}")
         right.caption(f"{row['id_name']} · uploaded by {row['uploaded_by']} · EXIF date {row['exif_date'] or '—'}")
         if right.button("Save labels", key=f"{prefix}_save_{row['id_name']}"):
             try:
@@ -153,6 +211,7 @@ def browse_section() -> None:
         st.caption("None of these images carries a GPS position.")
     else:
         st.map(located, latitude="lat", longitude="lon")
+        st.caption("The map's background is fetched from the internet (CARTO); offline, only the dots show.")
     picked = st.selectbox("Edit the labels of", [r["id_name"] for r in rows], key="annotate_pick")
     label_editor(next(r for r in rows if r["id_name"] == picked), "annotate_edit")
 

@@ -12,10 +12,20 @@ from engine.augment import list_transforms
 from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
 from services import generate, jobs, segment
-from services.ui import fail, get_config, get_store, require_page
-from services.validation import invalid_input_from
+from services.ui import fail, get_config, get_store, page_message, require_page
 
 PREVIEW_COUNT = 12
+HUGE_PLAN = 50_000  # samples: past this a plan takes hours and gigabytes, so it is confirmed first
+# Request fields (the seed's spellings and the engine's) in the words of this page's widgets.
+LABELS = {"classes": "Classes", "image_size": "Image size (px)", "number_backgrounds": "Backgrounds per variant",
+          "seed": "Seed", "training_transforms": "Training transforms", "testing_transforms": "Test transforms",
+          "scales": "Object sizes", "angels": "Training angles (°)", "angles": "Training angles (°)",
+          "test_angels": "Test angles (°)", "test_angles": "Test angles (°)", "apply_center_crop": "Centre crops",
+          "center_crop_windows": "Centre crop windows (px)", "apply_occulsion": "Sliding-window crops",
+          "apply_occlusion": "Sliding-window crops", "occulsion_window": "Window (px)",
+          "occlusion_window": "Window (px)",
+          "occulsion_stride": "Stride (px)", "occlusion_stride": "Stride (px)", "test_fraction": "Test share",
+          "name": "Dataset name", "export_folders": "Also export image folders"}
 GRID_COLUMNS = 6
 SAMPLE_COUNT = 12
 AUTO = "smaller set"
@@ -112,9 +122,9 @@ def parse(body: dict) -> generate.GenerateBody:
         parsed = generate.GenerateBody.model_validate(body)
         generate.generation_config(parsed)
     except ValidationError as exc:
-        fail(str(invalid_input_from(exc)))
+        fail(page_message(exc, LABELS))
     except InvalidInput as exc:
-        fail(str(exc))
+        fail(page_message(exc, LABELS))
     return parsed
 
 
@@ -132,9 +142,10 @@ def image_grid(samples) -> None:
             column.image(image, caption=name, width="stretch")
 
 
-def preview_section(body: generate.GenerateBody) -> None:
+def preview_section(body: generate.GenerateBody) -> int:
+    """The plan's size and sample images of both splits; returns how many samples the job would write."""
     planned = generate.planned_counts(config, store, body)
-    st.caption(f"The job will write {planned['train']} training and {planned['test']} test samples "
+    st.caption(f"The job will write {planned['train']:,} training and {planned['test']:,} test samples "
                f"of {body.image_size or DEFAULTS.image_size} px.")
     library_key = tuple(r["id"] for r in segment.list_objects(store, limit=1_000_000))
     backgrounds_key = tuple(sorted(str(p) for p in generate.list_background_files(config)))
@@ -144,13 +155,24 @@ def preview_section(body: generate.GenerateBody) -> None:
         image_grid(render_preview(payload, library_key, backgrounds_key, "train"))
     with test_tab:
         image_grid(render_preview(payload, library_key, backgrounds_key, "test"))
+    return planned["train"] + planned["test"]
+
+
+def confirm_big_plan(total: int, image_size: int) -> bool:
+    """Whether the plan may go ahead: a huge one needs a tick, after its size on disk is shown."""
+    if total <= HUGE_PLAN:
+        return True
+    megabytes = total * image_size * image_size * 3 / 1e6
+    st.warning(f"This plan writes {total:,} samples (about {megabytes:,.0f} MB of pixels) and will keep a worker "
+               "busy for a long time. Fewer angles, sizes or backgrounds make it smaller.")
+    return st.checkbox(f"Yes, generate all {total:,} samples", key="augment_confirm_big")
 
 
 def launch(body: generate.GenerateBody) -> None:
     try:
         job_id = generate.submit_generation(config, store, body, user["username"])
     except (InvalidInput, generate.DatasetExists) as exc:
-        st.error(str(exc))
+        st.error(page_message(exc, LABELS))
         return
     except redis.exceptions.RedisError:
         st.error("The job queue is unreachable; try again in a moment.")
@@ -209,10 +231,11 @@ def main() -> None:
         return
     body = parse(options(classes))
     try:
-        preview_section(body)
+        total = preview_section(body)
     except InvalidInput as exc:
-        fail(f"No preview: {exc}")
-    if st.button("Generate dataset", key="augment_launch", type="primary"):
+        fail(f"No preview: {page_message(exc, LABELS)}")
+    allowed = confirm_big_plan(total, body.image_size or DEFAULTS.image_size)
+    if st.button("Generate dataset", key="augment_launch", type="primary", disabled=not allowed):
         launch(body)
     job_id = st.session_state.get("augment_job")
     if job_id and store.get_job(job_id):
@@ -225,4 +248,4 @@ def main() -> None:
 try:
     main()
 except StudioError as exc:
-    fail(f"Augmentation failed: {exc}")
+    fail(f"Augmentation failed: {page_message(exc, LABELS)}")

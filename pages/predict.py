@@ -7,9 +7,12 @@ import streamlit as st
 from engine.exceptions import InvalidInput
 from engine.images import decode_image
 from services import predictions, training
-from services.ui import fail, get_config, get_store, require_page
+from services.ui import fail, get_config, get_store, page_message, require_page
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
+TINY_SIDE = 32  # px: below this a photo holds too little for any of the registry's models
+PREVIEW_CAP = 480
+LABELS = {"image": "Image", "model": "Model"}
 
 user = require_page(__file__)
 config, store = get_config(), get_store()
@@ -53,7 +56,7 @@ if upload is None:
 try:
     image = decode_image(upload.getvalue(), "image", config.max_image_pixels)
 except InvalidInput as exc:
-    fail(f"{upload.name}: {exc}")
+    fail(f"{upload.name}: {page_message(exc, LABELS)}")
 row = by_id[model_id]
 path = config.path(row["path"])
 if not path.is_file():
@@ -61,10 +64,17 @@ if not path.is_file():
 try:
     answer = load_predictor(str(path), path.stat().st_mtime).predict(image)
 except InvalidInput as exc:  # e.g. a checkpoint that is not one of ours
-    fail(f"This model cannot be loaded: {exc}")
+    fail(f"This model cannot be loaded: {page_message(exc, LABELS)}")
+
+height, width = image.shape[:2]
+if min(height, width) < TINY_SIDE:
+    size = (row["metrics"] or {}).get("image_size")
+    shown = "×".join(str(v) for v in size) if isinstance(size, list) else size or "its input size"
+    st.warning(f"This image is only {width}×{height} px. The model enlarges it to {shown} px first, so the "
+               f"answer below says little about what it shows: use a photo at least {TINY_SIDE} px on each side.")
 
 left, right = st.columns([1, 2])
-left.image(image, caption=upload.name)
+left.image(image, caption=f"{upload.name} · {width}×{height} px", width=min(width, PREVIEW_CAP))
 with right:
     if "tags" in answer:
         st.subheader(", ".join(answer["tags"]) or "no label over its threshold")

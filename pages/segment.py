@@ -13,8 +13,8 @@ from streamlit_drawable_canvas import st_canvas
 from engine.exceptions import InvalidInput, StudioError
 from engine.images import encode_png
 from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS
-from services import annotation, segment
-from services.ui import fail, get_config, get_store, require_page
+from services import annotation, library, segment
+from services.ui import fail, get_config, get_store, page_message, require_page
 
 CANVAS_MAX_WIDTH, CANVAS_MAX_HEIGHT = 800, 640  # the photo is shown downscaled; GrabCut runs on every pixel
 BOX, FOREGROUND, BACKGROUND = "Box", "Mark object", "Mark background"
@@ -26,6 +26,8 @@ HINTS = {BOX: "Drag a box around the object (the last box drawn counts).",
 NEW_CLASS = "(new class)"
 UPLOAD, LIBRARY = "Upload a photo", "An uploaded image"
 RECENT_SHOWN = 8
+LABELS = {"ean": "New class name", "class_name": "New class name", "file": "Photo", "box": "Box",
+          "iterations": "GrabCut iterations"}
 
 user = require_page(__file__)
 config, store = get_config(), get_store()
@@ -138,32 +140,34 @@ def cut(rgb: np.ndarray, key: tuple, box, fg, bg, brush: int, iterations: int, s
                                      max(1, round(brush / scale)))
     except InvalidInput as exc:
         st.session_state.pop("segment_result", None)
-        st.error(f"GrabCut could not cut this out: {exc}")
+        st.error(f"GrabCut could not cut this out: {page_message(exc, LABELS)}")
         return
     st.session_state["segment_result"] = {"key": key, "result": result}
 
 
 def save_section(result, source: str) -> None:
-    """Pick or type the class, then save the cut-out into the library."""
+    """Pick or type the class (nothing is preselected: a wrong default files objects wrongly), then save."""
     counts = segment.class_counts(store)
     left, right = st.columns(2)
-    choice = NEW_CLASS
-    if counts:  # an empty library has nothing to pick from: just type the first class
-        choice = left.selectbox("Class", [*counts, NEW_CLASS], key="segment_class",
-                                format_func=lambda c: c if c == NEW_CLASS else f"{c} ({counts[c]} objects)")
+    choice = left.selectbox("Class", [*counts, NEW_CLASS], index=None if counts else len(counts),
+                            placeholder="Choose a class", key="segment_class",
+                            format_func=lambda c: c if c == NEW_CLASS else f"{c} ({counts[c]} objects)")
     name = right.text_input("New class name", key="segment_new_class", disabled=choice != NEW_CLASS,
                             help="Letters, digits, '_', '-', '.' and spaces (the seed's EAN codes fit).")
     class_name = name.strip() if choice == NEW_CLASS else choice
-    if st.button("Save object", key="segment_save", type="primary"):
+    if st.button("Save object", key="segment_save", type="primary", disabled=not class_name):
         cutout = result.cutout
         try:
-            row = segment.save_object(config, store, class_name, encode_png(cutout), source=source,
-                                      bbox=result.bbox, created_by=user["username"],
-                                      size=(cutout.shape[1], cutout.shape[0]))
+            row, created = library.save_once(config, store, class_name, encode_png(cutout), source=source,
+                                             bbox=result.bbox, created_by=user["username"],
+                                             size=(cutout.shape[1], cutout.shape[0]))
         except InvalidInput as exc:
-            st.error(f"Not saved: {exc}")
+            st.error(f"Not saved: {page_message(exc, LABELS)}")
             return
-        st.success(f"Saved object {row['id'][:8]} as '{row['class_name']}'.")
+        if created:
+            st.success(f"Saved object {row['id'][:8]} as '{row['class_name']}'.")
+        else:
+            st.info(f"This cut is already saved as object {row['id'][:8]} in '{row['class_name']}'; nothing changed.")
 
 
 def library_section() -> None:
@@ -195,7 +199,7 @@ def main() -> None:
     try:
         rgb, display, scale = load_photo(digest, data)
     except InvalidInput as exc:
-        fail(f"This file cannot be used: {exc}")
+        fail(f"This file cannot be used: {page_message(exc, LABELS)}")
     st.caption(f"{source}: {rgb.shape[1]}×{rgb.shape[0]} px" + (f", shown at {scale:.0%}" if scale < 1 else ""))
     canvas, brush, iterations = draw(display, digest)
     box, fg, bg = read_drawing(canvas.json_data, CanvasMapping.of(canvas.background_fit, scale), rgb.shape)
@@ -210,7 +214,9 @@ def main() -> None:
     if kept is None or kept["key"] != (digest, box):  # a result belongs to one photo and one box
         return
     result = kept["result"]
-    st.image(segment.cutout_preview(result.cutout), caption=f"Cut-out {result.cutout.shape[1]}×"
+    preview = segment.cutout_preview(result.cutout)
+    # At its own size (shrunk only when large): a small cut-out blown up to the page width looks broken.
+    st.image(preview, width=int(preview.shape[1]), caption=f"Cut-out {result.cutout.shape[1]}×"
              f"{result.cutout.shape[0]} px (checkerboard = transparent; outline = mask edge)")
     save_section(result, source)
 
@@ -218,4 +224,4 @@ def main() -> None:
 try:
     main()
 except StudioError as exc:  # a broken file or catalog: say what, never a traceback
-    fail(f"Segmentation failed: {exc}")
+    fail(f"Segmentation failed: {page_message(exc, LABELS)}")

@@ -11,56 +11,42 @@ from engine.exceptions import InvalidInput
 from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training
-from services.ui import get_config, get_store, require_page
-from services.validation import invalid_input_from
+from services.ui import DATASET_FIELD_LABELS, dataset_picker, get_config, get_store, page_message, require_page
 
 LIVE_SECONDS = 2  # how often the open page re-reads the run's history
 RUNS_SHOWN = 50
+CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds
 QUEUE_DOWN = "The job queue (Redis) is unreachable; try again shortly."
 
 user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Train")
 MODELS = {info.name: info for info in list_models()}
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def folder_choices(_config, data_dir: str) -> list[str]:
-    """Class-folder trees under DATA_DIR (``data_dir`` keys the cache; listing big trees is not free)."""
-    return training.image_folder_candidates(_config)
+# Request fields in the words of this page's widgets.
+LABELS = {**DATASET_FIELD_LABELS, "model_name": "Model", "num_epochs": "Epochs", "batch_size": "Batch size",
+          "learning_rate": "Learning rate", "optimizer": "Optimizer", "momentum": "Momentum (SGD)",
+          "l2_reg": "L2 (weight decay)", "image_size": "Image size", "seed": "Seed",
+          "epoch_step": "Step every n epochs",
+          "patience": "Early stop after n flat epochs", "num_workers": "Loader processes",
+          "is_transform": "Augment (flip, shift)", "convert_grey": "Grey images", "pretrained": "Pretrained (ImageNet)"}
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def classes_of(_config, request_json: str) -> list[str]:
-    """The data's class names (reruns on every widget change must not list big folders each time)."""
-    return training.data_classes(_config, training.TrainRequest.model_validate_json(request_json))
+def data_check(_config, request_json: str) -> list[str]:
+    """The data's class names once every check a launch makes has passed (raises InvalidInput otherwise).
+
+    Cached: reruns on every widget change must not list and hash big folders each time.
+    """
+    req = training.TrainRequest.model_validate_json(request_json)
+    run = training.prepare(_config, req)
+    training.check_distinct_splits(_config, req)
+    return run.data.class_names
 
 
 def pick(label: str, options: list[str], preferred: str, key: str) -> str | None:
     """A select box that starts on ``preferred`` when it is one of the options."""
     index = options.index(preferred) if preferred in options else 0
     return st.selectbox(label, options, index=index, key=key) if options else None
-
-
-def data_fields(kind: str) -> dict:
-    """The widgets of the chosen dataset kind; returns the request fields they set."""
-    if kind == "hdf5":
-        files = training.available_hdf5(config, store)
-        if not files:
-            st.info("No HDF5 datasets yet: generate one on the Augment page (or put one in DATA_DIR/datasets).")
-        return {"hdf5_path": pick("HDF5 file (DATA_DIR/datasets)", files, "", "train_hdf5")}
-    if kind == "custom":
-        folders = folder_choices(config, str(config.data_dir))
-        if not folders:
-            st.info("No class folders found in DATA_DIR: add <folder>/<class>/*.png trees for training and test.")
-        left, right = st.columns(2)
-        with left:
-            train_dir = pick("Training folder", folders, "TRAIN_data_224", "train_trainset")
-        with right:
-            test_dir = pick("Test folder", folders, "TEST_data_224", "train_testset")
-        return {"trainset_dir": train_dir, "testset_dir": test_dir}
-    st.caption("The annotated images of the Annotate page (multi-label, one output per label of the label set).")
-    return {}
 
 
 def hyperparameters(info) -> dict:
@@ -93,8 +79,24 @@ def build_request(fields: dict) -> training.TrainRequest | None:
     try:
         return training.TrainRequest.model_validate(fields)
     except ValidationError as exc:
-        st.error(str(invalid_input_from(exc)))
+        st.error(page_message(exc, LABELS))
         return None
+
+
+def data_ready(fields: dict) -> bool:
+    """Show the data's classes, or why it cannot be trained on; whether a launch may go ahead."""
+    if any(fields.get(f) is None for f in list_dataset_kinds()[fields["dataset"]] if f in LABELS):
+        return False
+    req = build_request(fields)
+    if req is None:
+        return False
+    try:
+        classes = data_check(config, req.model_dump_json())
+    except InvalidInput as exc:
+        st.error(page_message(exc, LABELS))
+        return False
+    st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}")
+    return True
 
 
 def launch_form() -> None:
@@ -102,24 +104,17 @@ def launch_form() -> None:
     name = pick("Model", list(MODELS), "convnetj", "train_model")  # the seed's example model first
     info = MODELS[name]
     st.caption(f"{info.description} · default input {info.default_input_size} px")
-    kind = st.radio("Dataset", list(list_dataset_kinds()), horizontal=True, key="train_dataset")
-    fields = {"model_name": name, "dataset": kind, **data_fields(kind)}
-    req = build_request(fields)
-    if req is not None:
-        try:
-            classes = classes_of(config, req.model_dump_json())
-            st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}")
-        except InvalidInput as exc:
-            st.warning(str(exc))
+    fields = {"model_name": name, **dataset_picker("train")}
+    ready = data_ready(fields)
     with st.expander("Hyperparameters", expanded=True):
         fields.update(hyperparameters(info))
-    if st.button("Launch training", type="primary", key="train_launch"):
+    if st.button("Launch training", type="primary", key="train_launch", disabled=not ready):
         req = build_request(fields)
         if req is not None:
             try:
                 job_id = training.submit_training(config, store, req, user["username"])
             except InvalidInput as exc:
-                st.error(str(exc))
+                st.error(page_message(exc, LABELS))
             except RedisError:
                 st.error(QUEUE_DOWN)
             else:
@@ -192,6 +187,24 @@ def live_run(job_id: str, was_live: bool) -> None:
         st.rerun(scope="app")  # once: the full page stops polling and shows the final evaluation
 
 
+def confusion_side(names: list[str]) -> int:
+    """The matrix's side in pixels: a readable cell per class, within bounds."""
+    return min(CONFUSION_MAX, max(CONFUSION_MIN, CONFUSION_CELL * len(names)))
+
+
+def confusion_chart(cells: pd.DataFrame, names: list[str]) -> alt.LayerChart:
+    """Cells big enough to read, with white numbers on dark cells and black ones on light cells."""
+    side = confusion_side(names)
+    half = max(1, int(cells["count"].max())) / 2
+    base = alt.Chart(cells, title="Confusion matrix (best epoch, test set)", width=side, height=side).encode(
+        x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
+    rects = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
+                                    tooltip=["true", "predicted", "count"])
+    text = base.mark_text(fontSize=14 if len(names) <= 10 else 10).encode(
+        text="count:Q", color=alt.condition(alt.datum.count > half, alt.value("white"), alt.value("black")))
+    return rects + text
+
+
 def evaluation(record: dict) -> None:
     """The best epoch's confusion matrix (single-label) or per-label metrics (multi-label)."""
     found = (record["result"] or {}).get("evaluation") or {}
@@ -199,11 +212,9 @@ def evaluation(record: dict) -> None:
     if "confusion_matrix" in found:
         cells = pd.DataFrame([{"true": names[i], "predicted": names[j], "count": n}
                               for i, row in enumerate(found["confusion_matrix"]) for j, n in enumerate(row)])
-        base = alt.Chart(cells, title="Confusion matrix (best epoch, test set)").encode(
-            x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
-        chart = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"))) + \
-            base.mark_text().encode(text="count:Q")
-        st.altair_chart(chart, key="train_confusion")
+        side = confusion_side(names)
+        # Fixed pixel sizes: Streamlit otherwise shrinks a layered chart of nominal axes to a few dozen pixels.
+        st.altair_chart(confusion_chart(cells, names), key="train_confusion", width=side + 160, height=side + 120)
     elif "per_class" in found:
         st.subheader("Per-label metrics (best epoch)")
         st.dataframe(pd.DataFrame(found["per_class"]).T, key="train_per_class")

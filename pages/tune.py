@@ -6,13 +6,11 @@ import redis
 import streamlit as st
 from pydantic import ValidationError
 
-from engine.datasets import list_dataset_kinds
 from engine.exceptions import InvalidInput, StudioError
 from engine.models import list_models
 from engine.training import OPTIMIZERS
-from services import jobs, training, tuning
-from services.ui import fail, get_config, get_store, require_page
-from services.validation import invalid_input_from
+from services import jobs, tuning
+from services.ui import DATASET_FIELD_LABELS, dataset_picker, fail, get_config, get_store, page_message, require_page
 
 LIVE_SECONDS = 2  # how often the open page re-reads a running study
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
@@ -21,23 +19,13 @@ user = require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Tune")
 MODELS = [info.name for info in list_models()]
-
-
-def data_fields(kind: str) -> dict:
-    """The dataset widgets of the chosen kind; returns the request fields they set."""
-    if kind == "hdf5":
-        files = training.available_hdf5(config, store)
-        if not files:
-            st.info("No HDF5 datasets yet: generate one on the Augment page (or put one in DATA_DIR/datasets).")
-        return {"hdf5_path": st.selectbox("HDF5 file (DATA_DIR/datasets)", files, key="tune_hdf5")}
-    if kind == "custom":
-        folders = training.image_folder_candidates(config)
-        left, right = st.columns(2)
-        return {"trainset_dir": left.selectbox("Training folder", folders, key="tune_trainset"),
-                "testset_dir": right.selectbox("Test folder", folders, index=min(1, len(folders) - 1) if folders
-                                               else 0, key="tune_testset")}
-    st.caption("The annotated images of the Annotate page (multi-label).")
-    return {}
+# Request fields in the words of this page's widgets.
+LABELS = {**DATASET_FIELD_LABELS, "space.model_name": "Models", "space.optimizer": "Optimizers",
+          "space.batch_size": "Batch sizes", "space.learning_rate": "Learning rate",
+          "space.weight_decay": "Weight decay",
+          "n_trials": "Trials", "epochs_per_trial": "Epochs per trial", "parallel": "Trials at once (workers)",
+          "seed": "Seed", "num_epochs": "Epochs of the best's full training", "image_size": "Image size",
+          "convert_grey": "Grey images", "is_transform": "Augment (flip, shift)"}
 
 
 def space_fields() -> dict:
@@ -73,8 +61,7 @@ def budget_fields() -> dict:
 
 def launch_form() -> None:
     """The study's data, space and budget, and the Launch button (which selects the new study below)."""
-    kind = st.radio("Dataset", list(list_dataset_kinds()), horizontal=True, key="tune_dataset")
-    fields = {"dataset": kind, **data_fields(kind)}
+    fields = dataset_picker("tune")
     with st.expander("Search space", expanded=True):
         fields["space"] = space_fields()
     with st.expander("Budget and fixed settings", expanded=True):
@@ -84,11 +71,11 @@ def launch_form() -> None:
     try:
         req = tuning.TuneRequest.model_validate(fields)
     except ValidationError as exc:
-        fail(str(invalid_input_from(exc)))
+        fail(page_message(exc, LABELS))
     try:
         launched = tuning.launch(config, store, req, user["username"])
     except InvalidInput as exc:
-        fail(str(exc))
+        fail(page_message(exc, LABELS))
     except redis.exceptions.RedisError:
         fail("The job queue (Redis) is unreachable; try again shortly.")
     st.session_state["tune_next"] = launched["study_id"]
@@ -97,14 +84,19 @@ def launch_form() -> None:
 
 def study_label(row: dict) -> str:
     when = pd.to_datetime(row["created_at"], unit="s").strftime("%Y-%m-%d %H:%M:%S")
-    done = (row["progress"] or {}).get("done", 0)
-    total = (row["progress"] or {}).get("total", "?")
-    return f"{when} · {row['status']} · {done}/{total} trials · {row['study_id'][:8]}"
+    # No status or progress: a select box keeps the labels of its first rendering, which would go stale.
+    return f"{when} · by {row['created_by'] or '—'} · {row['study_id'][:8]}"
+
+
+def rounded(value):
+    """A hyperparameter as a person reads it: floats to 4 significant digits."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def trials_table(view: dict) -> None:
-    rows = [{"trial": t["number"], "state": t["state"], "value": t["value"], "epochs": len(t["intermediate"]),
-             **t["params"], "job": t["job_id"][:8]} for t in view["trials"]]
+    rows = [{"trial": t["number"], "state": t["state"], "value": rounded(t["value"]),
+             "epochs": len(t["intermediate"]), **{k: rounded(v) for k, v in t["params"].items()},
+             "job": t["job_id"][:8]} for t in view["trials"]]
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="tune_table")
 
@@ -164,8 +156,8 @@ def live_study(study_id: str, was_live: bool) -> None:
         st.error(view["error"])
     if view.get("best"):
         best = view["best"]
-        st.markdown(f"**Best:** trial {best['trial']} · {best['value']:.2f} · "
-                    + ", ".join(f"{k} = {v}" for k, v in best["params"].items()))
+        st.markdown(f"**Best:** trial {best['trial']} · {best['value']:.4g} · "
+                    + ", ".join(f"{k} = {rounded(v)}" for k, v in best["params"].items()))
     trials_table(view)
     charts(view)
     controls(view)
@@ -184,5 +176,5 @@ if "tune_next" in st.session_state:  # a study launched on the last pass: show i
     st.session_state["tune_study"] = st.session_state.pop("tune_next")
 by_id = {s["study_id"]: s for s in studies}
 study_id = st.selectbox("Study", list(by_id), format_func=lambda i: study_label(by_id[i]), key="tune_study")
-live = by_id[study_id]["status"] not in jobs.TERMINAL
+live = store.get_job(study_id)["status"] not in jobs.TERMINAL
 st.fragment(run_every=LIVE_SECONDS if live else None)(live_study)(study_id, live)

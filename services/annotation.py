@@ -26,7 +26,7 @@ from engine.exceptions import Conflict, InvalidInput, NotFound
 from engine.exif import ExifInfo, read_exif
 from engine.images import encode_png, open_image, to_rgb_array
 from services.config import Config
-from services.predictions import suggest_tags
+from services.predictions import suggest
 from services.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class Inspection:
         width: width after the EXIF orientation is applied.
         height: height after the EXIF orientation is applied.
         exif: the EXIF date and GPS position.
-        predict_tags: labels the active multi-label model suggests ([] without one).
+        predict_tags: labels the annotation model suggests, over its per-label thresholds ([] without one).
+        predict_scores: that model's score of every label ({} without one).
     """
 
     ext: str
@@ -69,6 +70,7 @@ class Inspection:
     height: int
     exif: ExifInfo
     predict_tags: list[str] = field(default_factory=list)
+    predict_scores: dict[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -130,8 +132,9 @@ def inspect_image(config: Config, store: Store, data: bytes, field: str = "file"
         raise InvalidInput(f"'{field}' is empty: send the image's bytes", field)
     img = open_image(data, field, config.max_image_pixels)
     ext = labelsets.extension_for_format(_detected_format(data))
-    tags = _suggested_tags(config, store, img)
-    return Inspection(ext, img.width, img.height, read_exif(data, config.max_image_pixels), tags)
+    found = _suggested_tags(config, store, img)
+    return Inspection(ext, img.width, img.height, read_exif(data, config.max_image_pixels), found["tags"],
+                      found["scores"])
 
 
 def _detected_format(data: bytes) -> str | None:
@@ -140,13 +143,13 @@ def _detected_format(data: bytes) -> str | None:
         return img.format
 
 
-def _suggested_tags(config: Config, store: Store, img: Image.Image) -> list[str]:
-    """Ask the active multi-label model; a broken model must not cost the user an upload."""
+def _suggested_tags(config: Config, store: Store, img: Image.Image) -> dict:
+    """Ask the annotation model; a broken model must not cost the user an upload."""
     try:
-        return suggest_tags(config, store, to_rgb_array(img))
+        return suggest(config, store, to_rgb_array(img))
     except Exception:  # noqa: BLE001 - suggestions are advisory; the log keeps the cause
         log.exception("tag suggestion failed; storing the upload without suggestions")
-        return []
+        return {"tags": [], "scores": {}}
 
 
 def store_upload(config: Config, store: Store, id_name: str, data: bytes, uploaded_by: str | None,

@@ -53,6 +53,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE revoked_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
     """,
+    # UI sign-in sessions: only a hash of the browser's token is kept, so a copy of the catalog signs nobody in.
+    """
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, role TEXT NOT NULL, created_at REAL NOT NULL,
+        last_seen REAL NOT NULL, revoked_at REAL);
+    CREATE INDEX sessions_user ON sessions(username);
+    """,
 )
 
 JSON_COLUMNS = frozenset({"params", "progress", "history", "result", "bbox", "class_names", "counts",
@@ -209,15 +216,18 @@ class Store:
         return self._change_user(username, "", ())
 
     def delete_user(self, username: str) -> bool:
-        """Remove a user (their tokens die with the row); False if there was no such user."""
+        """Remove a user (their tokens die with the row, their UI sessions end); False if there was none."""
         with self.connect() as conn:
+            _end_sessions(conn, username)
             return conn.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 1
 
     def _change_user(self, username: str, assignment: str, args: tuple) -> bool:
+        """Apply a change to a user, revoking every token and UI session they hold, in one transaction."""
         sets = f"{assignment}, " if assignment else ""
         with self.connect() as conn:
             cur = conn.execute(f"UPDATE users SET {sets}token_version = token_version + 1 WHERE username = ?",
                                (*args, username))
+            _end_sessions(conn, username)
             return cur.rowcount == 1
 
     def revoke_token(self, jti: str, expires_at: float) -> None:
@@ -296,6 +306,11 @@ class Store:
 @functools.lru_cache(maxsize=1)
 def _dummy_hash() -> str:
     return generate_password_hash(secrets.token_urlsafe(16))
+
+
+def _end_sessions(conn: sqlite3.Connection, username: str) -> None:
+    conn.execute("UPDATE sessions SET revoked_at = ? WHERE username = ? AND revoked_at IS NULL",
+                 (time.time(), username))
 
 
 def open_store(data_dir: Path) -> Store:

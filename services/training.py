@@ -9,9 +9,11 @@ to ``DATA_DIR/datasets``) and may never lead outside it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
@@ -48,6 +50,11 @@ FINE_TUNE_LR_FACTOR = 0.1
 PATH_BASES = {"hdf5_path": ("datasets",), "trainset_dir": (), "testset_dir": ()}
 # Dataset paths that clients do not choose: the annotation feature's folder.
 FIXED_PATHS = {"newdata_dir": ("newdata",)}
+# The product's own folders in DATA_DIR: none is a dataset a person put there, so none is ever offered or accepted.
+STORE_FOLDERS = frozenset({"newdata", "objects", "checkpoints", "datasets", "bgs", "redis", "logs", "uploads",
+                           "exports"})
+# Below this a test split measures nothing: one image per class gives 0 % or 100 % by chance.
+MIN_TEST_PER_CLASS = 2
 METRIC_KEYS = ("best_accuracy", "test_accuracy", "test_loss", "train_accuracy", "train_loss",
                "test_map", "test_micro_f1", "test_macro_f1")
 
@@ -172,6 +179,7 @@ def prepare(config: Config, req: TrainRequest) -> PreparedRun:
         raise InvalidInput(f"multi_label: the {req.dataset!r} data is "
                            f"{'multi' if data.multi_label else 'single'}-label", "multi_label")
     names = data.class_names
+    check_split_sizes(req, data)
     if req.num_classes is not None and req.num_classes != len(names):
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise InvalidInput(f"num_classes is {req.num_classes} but the data has {len(names)} classes: {shown}",
@@ -189,7 +197,74 @@ def _weights_file(config: Config, req: TrainRequest) -> str | None:
     return str(path)
 
 
+def check_split_sizes(req: TrainRequest, data: DatasetBundle) -> None:
+    """Refuse data that cannot teach or measure a classifier: one class, or too few test images of a class.
+
+    Raises:
+        InvalidInput: field ``dataset`` (one class) or ``testset_dir`` (a class short of test images).
+    """
+    names = data.class_names
+    if len(names) < 2:
+        raise InvalidInput(f"dataset: the data has {len(names)} class{'es' if len(names) != 1 else ''} "
+                           f"({', '.join(names) or 'none'}); at least 2 are needed", "dataset")
+    if data.multi_label:
+        return
+    counts = Counter(int(t) for t in getattr(data.test, "targets", ()))
+    short = [f"{name} ({counts.get(i, 0)})" for i, name in enumerate(names) if counts.get(i, 0) < MIN_TEST_PER_CLASS]
+    if short:
+        field = "hdf5_path" if req.dataset == "hdf5" else "testset_dir"
+        raise InvalidInput(f"{field}: the test split needs at least {MIN_TEST_PER_CLASS} images of every class; "
+                           f"too few: {', '.join(short[:20])}{', ...' if len(short) > 20 else ''}", field)
+
+
+def check_distinct_splits(config: Config, req: TrainRequest) -> None:
+    """Refuse a test split that is the training split, or that repeats its images (found by content hash).
+
+    Raises:
+        InvalidInput: field ``testset_dir`` (or ``hdf5_path``), with the number of shared images.
+    """
+    if req.dataset == "custom":
+        train, test = check_separate_folders(config, req)
+        shared, field = _file_hashes(train) & _file_hashes(test), "testset_dir"
+    elif req.dataset == "hdf5":
+        path = _locate(config, req, "hdf5_path")
+        shared, field = _hdf5_hashes(path, "train") & _hdf5_hashes(path, "test"), "hdf5_path"
+    else:
+        return
+    if shared:
+        raise InvalidInput(f"{field}: {len(shared)} image{'s are' if len(shared) != 1 else ' is'} in both the "
+                           "training and the test split; a test image must be one the model never saw", field)
+
+
+def check_separate_folders(config: Config, req: TrainRequest) -> tuple[Path, Path]:
+    """The training and test folders of a ``custom`` request, refused when one is (inside) the other."""
+    train, test = _locate(config, req, "trainset_dir"), _locate(config, req, "testset_dir")
+    if train == test or train.is_relative_to(test) or test.is_relative_to(train):
+        raise InvalidInput(f"testset_dir: the test folder {req.testset_dir!r} is the training folder "
+                           f"{req.trainset_dir!r} (or inside it); choose a separate test folder", "testset_dir")
+    return train, test
+
+
+def _file_hashes(root: Path) -> set[str]:
+    return {hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            for path in root.glob("*/*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()}
+
+
+def _hdf5_hashes(path: Path, split: str, chunk: int = 1024) -> set[str]:
+    import h5py  # only the hdf5 kind pays for it
+
+    found: set[str] = set()
+    with h5py.File(path, "r") as f:
+        images = f[f"X_{split}"]
+        for start in range(0, len(images), chunk):
+            found.update(hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest()
+                         for row in images[start:start + chunk])
+    return found
+
+
 def _open_data(config: Config, req: TrainRequest) -> DatasetBundle:
+    if req.dataset == "custom":
+        check_separate_folders(config, req)
     spec = dataset_spec(config, req)
     # The preprocessing depends on neither the class count nor the label kind, which the data tells.
     preprocessing = to_train_config(req, 2, False, req.weights).preprocessing()
@@ -214,6 +289,8 @@ def _locate(config: Config, req: TrainRequest, field: str) -> Path:
     if not raw:
         raise InvalidInput(f"{field}: dataset {req.dataset!r} needs {field}", field)
     path = resolve_under(config.path(*PATH_BASES[field]), raw, field)
+    if field != "hdf5_path" and _store_folder(config, path):
+        raise InvalidInput(f"{field}: {raw!r} is one of the studio's own folders, not a dataset", field)
     if field == "hdf5_path" and not _probe(path, Path.is_file):
         known = ", ".join(available_hdf5(config)) or "none yet"
         raise InvalidInput(f"{field}: no dataset file {raw!r} in DATA_DIR/datasets; available: {known}", field)
@@ -288,10 +365,12 @@ def transfer_settings(req: TrainRequest, weights_path: str | None) -> dict:
 
 # ------------------------------------------------------------------------------------- submit/resume
 def submit_training(config: Config, store: Store, req: TrainRequest, username: str | None) -> str:
-    """Check ``req`` against the data (and its weights file against the model), then enqueue a ``train`` job."""
+    """Check ``req`` against the data (distinct splits included, and its weights file against the model),
+    then enqueue a ``train`` job; returns its id."""
     run = prepare(config, req)
     if run.config.weights_path:
         check_weights_fit(run.config)
+    check_distinct_splits(config, req)
     return jobs.submit(config, store, "train", req.model_dump(), username)
 
 
@@ -537,9 +616,15 @@ def image_folder_candidates(config: Config, depth: int = 2, limit: int = 200) ->
     found: list[str] = []
     frontier = [config.data_dir]
     for _ in range(depth):
-        frontier = [c for d in frontier for c in _subdirs(d)][:limit]
+        frontier = [c for d in frontier for c in _subdirs(d) if not _store_folder(config, c)][:limit]
         found += [d.relative_to(config.data_dir).as_posix() for d in frontier if _holds_class_folders(d)]
     return sorted(found)
+
+
+def _store_folder(config: Config, path: Path) -> bool:
+    """Whether ``path`` is in one of the product's own folders (or a dot folder) of DATA_DIR."""
+    parts = path.resolve().relative_to(config.data_dir.resolve()).parts
+    return bool(parts) and (parts[0] in STORE_FOLDERS or any(p.startswith(".") for p in parts))
 
 
 def _subdirs(folder: Path) -> list[Path]:

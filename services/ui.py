@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import streamlit as st
+from pydantic import ValidationError
 
 from services.config import Config
 from services.store import Store, open_store
@@ -13,6 +16,7 @@ from services.store import Store, open_store
 PAGES = (
     ("pages/home.py", "Home", ":material/home:", ("operator", "annotator", "client")),
     ("pages/segment.py", "Segment", ":material/content_cut:", ("operator", "annotator")),
+    ("pages/objects.py", "Objects", ":material/category:", ("operator", "annotator")),
     ("pages/augment.py", "Augment", ":material/auto_awesome_mosaic:", ("operator",)),
     ("pages/train.py", "Train", ":material/model_training:", ("operator",)),
     ("pages/tune.py", "Tune", ":material/tune:", ("operator",)),
@@ -64,3 +68,108 @@ def fail(message: str) -> None:
     """Show a failure the way every page does (never a traceback) and stop the script."""
     st.error(message)
     st.stop()
+
+
+# --------------------------------------------------------------------------------- messages in page words
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_PYTHON_NAMES = re.compile(r"\b[A-Z]\w*(?:Error|Exception): ")
+
+
+def page_message(error: Exception | str, labels: Mapping[str, str] | None = None) -> str:
+    """An error in the page's words: request field names become the labels of the page's widgets.
+
+    ``labels`` maps a field (``ean``, ``angels``) to its widget label (``New class name``); a list item
+    (``angels.0``) reads as ``Training angles (°), value 1``. Python object representations are removed.
+    """
+    labels = labels or {}
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        text = f"{_field_label(first['loc'], labels)}: {first['msg'].removeprefix('Value error, ')}"
+    else:
+        text = str(error)
+        field = getattr(error, "field", None)
+        if field and text.startswith(f"{field}: "):
+            text = f"{_field_label(tuple(field.split('.')), labels)}: {text[len(field) + 2:]}"
+    for name, label in labels.items():
+        # Quoted names anywhere; bare ones only when they cannot be an ordinary word ("trainset_dir", not "file").
+        quote = "'" if "_" not in name and "." not in name else "'?"
+        text = re.sub(rf"(?<![\w.]){quote}{re.escape(name)}{quote}(?![\w])", lambda _m, label=label: label, text)
+    return _PYTHON_NAMES.sub("", _OBJECT_REPR.sub("", text)).replace(" )", ")")
+
+
+def _field_label(loc: tuple, labels: Mapping[str, str]) -> str:
+    parts = [str(p) for p in loc]
+    label, rest = (parts[0] if parts else ""), parts[1:]
+    for n in range(len(parts), 0, -1):  # the longest labelled prefix: "space.model_name" before "space"
+        if ".".join(parts[:n]) in labels:
+            label, rest = labels[".".join(parts[:n])], parts[n:]
+            break
+    index = next((p for p in rest if p.isdigit()), None)
+    return f"{label}, value {int(index) + 1}" if index is not None else label
+
+
+# ------------------------------------------------------------------------------------ the dataset picker
+DATASET_KIND_LABELS = {"hdf5": "HDF5 file", "custom": "Class folders", "newdata": "Annotated images"}
+DATASET_FIELD_LABELS = {"hdf5_path": "HDF5 file", "trainset_dir": "Training folder", "testset_dir": "Test folder",
+                        "dataset": "Dataset", "num_classes": "Classes"}
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _folder_choices(data_dir: str) -> list[str]:
+    """Class-folder trees a person put in DATA_DIR (``data_dir`` keys the cache; listings are not free)."""
+    from services import training
+
+    return training.image_folder_candidates(get_config())
+
+
+def dataset_picker(prefix: str) -> dict:
+    """The one dataset picker of Train and Tune: only real datasets, a test folder apart from the training one.
+
+    Args:
+        prefix: the page's widget key prefix.
+
+    Returns:
+        The request fields the picker sets (``dataset`` and the paths its kind needs).
+    """
+    from engine.datasets import list_dataset_kinds
+    from services import training
+
+    config = get_config()
+    files = training.available_hdf5(config, get_store())
+    kinds = list(list_dataset_kinds())
+    default = "hdf5" if files else "custom"
+    kind = st.radio("Dataset", kinds, index=kinds.index(default) if default in kinds else 0, horizontal=True,
+                    format_func=lambda k: DATASET_KIND_LABELS.get(k, k), key=f"{prefix}_dataset")
+    if kind == "hdf5":
+        if not files:
+            st.info("No HDF5 datasets yet: generate one on the Augment page (or put one in DATA_DIR/datasets).")
+        return {"dataset": kind, "hdf5_path": st.selectbox("HDF5 file (DATA_DIR/datasets)", files,
+                                                             key=f"{prefix}_hdf5") if files else None}
+    if kind == "custom":
+        return {"dataset": kind, **_folder_fields(prefix, _folder_choices(str(config.data_dir)))}
+    st.caption("The annotated images of the Annotate page (multi-label, one output per label of the label set).")
+    return {"dataset": kind}
+
+
+def _folder_fields(prefix: str, folders: list[str]) -> dict:
+    if len(folders) < 2:
+        st.info("Training needs two separate class-folder trees in DATA_DIR, one for training and one for "
+                "testing (<folder>/<class>/*.png); found " + (", ".join(folders) or "none") + ".")
+        return {"trainset_dir": None, "testset_dir": None}
+    left, right = st.columns(2)
+    named = [f for f in folders if "train" in f.lower()]
+    train = left.selectbox("Training folder", folders, index=folders.index(named[0]) if named else 0,
+                           key=f"{prefix}_trainset")
+    # Keyed by the training folder: choosing another one proposes its own test folder again.
+    test = right.selectbox("Test folder", folders, index=folders.index(_test_partner(train, folders)),
+                           key=f"{prefix}_testset_{train}")
+    return {"trainset_dir": train, "testset_dir": test}
+
+
+def _test_partner(train: str, folders: list[str]) -> str:
+    """The likely test folder of ``train`` (TRAIN_x -> TEST_x, .../train -> .../test), never ``train`` itself."""
+    for old, new in (("TRAIN", "TEST"), ("train", "test"), ("Train", "Test")):
+        guess = train.replace(old, new)
+        if guess != train and guess in folders:
+            return guess
+    return next(f for f in folders if f != train)

@@ -89,3 +89,15 @@ def login(page, stack, role: str) -> None:
     page.get_by_label("Password", exact=True).fill(stack.passwords[role])
     page.get_by_role("button", name="Sign in").click()
     page.get_by_test_id("stSidebarUserContent").get_by_text(f"Signed in as {role}").wait_for()
+    wait_for_session_cookie(page)
+
+
+def wait_for_session_cookie(page, timeout: float = 10.0) -> None:
+    """Wait until the page script has stored the sign-in cookie (a reload or typed address needs it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not any(c["name"] == "studio_session" for c in page.context.cookies()):
+        if time.monotonic() > deadline:
+            raise AssertionError("the sign-in cookie was never written")
+        page.wait_for_timeout(100)

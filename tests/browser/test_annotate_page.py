@@ -48,3 +48,80 @@ def test_drop_two_photos_confirm_labels_and_see_them_on_the_map(page, stack, tmp
     rows = {r["id_name"]: r for r in open_store(stack.data_dir).list_rows("images", order="uploaded_at DESC")}
     assert rows["harbour_a"]["labels"] == ["sea"] and rows["harbour_b"]["labels"] == ["sea"]
     assert rows["harbour_b"]["latitude"] == pytest.approx(-(33 + 52 / 60)) and rows["harbour_a"]["longitude"] > 5
+
+
+@pytest.fixture
+def tagger(stack):
+    """A tiny multi-label model of three labels whose thresholds are 0: used, it would preselect all three."""
+    import torch
+
+    from engine.datasets import ArrayDataset
+    from engine.inference import load_checkpoint
+    from engine.training import TrainConfig, fit
+    from services import training
+    from services.store import open_store
+
+    names = ["sea", "boat", "person"]
+    config = TrainConfig("lenet5", num_classes=3, epochs=1, batch_size=4, learning_rate=0.01, image_size=32,
+                         multi_label=True, seed=0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    data = ArrayDataset(images, rng.integers(0, 2, (8, 3)).astype(np.float32), config.preprocessing())
+    job_id = f"tagger-{rng.integers(1 << 30)}"
+    folder = stack.data_dir / "checkpoints" / job_id
+    fit(config, data, data, names, folder)
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(folder / name)
+        ckpt["thresholds"] = [0.0] * 3
+        torch.save(ckpt, folder / name)
+    store = open_store(stack.data_dir)
+    row = training.register_model(stack.config, store, job_id, "operator")
+    yield store, row
+    training.delete_model(stack.config, store, row["id"])
+
+
+def upload_and_read_tags(page, stack, image) -> tuple[str, int]:
+    """Open Annotate afresh, drop ``image``; the suggestion status line and how many tags are preselected."""
+    page.goto(stack.ui_url + "/annotate")
+    page.locator("h1", has_text="Annotate").wait_for()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(image))
+    page.get_by_text("EXIF:").first.wait_for()
+    page.wait_for_timeout(500)
+    status = page.get_by_text("suggestions", exact=False).first.inner_text()
+    return status, preselected(page)
+
+
+def preselected(page) -> int:
+    """How many of the tagger's labels the card's Labels box holds (its chips are its only text besides the label)."""
+    chips = page.locator("[data-testid='stMultiSelectTagsContainer']").first.inner_text()
+    return sum(name in chips.split() for name in ("sea", "boat", "person"))
+
+
+def test_annotate_preselects_nothing_from_an_unactivated_or_weak_model(page, stack, tagger, tmp_path):
+    store, row = tagger
+    image = photo_with_gps(tmp_path / "cup.jpg", (1.0, 0.0, 0.0), "N", (1.0, 0.0, 0.0), "E", 3)
+    login(page, stack, "annotator")
+    status, tags = upload_and_read_tags(page, stack, image)
+    assert "no multi-label model is activated" in status and tags == 0
+    shot(page, "annotate-unactivated-model")
+
+    store.set_active_model(row["id"])
+    store.update_row("models", row["id"], metrics={**row["metrics"], "test_map": 0.12})
+    status, tags = upload_and_read_tags(page, stack, image)
+    assert "validation mAP of 0.12, below the 0.50" in status and tags == 0
+    assert page.get_by_text("Suggested (").count() == 0
+    shot(page, "annotate-weak-model")
+
+    store.update_row("models", row["id"], metrics={**row["metrics"], "test_map": 0.91})
+    status, _ = upload_and_read_tags(page, stack, image)
+    shot(page, "annotate-good-model")
+    page.get_by_text("Suggested (✓ preselected").wait_for()
+    tags = preselected(page)
+    assert "validation mAP 0.91" in status and tags == 3  # a good model's tags over its thresholds
+    page.get_by_role("button", name="Save all (1)").click()
+    page.get_by_text("carry suggested tags that nobody changed or confirmed").wait_for()
+    page.get_by_role("button", name="Yes, save with the suggested tags").click()
+    page.get_by_text("Saved 1 of 1 images.").wait_for()
+    assert_no_traceback(page)
+    shot(page, "annotate-good-model")
+    store.update_row("models", row["id"], active=0)

@@ -31,9 +31,14 @@ def test_annotator_sees_only_annotate_segment_predict_and_cannot_reach_train(pag
     links = nav_links(page)
     assert "Train" not in links and "Augment" not in links and "Jobs" not in links
     page.locator("h1", has_text="PyTorch Automation Studio").wait_for()
+    start = page.locator("[data-testid='stPageLink'] a", has_text="start here")
+    start.wait_for()  # Home links the role's pages, its starting point marked
+    assert start.inner_text().strip().endswith("Annotate · start here")
+    assert page.locator("[data-testid='stPageLink'] a", has_text="Train").count() == 0
+    shot(page, "home-annotator")
     assert_no_traceback(page)
-    page.goto(stack.ui_url + "/train")  # typing the address: no such page for this session
-    page.get_by_role("button", name="Sign in").wait_for()
+    page.goto(stack.ui_url + "/train")  # typing the address: still signed in, but no Train for this role
+    page.get_by_test_id("stSidebarUserContent").get_by_text("Signed in as annotator").wait_for()
     page.wait_for_timeout(1000)
     assert page.locator("h1", has_text="Train").count() == 0
     assert_no_traceback(page)
@@ -65,5 +70,43 @@ def test_operator_cancels_a_running_job_on_the_jobs_page_and_signs_out(page, sta
     assert stack.wait_job(job_id, timeout=30)["status"] == "cancelled"
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)  # an ended job has nothing to cancel
     assert_no_traceback(page)
-    page.locator("[data-testid='stSidebarNav'] a", has_text="Sign out").click()
+    page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in").wait_for()
+
+
+def test_a_reload_and_a_deep_link_keep_the_sign_in_and_sign_out_ends_it(page, stack, browser):
+    login(page, stack, "operator")
+    page.goto(stack.ui_url + "/train")  # a typed address: a new Streamlit session, the same sign-in
+    page.locator("h1", has_text="Train").wait_for()
+    page.reload()
+    page.locator("h1", has_text="Train").wait_for()
+    page.get_by_test_id("stSidebarUserContent").get_by_text("Signed in as operator").wait_for()
+    assert_no_traceback(page)
+    shot(page, "reload-keeps-sign-in")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "studio_session")
+    assert cookie["sameSite"] == "Strict" and cookie["expires"] > 0
+    from services.sessions import _hash
+
+    catalog = open_store(stack.data_dir)
+    with catalog.connect(write=False) as conn:
+        rows = conn.execute("SELECT token_hash FROM sessions WHERE username = 'operator'").fetchall()
+    assert _hash(cookie["value"]) in {r[0] for r in rows} and cookie["value"] not in {r[0] for r in rows}
+
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for()
+    page.reload()  # the old cookie, if the browser still sends it, is revoked
+    page.get_by_role("button", name="Sign in").wait_for()
+    assert page.locator("h1", has_text="Train").count() == 0
+
+    fresh = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        other = fresh.new_page()
+        other.goto(stack.ui_url + "/models")  # a deep link, signed out: sign in, then the page asked for
+        other.get_by_label("Username", exact=True).fill("operator")
+        other.get_by_label("Password", exact=True).fill(stack.passwords["operator"])
+        other.get_by_role("button", name="Sign in").click()
+        other.locator("h1", has_text="Models").wait_for(timeout=30_000)
+        assert other.url.rstrip("/").endswith("/models")
+        assert_no_traceback(other)
+    finally:
+        fresh.close()

@@ -116,3 +116,35 @@ def test_models_page_lists_the_model_and_downloads_torchscript(page, stack, shap
     assert torch.jit.load(str(target))(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     assert_no_traceback(page)
     shot(page, "models-page")
+
+
+def test_train_page_refuses_the_training_folder_as_test_folder_and_says_why(page, stack):
+    write_folder_dataset(stack.data_dir, "SAME_train", "SAME_test", n_train=3, n_test=2)
+    open_page(page, stack, "operator", "Train")
+    page.get_by_text("Class folders").click()
+    choose_option(page, select_box(page, "Training folder"), "SAME_train")
+    test_box = select_box(page, "Test folder")
+    page.get_by_text("3 classes: circle, square, triangle").wait_for()
+    shown = test_box.inner_text() + " " + test_box.locator("input").input_value()
+    assert "SAME_test" in shown, shown  # the default test folder is never the training folder
+    test_box.locator("input").click()
+    offered = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    assert "SAME_test" in offered and not {"newdata", "objects", "bgs", "checkpoints"} & set(offered), offered
+    choose_option(page, test_box, "SAME_train")
+    page.get_by_text("Test folder: the test folder 'SAME_train' is the training folder").wait_for()
+    expect(page.get_by_role("button", name="Launch training")).to_be_disabled()
+    assert_no_traceback(page)
+    shot(page, "train-refuses-same-folder")
+
+
+def test_predict_page_warns_about_a_one_pixel_image(page, stack, shapes_model, tmp_path):
+    image = tmp_path / "dot.png"
+    image.write_bytes(png_bytes(np.full((1, 1, 3), 200, dtype=np.uint8)))
+    open_page(page, stack, "client", "Predict")
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(image))
+    warning = page.locator("[data-testid='stAlertContentWarning']")
+    warning.wait_for()
+    assert "only 1×1 px" in warning.inner_text() and "at least 32 px" in warning.inner_text()
+    assert_no_traceback(page)
+    shot(page, "predict-tiny-image")

@@ -22,7 +22,7 @@ def test_launch_a_tiny_study_and_see_it_finish(page, stack):
     login(page, stack, "operator")
     page.locator("[data-testid='stSidebarNav'] a", has_text="Tune").click()
     page.locator("h1", has_text="Tune").wait_for()
-    page.get_by_text("hdf5", exact=True).click()
+    page.get_by_text("HDF5 file", exact=True).click()  # the default when a dataset file exists
     page.get_by_text("HDF5 file (DATA_DIR/datasets)").wait_for()
     set_number(page, "Trials", 2)
     set_number(page, "Epochs per trial", 1)

@@ -1,0 +1,79 @@
+"""UI sign-in sessions that survive a reload: an opaque random token in a cookie, its hash in the catalog.
+
+Streamlit keeps ``st.session_state`` per websocket, so a reload or a typed address starts afresh; the
+browser's cookie (read with ``st.context.cookies``) carries the token across. A session ends when idle for
+:data:`IDLE_SECONDS`, :data:`ABSOLUTE_SECONDS` after sign-in, on sign-out, and when its user is deleted or
+their role changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+
+from services.store import Store
+
+COOKIE = "studio_session"
+IDLE_SECONDS = 8 * 3600  # a working day without a click ends the session
+ABSOLUTE_SECONDS = 7 * 24 * 3600  # a stolen cookie is worth a week at most
+TOUCH_EVERY = 60  # seconds between last_seen writes: not one write per widget click
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create(store: Store, user: dict, now: float | None = None) -> str:
+    """Open a session for ``user`` (a catalog row); returns the token for the browser (never stored)."""
+    token = secrets.token_urlsafe(32)
+    now = time.time() if now is None else now
+    with store.connect() as conn:
+        conn.execute("INSERT INTO sessions (token_hash, username, role, created_at, last_seen) VALUES (?, ?, ?, ?, ?)",
+                     (_hash(token), user["username"], user["role"], now, now))
+    return token
+
+
+def resume(store: Store, token: str | None, now: float | None = None) -> dict | None:
+    """The user of a live session, read afresh from the catalog; None (and the session revoked) otherwise.
+
+    A session is dead when unknown, revoked, idle or past its absolute lifetime, or when its user was
+    deleted or given another role since sign-in.
+    """
+    if not token or len(token) > 256:
+        return None
+    now = time.time() if now is None else now
+    key = _hash(token)
+    with store.connect(write=False) as conn:
+        row = conn.execute("SELECT * FROM sessions WHERE token_hash = ?", (key,)).fetchone()
+    if row is None or row["revoked_at"] is not None:
+        return None
+    user = store.get_user(row["username"])
+    expired = now - row["last_seen"] > IDLE_SECONDS or now - row["created_at"] > ABSOLUTE_SECONDS
+    if expired or user is None or user["role"] != row["role"]:
+        revoke(store, token, now)
+        return None
+    if now - row["last_seen"] > TOUCH_EVERY:
+        with store.connect() as conn:
+            conn.execute("UPDATE sessions SET last_seen = ? WHERE token_hash = ?", (now, key))
+    return user
+
+
+def revoke(store: Store, token: str | None, now: float | None = None) -> None:
+    """End the session of ``token`` (sign-out); unknown tokens are ignored."""
+    if token:
+        with store.connect() as conn:
+            conn.execute("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+                         (time.time() if now is None else now, _hash(token)))
+
+
+def cookie_script(token: str | None) -> str:
+    """JavaScript that stores ``token`` in the browser's cookie (None: deletes it).
+
+    Not HttpOnly (a page script writes it; Streamlit's server sets no cookies of its own), so it is
+    scoped to this site's path, SameSite=Strict, Secure over HTTPS, and worth nothing once revoked.
+    """
+    value, max_age = (token, ABSOLUTE_SECONDS) if token else ("", 0)
+    return ("<script>(function(){var c=" + json.dumps(f"{COOKIE}={value}; Max-Age={max_age}; Path=/; SameSite=Strict")
+            + ";if(location.protocol==='https:'){c+='; Secure';}document.cookie=c;})();</script>")
