@@ -47,10 +47,16 @@ MIGRATIONS: tuple[str, ...] = (
         latitude REAL, longitude REAL, altitude REAL, predict_tags TEXT,
         labels TEXT, labelled_by TEXT, labelled_at REAL);
     """,
+    """
+    ALTER TABLE datasets ADD COLUMN kind TEXT NOT NULL DEFAULT 'hdf5';
+    ALTER TABLE datasets ADD COLUMN origin TEXT NOT NULL DEFAULT 'generated';
+    ALTER TABLE datasets ADD COLUMN size_bytes INTEGER;
+    ALTER TABLE datasets ADD COLUMN thumbnails TEXT;
+    """,
 )
 
 JSON_COLUMNS = frozenset({"params", "progress", "history", "result", "bbox", "class_names", "counts",
-                          "config", "metrics", "gps", "predict_tags", "labels"})
+                          "config", "metrics", "gps", "predict_tags", "labels", "thumbnails"})
 
 
 def _decode(row: sqlite3.Row | None) -> dict | None:
