@@ -14,8 +14,11 @@ Two layouts are understood, under any number of wrapping folders:
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -354,7 +357,7 @@ def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, 
                     on_progress(done, total)
         finally:
             writer.close()
-    _refuse_bad(bad, skip_bad_images, total)
+    refuse_bad_images(bad, skip_bad_images, total)
     return ImportReport(_counts(out_path, archive.class_names), bad, shape)
 
 
@@ -364,7 +367,8 @@ def _walk(splits: dict[str, list[ImageEntry]]) -> Iterator[tuple[str, ImageEntry
             yield split, entry
 
 
-def _refuse_bad(bad: list[str], skip: bool, total: int) -> None:
+def refuse_bad_images(bad: list[str], skip: bool, total: int) -> None:
+    """Refuse images that do not decode (all named, field ``file``) unless skipped and some are left."""
     if bad and (not skip or len(bad) == total):
         shown = ", ".join(bad[:50]) + (f" and {len(bad) - 50} more" if len(bad) > 50 else "")
         hint = "" if len(bad) == total else "; send skip_bad_images=true to import the others"
@@ -417,3 +421,127 @@ def thumbnail_picks(labels: np.ndarray, class_names: list[str], per_class: int =
         for index in sorted(rng.permutation(rows)[:per_class].tolist()):
             picks.append({"class": name, "index": int(index)})
     return picks
+
+
+# ------------------------------------------------------------------------------ multi-label annotations
+
+ANNOTATION_SUFFIXES = (".csv", ".json")
+MAX_ANNOTATION_BYTES = 64 * 1024 * 1024
+ID_COLUMNS = ("id", "id_name", "image", "image_id", "filename", "file_name", "file", "path", "name")
+LIST_COLUMNS = ("labels", "label", "tags", "categories")
+
+
+@dataclass(frozen=True)
+class AnnotatedZip:
+    """Images with multi-label annotations from one CSV or COCO JSON file in the same zip.
+
+    Attributes:
+        annotation_file: the member holding the annotations.
+        items: ``(image member, labels)`` of every annotated image found in the zip.
+        missing: annotation rows whose image is not in the zip.
+        unannotated: images of the zip that no row mentions (left out).
+    """
+
+    annotation_file: str
+    items: list[tuple[str, list[str]]]
+    missing: list[str]
+    unannotated: list[str]
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({label for _, labels in self.items for label in labels})
+
+
+def find_annotation_file(path: str | os.PathLike, limits: ZipLimits | None = None,
+                         field: str = "file") -> str | None:
+    """The one ``.csv`` or ``.json`` at the top of a zip (under wrapping folders), or None."""
+    with open_zip(path, field) as zf:
+        infos = safe_members(zf, limits or ZipLimits(), field)
+    files = [i.filename for i in infos if not i.is_dir() and not _is_junk(PurePosixPath(i.filename).parts)]
+    top = min((len(PurePosixPath(f).parts) for f in files), default=0)
+    found = [f for f in files if len(PurePosixPath(f).parts) == top
+             and PurePosixPath(f).suffix.lower() in ANNOTATION_SUFFIXES]
+    if len(found) > 1:
+        raise InvalidInput(f"'{field}': the zip has {len(found)} annotation files at its top ({found[:5]}); "
+                           f"send one CSV or COCO JSON", field)
+    return found[0] if found else None
+
+
+def read_annotated_zip(path: str | os.PathLike, limits: ZipLimits | None = None,
+                       field: str = "file") -> AnnotatedZip:
+    """Read the annotation file of a zip and match its rows to the zip's images (by path, name or stem).
+
+    Raises:
+        InvalidInput: an unsafe zip, no or an unreadable annotation file, an ambiguous image name,
+            or no row matching an image (all naming ``field``).
+    """
+    member = find_annotation_file(path, limits, field)
+    if member is None:
+        raise InvalidInput(f"'{field}': the zip has no .csv or .json annotation file at its top", field)
+    with open_zip(path, field) as zf:
+        info = zf.getinfo(member)
+        if info.file_size > MAX_ANNOTATION_BYTES:
+            raise InvalidInput(f"'{field}': {member} is larger than {MAX_ANNOTATION_BYTES // 2**20} MB", field)
+        text = zf.read(member).decode("utf-8-sig", errors="replace")
+        images = [i.filename for i in zf.infolist() if not i.is_dir()
+                  and not _is_junk(PurePosixPath(i.filename).parts)
+                  and PurePosixPath(i.filename).suffix.lower() in ARCHIVE_IMAGE_SUFFIXES]
+    rows = parse_coco(text, field) if member.lower().endswith(".json") else parse_csv(text, field)
+    return _match(member, rows, images, field)
+
+
+def parse_csv(text: str, field: str = "file") -> list[tuple[str, list[str]]]:
+    """``(image key, labels)`` rows of a CSV: ``Id`` then one 0/1 column per label (this project's export),
+    or an id column and a ``labels`` column of names separated by ``;``, ``|`` or spaces."""
+    table = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if len(table) < 2 or len(table[0]) < 2:
+        raise InvalidInput(f"'{field}': the CSV needs a header (an id column, then labels) and rows", field)
+    header = [h.strip() for h in table[0]]
+    if len(header) == 2 and header[1].lower() in LIST_COLUMNS:
+        return [(row[0].strip(), [s for s in re.split(r"[;|\s]+", row[1].strip()) if s] if len(row) > 1 else [])
+                for row in table[1:]]
+    rows = []
+    for number, row in enumerate(table[1:], start=2):
+        cells = [c.strip() for c in row[1:]]
+        if any(c not in ("0", "1", "") for c in cells):
+            raise InvalidInput(f"'{field}': CSV line {number} has values other than 0/1 in the label columns "
+                               f"(or use two columns: id, labels)", field)
+        rows.append((row[0].strip(), [label for label, c in zip(header[1:], cells, strict=False) if c == "1"]))
+    return rows
+
+
+def parse_coco(text: str, field: str = "file") -> list[tuple[str, list[str]]]:
+    """``(file_name, labels)`` per image of COCO JSON: the categories its annotations name (boxes ignored)."""
+    try:
+        coco = json.loads(text)
+        names = {c["id"]: str(c["name"]) for c in coco["categories"]}
+        labels: dict[Any, set[str]] = {img["id"]: set() for img in coco["images"]}
+        for ann in coco.get("annotations", []):
+            labels[ann["image_id"]].add(names[ann["category_id"]])
+        return [(str(img["file_name"]), sorted(labels[img["id"]])) for img in coco["images"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"'{field}': not COCO JSON with images, categories and annotations "
+                           f"({type(exc).__name__}: {exc})", field) from None
+
+
+def _match(member: str, rows: list[tuple[str, list[str]]], images: list[str], field: str) -> AnnotatedZip:
+    index: dict[str, set[str]] = {}
+    for image in images:
+        pure = PurePosixPath(image)
+        for key in {image, pure.name, pure.stem, *("/".join(pure.parts[i:]) for i in range(len(pure.parts)))}:
+            index.setdefault(key, set()).add(image)
+    items, missing, used = [], [], set()
+    for key, labels in rows:
+        found = index.get(key.replace("\\", "/").lstrip("./"), set())
+        if len(found) > 1:
+            raise InvalidInput(f"'{field}': {key!r} matches several images ({sorted(found)[:3]}); "
+                               f"use paths in the annotation file", field)
+        if not found:
+            missing.append(key)
+            continue
+        image = found.pop()
+        used.add(image)
+        items.append((image, labels))
+    if not items:
+        raise InvalidInput(f"'{field}': no row of {member} names an image of the zip (e.g. {missing[:3]})", field)
+    return AnnotatedZip(member, items, missing, sorted(set(images) - used))

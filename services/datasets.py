@@ -10,21 +10,26 @@ into place only when complete, and the catalog row comes last; the upload itself
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import time
 import uuid
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import h5py
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine import archives
+from engine import labels as labelsets
 from engine.datasets import HDF5Dataset
-from engine.exceptions import Conflict, InvalidInput
-from services import jobs
+from engine.exceptions import Cancelled, Conflict, InvalidInput, StudioError
+from engine.exif import read_exif
+from engine.images import open_image
+from services import annotation, jobs
 from services.config import Config
 from services.generate import DatasetExists, clean_dataset_name, dataset_file, dataset_view, get_dataset
 from services.jobs import JobContext, job_kind
@@ -37,6 +42,10 @@ THUMBNAILS_PER_CLASS = 4
 # A zip may expand to this many times MAX_DATASET_MB before it counts as a bomb (JPEGs barely compress).
 EXPANSION_ALLOWANCE = 4
 ACTIVE_STATUSES = ("queued", "started")
+
+
+class AdminOnly(StudioError):
+    """Something only an admin may do (the API answers 403)."""
 
 
 class DatasetInUse(Conflict):
@@ -53,17 +62,23 @@ class UploadForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=110, description="the dataset's name: the file becomes datasets/<name>.hdf5")
+    name: str | None = Field(None, max_length=110,
+                             description="the dataset's name: the file becomes datasets/<name>.hdf5 "
+                                         "(not used for annotated images)")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class held out (class-folder zips)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the stratified split")
     image_size: int | None = Field(None, ge=8, le=1024,
                                    description="resize to this square; default: keep one shared size, else 224")
     skip_bad_images: bool = Field(False, description="import the rest when some images do not decode")
+    unknown_labels: Literal["refuse", "drop", "add"] = Field(
+        "refuse", description="annotations only: labels outside the label set refuse the upload, are dropped, "
+                              "or are added to the label set (admin)")
+    overwrite: bool = Field(False, description="annotations only: replace annotated images of the same id")
 
     @field_validator("name")
     @classmethod
-    def _name_is_no_path(cls, value: str) -> str:
-        return clean_dataset_name(value)
+    def _name_is_no_path(cls, value: str | None) -> str | None:
+        return clean_dataset_name(value) if value is not None and value.strip() else None
 
 
 class UploadSink:
@@ -117,6 +132,11 @@ def inspect_hdf5(path: Path) -> list[str]:
 def check_upload(config: Config, path: Path) -> dict[str, Any]:
     """What an uploaded file is, checked cheaply (headers, the zip's directory); InvalidInput on ``file``."""
     fmt = archives.sniff_format(path)
+    if fmt == "zip" and archives.find_annotation_file(path, zip_limits(config)):
+        annotated = archives.read_annotated_zip(path, zip_limits(config))
+        return {"format": "annotations", "layout": "annotations", "annotation_file": annotated.annotation_file,
+                "images": len(annotated.items), "labels": annotated.labels,
+                "missing_images": annotated.missing[:100], "unannotated_images": annotated.unannotated[:100]}
     if fmt == "zip":
         archive = archives.read_class_folders(path, zip_limits(config))
         return {"format": "zip", "layout": archive.layout, "class_names": archive.class_names,
@@ -124,6 +144,12 @@ def check_upload(config: Config, path: Path) -> dict[str, Any]:
     if fmt == "hdf5":
         return {"format": "hdf5", "layout": "hdf5", "class_names": inspect_hdf5(path)}
     raise InvalidInput("'file' is neither a zip (of class folders) nor an HDF5 file", "file")
+
+
+def _required_name(form: UploadForm) -> str:
+    if form.name is None:
+        raise InvalidInput("'name' is required: the dataset becomes datasets/<name>.hdf5", "name")
+    return form.name
 
 
 def check_name_free(config: Config, store: Store, name: str) -> None:
@@ -137,7 +163,7 @@ def check_name_free(config: Config, store: Store, name: str) -> None:
 
 
 def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, username: str | None,
-                  filename: str | None = None) -> tuple[str, dict]:
+                  filename: str | None = None, role: str | None = None) -> tuple[str, dict]:
     """Check an uploaded file, keep it in ``DATA_DIR/uploads`` and queue its import; ``(job id, what it is)``.
 
     ``upload`` is moved (not copied) and removed by the job when it ends, or here when refused.
@@ -146,8 +172,11 @@ def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, 
         InvalidInput: a bad file (field ``file``). DatasetExists: the name is taken.
     """
     try:
-        check_name_free(config, store, form.name)
         found = check_upload(config, upload)
+        if found["format"] == "annotations":
+            found.update(check_annotations(config, store, upload, form, role))
+        else:
+            check_name_free(config, store, _required_name(form))
         kept = config.path("uploads", f"{uuid.uuid4().hex}.{found['format']}")
         os.replace(upload, kept)
     except BaseException:
@@ -155,7 +184,8 @@ def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, 
         raise
     params = {"upload": str(kept.relative_to(config.data_dir)), "format": found["format"], "name": form.name,
               "test_fraction": form.test_fraction, "seed": form.seed, "image_size": form.image_size,
-              "skip_bad_images": form.skip_bad_images, "filename": (filename or "")[:200]}
+              "skip_bad_images": form.skip_bad_images, "filename": (filename or "")[:200],
+              "unknown_labels": form.unknown_labels, "overwrite": form.overwrite}
     try:
         return jobs.submit(config, store, "import_dataset", params, username), found
     except BaseException:
@@ -171,6 +201,11 @@ def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, 
 def import_dataset(ctx: JobContext, params: dict) -> dict:
     """Write the dataset file, publish it, catalog it; the upload is removed whatever happens."""
     upload = ctx.config.path(params["upload"])
+    if params["format"] == "annotations":
+        try:
+            return _import_annotations(ctx, upload, params)
+        finally:
+            upload.unlink(missing_ok=True)
     target = dataset_file(ctx.config, params["name"])
     try:
         if params["format"] == "zip":
@@ -240,6 +275,86 @@ def catalog_row(config: Config, params: dict, path: Path, info: dict, job_id: st
             "created_by": created_by, "created_at": time.time(), "kind": "hdf5", "origin": "uploaded",
             "size_bytes": path.stat().st_size,
             "thumbnails": archives.thumbnail_picks(labels, info["class_names"], THUMBNAILS_PER_CLASS)}
+
+
+# ------------------------------------------------------------------------------- annotated images
+
+
+def check_annotations(config: Config, store: Store, upload: Path, form: UploadForm, role: str | None) -> dict:
+    """Check an annotated zip against the label set and the stored images; what the answer lists.
+
+    Raises:
+        InvalidInput: unknown labels (named) when ``unknown_labels`` is ``refuse``, ids taken without
+            ``overwrite``, two images with one id (field ``file``). Forbidden: ``add`` by a non-admin.
+    """
+    annotated = archives.read_annotated_zip(upload, zip_limits(config))
+    known = annotation.read_labels(config)
+    unknown = [label for label in annotated.labels if label not in known]
+    if unknown and form.unknown_labels == "refuse":
+        raise InvalidInput(f"'file': labels not in the label set: {', '.join(unknown[:50])}; send "
+                           f"unknown_labels=drop to import without them, or =add (admin) to add them", "file")
+    if unknown and form.unknown_labels == "add" and role != "admin":
+        raise AdminOnly("only an admin may add labels to the label set (unknown_labels=add)")
+    ids = image_ids(annotated)
+    taken = [i for i in ids.values() if store.get_row("images", i) is not None]
+    if taken and not form.overwrite:
+        raise annotation.ImageExists(f"images with these ids exist: {', '.join(taken[:20])}; send "
+                                     f"overwrite=true to replace them")
+    return {"unknown_labels": unknown, "unknown_labels_policy": form.unknown_labels}
+
+
+def image_ids(annotated: archives.AnnotatedZip) -> dict[str, str]:
+    """The ``id_name`` each image gets (its file name's stem); two images with one id are refused."""
+    ids: dict[str, str] = {}
+    for member, _labels in annotated.items:
+        id_name = annotation.default_id_name(PurePosixPath(member).name)
+        if id_name in ids.values():
+            raise InvalidInput(f"'file': two images would both get the id {id_name!r}; rename one", "file")
+        ids[member] = id_name
+    return ids
+
+
+def _inspection(config: Config, data: bytes, member: str) -> annotation.Inspection:
+    """Decode an image as the annotation upload does, without asking a model for tag suggestions."""
+    img = open_image(data, member, config.max_image_pixels)
+    fmt = Image.open(io.BytesIO(data)).format
+    return annotation.Inspection(labelsets.extension_for_format(fmt), img.width, img.height,
+                                 read_exif(data, config.max_image_pixels))
+
+
+def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
+    """Check every image first (nothing is stored if one is bad and not skipped), then store and label."""
+    config, store = ctx.config, ctx.store
+    annotated = archives.read_annotated_zip(upload, zip_limits(config))
+    ids = image_ids(annotated)
+    known = annotation.read_labels(config)
+    unknown = [label for label in annotated.labels if label not in known]
+    user = ctx.record().get("created_by")
+    with archives.open_zip(upload) as zf:
+        bad = []
+        for member, _labels in annotated.items:
+            try:
+                _inspection(config, zf.read(member), member)
+            except InvalidInput:
+                bad.append(member)
+        archives.refuse_bad_images(bad, params["skip_bad_images"], len(annotated.items))
+        if unknown and params["unknown_labels"] == "add":
+            annotation.set_label_set(config, known + unknown)
+        keep = set(annotation.read_labels(config))
+        stored = []
+        for done, (member, labels) in enumerate(annotated.items, start=1):
+            if ctx.should_stop():
+                raise Cancelled("the import was stopped")
+            if member not in bad:
+                data = zf.read(member)
+                annotation.store_upload(config, store, ids[member], data, user, params["overwrite"],
+                                        _inspection(config, data, member))
+                annotation.set_labels(config, store, ids[member], [x for x in labels if x in keep], user)
+                stored.append(ids[member])
+            ctx.progress(done, len(annotated.items), unit="image")
+    return {"imported": len(stored), "id_names": stored[:1000], "unknown_labels": unknown,
+            "unknown_labels_policy": params["unknown_labels"], "skipped_images": bad,
+            "missing_images": annotated.missing[:1000], "unannotated_images": annotated.unannotated[:1000]}
 
 
 # --------------------------------------------------------------------------------------- the catalog

@@ -62,14 +62,17 @@ def _dataset_too_large(_exc):
 
 @endpoint(bp, "/api/v1/datasets", ("POST",), roles=OPERATORS, body=datasets.UploadForm, form=True)
 def upload_dataset(body: datasets.UploadForm):
-    """Upload a zip of class folders or an HDF5 file (multipart ``file``); answers 202 with the import job."""
+    """Upload a zip of class folders, an HDF5 file, or a zip of images with a CSV/COCO file of labels (202)."""
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise ApiError(400, "missing_file", "send the zip or HDF5 file as the multipart field 'file'", "file")
     upload.stream.flush()
     path = Path(upload.stream.name)  # the sink's file under DATA_DIR/uploads; submit_import moves it
-    job_id, found = datasets.submit_import(studio().config, studio().store, path, body, g.user["username"],
-                                           upload.filename)
+    try:
+        job_id, found = datasets.submit_import(studio().config, studio().store, path, body, g.user["username"],
+                                               upload.filename, g.user["role"])
+    except datasets.AdminOnly as exc:
+        raise ApiError(403, "forbidden", str(exc), "unknown_labels") from None
     return ok({"job_id": job_id, "jobs": [job_id], "name": body.name, **found}, 202)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import stat
 import zipfile
 from pathlib import Path
@@ -193,3 +194,45 @@ def test_unclear_layouts_are_refused(tmp_path, layout, message):
             zf.writestr(name, jpeg(np.zeros((8, 8, 3), np.uint8)))
     with pytest.raises(InvalidInput, match=message):
         archives.read_class_folders(tmp_path / "l.zip")
+
+
+# ------------------------------------------------------------------------------------- annotations
+def annotated_zip(path: Path, annotation_name: str, annotation_text: str, names=("beach", "street")) -> Path:
+    """Images in an ``images/`` folder and one annotation file beside it, inside a top folder."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(f"shoot/{annotation_name}", annotation_text)
+        zf.writestr("shoot/.DS_Store", bytes(32))
+        for i, name in enumerate(names):
+            zf.writestr(f"shoot/images/{name}.jpg", jpeg(np.full((16, 16, 3), 40 * i, np.uint8)))
+    return path
+
+
+def test_the_projects_own_csv_export_and_a_labels_column_are_read(tmp_path):
+    onehot = "Id,sea,tree,car\nbeach,1,0,0\nstreet,0,1,1\nnowhere,1,0,0\n"
+    got = archives.read_annotated_zip(annotated_zip(tmp_path / "a.zip", "labels.csv", onehot))
+    assert got.items == [("shoot/images/beach.jpg", ["sea"]), ("shoot/images/street.jpg", ["tree", "car"])]
+    assert got.missing == ["nowhere"] and got.labels == ["car", "sea", "tree"]
+    listed = "filename,labels\nbeach.jpg,sea\nimages/street.jpg,tree;car\n"
+    got = archives.read_annotated_zip(annotated_zip(tmp_path / "b.zip", "labels.csv", listed, ("beach", "street", "x")))
+    assert dict(got.items)["shoot/images/street.jpg"] == ["tree", "car"] and got.unannotated == ["shoot/images/x.jpg"]
+
+
+def test_coco_json_labels_are_the_categories_of_each_images_annotations(tmp_path):
+    coco = {"images": [{"id": 1, "file_name": "beach.jpg"}, {"id": 2, "file_name": "street.jpg"}],
+            "categories": [{"id": 7, "name": "sea"}, {"id": 9, "name": "zebra"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 4, 4]},
+                            {"id": 2, "image_id": 1, "category_id": 9}, {"id": 3, "image_id": 1, "category_id": 7}]}
+    got = archives.read_annotated_zip(annotated_zip(tmp_path / "c.zip", "instances.json", json.dumps(coco)))
+    assert got.items == [("shoot/images/beach.jpg", ["sea", "zebra"]), ("shoot/images/street.jpg", [])]
+    assert archives.find_annotation_file(file_manager_zip(tmp_path / "f.zip", class_images({"a": 1, "b": 1}))) is None
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("l.csv", "Id,sea\nbeach,yes\n", "other than 0/1"),
+    ("l.json", "{\"images\": 3}", "not COCO JSON"),
+    ("l.csv", "Id,sea\nmissing,1\n", "no row"),
+])
+def test_unreadable_annotations_are_refused_naming_file(tmp_path, name, text, message):
+    with pytest.raises(InvalidInput, match=message) as err:
+        archives.read_annotated_zip(annotated_zip(tmp_path / "z.zip", name, text))
+    assert err.value.field == "file"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import json
 import os
 import secrets
 import zipfile
@@ -19,6 +20,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from tests.engine.test_archives import (
+    annotated_zip,
     class_images,
     file_manager_zip,
     named_entry_zip,
@@ -255,3 +257,35 @@ def test_upload_a_zip_train_with_the_seed_body_then_predict(stack, tmp_path):
     assert r.status_code == 200, r.text
     assert r.json()["results"] == "digit_2", r.json()
     assert os.path.commonpath([stack.data_dir, stack.data_dir / "datasets" / f"{name}.hdf5"]) == str(stack.data_dir)
+
+
+# --------------------------------------------------------------------------------- annotated images
+def test_a_csv_of_multi_labels_imports_images_into_the_annotated_set(stack, tmp_path):
+    a, b = unique("beach"), unique("street")
+    text = f"Id,sea,tree,car,unicorn\n{a},1,0,0,1\n{b},0,1,1,0\nnot_in_zip,1,0,0,0\n"
+    path = annotated_zip(tmp_path / "a.zip", "labels.csv", text, (a, b))
+    r = upload(stack, path, "")
+    assert r.status_code == 400 and r.json()["field"] == "file" and "unicorn" in r.json()["message"], r.text
+    r = upload(stack, path, "", unknown_labels="add")
+    assert r.status_code == 403 and r.json()["field"] == "unknown_labels"
+    r = upload(stack, path, "", unknown_labels="drop")
+    assert r.status_code == 202, r.text
+    assert r.json()["unknown_labels"] == ["unicorn"] and r.json()["missing_images"] == ["not_in_zip"]
+    record = stack.wait_job(r.json()["job_id"])
+    assert record["status"] == "finished", record
+    assert record["result"]["imported"] == 2 and record["result"]["unknown_labels"] == ["unicorn"]
+    info = {n: requests.get(f"{stack.url}/imginfo/{n}", headers=stack.headers("operator"), timeout=30).json()
+            for n in (a, b)}
+    assert info[a]["labels"] == ["sea"] and sorted(info[b]["labels"]) == ["car", "tree"]
+    assert (stack.data_dir / "newdata" / "labels" / f"{a}.json").is_file()
+    assert upload(stack, path, "", unknown_labels="drop").status_code == 409  # ids taken, no overwrite
+
+
+def test_coco_json_with_images_imports_labels(stack, tmp_path):
+    a = unique("coco")
+    coco = {"images": [{"id": 1, "file_name": f"{a}.jpg"}], "categories": [{"id": 3, "name": "bus"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}]}
+    record = imported(stack, annotated_zip(tmp_path / "c.zip", "coco.json", json.dumps(coco), (a,)), "")
+    assert record["result"]["imported"] == 1
+    info = requests.get(f"{stack.url}/imginfo/{a}", headers=stack.headers("operator"), timeout=30).json()
+    assert info["labels"] == ["bus"]
