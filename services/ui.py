@@ -14,6 +14,7 @@ PAGES = (
     ("pages/home.py", "Home", ":material/home:", ("operator", "annotator", "client")),
     ("pages/segment.py", "Segment", ":material/content_cut:", ("operator", "annotator")),
     ("pages/augment.py", "Augment", ":material/auto_awesome_mosaic:", ("operator",)),
+    ("pages/datasets.py", "Datasets", ":material/dataset:", ("operator",)),
     ("pages/train.py", "Train", ":material/model_training:", ("operator",)),
     ("pages/tune.py", "Tune", ":material/tune:", ("operator",)),
     ("pages/models.py", "Models", ":material/inventory_2:", ("operator",)),
