@@ -8,6 +8,7 @@ import io
 import json
 import os
 import secrets
+import time
 import zipfile
 from pathlib import Path
 
@@ -289,3 +290,73 @@ def test_coco_json_with_images_imports_labels(stack, tmp_path):
     assert record["result"]["imported"] == 1
     info = requests.get(f"{stack.url}/imginfo/{a}", headers=stack.headers("operator"), timeout=30).json()
     assert info["labels"] == ["bus"]
+
+
+# ------------------------------------------------------------------------------------------- memory
+def stored_zip(path: Path, megabytes: int, entry_mb: int = 8) -> Path:
+    """A big zip of two class folders whose 'images' are random bytes (stored, so it cannot be a bomb)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(megabytes // entry_mb):
+            with zf.open(f"big/{'ab'[i % 2]}/{i:04d}.jpg", "w", force_zip64=True) as fh:
+                for _ in range(entry_mb):
+                    fh.write(rng.bytes(1024 * 1024))
+    return path
+
+
+def stream_multipart(stack, path: Path, name: str) -> tuple[int, bytes]:
+    """POST the file as multipart/form-data, sent from disk in 1 MB pieces with a Content-Length."""
+    boundary = secrets.token_hex(16)
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+            f"Content-Type: application/zip\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=600)
+    conn.putrequest("POST", "/api/v1/datasets")
+    conn.putheader("Authorization", stack.headers("operator")["Authorization"])
+    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    conn.putheader("Content-Length", str(len(head) + path.stat().st_size + len(tail)))
+    conn.endheaders()
+    conn.send(head)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            conn.send(chunk)
+    conn.send(tail)
+    answer = conn.getresponse()
+    body = answer.read()
+    conn.close()
+    return answer.status, body
+
+
+@pytest.mark.slow
+def test_a_large_upload_streams_to_disk_with_flat_api_memory(stack, tmp_path):
+    import threading
+
+    import psutil
+
+    path = stored_zip(tmp_path / "big.zip", megabytes=320)
+    api = psutil.Process(stack.api.pid)
+
+    def rss() -> int:
+        return sum(p.memory_info().rss for p in [api, *api.children(recursive=True)])
+
+    baseline, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        status, body = stream_multipart(stack, path, unique("big"))
+    finally:
+        done.set()
+        sampler.join()
+    assert status == 202, body[:300]
+    growth = (peak[0] - baseline) / 2**20
+    print(f"\nupload {path.stat().st_size / 2**20:.0f} MB: API RSS {baseline / 2**20:.0f} MB before, "
+          f"peak {peak[0] / 2**20:.0f} MB (+{growth:.0f} MB)")
+    assert growth < 64, f"the API grew {growth:.0f} MB while streaming"
+    path.unlink()
