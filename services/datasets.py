@@ -62,6 +62,7 @@ class UploadForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    file: bytes | None = Field(None, description="the zip or HDF5 file, as a multipart file part")
     name: str | None = Field(None, max_length=110,
                              description="the dataset's name: the file becomes datasets/<name>.hdf5 "
                                          "(not used for annotated images)")
@@ -196,8 +197,18 @@ def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, 
 # ------------------------------------------------------------------------------------------- the job
 
 
+def _clean_after_death(config: Config, store: Store, record: dict) -> None:
+    """An import whose worker died (or that RQ stopped) leaves its upload and temporary file: remove them."""
+    params = record["params"]
+    config.path(params["upload"]).unlink(missing_ok=True)
+    if params.get("name"):
+        for temp in config.path("datasets").glob(f".{params['name']}.hdf5.*.tmp"):
+            temp.unlink(missing_ok=True)
+
+
 @job_kind("import_dataset", timeout=IMPORT_TIMEOUT, result_ttl=IMPORT_RESULT_TTL,
-          description="an uploaded zip of class folders or HDF5 file, into datasets/<name>.hdf5")
+          description="an uploaded zip of class folders or HDF5 file, into datasets/<name>.hdf5",
+          on_ended_elsewhere=_clean_after_death)
 def import_dataset(ctx: JobContext, params: dict) -> dict:
     """Write the dataset file, publish it, catalog it; the upload is removed whatever happens."""
     upload = ctx.config.path(params["upload"])
