@@ -324,7 +324,7 @@ class ImportReport:
 def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, archive: ClassFolderZip,
                       splits: dict[str, list[ImageEntry]], image_size: int | None = None,
                       max_pixels: int = 50_000_000, skip_bad_images: bool = False,
-                      attrs: dict[str, Any] | None = None,
+                      attrs: dict[str, Any] | None = None, free_bytes: int | None = None,
                       on_progress: Callable[[int, int], None] | None = None,
                       should_stop: Callable[[], bool] | None = None) -> ImportReport:
     """Decode the images of ``splits`` and write them to ``out_path`` (the caller publishes the file).
@@ -333,7 +333,8 @@ def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, 
     resized to an ``image_size`` square (224 by default).
 
     Raises:
-        InvalidInput: images that do not decode (all named, field ``file``) unless ``skip_bad_images``.
+        InvalidInput: images that do not decode (all named, field ``file``) unless ``skip_bad_images``;
+            decoded pixels that would need more than ``free_bytes`` (field ``image_size``).
         Cancelled: ``should_stop()`` turned true.
     """
     total = sum(len(v) for v in splits.values())
@@ -341,6 +342,7 @@ def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, 
     with open_zip(zip_path) as zf:
         shapes = [image_size_of(zf, e.member) for entries in splits.values() for e in entries]
         shape = (image_size, image_size) if image_size else common_shape(shapes, 224)
+        _check_space(total * shape[0] * shape[1] * 3, free_bytes, shape)
         bad: list[str] = []
         writer = Hdf5Writer(out_path, archive.class_names, shape, attrs)
         try:
@@ -359,6 +361,13 @@ def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, 
             writer.close()
     refuse_bad_images(bad, skip_bad_images, total)
     return ImportReport(_counts(out_path, archive.class_names), bad, shape)
+
+
+def _check_space(needed: int, free: int | None, shape: tuple[int, int]) -> None:
+    # The HDF5 file holds decoded pixels: far more than the JPEGs of the zip.
+    if free is not None and needed * 1.1 > free:
+        raise InvalidInput(f"the images decoded at {shape[0]}x{shape[1]} need about {needed / 1e9:.1f} GB; only "
+                           f"{free / 1e9:.1f} GB are free (choose a smaller image_size)", "image_size")
 
 
 def _walk(splits: dict[str, list[ImageEntry]]) -> Iterator[tuple[str, ImageEntry]]:

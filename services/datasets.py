@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -249,7 +250,8 @@ def _import_zip(ctx: JobContext, upload: Path, temp: Path, params: dict) -> dict
                         "test_fraction": params["test_fraction"], "seed": params["seed"]}}
     report = archives.write_zip_as_hdf5(
         upload, temp, archive, splits, params["image_size"], ctx.config.max_image_pixels,
-        params["skip_bad_images"], attrs, on_progress=lambda d, t: ctx.progress(d, t, unit="image"),
+        params["skip_bad_images"], attrs, shutil.disk_usage(temp.parent).free,
+        on_progress=lambda d, t: ctx.progress(d, t, unit="image"),
         should_stop=ctx.should_stop)
     return {"class_names": archive.class_names, "counts": report.counts, "bad_images": report.bad_images,
             "shape": list(report.shape), "layout": archive.layout, "ignored": archive.ignored[:100]}

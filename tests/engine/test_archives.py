@@ -142,6 +142,14 @@ def test_images_of_different_sizes_become_one_square_size(tmp_path):
         assert h5["X_train"].shape[1:] == (224, 224, 3)
 
 
+def test_a_dataset_larger_than_the_free_disk_is_refused_before_writing(tmp_path):
+    archive = archives.read_class_folders(file_manager_zip(tmp_path / "p.zip", class_images({"a": 2, "b": 2})))
+    with pytest.raises(InvalidInput, match="GB are free") as err:
+        archives.write_zip_as_hdf5(tmp_path / "p.zip", tmp_path / "o.h5", archive,
+                                   archives.split_entries(archive, 0.5, 0), image_size=512, free_bytes=10**6)
+    assert err.value.field == "image_size" and not (tmp_path / "o.h5").exists()
+
+
 def test_bad_images_are_named_and_refused_unless_skipped(tmp_path):
     path = file_manager_zip(tmp_path / "p.zip", class_images({"a": 3, "b": 3}))
     with zipfile.ZipFile(path, "a") as zf:
