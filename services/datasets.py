@@ -1,4 +1,4 @@
-"""Datasets that users bring: upload (zip of class folders or HDF5), the import job, the catalog, export, delete.
+"""Datasets that users bring: upload (class-folder zips, HDF5, images with CSV/COCO labels), import, catalog, export.
 
 Shared by ``services/routes/datasets.py`` and the Datasets page. An upload is streamed to a hidden file
 in ``DATA_DIR/uploads`` (:class:`UploadSink`), checked at once from its headers and the zip's central
