@@ -37,8 +37,8 @@ def test_operator_uploads_a_zip_sees_its_classes_and_samples_then_deletes_it(pag
     page.locator("[data-testid='stVegaLiteChart'], [data-testid='stArrowVegaLiteChart']").first.wait_for()
     expect(page.locator("[data-testid='stImage']").first).to_be_visible()
     # up to four training samples per class: apple has 5 training images, pear 3
-    assert page.locator("[data-testid='stImage'] img").count() == 7
-    assert page.get_by_role("button", name="Download HDF5").count() == 1
+    expect(page.locator("[data-testid='stImage'] img")).to_have_count(7)
+    expect(page.get_by_role("button", name="Download HDF5", exact=True)).to_have_count(1)
     shot(page, "datasets-uploaded")
     assert (stack.data_dir / "datasets" / f"{name}.hdf5").is_file()
     page.get_by_text(f"Yes, delete {name} and its file").click()
