@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from engine import labels as labelsets
-from engine.exceptions import InvalidInput
+from engine.exceptions import Cancelled, InvalidInput
 from engine.images import DEFAULT_MAX_PIXELS, open_image, to_rgb_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -689,10 +689,55 @@ class HDF5Dataset(_Preprocessed):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def image(self, index: int) -> np.ndarray:
+        """The stored image ``index`` as H x W (x C) uint8, before any preprocessing."""
+        return _image_uint8(np.asarray(self._images()[index]), self._source.image_format)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
-        image = _image_uint8(np.asarray(self._images()[index]), self._source.image_format)
         target = torch.from_numpy(self.targets[index]) if self.multi_label else int(self.targets[index])
-        return self._tensor(image), target
+        return self._tensor(self.image(index)), target
+
+
+def write_canonical_hdf5(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    chunk: int = 256,
+) -> Hdf5Summary:
+    """Rewrite a single-label HDF5 dataset that :func:`inspect_hdf5` reads in this project's own layout.
+
+    The result holds ``X_train``/``X_test`` as uint8 N x H x W x C (channels last), ``y_train``/``y_test``
+    as int64 class indices and ``class_names`` as a JSON attribute, whatever the source used (floats,
+    channels first, one-hot rows, ``X_val``, names in a dataset...). Images are copied ``chunk`` at a time.
+
+    Raises:
+        InvalidInput: (field ``hdf5_path``) the source is unreadable, or multi-label (multi-hot rows).
+        Cancelled: ``should_stop()`` turned true; ``target`` may then be incomplete (the caller removes it).
+    """
+    layout = _open_hdf5(source)
+    summary = layout.summary
+    if summary.multi_label:
+        raise _refusal(Path(source), "holds multi-hot labels (a multi-label dataset), which only the annotated "
+                       "images take", "Import multi-label data as a zip of images with a CSV or COCO JSON")
+    total, done = sum(len(split.targets) for split in layout.splits.values()), 0
+    with h5py.File(target, "w") as out:
+        for split in ("train", "test"):
+            data = HDF5Dataset(source, split, layout=layout)
+            height, width, channels = data._source.image_format.shape
+            images = out.create_dataset(f"X_{split}", (len(data), height, width, channels), np.uint8)
+            out[f"y_{split}"] = data.targets.astype(np.int64)
+            for start in range(0, len(data), chunk):
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                stop = min(start + chunk, len(data))
+                images[start:stop] = np.stack([data.image(i).reshape(height, width, channels)
+                                               for i in range(start, stop)])
+                done += stop - start
+                if on_progress is not None:
+                    on_progress(done, total)
+        out.attrs["class_names"] = json.dumps(summary.class_names)
+    return summary
 
 
 class ImageFolderDataset(_Preprocessed):

@@ -11,6 +11,7 @@ from engine.exceptions import InvalidInput
 from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training
+from services.datasets_ui import upload_dataset_widget
 from services.ui import DATASET_FIELD_LABELS, dataset_picker, get_config, get_store, page_message, require_page
 
 LIVE_SECONDS = 2  # how often the open page re-reads the run's history
@@ -68,7 +69,8 @@ def hyperparameters(info) -> dict:
         "num_workers": c4.number_input("Loader processes", 0, 64, 0, key="train_workers"),
         "is_transform": c1.checkbox("Augment (flip, shift)", True, key="train_augment"),
         "convert_grey": c2.checkbox("Grey images", False, key="train_grey"),
-        "pretrained": c3.checkbox("Pretrained (ImageNet)", False, key="train_pretrained",
+        # Ticked by default where the weights ship with the install (no download needed).
+        "pretrained": c3.checkbox("Pretrained (ImageNet)", info.bundled_weights, key=f"train_pretrained_{info.name}",
                                   disabled=not info.has_pretrained),
     }
     # 0 means "not set" in the widgets; the request says so with None.
@@ -104,6 +106,8 @@ def launch_form() -> None:
     name = pick("Model", list(MODELS), "convnetj", "train_model")  # the seed's example model first
     info = MODELS[name]
     st.caption(f"{info.description} · default input {info.default_input_size} px")
+    with st.expander("Upload a dataset (a zip of class folders, or an HDF5 file)"):
+        upload_dataset_widget(config, store, user, key="train_upload")
     fields = {"model_name": name, **dataset_picker("train")}
     ready = data_ready(fields)
     with st.expander("Hyperparameters", expanded=True):

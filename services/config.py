@@ -46,6 +46,7 @@ class Config:
     jwt_secret_key: str | None = field(default=None, repr=False)
     token_minutes: int = 30
     max_upload_mb: int = 32
+    max_dataset_mb: int = 4096
     max_image_pixels: int = 50_000_000
     workers: int = 1
     queue_name: str = "studio"
@@ -71,6 +72,7 @@ class Config:
             jwt_secret_key=env.get("JWT_SECRET_KEY") or None,
             token_minutes=_int(env, "TOKEN_MINUTES", 30),
             max_upload_mb=_int(env, "MAX_UPLOAD_MB", 32),
+            max_dataset_mb=_int(env, "MAX_DATASET_MB", 4096),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
             workers=_int(env, "WORKERS", 1),
             job_modules=_names(env, "JOB_MODULES"),

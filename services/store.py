@@ -60,10 +60,17 @@ MIGRATIONS: tuple[str, ...] = (
         last_seen REAL NOT NULL, revoked_at REAL);
     CREATE INDEX sessions_user ON sessions(username);
     """,
+    # Datasets users bring: what kind of data, where it came from, its size and a few sample picks.
+    """
+    ALTER TABLE datasets ADD COLUMN kind TEXT NOT NULL DEFAULT 'hdf5';
+    ALTER TABLE datasets ADD COLUMN origin TEXT NOT NULL DEFAULT 'generated';
+    ALTER TABLE datasets ADD COLUMN size_bytes INTEGER;
+    ALTER TABLE datasets ADD COLUMN thumbnails TEXT;
+    """,
 )
 
 JSON_COLUMNS = frozenset({"params", "progress", "history", "result", "bbox", "class_names", "counts",
-                          "config", "metrics", "gps", "predict_tags", "labels"})
+                          "config", "metrics", "gps", "predict_tags", "labels", "thumbnails"})
 
 
 def _decode(row: sqlite3.Row | None) -> dict | None:

@@ -18,6 +18,7 @@ PAGES = (
     ("pages/segment.py", "Segment", ":material/content_cut:", ("operator", "annotator")),
     ("pages/objects.py", "Objects", ":material/category:", ("operator", "annotator")),
     ("pages/augment.py", "Augment", ":material/auto_awesome_mosaic:", ("operator",)),
+    ("pages/datasets.py", "Datasets", ":material/dataset:", ("operator",)),
     ("pages/train.py", "Train", ":material/model_training:", ("operator",)),
     ("pages/tune.py", "Tune", ":material/tune:", ("operator",)),
     ("pages/models.py", "Models", ":material/inventory_2:", ("operator",)),

@@ -1,4 +1,7 @@
-"""Augmentation routes (issue 3): the seed's ``/api/v1/generate``, backgrounds and the dataset catalog."""
+"""Augmentation routes (issue 3): the seed's ``/api/v1/generate``, backgrounds.
+
+The dataset catalog (``/api/v1/datasets``) is served by ``services/routes/datasets.py``.
+"""
 
 from __future__ import annotations
 
@@ -26,21 +29,6 @@ def post_generate(body: generate.GenerateBody):
     """Queue one job that writes an augmented HDF5 dataset from the object library (answers 202)."""
     job_id = generate.submit_generation(studio().config, studio().store, body, g.user["username"])
     return ok({"jobs": [job_id], "job_id": job_id}, 202)
-
-
-@endpoint(bp, "/api/v1/datasets", roles=OPERATORS)
-def list_datasets():
-    """Generated datasets, newest first, with their counts per split and class."""
-    config = studio().config
-    rows = [generate.dataset_view(config, r) for r in generate.list_datasets(studio().store)]
-    return ok({"datasets": rows, "count": len(rows)})
-
-
-@endpoint(bp, "/api/v1/datasets/<dataset_id>", roles=OPERATORS)
-def get_dataset(dataset_id: str):
-    """One generated dataset: file, classes, counts, generation config, export folders."""
-    row = generate.get_dataset(studio().store, dataset_id)
-    return ok(generate.dataset_view(studio().config, row))
 
 
 @endpoint(bp, "/api/v1/backgrounds", roles=READERS)
