@@ -79,7 +79,7 @@ def _submit(config: Config, store: Store, user: dict, upload, values: dict, key:
 
 
 def _progress(config: Config, store: Store, job_id: str, key: str) -> None:
-    record = jobs.reconcile(config, store, store.get_job(job_id))
+    record = jobs.read_job(config, store, store.get_job(job_id))
     progress = record["progress"] or {}
     done, total = progress.get("done") or 0, progress.get("total")
     text = f"Import {job_id[:8]}: {record['status']}" + (f" · {done} / {total} images" if total else "")
