@@ -20,9 +20,10 @@ import torch
 
 from engine import labels as labelsets
 from engine.datasets import DatasetSpec, build_datasets, read_image_file
+from engine.distributed import fit_distributed
 from engine.exceptions import Cancelled, StudioError
 from engine.inference import Predictor
-from engine.training import TrainConfig, fit
+from engine.training import TrainConfig
 
 MODEL_NAME = "resnet18"
 TAG_SEPARATOR = ";"
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of epochs to change learning rate (multiplied by 0.1; default: constant)",
     )
     p.add_argument(
-        "--device_ids", type=int, nargs="+", default=None, help="ids of GPU (several: data parallel)"
+        "--device_ids",
+        type=int,
+        nargs="+",
+        default=None,
+        help="ids of GPU (several: one DistributedDataParallel process each, sharing the batch)",
     )
     p.add_argument(
         "--start-epoch", type=int, default=None, metavar="N", help="manual epoch number (useful on restarts)"
@@ -135,6 +140,11 @@ def choose_device(device_ids: Sequence[int] | None) -> torch.device:
     return torch.device(f"cuda:{device_ids[0]}" if device_ids else "cuda")
 
 
+def processes_for(device_ids: Sequence[int] | None) -> int:
+    """One DDP process per listed GPU; a single process on a machine without CUDA."""
+    return len(device_ids) if device_ids and torch.cuda.is_available() else 1
+
+
 def print_epoch(record: dict) -> None:
     """One line per epoch, as the seed printed its validation summary."""
     print(
@@ -189,7 +199,8 @@ def run(args: argparse.Namespace) -> Path:
         flush=True,
     )
     directory = data_dir / "checkpoints" / "transfer"
-    result = fit(
+    result = fit_distributed(
+        processes_for(args.device_ids),
         config,
         bundle.train,
         bundle.test,
@@ -198,7 +209,7 @@ def run(args: argparse.Namespace) -> Path:
         on_epoch=print_epoch,
         resume_from=args.resume,
         device=choose_device(args.device_ids),
-        device_ids=args.device_ids,
+        device_ids=args.device_ids if torch.cuda.is_available() else None,
         start_epoch=args.start_epoch,
         log_every=max(args.print_freq, 1),
         on_batch=lambda b: print(f"  [{b['batch']}/{b['batches']}] loss {b['loss']:.4f}", flush=True),
