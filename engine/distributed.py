@@ -303,11 +303,14 @@ class _Launch:
                 polled = time.monotonic()
                 if not self.stop.is_set() and should_stop():
                     self.stop.set()
+            if outcome is not None and outcome[0] == "error":
+                self._raise_death_first()
             if outcome is not None and outcome[0] != "result":
                 return _raise(outcome)
             dead = [(r, p) for r, p in enumerate(self.procs) if p.exitcode not in (None, 0)]
             if dead:
                 outcome = outcome or self._drain_outcome()
+                self._raise_death_first()
                 if outcome is not None and outcome[0] != "result":
                     return _raise(outcome)
                 raise RankFailed(self._death_message(*dead[0]))
@@ -316,6 +319,15 @@ class _Launch:
                 if outcome is None:
                     raise RankFailed("every rank exited without a result")
                 return outcome[1]
+
+    def _raise_death_first(self) -> None:
+        # A rank killed from outside makes its peers fail on a reset connection: name the cause.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for rank, proc in enumerate(self.procs):
+                if proc.exitcode is not None and proc.exitcode < 0:
+                    raise RankFailed(self._death_message(rank, proc))
+            time.sleep(0.05)
 
     def _next_message(self):
         try:
@@ -352,10 +364,10 @@ def _raise(outcome):
     kind, payload = outcome
     if kind == "cancelled":
         raise Cancelled(payload)
-    name, message, field, trace = payload
+    rank, name, message, field, trace = payload
     if name == "InvalidInput":
         raise InvalidInput(message, field)
-    raise RankFailed(f"{message} ({name} in a training process)\n{trace}")
+    raise RankFailed(f"{name} in training process {rank}: {message}\n{trace}")
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -391,7 +403,7 @@ def _rank_main(rank: int, plan: _Plan, job: tuple, messages, stop_event) -> None
         if lead:
             messages.put(("cancelled", str(exc)))
     except BaseException as exc:
-        messages.put(("error", (type(exc).__name__, str(exc), getattr(exc, "field", None),
+        messages.put(("error", (rank, type(exc).__name__, str(exc), getattr(exc, "field", None),
                                 traceback.format_exc(limit=-8))))
         messages.close()
         messages.join_thread()
