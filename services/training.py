@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, list_dataset_kinds
+from engine.distributed import MAX_PROCESSES, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
 from engine.inference import EXPORT_FORMATS, export_model, load_checkpoint
 from engine.models import get_model_info, list_models
-from engine.training import OPTIMIZERS, TrainConfig, fit
+from engine.training import OPTIMIZERS, TrainConfig
 from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
@@ -76,6 +77,9 @@ class TrainRequest(BaseModel):
     image_size: int | None = Field(None, ge=1, le=4096, description="None: the model's default")
     pretrained: bool = False
     multi_label: bool | None = Field(None, description="None: from the data (newdata is multi-label)")
+    world_size: int = Field(1, ge=1, le=MAX_PROCESSES, validation_alias=AliasChoices("world_size", "nproc"),
+                            description="training processes (also 'nproc'): one per GPU on a GPU worker, else "
+                                        "CPU processes; batch_size is shared among them")
 
     @field_validator("model_name")
     @classmethod
@@ -146,6 +150,7 @@ def prepare(config: Config, req: TrainRequest) -> PreparedRun:
         InvalidInput: a missing dataset, a path outside DATA_DIR, ``num_classes`` or ``multi_label``
             contradicting the data, or a value the engine refuses; the field is the request's name.
     """
+    check_world_size(req.world_size, req.batch_size)
     data = _open_data(config, req)
     if req.multi_label is not None and req.multi_label != data.multi_label:
         raise InvalidInput(f"multi_label: the {req.dataset!r} data is "
@@ -278,8 +283,10 @@ def train(ctx: JobContext, params: dict) -> dict:
     directory = checkpoint_dir(ctx.config, ctx.job_id)
     try:
         # Polling the stop flag every few batches lets a cancel land within the platform's grace period.
-        result = fit(run.config, run.data.train, run.data.test, run.data.class_names, directory,
-                     on_epoch=ctx.epoch, should_stop=ctx.should_stop, resume_from=resume_from, log_every=5)
+        # Several processes: this work horse launches them and relays rank 0's epochs to ctx.
+        result = fit_distributed(run.request.world_size, run.config, run.data.train, run.data.test,
+                                 run.data.class_names, directory, on_epoch=ctx.epoch, should_stop=ctx.should_stop,
+                                 resume_from=resume_from, log_every=5)
     except Cancelled:
         register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
         raise
