@@ -257,6 +257,10 @@ def fit_distributed(
                    device=device if device is not None or not device_ids else f"cuda:{device_ids[0]}",
                    on_batch=on_batch, **kwargs)
     backend, devices = plan_devices(world_size, device, device_ids)
+    if sync_batchnorm and backend != "nccl":
+        # torch's SyncBatchNorm computes on accelerators only.
+        raise InvalidInput("sync_batchnorm needs one GPU per process; this run's processes are on CPUs",
+                           "sync_batchnorm")
     store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=timeout_s), wait_for_workers=False)
     threads = max(1, (os.cpu_count() or 1) // world_size)
     plan = _Plan(world_size, store.port, backend, devices, timeout_s, threads, os.getpid())

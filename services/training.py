@@ -80,6 +80,7 @@ class TrainRequest(BaseModel):
     world_size: int = Field(1, ge=1, le=MAX_PROCESSES, validation_alias=AliasChoices("world_size", "nproc"),
                             description="training processes (also 'nproc'): one per GPU on a GPU worker, else "
                                         "CPU processes; batch_size is shared among them")
+    sync_batchnorm: bool = Field(False, description="batch-norm statistics over every process's batch (GPUs only)")
 
     @field_validator("model_name")
     @classmethod
@@ -286,7 +287,7 @@ def train(ctx: JobContext, params: dict) -> dict:
         # Several processes: this work horse launches them and relays rank 0's epochs to ctx.
         result = fit_distributed(run.request.world_size, run.config, run.data.train, run.data.test,
                                  run.data.class_names, directory, on_epoch=ctx.epoch, should_stop=ctx.should_stop,
-                                 resume_from=resume_from, log_every=5)
+                                 resume_from=resume_from, log_every=5, sync_batchnorm=run.request.sync_batchnorm)
     except Cancelled:
         register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
         raise

@@ -131,3 +131,10 @@ def test_more_processes_than_cores_is_refused(tmp_path):
     with pytest.raises(InvalidInput, match="cores") as info:
         fit_distributed(os.cpu_count() + 1, cfg, *digits(cfg, 100, 50), CLASSES, tmp_path, device="cpu")
     assert info.value.field == "world_size"
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused_naming_the_field(tmp_path):
+    cfg = config()
+    with pytest.raises(InvalidInput, match="GPU") as info:
+        fit_distributed(2, cfg, *digits(cfg, 100, 50), CLASSES, tmp_path, device="cpu", sync_batchnorm=True)
+    assert info.value.field == "sync_batchnorm"
