@@ -47,6 +47,7 @@ from engine.exceptions import Cancelled, InvalidInput, RankFailed
 __all__ = [
     "MAX_PROCESSES",
     "DistributedDataParallel",
+    "Rendezvous",
     "check_world_size",
     "fit_distributed",
     "rank_and_world",
@@ -165,13 +166,36 @@ class _AgreedStop:
 class _Plan:
     """What every rank needs to join the group (plain, picklable values)."""
 
-    world_size: int
+    world_size: int  # processes on this machine
     port: int
     backend: str
     devices: tuple[str, ...]
     timeout_s: float
     threads: int
     parent_pid: int
+    host: str = "127.0.0.1"  # where the run's store listens
+    rank_offset: int = 0  # this machine's first global rank
+    global_world: int = 0  # processes on every machine (0: world_size)
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """How the launchers of one run on several machines find each other (c10d's TCP store rendezvous).
+
+    Machine 0 hosts the store and calls ``publish(host, port)``; every other machine calls ``lookup()``,
+    which waits for that address (e.g. a key in Redis). Every machine runs the same number of processes.
+
+    Attributes:
+        nnodes: machines in the run.
+        node_rank: this machine's index (0 hosts the store and writes the checkpoints).
+        host: machine 0's address as the others reach it.
+    """
+
+    nnodes: int
+    node_rank: int
+    publish: Callable[[str, int], None] | None = None
+    lookup: Callable[[], tuple[str, int]] | None = None
+    host: str = "127.0.0.1"
 
 
 def check_world_size(world_size: int, batch_size: int, field: str = "world_size") -> None:
@@ -230,6 +254,7 @@ def fit_distributed(
     log_every: int = 20,
     sync_batchnorm: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    rendezvous: Rendezvous | None = None,
 ):
     """:func:`engine.training.fit` over ``world_size`` processes; the arguments mean the same.
 
@@ -241,6 +266,8 @@ def fit_distributed(
         device_ids: the CUDA devices to use, one per rank (default: the first ``world_size``).
         sync_batchnorm: synchronise batch-norm statistics across ranks.
         timeout_s: how long a collective waits for a missing rank before the run fails.
+        rendezvous: this machine's part of a run over several machines; ``world_size`` is then the
+            processes of this machine, and the result is None on every machine but machine 0.
 
     Raises:
         InvalidInput: as ``fit``, or a ``world_size`` this machine or ``batch_size`` cannot serve.
@@ -249,10 +276,10 @@ def fit_distributed(
     """
     from engine.training import fit  # engine.training imports this module's helpers
 
-    check_world_size(world_size, config.batch_size)
+    check_world_size(world_size * (rendezvous.nnodes if rendezvous else 1), config.batch_size)
     kwargs = dict(resume_from=resume_from, start_epoch=start_epoch, log_every=log_every,
                   sync_batchnorm=sync_batchnorm)
-    if world_size == 1:
+    if world_size == 1 and rendezvous is None:
         return fit(config, train_ds, test_ds, class_names, checkpoint_dir, on_epoch, should_stop,
                    device=device if device is not None or not device_ids else f"cuda:{device_ids[0]}",
                    on_batch=on_batch, **kwargs)
@@ -261,11 +288,28 @@ def fit_distributed(
         # torch's SyncBatchNorm computes on accelerators only.
         raise InvalidInput("sync_batchnorm needs one GPU per process; this run's processes are on CPUs",
                            "sync_batchnorm")
-    store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=timeout_s), wait_for_workers=False)
-    threads = max(1, (os.cpu_count() or 1) // world_size)
-    plan = _Plan(world_size, store.port, backend, devices, timeout_s, threads, os.getpid())
+    store, host, port = _meeting_point(rendezvous, timeout_s)
+    node = rendezvous.node_rank if rendezvous else 0
+    plan = _Plan(world_size, port, backend, devices, timeout_s, max(1, (os.cpu_count() or 1) // world_size),
+                 os.getpid(), host, node * world_size, world_size * (rendezvous.nnodes if rendezvous else 1))
     job = (config, train_ds, test_ds, list(class_names), str(checkpoint_dir), kwargs)
-    return _Launch(plan, job).run(on_epoch, should_stop, on_batch)
+    try:
+        return _Launch(plan, job).run(on_epoch, should_stop, on_batch)
+    finally:
+        del store  # machine 0's store lives as long as its launcher waits for the run
+
+
+def _meeting_point(rendezvous: Rendezvous | None, timeout_s: float):
+    """``(store or None, host, port)``: host the run's store here, or find machine 0's."""
+    if rendezvous is not None and rendezvous.node_rank > 0:
+        host, port = rendezvous.lookup()
+        return None, host, port
+    store = dist.TCPStore("0.0.0.0" if rendezvous else "127.0.0.1", 0, None, True,
+                          timedelta(seconds=timeout_s), wait_for_workers=False)
+    if rendezvous is not None:
+        rendezvous.publish(rendezvous.host, store.port)
+        return store, rendezvous.host, store.port
+    return store, "127.0.0.1", store.port
 
 
 class _Launch:
@@ -391,20 +435,21 @@ def _rank_main(rank: int, plan: _Plan, job: tuple, messages, stop_event) -> None
     device = torch.device(plan.devices[rank])
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    store = dist.TCPStore("127.0.0.1", plan.port, None, False, timedelta(seconds=plan.timeout_s))
-    dist.init_process_group(plan.backend, store=store, rank=rank, world_size=plan.world_size,
+    store = dist.TCPStore(plan.host, plan.port, None, False, timedelta(seconds=plan.timeout_s))
+    dist.init_process_group(plan.backend, store=store, rank=plan.rank_offset + rank,
+                            world_size=plan.global_world or plan.world_size,
                             timeout=timedelta(seconds=plan.timeout_s))
     config, train_ds, test_ds, class_names, directory, kwargs = job
-    lead = rank == 0
+    lead = plan.rank_offset + rank == 0  # the run's rank 0 reports; other machines' first ranks end quietly
     try:
         result = fit(config, train_ds, test_ds, class_names, Path(directory),
                      on_epoch=(lambda r: messages.put(("epoch", r))) if lead else None,
                      should_stop=_AgreedStop(stop_event), device=device,
                      on_batch=(lambda b: messages.put(("batch", b))) if lead else None, **kwargs)
-        if lead:
-            messages.put(("result", result))
+        if rank == 0:
+            messages.put(("result", result if lead else None))
     except Cancelled as exc:
-        if lead:
+        if rank == 0:
             messages.put(("cancelled", str(exc)))
     except BaseException as exc:
         messages.put(("error", (rank, type(exc).__name__, str(exc), getattr(exc, "field", None),

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from engine.datasets import ArrayDataset
-from engine.distributed import MAX_PROCESSES, check_world_size, fit_distributed
+from engine.distributed import MAX_PROCESSES, Rendezvous, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, InvalidInput, RankFailed
 from engine.training import TrainConfig, fit
 
@@ -138,3 +139,50 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_naming_the_field(tmp_path):
     with pytest.raises(InvalidInput, match="GPU") as info:
         fit_distributed(2, cfg, *digits(cfg, 100, 50), CLASSES, tmp_path, device="cpu", sync_batchnorm=True)
     assert info.value.field == "sync_batchnorm"
+
+
+def _publish_to(path: Path):
+    def publish(host: str, port: int) -> None:
+        path.with_suffix(".tmp").write_text(f"{host} {port}")
+        path.with_suffix(".tmp").replace(path)
+    return publish
+
+
+def _lookup_in(path: Path):
+    def lookup() -> tuple[str, int]:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert time.monotonic() < deadline, "machine 0 never published its address"
+            time.sleep(0.1)
+        host, port = path.read_text().split()
+        return host, int(port)
+    return lookup
+
+
+def _second_machine(address: str, directory: str) -> None:
+    """Machine 1 of a two-machine run, in a process of its own (as it would be on another host)."""
+    cfg = config(epochs=2)
+    result = fit_distributed(1, cfg, *digits(cfg, 600, 200), CLASSES, directory,
+                             rendezvous=Rendezvous(2, 1, lookup=_lookup_in(Path(address))))
+    assert result is None
+
+
+def test_two_launchers_meet_through_a_published_address_as_two_machines_would(tmp_path):
+    address = tmp_path / "address"
+    other = multiprocessing.get_context("spawn").Process(
+        target=_second_machine, args=(str(address), str(tmp_path / "machine1")))
+    other.start()
+    try:
+        cfg = config(epochs=2)
+        train, test = digits(cfg, 600, 200)
+        result = fit_distributed(1, cfg, train, test, CLASSES, tmp_path / "machine0",
+                                 rendezvous=Rendezvous(2, 0, publish=_publish_to(address)))
+        other.join(60)
+    finally:
+        if other.is_alive():
+            other.kill()
+    assert other.exitcode == 0
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert np.array(result.evaluation["confusion_matrix"]).sum() == len(test), "both machines' shards"
+    assert sorted(p.name for p in (tmp_path / "machine0").iterdir()) == ["best.pt", "last.pt"]
+    assert not any((tmp_path / "machine1").glob("*.pt")), "only the run's rank 0 writes"
