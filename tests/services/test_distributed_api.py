@@ -1,4 +1,5 @@
-"""A 2-process (DDP, gloo) training job over HTTP: live epochs, cancel, resume, and no rank left behind.
+"""A 2-process (DDP, gloo) training job over HTTP: live epochs, cancel, resume, and no rank left behind;
+a run over two workers that meet through Redis, as two machines would.
 
 Against the real stack (Redis, a forking RQ worker whose work horse launches the ranks, gunicorn), on
 scikit-learn's real digits written as the seed's HDF5 file.
@@ -6,12 +7,15 @@ scikit-learn's real digits written as the seed's HDF5 file.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import psutil
 import pytest
 
+from services.store import open_store
+from tests.harness import stop
 from tests.services.test_train import _socket, digits_body, post, write_digits_hdf5
 
 DIGITS_FILE = "digits-8x8.hdf5"
@@ -103,3 +107,26 @@ def test_cancel_stops_both_processes_and_resume_continues(stack, digits):
     assert [h["epoch"] for h in resumed["history"]] == list(range(1, len(done) + 3))
     assert resumed["history"][: len(done)] == stopped["history"]
     wait_no_ranks(stack)
+
+
+@pytest.mark.slow
+def test_a_run_over_two_workers_meets_through_redis_as_two_machines_would(stack, digits):
+    extra = stack.start_worker()  # the second "machine": a worker of its own on the same queue
+    try:
+        r = post(stack, "/api/v1/train", digits_body(num_epochs="3", nodes=2, world_size=1))
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        record = stack.wait_job(job_id, timeout=300)
+        assert record["status"] == "finished", record["error"]
+        assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+        assert record["result"]["best_accuracy"] >= 85.0, record["history"]
+        nodes = [j for j in open_store(stack.config).list_jobs(kind="train_node")
+                 if (j["params"] if isinstance(j["params"], dict) else json.loads(j["params"]))["run_id"] == job_id]
+        assert len(nodes) == 1
+        node = stack.wait_job(nodes[0]["id"], timeout=60)
+        assert node["status"] == "finished", node["error"]
+        assert node["result"] == {"run_id": job_id, "node_rank": 1}
+        wait_no_ranks(stack)
+    finally:
+        stop(extra)
+        stack.workers.remove(extra)
