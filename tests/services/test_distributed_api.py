@@ -120,7 +120,7 @@ def test_a_run_over_two_workers_meets_through_redis_as_two_machines_would(stack,
         assert record["status"] == "finished", record["error"]
         assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
         assert record["result"]["best_accuracy"] >= 85.0, record["history"]
-        nodes = [j for j in open_store(stack.config).list_jobs(kind="train_node")
+        nodes = [j for j in open_store(stack.data_dir).list_jobs(kind="train_node")
                  if (j["params"] if isinstance(j["params"], dict) else json.loads(j["params"]))["run_id"] == job_id]
         assert len(nodes) == 1
         node = stack.wait_job(nodes[0]["id"], timeout=60)
