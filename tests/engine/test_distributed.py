@@ -55,6 +55,7 @@ def two_process_run(tmp_path_factory):
     return cfg, test, records, result, directory
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_accuracy_of_one(two_process_run, tmp_path):
     cfg, test, records, result, _ = two_process_run
     single = fit(cfg, *digits(cfg), CLASSES, tmp_path)
@@ -68,6 +69,7 @@ def test_two_processes_reach_the_accuracy_of_one(two_process_run, tmp_path):
     assert not ranks_alive()
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_and_checkpoints_hold_the_plain_model(two_process_run):
     _, _, _, result, directory = two_process_run
     assert sorted(p.name for p in directory.iterdir()) == ["best.pt", "last.pt"]
@@ -76,6 +78,7 @@ def test_only_rank_zero_writes_and_checkpoints_hold_the_plain_model(two_process_
     assert not any(k.startswith(("module.", "net.")) for k in ckpt["state_dict"])
 
 
+@pytest.mark.slow
 def test_last_of_two_processes_resumes_with_one(two_process_run, tmp_path):
     cfg, _, records, result, _ = two_process_run
     longer = config(epochs=4)
@@ -85,6 +88,7 @@ def test_last_of_two_processes_resumes_with_one(two_process_run, tmp_path):
     assert resumed.history[-1]["test_accuracy"] >= 85.0
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_run_with_a_clear_error_quickly(tmp_path):
     cfg = config(epochs=50, batch_size=32)
     killed = {}
@@ -103,6 +107,7 @@ def test_a_killed_rank_fails_the_run_with_a_clear_error_quickly(tmp_path):
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_cancel_stops_every_rank_after_the_epoch_it_lands_in(tmp_path):
     cfg = config(epochs=50, batch_size=32)
     records = []
@@ -167,6 +172,7 @@ def _second_machine(address: str, directory: str) -> None:
     assert result is None
 
 
+@pytest.mark.slow
 def test_two_launchers_meet_through_a_published_address_as_two_machines_would(tmp_path):
     address = tmp_path / "address"
     other = multiprocessing.get_context("spawn").Process(
