@@ -612,10 +612,15 @@ def _restore(run: _Run, path: str | os.PathLike) -> None:
     run.epoch, run.history, run.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
     run.bad_epochs = ckpt["epochs_without_improvement"]
     best = Path(path).with_name("best.pt")
-    if run.rank == 0 and not (run.directory / "best.pt").exists() and best.is_file():
-        shutil.copyfile(best, run.directory / "best.pt")
-    if (run.directory / "best.pt").is_file():
-        run.evaluation = load_checkpoint(run.directory / "best.pt").get("evaluation", {})
+    target = run.directory / "best.pt"
+    if run.rank == 0 and not target.exists() and best.is_file():
+        # Through a temporary name: the other ranks of a distributed run may be reading meanwhile.
+        tmp = target.with_name(f".best.pt.{os.getpid()}.tmp")
+        shutil.copyfile(best, tmp)
+        os.replace(tmp, target)
+    source = best if best.is_file() else target  # the source is never being written, the copy may be
+    if source.is_file():
+        run.evaluation = load_checkpoint(source).get("evaluation", {})
 
 
 def _loader(
