@@ -5,9 +5,13 @@
    evaluation and the two checkpoint writes that fit adds) is printed too.
 2. Data-loading samples/s of ``HDF5Dataset`` vs ``ImageFolderDataset`` over the same images stored as
    PNG files (same preprocessing, same DataLoader).
+3. Scaling: training samples/s of one run over 1 vs 2 DDP processes (gloo, CPU, one thread each, same
+   model, data and effective batch), and the scaling efficiency (2-process rate / twice the 1-process
+   rate); one process with two threads is printed as the other way to use the same two cores.
 
 Data: scikit-learn's real handwritten digits (offline). Medians over repeated epochs / passes.
-Usage: ``python bench/bench_training.py [--rounds 3] [--epochs 4] [--threads 1] [--workers 0]``.
+Usage: ``python bench/bench_training.py [--rounds 3] [--epochs 4] [--threads 1] [--workers 0]
+[--part all|training|loading|scaling]``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.datasets import ArrayDataset, HDF5Dataset, ImageFolderDataset, make_preprocessing  # noqa: E402
+from engine.distributed import fit_distributed  # noqa: E402
 from engine.models import create_model  # noqa: E402
 from engine.training import TrainConfig, fit, seed_everything  # noqa: E402
 
@@ -124,6 +129,55 @@ def bench_training(args: argparse.Namespace) -> dict:
     }
 
 
+def distributed_rates(config: TrainConfig, train, test, world_size: int, threads: int) -> tuple[float, float]:
+    """Median training-phase and whole-epoch samples/s of a ``world_size``-process run (first epoch dropped)."""
+    torch.set_num_threads(threads)  # the one-process run trains here; spawned ranks set their own share
+    records, stamps = [], [time.perf_counter()]
+
+    def on_epoch(record: dict) -> None:
+        records.append(record)
+        stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fit_distributed(world_size, config, train, test, [str(i) for i in range(10)], tmp, on_epoch=on_epoch,
+                        device="cpu")
+    full = [len(train) / (b - a) for a, b in zip(stamps[1:], stamps[2:], strict=False)]
+    return statistics.median(r["train_samples_per_s"] for r in records[1:]), statistics.median(full)
+
+
+def bench_scaling(args: argparse.Namespace) -> dict:
+    images, targets = digit_images(args.side)
+    config = TrainConfig(model_name=args.model, num_classes=10, epochs=args.epochs, batch_size=64,
+                         learning_rate=0.05, image_size=args.side)
+    pre = config.preprocessing()
+    train = ArrayDataset(images[:1500], targets[:1500], pre, train=True)
+    test = ArrayDataset(images[1500:], targets[1500:], pre)
+    one, one_full = distributed_rates(config, train, test, 1, 1)
+    print(f"  (1 process: {one:.1f} samples/s)", flush=True)
+    two, two_full = distributed_rates(config, train, test, 2, 1)
+    print(f"  (2 processes: {two:.1f} samples/s)", flush=True)
+    one_two_threads, _ = distributed_rates(config, train, test, 1, 2)
+    return {
+        "model": args.model, "side": args.side, "effective_batch_size": 64, "backend": "gloo",
+        "one_process_samples_per_s": round(one, 1), "two_processes_samples_per_s": round(two, 1),
+        "scaling_efficiency_pct": round(100 * two / (2 * one), 1),
+        "one_process_full_epoch_samples_per_s": round(one_full, 1),
+        "two_processes_full_epoch_samples_per_s": round(two_full, 1),
+        "one_process_two_threads_samples_per_s": round(one_two_threads, 1),
+    }
+
+
+def print_scaling(scaling: dict) -> None:
+    print(f"scaling ({scaling['model']}, {scaling['side']}x{scaling['side']}, effective batch 64, gloo on CPU, "
+          "one thread per process), median training samples/s:")
+    print(f"  1 process                  {scaling['one_process_samples_per_s']:>10.1f}   "
+          f"(whole epoch {scaling['one_process_full_epoch_samples_per_s']:.1f})")
+    print(f"  2 processes (DDP)          {scaling['two_processes_samples_per_s']:>10.1f}   "
+          f"(whole epoch {scaling['two_processes_full_epoch_samples_per_s']:.1f})   "
+          f"efficiency {scaling['scaling_efficiency_pct']:.1f} %")
+    print(f"  1 process, 2 threads       {scaling['one_process_two_threads_samples_per_s']:>10.1f}")
+
+
 def write_image_stores(root: Path, images: np.ndarray, targets: np.ndarray) -> tuple[Path, Path]:
     """The same images as an HDF5 file (seed layout) and as PNG class folders."""
     hdf5 = root / "digits.hdf5"
@@ -177,12 +231,34 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--part", choices=("all", "training", "loading", "scaling"), default="all")
     args = parser.parse_args()
+    figures = {}
+    if args.part in ("all", "scaling"):
+        figures["scaling"] = bench_scaling(args)
+        print_scaling(figures["scaling"])
     torch.set_num_threads(args.threads)
-    training = bench_training(args)
+    if args.part in ("all", "training", "loading"):
+        figures.update(bench_training_and_loading(args))
+    print(json.dumps(figures))
+
+
+def bench_training_and_loading(args: argparse.Namespace) -> dict:
+    """Parts 1 and 2 (as asked by ``--part``), printed as they finish."""
+    figures = {}
+    if args.part in ("all", "training"):
+        figures["training"] = training = bench_training(args)
+        print_training(training, args.threads)
+    if args.part in ("all", "loading"):
+        figures["loading"] = bench_loading(args)
+        print_loading(figures["loading"])
+    return figures
+
+
+def print_training(training: dict, threads: int) -> None:
     print(
         f"training ({training['model']}, {training['side']}x{training['side']}, batch 64, "
-        f"{args.threads} thread(s), CPU), median samples/s:"
+        f"{threads} thread(s), CPU), median samples/s:"
     )
     print(f"  bare PyTorch loop          {training['bare_samples_per_s']:>10.1f}")
     print(
@@ -191,14 +267,15 @@ def main() -> None:
     )
     full = training["engine_full_epoch_samples_per_s"]
     print(f"  engine fit (whole epoch)   {full:>10.1f}   (+ evaluation + 2 checkpoint writes)")
-    loading = bench_loading(args)
+
+
+def print_loading(loading: dict) -> None:
     print(
         f"data loading ({loading['images']} images {loading['side']}x{loading['side']}, "
         f"{loading['workers']} workers), median samples/s:"
     )
     print(f"  PNG class folders          {loading['png_folder_samples_per_s']:>10.1f}")
     print(f"  HDF5 (lazy, per item)      {loading['hdf5_samples_per_s']:>10.1f}   x{loading['hdf5_speedup']}")
-    print(json.dumps({"training": training, "loading": loading}))
 
 
 if __name__ == "__main__":

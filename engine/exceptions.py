@@ -49,3 +49,7 @@ class ImageTooLarge(InvalidInput):
 
 class Cancelled(StudioError):
     """Work was stopped on request (raised when ``should_stop()`` turns true)."""
+
+
+class RankFailed(StudioError):
+    """A process of a distributed training run died or failed; the run's other processes were stopped."""

@@ -31,6 +31,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from engine import distributed
 from engine.datasets import make_preprocessing
 from engine.exceptions import Cancelled, InvalidInput
 from engine.metrics import best_thresholds, confusion_matrix, count_correct, multilabel_metrics
@@ -270,6 +271,9 @@ def compute_loss(
     model: nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(loss, logits)``, using the model's own ``compute_loss`` hook when it has one."""
+    if isinstance(model, distributed.DistributedDataParallel):
+        # Through the wrapper's forward, so that its gradient synchronisation is armed.
+        return model(images, targets)
     hook = getattr(_unwrap(model), "compute_loss", None)
     if hook is not None:
         return hook(images, targets)
@@ -278,7 +282,7 @@ def compute_loss(
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.DataParallel) else model
+    return distributed.unwrap(model)
 
 
 def _keep_frozen_batchnorm(model: nn.Module) -> None:
@@ -372,7 +376,17 @@ def evaluate(
             loss_sum += float(loss) * len(images)
             logits_all.append(logits.float().cpu())
             targets_all.append(targets.cpu())
-    logits, targets = torch.cat(logits_all), torch.cat(targets_all)
+    return outputs_record(torch.cat(logits_all), torch.cat(targets_all), loss_sum, multi_label, thresholds)
+
+
+def outputs_record(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss_sum: float,
+    multi_label: bool = False,
+    thresholds: Sequence[float] | None = None,
+) -> Record:
+    """The figures of :func:`evaluate` from all outputs of a pass (``loss_sum``: the summed sample losses)."""
     n_decisions = targets.numel() if multi_label else len(targets)
     result = {
         "loss": loss_sum / max(len(targets), 1),
@@ -460,6 +474,8 @@ class _Run:
     best: dict[str, Any] = field(default_factory=dict)
     bad_epochs: int = 0
     evaluation: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def monitor(self) -> str:
@@ -501,8 +517,13 @@ class _Run:
         }
 
     def save(self, kind: str) -> Path:
-        """Write ``<kind>.pt`` atomically: a killed worker leaves the previous file intact."""
+        """Write ``<kind>.pt`` atomically: a killed worker leaves the previous file intact.
+
+        Only rank 0 of a distributed run writes; the others hold the same weights.
+        """
         path = self.directory / f"{kind}.pt"
+        if self.rank != 0:
+            return path
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(self.checkpoint(kind), tmp)
         os.replace(tmp, path)
@@ -515,13 +536,16 @@ def _make_run(
     preprocessing: dict[str, Any],
     device: torch.device,
     directory: Path,
-    device_ids: Sequence[int] | None,
+    sync_batchnorm: bool = False,
 ) -> _Run:
     seed_everything(config.seed)
+    rank, world_size = distributed.rank_and_world()
     model = build_model(config, preprocessing["channels"]).to(device)
+    if world_size > 1 and sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(config, model)
-    if device.type == "cuda" and device_ids and len(device_ids) > 1:
-        model = nn.DataParallel(model, device_ids=list(device_ids))
+    if world_size > 1:  # after build_optimizer: DDP synchronises only the parameters left trainable
+        model = distributed.wrap(model, build_criterion(config.multi_label), device)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     return _Run(
         config,
@@ -533,6 +557,8 @@ def _make_run(
         scaler,
         device,
         directory,
+        rank=rank,
+        world_size=world_size,
     )
 
 
@@ -556,10 +582,15 @@ def _restore(run: _Run, path: str | os.PathLike) -> None:
     run.epoch, run.history, run.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
     run.bad_epochs = ckpt["epochs_without_improvement"]
     best = Path(path).with_name("best.pt")
-    if not (run.directory / "best.pt").exists() and best.is_file():
-        shutil.copyfile(best, run.directory / "best.pt")
-    if (run.directory / "best.pt").is_file():
-        run.evaluation = load_checkpoint(run.directory / "best.pt").get("evaluation", {})
+    target = run.directory / "best.pt"
+    if run.rank == 0 and not target.exists() and best.is_file():
+        # Through a temporary name: the other ranks of a distributed run may be reading meanwhile.
+        tmp = target.with_name(f".best.pt.{os.getpid()}.tmp")
+        shutil.copyfile(best, tmp)
+        os.replace(tmp, target)
+    source = best if best.is_file() else target  # the source is never being written, the copy may be
+    if source.is_file():
+        run.evaluation = load_checkpoint(source).get("evaluation", {})
 
 
 def _loader(
@@ -569,10 +600,18 @@ def _loader(
     shuffle: bool,
     generator: torch.Generator | None = None,
 ) -> DataLoader:
+    rank, world_size = distributed.rank_and_world()
+    sampler = None
+    if world_size > 1 and shuffle:
+        sampler = distributed.train_sampler(dataset, config.seed)
+    elif world_size > 1:
+        dataset = distributed.shard(dataset)
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=shuffle,
+        # batch_size is the run's effective batch: each of the processes takes its share.
+        batch_size=config.batch_size // world_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         generator=generator,
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
@@ -620,9 +659,11 @@ def _run_epoch(
     log_every: int,
 ) -> Record:
     config, criterion = run.config, build_criterion(run.config.multi_label)
-    # Reseeding from (seed, epoch) makes a resumed run shuffle, drop out and augment as an unbroken one.
-    torch.manual_seed(config.seed + run.epoch)
+    # Reseeding from (seed, epoch) makes a resumed run shuffle, drop out and augment as an unbroken one;
+    # each rank gets its own stream so that ranks do not augment their shards alike.
+    torch.manual_seed(config.seed + run.epoch + 7919 * run.rank)
     generator.manual_seed(config.seed + run.epoch)
+    distributed.set_epoch(loaders[0], run.epoch)
     train = train_one_epoch(
         run.model,
         loaders[0],
@@ -636,8 +677,10 @@ def _run_epoch(
         log_every,
     )
     started = time.perf_counter()
-    test = evaluate(run.model, loaders[1], criterion, run.device, config.multi_label)
+    test = evaluate(_unwrap(run.model), loaders[1], criterion, run.device, config.multi_label)
     test["seconds"] = time.perf_counter() - started
+    if run.world_size > 1:
+        train, test = _whole_dataset_figures(train, test, config.multi_label)
     record = _epoch_record(run, train, test)
     if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         run.scheduler.step(record[run.monitor])
@@ -651,6 +694,16 @@ def _run_epoch(
         run.save("best")
     run.save("last")
     return record
+
+
+def _whole_dataset_figures(train: Record, test: Record, multi_label: bool) -> tuple[Record, Record]:
+    """One epoch's figures over every rank's share, identical on every rank."""
+    train = distributed.reduce_train_figures(train)
+    logits, targets = test["outputs"]
+    loss_sum, logits, targets = distributed.gather_outputs(test["loss"] * len(targets), logits, targets)
+    gathered = outputs_record(logits, targets, loss_sum, multi_label)
+    gathered["seconds"] = distributed.slowest(test["seconds"])
+    return train, gathered
 
 
 def _check_inputs(
@@ -685,10 +738,10 @@ def fit(
     resume_from: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     *,
-    device_ids: Sequence[int] | None = None,
     start_epoch: int | None = None,
     on_batch: Callable[[Record], None] | None = None,
     log_every: int = 20,
+    sync_batchnorm: bool = False,
 ) -> FitResult:
     """Train ``config.model_name`` on ``train_ds``, evaluating on ``test_ds`` after every epoch.
 
@@ -705,10 +758,11 @@ def fit(
         should_stop: polled between epochs and every ``log_every`` batches.
         resume_from: a ``last.pt`` (or ``best.pt``) to continue from, at its next epoch, with its history.
         device: torch device; default CUDA when available, else CPU.
-        device_ids: several CUDA devices to train on with ``nn.DataParallel``.
         start_epoch: continue counting from this epoch (0-based) instead of the checkpoint's.
         on_batch: called every ``log_every`` batches with ``{batch, batches, loss}``.
         log_every: batches between ``on_batch`` calls and ``should_stop`` polls.
+        sync_batchnorm: in a distributed run (see :mod:`engine.distributed`, which launches one),
+            compute batch-norm statistics over every rank's batch.
 
     Raises:
         InvalidInput: data and configuration disagree (field named), or the resume checkpoint does not fit.
@@ -718,7 +772,7 @@ def fit(
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
     run = _make_run(
-        config, class_names, config.preprocessing(), resolve_device(device), directory, device_ids
+        config, class_names, config.preprocessing(), resolve_device(device), directory, sync_batchnorm
     )
     if resume_from is not None:
         _restore(run, resume_from)

@@ -25,9 +25,10 @@ import torch
 
 from engine import labels as labelsets
 from engine.datasets import DatasetSpec, build_datasets, read_image_file
+from engine.distributed import fit_distributed
 from engine.exceptions import Cancelled, StudioError
 from engine.inference import Predictor
-from engine.training import TrainConfig, fit, fit_head
+from engine.training import TrainConfig, fit_head
 
 WEIGHTS_MODEL = "resnet18"  # what the seed's --weights / --resume files hold
 BUNDLED_MODEL = "efficientnet-lite0"
@@ -56,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of epochs to change learning rate (multiplied by 0.1; default: constant)",
     )
     p.add_argument(
-        "--device_ids", type=int, nargs="+", default=None, help="ids of GPU (several: data parallel)"
+        "--device_ids",
+        type=int,
+        nargs="+",
+        default=None,
+        help="ids of GPU (several: one DistributedDataParallel process each, sharing the batch)",
     )
     p.add_argument(
         "--start-epoch", type=int, default=None, metavar="N", help="manual epoch number (useful on restarts)"
@@ -160,6 +165,11 @@ def choose_device(device_ids: Sequence[int] | None) -> torch.device:
     return torch.device(f"cuda:{device_ids[0]}" if device_ids else "cuda")
 
 
+def processes_for(device_ids: Sequence[int] | None) -> int:
+    """One DDP process per listed GPU; a single process on a machine without CUDA."""
+    return len(device_ids) if device_ids and torch.cuda.is_available() else 1
+
+
 def print_epoch(record: dict) -> None:
     """One line per epoch, as the seed printed its validation summary."""
     print(
@@ -202,7 +212,8 @@ def write_result(
 
 
 def train(args: argparse.Namespace, config: TrainConfig, bundle, directory: Path, features: Path):
-    """``fit_head`` on cached features for head-only runs, else the full loop."""
+    """``fit_head`` on cached features for head-only runs (one process), else the full loop, with one
+    DistributedDataParallel process per ``--device_ids`` GPU."""
     common = dict(
         on_epoch=print_epoch,
         resume_from=args.resume,
@@ -215,8 +226,8 @@ def train(args: argparse.Namespace, config: TrainConfig, bundle, directory: Path
         progress = lambda done, total: print(f"  features {done}/{total}", flush=True)  # noqa: E731
         return fit_head(config, bundle.train, bundle.test, bundle.class_names, directory, features,
                         on_progress=progress, **common)
-    return fit(config, bundle.train, bundle.test, bundle.class_names, directory, device_ids=args.device_ids,
-               **common)
+    return fit_distributed(processes_for(args.device_ids), config, bundle.train, bundle.test, bundle.class_names,
+                           directory, device_ids=args.device_ids if torch.cuda.is_available() else None, **common)
 
 
 def run(args: argparse.Namespace) -> Path:

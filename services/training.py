@@ -12,20 +12,24 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
+from urllib.parse import urlparse
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, list_dataset_kinds
+from engine.distributed import MAX_PROCESSES, Rendezvous, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
 from engine.inference import EXPORT_FORMATS, export_model, load_checkpoint
 from engine.models import download_pretrained, get_model_info, list_models, read_weights_file
-from engine.training import OPTIMIZERS, TrainConfig, build_model, fit, fit_head
+from engine.training import OPTIMIZERS, TrainConfig, build_model, fit_head
 from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
@@ -97,6 +101,12 @@ class TrainRequest(BaseModel):
     weights: str | None = Field(None, max_length=1024, description="a .pth/.safetensors state_dict to start from, "
                                                                   "relative to DATA_DIR")
     multi_label: bool | None = Field(None, description="None: from the data (newdata is multi-label)")
+    world_size: int = Field(1, ge=1, le=MAX_PROCESSES, validation_alias=AliasChoices("world_size", "nproc"),
+                            description="training processes (also 'nproc'): one per GPU on a GPU worker, else "
+                                        "CPU processes; batch_size is shared among them")
+    sync_batchnorm: bool = Field(False, description="batch-norm statistics over every process's batch (GPUs only)")
+    nodes: int = Field(1, ge=1, le=MAX_PROCESSES, description="worker machines sharing the run, world_size "
+                                                              "processes each (one free worker per machine)")
 
     @field_validator("model_name")
     @classmethod
@@ -174,6 +184,7 @@ def prepare(config: Config, req: TrainRequest) -> PreparedRun:
         InvalidInput: a missing dataset, a path outside DATA_DIR, ``num_classes`` or ``multi_label``
             contradicting the data, or a value the engine refuses; the field is the request's name.
     """
+    check_world_size(req.world_size * req.nodes, req.batch_size)
     data = _open_data(config, req)
     if req.multi_label is not None and req.multi_label != data.multi_label:
         raise InvalidInput(f"multi_label: the {req.dataset!r} data is "
@@ -185,7 +196,12 @@ def prepare(config: Config, req: TrainRequest) -> PreparedRun:
         raise InvalidInput(f"num_classes is {req.num_classes} but the data has {len(names)} classes: {shown}",
                            "num_classes")
     weights = _weights_file(config, req)
-    return PreparedRun(req, to_train_config(req, len(names), data.multi_label, weights), data)
+    run = PreparedRun(req, to_train_config(req, len(names), data.multi_label, weights), data)
+    if run.config.head_only and req.world_size * req.nodes > 1:
+        raise InvalidInput("world_size: a head-only run trains its head on cached features in one process "
+                           "(seconds); use world_size 1, or transfer_mode 'fine-tune' to train every layer "
+                           "over several processes", "world_size")
+    return run
 
 
 def _weights_file(config: Config, req: TrainRequest) -> str | None:
@@ -371,7 +387,16 @@ def submit_training(config: Config, store: Store, req: TrainRequest, username: s
     if run.config.weights_path:
         check_weights_fit(run.config)
     check_distinct_splits(config, req)
-    return jobs.submit(config, store, "train", req.model_dump(), username)
+    return _submit_run(config, store, req.model_dump(), username)
+
+
+def _submit_run(config: Config, store: Store, params: dict, username: str | None) -> str:
+    """Enqueue the run's ``train`` job and, for a run over several machines, one ``train_node`` job per
+    other machine (each taken by another worker); returns the ``train`` job's id."""
+    job_id = jobs.submit(config, store, "train", params, username)
+    for node in range(1, params.get("nodes", 1)):
+        jobs.submit(config, store, "train_node", {**params, "run_id": job_id, "node_rank": node}, username)
+    return job_id
 
 
 def check_weights_fit(config: TrainConfig) -> None:
@@ -438,9 +463,8 @@ def resume(config: Config, store: Store, job_id: str, username: str | None, num_
         raise Conflict(f"job {job_id!r} already completed {done} of {req.num_epochs} epochs; "
                        "pass a larger num_epochs to train longer", "num_epochs")
     prepare(config, req)
-    return jobs.submit(config, store, "train", {**req.model_dump(), "resumed_from": job_id,
-                                                 "resume_from": last.relative_to(config.data_dir).as_posix()},
-                       username)
+    return _submit_run(config, store, {**req.model_dump(), "resumed_from": job_id,
+                                       "resume_from": last.relative_to(config.data_dir).as_posix()}, username)
 
 
 def _checkpoint_epoch(path: Path) -> int:
@@ -465,8 +489,12 @@ def train(ctx: JobContext, params: dict) -> dict:
                                                                            stage="computing features"))
         else:
             # Polling the stop flag every few batches lets a cancel land within the platform's grace period.
-            result = fit(run.config, run.data.train, run.data.test, run.data.class_names, directory,
-                         on_epoch=ctx.epoch, should_stop=ctx.should_stop, resume_from=resume_from, log_every=5)
+            # Several processes: this work horse launches them and relays rank 0's epochs to ctx.
+            result = fit_distributed(run.request.world_size, run.config, run.data.train, run.data.test,
+                                     run.data.class_names, directory, on_epoch=ctx.epoch,
+                                     should_stop=ctx.should_stop, resume_from=resume_from, log_every=5,
+                                     sync_batchnorm=run.request.sync_batchnorm,
+                                     rendezvous=_rendezvous(ctx, ctx.job_id, 0, run.request.nodes))
     except Cancelled:
         register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
         raise
@@ -487,6 +515,59 @@ def fetch_pretrained(ctx: JobContext, config: TrainConfig) -> None:
     if config.pretrained:
         download_pretrained(config.model_name, on_progress=lambda done, total: ctx.progress(
             done, total, unit="byte", stage="downloading pretrained weights"))
+
+
+@job_kind("train_node", timeout=TRAIN_TIMEOUT, result_ttl=TRAIN_RESULT_TTL,
+          description="one more machine's processes of a train job's run over several machines")
+def train_node(ctx: JobContext, params: dict) -> dict:
+    """Join the run of the ``train`` job ``run_id`` with this worker's processes; its rank 0 reports."""
+    run = prepare(ctx.config, TrainRequest.model_validate(request_params(params)))
+    resume_from = None
+    if params.get("resume_from"):
+        resume_from = resolve_under(ctx.config.path("checkpoints"), params["resume_from"].removeprefix(
+            "checkpoints/"), "resume_from")
+    fit_distributed(run.request.world_size, run.config, run.data.train, run.data.test, run.data.class_names,
+                    checkpoint_dir(ctx.config, params["run_id"]), should_stop=ctx.should_stop,
+                    resume_from=resume_from, log_every=5, sync_batchnorm=run.request.sync_batchnorm,
+                    rendezvous=_rendezvous(ctx, params["run_id"], params["node_rank"], run.request.nodes))
+    return {"run_id": params["run_id"], "node_rank": params["node_rank"]}
+
+
+RENDEZVOUS_KEY = "studio:rendezvous:{}"
+RENDEZVOUS_WAIT_S = 600  # how long a machine waits for machine 0 to start
+
+
+def _rendezvous(ctx: JobContext, run_id: str, node_rank: int, nodes: int) -> Rendezvous | None:
+    """Machine 0 publishes its store's address under the run's key in Redis; the others wait for it."""
+    if nodes == 1:
+        return None
+    conn = jobs.redis_connection(ctx.config.effective_redis_url)
+    key = RENDEZVOUS_KEY.format(run_id)
+
+    def publish(host: str, port: int) -> None:
+        conn.set(key, f"{host}:{port}", ex=TRAIN_TIMEOUT)
+
+    def lookup() -> tuple[str, int]:
+        deadline = time.monotonic() + RENDEZVOUS_WAIT_S
+        while (found := conn.get(key)) is None:
+            if ctx.should_stop() or time.monotonic() > deadline:
+                raise Cancelled(f"machine 0 of run {run_id} never started")
+            time.sleep(0.5)
+        host, port = found.decode().rsplit(":", 1)
+        return host, int(port)
+
+    return Rendezvous(nodes, node_rank, publish, lookup, _address_towards(ctx.config.effective_redis_url))
+
+
+def _address_towards(redis_url: str) -> str:
+    """This machine's address on the network that reaches Redis (where the other workers are too)."""
+    target = urlparse(redis_url).hostname or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((target, 9))  # UDP: no packet is sent, the kernel only picks the route
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
 
 
 def _resume_from(ctx: JobContext, raw: str | None) -> Path | None:
