@@ -1,5 +1,7 @@
 """Train: choose a model, data and hyperparameters; launch; watch loss and accuracy live; cancel or resume."""
 
+import functools
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -12,7 +14,15 @@ from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, training
 from services.datasets_ui import upload_dataset_widget
-from services.ui import DATASET_FIELD_LABELS, dataset_picker, get_config, get_store, page_message, require_page
+from services.ui import (
+    DATASET_FIELD_LABELS,
+    dataset_picker,
+    field_limits,
+    get_config,
+    get_store,
+    page_message,
+    require_page,
+)
 
 LIVE_SECONDS = 2  # how often the open page re-reads the run's history
 RUNS_SHOWN = 50
@@ -29,7 +39,8 @@ LABELS = {**DATASET_FIELD_LABELS, "model_name": "Model", "num_epochs": "Epochs",
           "l2_reg": "L2 (weight decay)", "image_size": "Image size", "seed": "Seed",
           "epoch_step": "Step every n epochs",
           "patience": "Early stop after n flat epochs", "num_workers": "Loader processes",
-          "is_transform": "Augment (flip, shift)", "convert_grey": "Grey images", "pretrained": "Pretrained (ImageNet)"}
+          "is_transform": "Augment (flip, shift)", "convert_grey": "Grey images", "pretrained": "Pretrained (ImageNet)",
+          "world_size": "Processes"}
 
 
 @st.cache_data(ttl=15, show_spinner=False)
@@ -53,20 +64,25 @@ def pick(label: str, options: list[str], preferred: str, key: str) -> str | None
 def hyperparameters(info) -> dict:
     """The training settings, with the seed's defaults; returns request fields."""
     c1, c2, c3, c4 = st.columns(4)
+    limits = functools.partial(field_limits, training.TrainRequest)
     values = {
-        "num_epochs": c1.number_input("Epochs", 1, 1_000_000, 10, key="train_epochs"),
-        "batch_size": c2.number_input("Batch size", 1, 65_536, 16, key="train_batch"),
+        "num_epochs": c1.number_input("Epochs", *limits("num_epochs"), key="train_epochs"),
+        "batch_size": c2.number_input("Batch size", *limits("batch_size"), key="train_batch"),
         "learning_rate": c3.number_input("Learning rate", 1e-6, 10.0, 0.01, format="%.5f", key="train_lr"),
         "optimizer": c4.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer"),
         "momentum": c1.number_input("Momentum (SGD)", 0.0, 0.999, 0.9, key="train_momentum"),
         "l2_reg": c2.number_input("L2 (weight decay)", 0.0, 1.0, 1e-4, format="%.5f", key="train_l2"),
         "image_size": c3.number_input(f"Image size (0: {info.default_input_size})", 0, 4096, 0, key="train_size"),
-        "seed": c4.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed"),
+        "seed": c4.number_input("Seed", *limits("seed"), key="train_seed"),
         "lr_decay": c1.checkbox("Decay the learning rate", True, key="train_lr_decay"),
         "epoch_step": c2.number_input("Step every n epochs (0: on plateau)", 0, 1_000_000, 0, key="train_step"),
         "patience": c3.number_input("Early stop after n flat epochs (0: never)", 0, 1_000_000, 0,
                                     key="train_patience"),
-        "num_workers": c4.number_input("Loader processes", 0, 64, 0, key="train_workers"),
+        "num_workers": c4.number_input("Loader processes", *limits("num_workers"),
+                                       key="train_workers"),
+        # One run over several processes (DistributedDataParallel): gloo on CPU, one per GPU with CUDA.
+        "world_size": c4.number_input("Processes", *limits("world_size"), key="train_processes",
+                                      help="training processes of this run; the batch size is split among them"),
         "is_transform": c1.checkbox("Augment (flip, shift)", True, key="train_augment"),
         "convert_grey": c2.checkbox("Grey images", False, key="train_grey"),
         # Ticked by default where the weights ship with the install (no download needed).

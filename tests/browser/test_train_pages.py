@@ -53,6 +53,24 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
     shot(page, "train-finished")
 
 
+@pytest.mark.slow
+def test_train_page_runs_one_training_over_two_processes_with_its_live_chart(page, stack):
+    write_folder_dataset(stack.data_dir, "DDP_train", "DDP_test", n_train=16, n_test=4)
+    open_page(page, stack, "operator", "Train")
+    choose_option(page, select_box(page, "Training folder"), "DDP_train")
+    choose_option(page, select_box(page, "Test folder"), "DDP_test")
+    page.get_by_text("3 classes: circle, square, triangle").wait_for()
+    set_number(page, "Epochs", 4)
+    set_number(page, "Processes", 2)
+    page.get_by_role("button", name="Launch training").click()
+    seen = watch_run(page, timeout=240)
+    assert seen[-1] == ("finished", 4), seen
+    assert_no_traceback(page)
+    run = open_store(stack.data_dir).list_jobs(kind="train", limit=1)[0]
+    assert run["params"]["world_size"] == 2 and run["status"] == "finished"
+    assert [h["epoch"] for h in run["history"]] == [1, 2, 3, 4]  # rank 0's epochs, each once
+
+
 def watch_run(page, timeout: float) -> list[tuple[str, int]]:
     """The (status, epochs recorded) the page shows, sampled until the run ends."""
     seen: list[tuple[str, int]] = []
