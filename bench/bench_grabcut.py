@@ -11,7 +11,7 @@ when other processes share the cores: ours uses up to two threads, cv2.grabCut o
 the medians over scenes.
 
 The JPEG table (``--table jpeg``, the default) is what users send: the composites of
-``tests/engine/test_segmentation_jpeg.py`` (a rounded piece of a skimage photo on grey gravel, tinted grass,
+``tests/photo_scenes.py`` (a rounded piece of a skimage photo on grey gravel, tinted grass,
 brick, a plain grey and the project's procedural "noise"), saved by Pillow as JPEG (4:2:0) and decoded.
 Per background × quality × size it gives the IoU and wall time of full-resolution ``cv2.grabCut``, of
 the fast path as it was before the colour floor (read from git, commit ``BEFORE``), and of today's;
@@ -45,7 +45,7 @@ import skimage.data
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from engine.segmentation import grabcut, grabcut_full_resolution, mask_iou  # noqa: E402
-from tests.engine.test_segmentation_jpeg import composite, jpeg_bytes, with_shadow  # noqa: E402
+from tests.photo_scenes import composite, jpeg_bytes, with_shadow  # noqa: E402
 
 BEFORE = "bf51dd5"  # the fast path before the colour floor (JPEG halo)
 JPEG_SIZES = {"1MP": (1200, 900), "3MP": (2000, 1500), "12MP": (4000, 3000)}

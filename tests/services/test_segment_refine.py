@@ -15,7 +15,7 @@ from PIL import Image
 
 from engine.segmentation import mask_iou
 from services.jobs import redis_connection
-from tests.engine.test_segmentation_jpeg import with_shadow
+from tests.photo_scenes import with_shadow
 
 
 def body_for(data: bytes, box, **extra) -> dict:
