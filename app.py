@@ -10,9 +10,10 @@ import threading
 from pathlib import Path
 
 import streamlit as st
+from redis.exceptions import RedisError
 
-from services import sessions
-from services.ui import PAGES, get_store
+from services import sessions, sign_in
+from services.ui import PAGES, get_config, get_store
 
 HERE = Path(__file__).parent
 WARM_MODULES = ("services.training", "services.tuning", "services.generate", "altair", "pandas")
@@ -37,8 +38,20 @@ def login_page() -> None:
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
+        address = st.context.ip_address
+        try:
+            wait = sign_in.seconds_to_wait(get_config(), username, address)
+        except RedisError:  # the counts live in Redis; without it, sign-in still checks the password
+            wait = 0
+        if wait:
+            st.error(f"Too many failed sign-ins; try again in {wait} s.")
+            return
         user = get_store().check_password(username, password)
         if user is None:
+            try:
+                sign_in.record_failure(get_config(), username, address)
+            except RedisError:
+                pass
             st.error("Wrong username or password.")
         else:
             st.session_state["session_token"] = sessions.create(get_store(), user)

@@ -41,7 +41,7 @@ def resume(store: Store, token: str | None, now: float | None = None) -> dict | 
     A session is dead when unknown, revoked, idle or past its absolute lifetime, or when its user was
     deleted or given another role since sign-in.
     """
-    if not token or len(token) > 256:
+    if not isinstance(token, str) or not token or len(token) > 256:
         return None
     now = time.time() if now is None else now
     key = _hash(token)

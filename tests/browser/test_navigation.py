@@ -26,6 +26,23 @@ def test_wrong_password_is_refused(page, stack):
     shot(page, "login-refused")
 
 
+def test_guessing_passwords_in_the_form_is_throttled_and_locks_only_that_username(page, stack):
+    open_store(stack.data_dir).create_user("guessed", "the-right-password-1", "annotator")
+    page.goto(stack.ui_url)
+    for attempt in range(stack.config.auth_failures_per_user + 1):
+        page.get_by_label("Username", exact=True).fill("guessed")
+        page.get_by_label("Password", exact=True).fill(
+            "the-right-password-1" if attempt == stack.config.auth_failures_per_user else f"guess-{attempt}")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_test_id("stAlert").last.wait_for()
+        page.wait_for_timeout(300)
+    # Even the right password now waits: a guesser cannot tell it from a wrong one.
+    page.get_by_text(re.compile(r"Too many failed sign-ins; try again in \d+ s")).wait_for()
+    assert page.get_by_test_id("stSidebarUserContent").count() == 0
+    shot(page, "login-throttled")
+    login(page, stack, "operator")  # someone else's guesses lock nobody else out
+
+
 def test_annotator_sees_only_annotate_segment_predict_and_cannot_reach_train(page, stack):
     login(page, stack, "annotator")
     links = nav_links(page)
