@@ -57,6 +57,7 @@ class Config:
     max_active_jobs_per_user: int = 20  # queued + running jobs one non-admin may have
     heavy_requests: int = 4  # image-decoding requests served at once; more wait briefly, then 503
     image_budget_mb: int = 256  # decoded pixels of one image: width x height x channels x bytes per sample
+    max_sample_epochs: int = 50_000_000  # epochs x training images of one non-admin run
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Config:
@@ -82,6 +83,7 @@ class Config:
             max_active_jobs_per_user=_int(env, "MAX_ACTIVE_JOBS_PER_USER", 20),
             heavy_requests=_int(env, "HEAVY_REQUESTS", 4),
             image_budget_mb=_int(env, "IMAGE_BUDGET_MB", 256),
+            max_sample_epochs=_int(env, "MAX_SAMPLE_EPOCHS", 50_000_000),
         )
 
     @property

@@ -52,6 +52,20 @@ def check_job_quota(config: Config, store: Store, user: dict) -> None:
                           "(MAX_ACTIVE_JOBS_PER_USER): wait for some to finish or cancel them", None)
 
 
+def check_training_size(config: Config, store: Store, username: str | None, epochs: int, images: int) -> None:
+    """Refuse a non-admin's run of more than ``MAX_SAMPLE_EPOCHS`` image passes (epochs x training images).
+
+    Raises:
+        InvalidInput: naming ``num_epochs``, with the limit and the run's size.
+    """
+    user = store.get_user(username) if username else None
+    if user is None or user["role"] == "admin" or epochs * images <= config.max_sample_epochs:
+        return
+    raise InvalidInput(f"num_epochs: {epochs:,} epochs over {images:,} training images make {epochs * images:,} "
+                       f"image passes; a run may make at most {config.max_sample_epochs:,} (MAX_SAMPLE_EPOCHS) "
+                       "unless an admin starts it", "num_epochs")
+
+
 def reserved_bytes(store: Store) -> int:
     """Disk that queued and running generation jobs have reserved (their estimate at submission)."""
     jobs = [job for status in ACTIVE for job in store.list_jobs("generate", status, limit=10_000)]

@@ -33,6 +33,7 @@ from engine.training import OPTIMIZERS, TrainConfig, build_model, fit_head
 from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
+from services.quotas import check_training_size
 from services.store import Store
 
 # Long runs are the point of this job (the seed asks for 4000 epochs): three days, and a run that
@@ -384,6 +385,7 @@ def submit_training(config: Config, store: Store, req: TrainRequest, username: s
     """Check ``req`` against the data (distinct splits included, and its weights file against the model),
     then enqueue a ``train`` job; returns its id."""
     run = prepare(config, req)
+    check_training_size(config, store, username, req.num_epochs, len(run.data.train))
     if run.config.weights_path:
         check_weights_fit(run.config)
     check_distinct_splits(config, req)
@@ -462,7 +464,8 @@ def resume(config: Config, store: Store, job_id: str, username: str | None, num_
     if done >= req.num_epochs:
         raise Conflict(f"job {job_id!r} already completed {done} of {req.num_epochs} epochs; "
                        "pass a larger num_epochs to train longer", "num_epochs")
-    prepare(config, req)
+    run = prepare(config, req)
+    check_training_size(config, store, username, req.num_epochs - done, len(run.data.train))
     return _submit_run(config, store, {**req.model_dump(), "resumed_from": job_id,
                                        "resume_from": last.relative_to(config.data_dir).as_posix()}, username)
 

@@ -85,3 +85,19 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
     os.utime(old, (two_hours_ago, two_hours_ago))
     assert [p.name for p in remove_stale_tmp(config, store)] == [".old.h5.5678.tmp"]
     assert live.exists()
+
+
+def test_a_run_of_too_many_image_passes_is_refused_for_non_admins_naming_num_epochs(stack):
+    """300 jobs of a million epochs each were accepted; now epochs x training images is capped per run."""
+    from tests.digits import DIGITS_FILE, digits_body, write_digits_hdf5
+
+    path = stack.data_dir / "datasets" / DIGITS_FILE
+    if not path.exists():
+        write_digits_hdf5(path)
+    huge = digits_body(num_epochs="1000000")  # 1,400 training digits: 1.4 billion image passes
+    r = requests.post(stack.url + "/api/v1/train", json=huge, headers=stack.headers("operator"), timeout=30)
+    assert r.status_code == 400 and r.json()["field"] == "num_epochs", r.text
+    assert "MAX_SAMPLE_EPOCHS" in r.json()["message"] and "1,400,000,000" in r.json()["message"]
+    r = requests.post(stack.url + "/api/v1/train", json=huge, headers=stack.headers("admin"), timeout=30)
+    assert r.status_code == 202, r.text  # an admin may
+    requests.post(f"{stack.url}/api/v1/jobs/{r.json()['job_id']}/cancel", headers=stack.headers("admin"), timeout=60)
