@@ -101,3 +101,10 @@ def wait_for_session_cookie(page, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the sign-in cookie was never written")
         page.wait_for_timeout(100)
+
+
+def wait_idle(page, settle_ms: int = 500) -> None:
+    """Wait for Streamlit's script run to end, then a moment for the page to drop the previous run's
+    elements (during a rerun the old and the new stand side by side)."""
+    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
+    page.wait_for_timeout(settle_ms)

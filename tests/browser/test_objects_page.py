@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from services import library, segment
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
+from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
 from tests.services.test_library import png
 
 pytestmark = pytest.mark.browser
@@ -21,6 +22,8 @@ def test_move_an_object_to_another_class_then_delete_one(page, stack):
     page.locator("h1", has_text="Objects").wait_for()
     choose_option(page, select_box(page, "Class").first, "browser_cup (2 objects)")
     choose_option(page, select_box(page, "Object"), f"{rows[0]['id'][:8]} · 40×40 px · by operator")
+    # Both objects share a box: wait for this one's own source, so the rerun for the choice has landed.
+    page.get_by_text("Source: p1.jpg", exact=False).wait_for()
     page.get_by_text("box x1=1, y1=2, x2=41, y2=42").wait_for()
     thumbs = page.locator("[data-testid='stImage'] img")
     assert thumbs.first.bounding_box()["width"] <= 41  # natural size, not blown up to the column
@@ -29,13 +32,18 @@ def test_move_an_object_to_another_class_then_delete_one(page, stack):
     move_to.locator("input").click()
     page.keyboard.type("browser_mug")
     page.keyboard.press("Enter")
-    page.get_by_role("button", name="Move", exact=True).click()
+    move = page.get_by_role("button", name="Move", exact=True)
+    expect(move).to_be_enabled()
+    move.click()
     page.get_by_text(f"Moved object {rows[0]['id'][:8]} to 'browser_mug'.").wait_for()
     moved = store.get_row("objects", rows[0]["id"])
     assert moved["class_name"] == "browser_mug" and segment.object_file(stack.config, moved).is_file()
 
     choose_option(page, select_box(page, "Class").first, "browser_cup (1 objects)")
+    wait_idle(page)
     page.get_by_text(f"{rows[1]['id'][:8]} · 40×40", exact=True).first.wait_for()
+    page.get_by_text("Source: p2.jpg", exact=False).wait_for()
+    wait_idle(page)
     page.get_by_text("Yes, delete this object").click()
     page.get_by_role("button", name="Delete object").click()
     page.get_by_text(f"Deleted object {rows[1]['id'][:8]}.").wait_for()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.augment.backgrounds import make_background
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
+from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
 from tests.scenes import CENTRE, RADIUS, SEED_BOX, encode, scene
 
 pytestmark = pytest.mark.browser
@@ -33,12 +33,6 @@ def canvas_box(page) -> dict:
     target.evaluate("canvas => canvas.scrollIntoView({block: 'center'})")  # the mouse only acts in the viewport
     page.wait_for_timeout(200)
     return target.bounding_box()
-
-
-def wait_idle(page) -> None:
-    """Wait for the script run to end, then give the canvas a moment to apply what it received."""
-    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
-    page.wait_for_timeout(500)
 
 
 def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
