@@ -117,8 +117,9 @@ DATASET_FIELD_LABELS = {"hdf5_path": "HDF5 file", "trainset_dir": "Training fold
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _folder_choices(data_dir: str) -> list[str]:
-    """Class-folder trees a person put in DATA_DIR (``data_dir`` keys the cache; listings are not free)."""
+def _folder_choices(data_dir: str, changed: int) -> list[str]:
+    """Class-folder trees a person put in DATA_DIR (listings are not free, so cached: ``data_dir`` and its
+    modification time key the cache, so a tree copied in shows at the next rerun)."""
     from services import training
 
     return training.image_folder_candidates(get_config())
@@ -148,7 +149,8 @@ def dataset_picker(prefix: str) -> dict:
         return {"dataset": kind, "hdf5_path": st.selectbox("HDF5 file (DATA_DIR/datasets)", files,
                                                              key=f"{prefix}_hdf5") if files else None}
     if kind == "custom":
-        return {"dataset": kind, **_folder_fields(prefix, _folder_choices(str(config.data_dir)))}
+        changed = config.data_dir.stat().st_mtime_ns
+        return {"dataset": kind, **_folder_fields(prefix, _folder_choices(str(config.data_dir), changed))}
     st.caption("The annotated images of the Annotate page (multi-label, one output per label of the label set).")
     return {"dataset": kind}
 

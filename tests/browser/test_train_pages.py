@@ -13,7 +13,7 @@ from engine.datasets import ArrayDataset
 from engine.training import TrainConfig, fit
 from services import training
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
+from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
 from tests.shapes import SHAPES, png_bytes, shape_image, write_folder_dataset
 
 pytestmark = pytest.mark.browser
@@ -26,6 +26,17 @@ def open_page(page, stack, role: str, title: str) -> None:
     page.locator("h1", has_text=title).wait_for()
 
 
+def pick_folders(page, train: str, test: str) -> None:
+    """Class folders as the dataset (HDF5 files, when any exist, are the default), then both trees; each
+    pick reruns the page, so every step waits for the run to end before the next."""
+    page.get_by_text("Class folders").click()
+    wait_idle(page)
+    choose_option(page, select_box(page, "Training folder"), train)
+    wait_idle(page)
+    choose_option(page, select_box(page, "Test folder"), test)
+    wait_idle(page)
+
+
 def set_number(page, label: str, value: int) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(str(value))
@@ -36,8 +47,7 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
     # Enough images at the model's 128 px that an epoch takes a couple of seconds: the page polls every 2 s.
     write_folder_dataset(stack.data_dir, "BROWSER_train", "BROWSER_test", n_train=24, n_test=4)
     open_page(page, stack, "operator", "Train")
-    choose_option(page, select_box(page, "Training folder"), "BROWSER_train")
-    choose_option(page, select_box(page, "Test folder"), "BROWSER_test")
+    pick_folders(page, "BROWSER_train", "BROWSER_test")
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     set_number(page, "Epochs", 6)
     page.get_by_role("button", name="Launch training").click()
@@ -57,12 +67,12 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
 def test_train_page_runs_one_training_over_two_processes_with_its_live_chart(page, stack):
     write_folder_dataset(stack.data_dir, "DDP_train", "DDP_test", n_train=16, n_test=4)
     open_page(page, stack, "operator", "Train")
-    choose_option(page, select_box(page, "Training folder"), "DDP_train")
-    choose_option(page, select_box(page, "Test folder"), "DDP_test")
+    pick_folders(page, "DDP_train", "DDP_test")
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     set_number(page, "Epochs", 4)
     set_number(page, "Processes", 2)
     page.get_by_role("button", name="Launch training").click()
+    wait_idle(page)  # the launch's rerun selects the new run (until then the page shows the previous one)
     seen = watch_run(page, timeout=240)
     assert seen[-1] == ("finished", 4), seen
     assert_no_traceback(page)
@@ -140,7 +150,9 @@ def test_train_page_refuses_the_training_folder_as_test_folder_and_says_why(page
     write_folder_dataset(stack.data_dir, "SAME_train", "SAME_test", n_train=3, n_test=2)
     open_page(page, stack, "operator", "Train")
     page.get_by_text("Class folders").click()
+    wait_idle(page)
     choose_option(page, select_box(page, "Training folder"), "SAME_train")
+    wait_idle(page)
     test_box = select_box(page, "Test folder")
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     shown = test_box.inner_text() + " " + test_box.locator("input").input_value()
