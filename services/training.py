@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, list_dataset_kinds
+from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, inspect_hdf5, list_dataset_kinds
 from engine.distributed import MAX_PROCESSES, Rendezvous, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
 from engine.inference import EXPORT_FORMATS, export_model, load_checkpoint
@@ -245,7 +245,8 @@ def check_distinct_splits(config: Config, req: TrainRequest) -> None:
         shared, field = _file_hashes(train) & _file_hashes(test), "testset_dir"
     elif req.dataset == "hdf5":
         path = _locate(config, req, "hdf5_path")
-        shared, field = _hdf5_hashes(path, "train") & _hdf5_hashes(path, "test"), "hdf5_path"
+        sources = inspect_hdf5(path).sources  # X_val stands in for X_test in files made elsewhere
+        shared, field = _hdf5_hashes(path, sources["train"]) & _hdf5_hashes(path, sources["test"]), "hdf5_path"
     else:
         return
     if shared:
@@ -267,12 +268,12 @@ def _file_hashes(root: Path) -> set[str]:
             for path in root.glob("*/*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()}
 
 
-def _hdf5_hashes(path: Path, split: str, chunk: int = 1024) -> set[str]:
+def _hdf5_hashes(path: Path, images_name: str, chunk: int = 1024) -> set[str]:
     import h5py  # only the hdf5 kind pays for it
 
     found: set[str] = set()
     with h5py.File(path, "r") as f:
-        images = f[f"X_{split}"]
+        images = f[images_name]
         for start in range(0, len(images), chunk):
             found.update(hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest()
                          for row in images[start:start + chunk])

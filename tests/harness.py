@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import socketio
 
 from services.config import REPO_ROOT, Config
 from services.launcher import gunicorn_argv
@@ -203,3 +204,13 @@ def post(stack, path: str, body: dict | None = None, role: str = "operator", **k
 
 def get(stack, path: str, role: str = "operator", **kwargs) -> requests.Response:
     return requests.get(stack.url + path, headers=stack.headers(role), timeout=120, **kwargs)
+
+
+def job_events_socket(stack, events: list) -> socketio.Client:
+    """A Socket.IO client on ``/jobs`` that appends ``(event, data)`` for each ``epoch`` and ``finished``."""
+    client = socketio.Client(reconnection=False)
+    for name in ("epoch", "finished"):
+        client.on(name, (lambda n: lambda data: events.append((n, data)))(name), namespace="/jobs")
+    client.connect(stack.url, namespaces=["/jobs"], auth={"token": stack.token("operator")}, wait_timeout=10,
+                   transports=["websocket"])
+    return client

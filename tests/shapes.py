@@ -48,3 +48,11 @@ def write_folder_dataset(data_dir: Path, train: str = "TRAIN_data_224", test: st
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 (folder / f"{i}.png").write_bytes(png_bytes(shape_image(shape, offset + 100 * c + i, side)))
+
+
+def noise_png(seed: int, side: int = 12) -> bytes:
+    """A square of random RGBA noise as PNG (a stand-in cut-out)."""
+    rgba = np.random.default_rng(seed).integers(0, 255, (side, side, 4), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    return buf.getvalue()

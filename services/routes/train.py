@@ -91,12 +91,12 @@ def delete(model_id: str):
 def predict(body: PredictBody):
     """Classify one image (the seed's body); single-label ``results``, multi-label ``predict_tags``."""
     config, store = studio().config, studio().store
-    # The image is checked first: an oversized one is a 413 whether or not a model exists yet.
+    row = predictions.choose_model(store, body.model)
+    if row is None and body.model is not None:  # a catalog look-up: cheaper than any decode
+        raise ApiError(404, "not_found", f"no trained model {body.model!r}", "model")
+    # The image is checked next: an oversized one is a 413 whether or not a model exists yet.
     image = decode_image(body.image, "image", config.max_image_pixels, config.image_budget_mb * 2**20,
                          max_side=predictions.PREDICT_MAX_SIDE)
-    row = predictions.choose_model(store, body.model)
-    if row is None and body.model is not None:
-        raise ApiError(404, "not_found", f"no trained model {body.model!r}", "model")
     if row is None:
         raise ApiError(409, "no_model", "no trained model yet: train one with POST /api/v1/train", "model")
     answer = predictions.predict(config, row, image)

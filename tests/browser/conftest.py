@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,31 @@ def wait_idle(page, settle_ms: int = 500) -> None:
     elements (during a rerun the old and the new stand side by side)."""
     page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
     page.wait_for_timeout(settle_ms)
+
+
+RECORDED = re.compile(r"Status:\s*(\w+)\s*·\s*(\d+) epochs recorded")
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def watch_run(page, timeout: float) -> list[tuple[str, int]]:
+    """The (status, epochs recorded) the page shows, sampled until the run ends."""
+    seen: list[tuple[str, int]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = RECORDED.search(page.inner_text("body"))
+        if found:
+            state = (found.group(1), int(found.group(2)))
+            if not seen or seen[-1] != state:
+                seen.append(state)
+                if state == ("started", 1):
+                    page.locator("[data-testid='stVegaLiteChart']").first.scroll_into_view_if_needed()
+                    shot(page, "train-first-epoch")
+            if state[0] in ("finished", "failed", "cancelled", "interrupted"):
+                return seen
+        time.sleep(0.5)
+    raise AssertionError(f"the run did not end within {timeout:.0f} s: {seen}")

@@ -10,10 +10,21 @@ from playwright.sync_api import expect
 from sklearn.datasets import load_digits
 
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
-from tests.browser.test_train_pages import set_number, watch_run
-from tests.engine.test_archives import class_images, file_manager_zip
-from tests.services.test_datasets_api import digits_zip
+from tests.browser.conftest import (
+    assert_no_traceback,
+    choose_option,
+    login,
+    select_box,
+    set_number,
+    shot,
+    wait_idle,
+    watch_run,
+)
+from tests.zips import (
+    class_images,
+    digits_zip,
+    file_manager_zip,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -75,7 +86,8 @@ def test_from_a_zip_on_the_laptop_to_a_trained_model_and_a_prediction_in_the_bro
     page.get_by_text(f"Dataset {name} is ready", exact=False).wait_for(timeout=90_000)
 
     go(page, "Train")
-    page.locator("[data-testid='stRadio']").filter(has_text="Dataset").get_by_text("hdf5", exact=True).click()
+    page.locator("[data-testid='stRadio']").filter(has_text="Dataset").get_by_text("HDF5 file", exact=True).click()
+    wait_idle(page)
     choose_option(page, select_box(page, "HDF5 file"), f"{name}.hdf5")
     page.get_by_text("3 classes: digit_0, digit_1, digit_2").wait_for()
     set_number(page, "Epochs", 6)

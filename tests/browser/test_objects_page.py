@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 from services import library, segment
 from services.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
-from tests.services.test_library import png
+from tests.shapes import noise_png as png
 
 pytestmark = pytest.mark.browser
 

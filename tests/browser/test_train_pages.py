@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
@@ -13,11 +12,19 @@ from engine.datasets import ArrayDataset
 from engine.training import TrainConfig, fit
 from services import training
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
+from tests.browser.conftest import (
+    assert_no_traceback,
+    choose_option,
+    login,
+    select_box,
+    set_number,
+    shot,
+    wait_idle,
+    watch_run,
+)
 from tests.shapes import SHAPES, png_bytes, shape_image, write_folder_dataset
 
 pytestmark = pytest.mark.browser
-RECORDED = re.compile(r"Status:\s*(\w+)\s*·\s*(\d+) epochs recorded")
 
 
 def open_page(page, stack, role: str, title: str) -> None:
@@ -35,12 +42,6 @@ def pick_folders(page, train: str, test: str) -> None:
     wait_idle(page)
     choose_option(page, select_box(page, "Test folder"), test)
     wait_idle(page)
-
-
-def set_number(page, label: str, value: int) -> None:
-    box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
@@ -79,25 +80,6 @@ def test_train_page_runs_one_training_over_two_processes_with_its_live_chart(pag
     run = open_store(stack.data_dir).list_jobs(kind="train", limit=1)[0]
     assert run["params"]["world_size"] == 2 and run["status"] == "finished"
     assert [h["epoch"] for h in run["history"]] == [1, 2, 3, 4]  # rank 0's epochs, each once
-
-
-def watch_run(page, timeout: float) -> list[tuple[str, int]]:
-    """The (status, epochs recorded) the page shows, sampled until the run ends."""
-    seen: list[tuple[str, int]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = RECORDED.search(page.inner_text("body"))
-        if found:
-            state = (found.group(1), int(found.group(2)))
-            if not seen or seen[-1] != state:
-                seen.append(state)
-                if state == ("started", 1):
-                    page.locator("[data-testid='stVegaLiteChart']").first.scroll_into_view_if_needed()
-                    shot(page, "train-first-epoch")
-            if state[0] in ("finished", "failed", "cancelled", "interrupted"):
-                return seen
-        time.sleep(0.5)
-    raise AssertionError(f"the run did not end within {timeout:.0f} s: {seen}")
 
 
 @pytest.fixture

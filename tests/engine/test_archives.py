@@ -2,87 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import json
-import stat
 import zipfile
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine import archives
 from engine.exceptions import InvalidInput
-
-
-def jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def class_images(classes: dict[str, int], size: int = 24, seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """Per class, ``n`` images whose colour says the class (so a model can learn them apart)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for k, (name, n) in enumerate(sorted(classes.items())):
-        base = np.zeros((size, size, 3), np.uint8)
-        base[..., k % 3] = 200
-        out[name] = [np.clip(base.astype(int) + rng.integers(-30, 30, base.shape), 0, 255).astype(np.uint8)
-                     for _ in range(n)]
-    return out
-
-
-def file_manager_zip(path: Path, images: dict[str, list[np.ndarray]], root: str | None = "photos",
-                     split: str | None = None, encode=jpeg) -> Path:
-    """A zip as macOS Finder makes it: a top folder, class folders, ``__MACOSX/`` and ``.DS_Store`` litter."""
-    prefix = f"{root}/" if root else ""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        if root:
-            zf.writestr(prefix, b"")
-        zf.writestr(f"{prefix}.DS_Store", b"\0\0\0\1Bud1" + bytes(64))
-        for name, pictures in images.items():
-            folder = f"{prefix}{split + '/' if split else ''}{name}/"
-            zf.writestr(folder, b"")
-            zf.writestr(f"{folder}.DS_Store", b"\0\0\0\1Bud1" + bytes(64))
-            for i, rgb in enumerate(pictures):
-                zf.writestr(f"{folder}IMG_{i:04d}.jpg" if encode is jpeg else f"{folder}{i:04d}.png", encode(rgb))
-                zf.writestr(f"__MACOSX/{folder}._IMG_{i:04d}.jpg", b"\0\5\26\7" + bytes(80))
-    return path
-
-
-def symlink_zip(path: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name in ("a", "b"):
-            zf.writestr(f"{name}/x.png", png(np.zeros((4, 4, 3), np.uint8)))
-        link = zipfile.ZipInfo("a/passwd.png")
-        link.create_system = 3
-        link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        zf.writestr(link, "/etc/passwd")
-    return path
-
-
-def named_entry_zip(path: Path, hostile: str) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name in ("a", "b"):
-            zf.writestr(f"{name}/x.png", png(np.zeros((4, 4, 3), np.uint8)))
-        zf.writestr(hostile, png(np.zeros((4, 4, 3), np.uint8)))
-    return path
-
-
-def ratio_bomb_zip(path: Path, megabytes: int = 20) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("a/x.png", png(np.zeros((4, 4, 3), np.uint8)))
-        zf.writestr("b/huge.png", bytes(megabytes * 1024 * 1024))
-    return path
+from tests.zips import (
+    annotated_zip,
+    class_images,
+    file_manager_zip,
+    jpeg,
+    named_entry_zip,
+    ratio_bomb_zip,
+    symlink_zip,
+)
 
 
 def test_a_finder_zip_is_read_as_class_folders_without_the_litter(tmp_path):
@@ -205,16 +142,6 @@ def test_unclear_layouts_are_refused(tmp_path, layout, message):
 
 
 # ------------------------------------------------------------------------------------- annotations
-def annotated_zip(path: Path, annotation_name: str, annotation_text: str, names=("beach", "street")) -> Path:
-    """Images in an ``images/`` folder and one annotation file beside it, inside a top folder."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(f"shoot/{annotation_name}", annotation_text)
-        zf.writestr("shoot/.DS_Store", bytes(32))
-        for i, name in enumerate(names):
-            zf.writestr(f"shoot/images/{name}.jpg", jpeg(np.full((16, 16, 3), 40 * i, np.uint8)))
-    return path
-
-
 def test_the_projects_own_csv_export_and_a_labels_column_are_read(tmp_path):
     onehot = "Id,sea,tree,car\nbeach,1,0,0\nstreet,0,1,1\nnowhere,1,0,0\n"
     got = archives.read_annotated_zip(annotated_zip(tmp_path / "a.zip", "labels.csv", onehot))

@@ -24,7 +24,7 @@ from engine.models import (
 )
 from engine.training import TrainConfig, fit, fit_head
 from engine.transfer import main as transfer_main
-from tests.engine.test_transfer import LABELS, data_dir  # noqa: F401  (the newdata/ fixture)
+from tests.engine.conftest import LABELS
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import pytest
 from engine.exceptions import InvalidInput
 from services import training
 from services.config import Config
-from tests.services.test_train import write_folder_dataset
+from tests.shapes import write_folder_dataset
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ import requests
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tests.engine.test_archives import (
+from tests.zips import (
     annotated_zip,
     class_images,
+    digits_zip,
     file_manager_zip,
     named_entry_zip,
     ratio_bomb_zip,
@@ -58,16 +59,6 @@ def get(stack, path: str, **kw) -> requests.Response:
     return requests.get(stack.url + path, headers=stack.headers("operator"), timeout=60, **kw)
 
 
-def digits_zip(path: Path, classes=(0, 1, 2), per_class: int = 40, side: int = 32) -> Path:
-    """Real handwritten digits (scikit-learn's), upscaled and saved as JPEGs at quality 85 in class folders."""
-    digits = load_digits()
-    images = {}
-    for digit in classes:
-        pictures = digits.images[digits.target == digit][:per_class]
-        grey = [(p * 255 / 16).astype(np.uint8) for p in pictures]
-        images[f"digit_{digit}"] = [np.repeat(cv2.resize(g, (side, side), interpolation=cv2.INTER_LINEAR)[..., None],
-                                              3, axis=2) for g in grey]
-    return file_manager_zip(path, images, root="digits")
 
 
 def tree(folder: Path) -> set[str]:

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from services.store import open_store
-from tests.harness import stop
-from tests.services.test_train import _socket, digits_body, post, write_digits_hdf5
+from tests.digits import digits_body, write_digits_hdf5
+from tests.harness import job_events_socket, post, stop
 
 DIGITS_FILE = "digits-8x8.hdf5"
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores")
@@ -64,7 +64,7 @@ def test_bad_process_counts_are_400_naming_the_field(stack, digits, change, fiel
 @pytest.mark.slow
 def test_a_two_process_job_runs_with_live_epochs(stack, digits):
     events: list = []
-    client = _socket(stack, events)
+    client = job_events_socket(stack, events)
     try:
         r = post(stack, "/api/v1/train", digits_body(num_epochs="4", nproc="2"))
         assert r.status_code == 202, r.text

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-from PIL import Image
 
 from engine.exceptions import InvalidInput
 from services import library, segment
 from services.config import Config
 from services.store import open_store
-
-
-def png(seed: int, side: int = 12) -> bytes:
-    rgba = np.random.default_rng(seed).integers(0, 255, (side, side, 4), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-    return buf.getvalue()
+from tests.shapes import noise_png as png
 
 
 @pytest.fixture

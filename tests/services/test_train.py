@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import requests
-import socketio
 import torch
 from flask_jwt_extended import create_access_token
 
@@ -27,7 +26,7 @@ from services.config import Config
 from services.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
 from tests.digits import DIGITS_FILE, digits_body, digits_test_images, write_digits_hdf5
-from tests.harness import get, post
+from tests.harness import get, job_events_socket, post
 from tests.shapes import SHAPES, data_url, png_bytes, shape_image, write_folder_dataset
 
 # The seed's /train body, exactly as documented (only num_epochs is shortened, and sent as a string).
@@ -83,9 +82,13 @@ def test_seed_train_body_runs_a_job_with_history_and_registers_a_model(stack, se
 @pytest.mark.parametrize("role", ["operator", "annotator", "client"])
 def test_predict_with_the_seed_body_answers_the_seed_keys(stack, seed_run, role):
     model_id = seed_run[1]["result"]["model_id"]
+    # The seed's body names no model: the active one answers. Other modules train models in this stack too,
+    # so this run's model is made the active one, as an operator would.
+    assert post(stack, f"/api/v1/models/{model_id}/activate").status_code == 200
     r = post(stack, "/api/v1/predict", {"image": data_url(shape_image("circle", 7))}, role)
     assert r.status_code == 200, r.text
     body = r.json()
+    assert body["model"] == model_id
     assert set(body) == {"results", "confidence", "probabilities", "model", "status_code"}
     assert body["results"] in SHAPES and 0 <= body["confidence"] <= 100
     assert set(body["probabilities"]) == set(SHAPES) and sum(body["probabilities"].values()) == pytest.approx(1)
@@ -280,15 +283,6 @@ def test_newdata_requests_are_multi_label_over_the_label_set(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- slow tests
-def _socket(stack, events: list) -> socketio.Client:
-    client = socketio.Client(reconnection=False)
-    for name in ("epoch", "finished"):
-        client.on(name, (lambda n: lambda data: events.append((n, data)))(name), namespace="/jobs")
-    client.connect(stack.url, namespaces=["/jobs"], auth={"token": stack.token("operator")}, wait_timeout=10,
-                   transports=["websocket"])
-    return client
-
-
 @pytest.fixture(scope="module")
 def digits(stack):
     path = stack.data_dir / "datasets" / DIGITS_FILE
@@ -301,7 +295,7 @@ def digits(stack):
 def digits_run(stack, digits):
     """A real training job on the digits, watched by a Socket.IO client: (job record, its events)."""
     events: list = []
-    client = _socket(stack, events)
+    client = job_events_socket(stack, events)
     try:
         r = post(stack, "/api/v1/train", digits_body())
         assert r.status_code == 202, r.text
