@@ -681,6 +681,15 @@ def _run_epoch(
     test["seconds"] = time.perf_counter() - started
     if run.world_size > 1:
         train, test = _whole_dataset_figures(train, test, config.multi_label)
+    record = _close_epoch(run, train, test)
+    if record["improved"]:
+        run.save("best")
+    run.save("last")
+    return record
+
+
+def _close_epoch(run: _Run, train: Record, test: Record) -> Record:
+    """The epoch's record; the scheduler, patience, history and best evaluation moved on by it."""
     record = _epoch_record(run, train, test)
     if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         run.scheduler.step(record[run.monitor])
@@ -690,9 +699,7 @@ def _run_epoch(
     run.epoch += 1
     run.history.append(record)
     if record["improved"]:
-        run.evaluation = final_evaluation(*test["outputs"], config.multi_label, run.class_names)
-        run.save("best")
-    run.save("last")
+        run.evaluation = final_evaluation(*test["outputs"], run.config.multi_label, run.class_names)
     return record
 
 
@@ -912,17 +919,7 @@ def _run_head_epoch(
     started = time.perf_counter()
     test = evaluate(head, loaders[1], criterion, run.device, config.multi_label)
     test["seconds"] = time.perf_counter() - started
-    record = _epoch_record(run, train, test)
-    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        run.scheduler.step(record[run.monitor])
-    elif run.scheduler is not None:
-        run.scheduler.step()
-    run.bad_epochs = 0 if record["improved"] else run.bad_epochs + 1
-    run.epoch += 1
-    run.history.append(record)
-    if record["improved"]:
-        run.evaluation = final_evaluation(*test["outputs"], config.multi_label, run.class_names)
-    return record
+    return _close_epoch(run, train, test)
 
 
 def _write_snapshot(path: Path, snapshot: dict[str, Any]) -> None:
