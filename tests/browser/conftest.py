@@ -119,6 +119,7 @@ def set_number(page, label: str, value: int) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(str(value))
     box.press("Enter")
+    page.wait_for_timeout(300)  # the rerun that takes the value
 
 
 def watch_run(page, timeout: float) -> list[tuple[str, int]]:

@@ -92,6 +92,7 @@ def test_from_a_zip_on_the_laptop_to_a_trained_model_and_a_prediction_in_the_bro
     page.get_by_text("3 classes: digit_0, digit_1, digit_2").wait_for()
     set_number(page, "Epochs", 6)
     page.get_by_role("button", name="Launch training").click()
+    wait_idle(page)  # the launch's rerun selects the new run (until then the page shows the previous one)
     assert watch_run(page, timeout=300)[-1] == ("finished", 6)
     store = open_store(stack.data_dir)
     job = next(j for j in store.list_jobs(kind="train") if j["params"].get("hdf5_path") == f"{name}.hdf5")
