@@ -123,12 +123,16 @@ def set_number(page, label: str, value: int) -> None:
 
 
 def watch_run(page, timeout: float) -> list[tuple[str, int]]:
-    """The (status, epochs recorded) the page shows, sampled until the run ends."""
+    """The (status, epochs recorded) the page shows for the run just launched, sampled until it ends.
+
+    Right after Launch the page may still show the previously selected (ended) run for a moment, so states
+    count only from the first one of a live run (queued or started).
+    """
     seen: list[tuple[str, int]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = RECORDED.search(page.inner_text("body"))
-        if found:
+        if found and (seen or found.group(1) in ("queued", "started")):
             state = (found.group(1), int(found.group(2)))
             if not seen or seen[-1] != state:
                 seen.append(state)

@@ -36,7 +36,7 @@ def open_page(page, stack, role: str, title: str) -> None:
 def pick_folders(page, train: str, test: str) -> None:
     """Class folders as the dataset (HDF5 files, when any exist, are the default), then both trees; each
     pick reruns the page, so every step waits for the run to end before the next."""
-    page.get_by_text("Class folders").click()
+    page.locator("[data-testid='stRadio']").filter(has_text="Dataset").get_by_text("Class folders", exact=True).click()
     wait_idle(page)
     choose_option(page, select_box(page, "Training folder"), train)
     wait_idle(page)
@@ -131,7 +131,7 @@ def test_models_page_lists_the_model_and_downloads_torchscript(page, stack, shap
 def test_train_page_refuses_the_training_folder_as_test_folder_and_says_why(page, stack):
     write_folder_dataset(stack.data_dir, "SAME_train", "SAME_test", n_train=3, n_test=2)
     open_page(page, stack, "operator", "Train")
-    page.get_by_text("Class folders").click()
+    page.locator("[data-testid='stRadio']").filter(has_text="Dataset").get_by_text("Class folders", exact=True).click()
     wait_idle(page)
     choose_option(page, select_box(page, "Training folder"), "SAME_train")
     wait_idle(page)
