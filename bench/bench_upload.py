@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -17,30 +16,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Stack  # noqa: E402
+from tests.harness import Stack, peak_rss_during  # noqa: E402
 from tests.services.test_datasets_api import stored_zip, stream_multipart, unique  # noqa: E402
-
-
-def peak_rss_while(process: psutil.Process, work) -> tuple[int, int, object]:
-    """(RSS before, peak RSS of the process and its children during ``work()``, its result)."""
-    def rss() -> int:
-        return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
-
-    baseline, peak, done = rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        result = work()
-    finally:
-        done.set()
-        sampler.join()
-    return baseline, peak[0], result
 
 
 def main(megabytes: int) -> None:
@@ -50,11 +27,11 @@ def main(megabytes: int) -> None:
         stack.start()
         try:
             started = time.perf_counter()
-            before, peak, (status, _) = peak_rss_while(psutil.Process(stack.api.pid),
+            before, peak, (status, _) = peak_rss_during(psutil.Process(stack.api.pid),
                                                        lambda: stream_multipart(stack, path, unique("big")))
             seconds = time.perf_counter() - started
             me = psutil.Process()
-            peer_before, peer_peak, _ = peak_rss_while(me, lambda: len(path.read_bytes()))
+            peer_before, peer_peak, _ = peak_rss_during(me, lambda: len(path.read_bytes()))
         finally:
             stack.close()
     mb = 2**20

@@ -13,6 +13,7 @@ Dataset kinds are registered with :func:`register_dataset`; :func:`build_dataset
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -283,12 +284,21 @@ def _open_hdf5(path: str | os.PathLike, seconds: float | None = None) -> _Hdf5La
     path = Path(path)
     if not path.is_file():
         raise _refusal(path, "does not exist", "Put it in DATA_DIR/datasets or upload it")
-    outcome, value = _read_isolated(path, HDF5_READ_SECONDS if seconds is None else seconds)
+    stat = path.stat()
+    # One request checks a file several times (the page's summary, prepare, the duplicate check): the
+    # isolated read is done once per version of the file.
+    outcome, value = _read_isolated_once(str(path.resolve()), stat.st_mtime_ns, stat.st_size,
+                                         HDF5_READ_SECONDS if seconds is None else seconds)
     if outcome == "ok":
         return value
     if outcome == "refused":
         raise InvalidInput(value, field="hdf5_path")
     raise _refusal(path, value, "The file is probably damaged: write it again, or check it with h5dump")
+
+
+@functools.lru_cache(maxsize=16)
+def _read_isolated_once(path: str, _mtime_ns: int, _size: int, seconds: float) -> tuple[str, Any]:
+    return _read_isolated(Path(path), seconds)
 
 
 def _read_isolated(path: Path, seconds: float) -> tuple[str, Any]:

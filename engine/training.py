@@ -688,6 +688,18 @@ def _run_epoch(
     return record
 
 
+def _after_epoch(run: _Run, record: Record, on_epoch: Callable[[Record], None] | None,
+                 should_stop: Callable[[], bool] | None) -> bool:
+    """Report the epoch; True when patience ran out. Raises Cancelled when a stop was asked for."""
+    if on_epoch is not None:
+        on_epoch(dict(record))
+    if run.config.patience is not None and run.bad_epochs >= run.config.patience:
+        return True
+    if run.epoch < run.config.epochs and should_stop is not None and should_stop():
+        raise Cancelled(f"stopped after epoch {run.epoch}; resume from {run.directory / 'last.pt'}")
+    return False
+
+
 def _close_epoch(run: _Run, train: Record, test: Record) -> Record:
     """The epoch's record; the scheduler, patience, history and best evaluation moved on by it."""
     record = _epoch_record(run, train, test)
@@ -794,13 +806,9 @@ def fit(
     stopped_early = False
     while run.epoch < config.epochs:
         record = _run_epoch(run, loaders, generator, should_stop, on_batch, log_every)
-        if on_epoch is not None:
-            on_epoch(dict(record))
-        stopped_early = config.patience is not None and run.bad_epochs >= config.patience
+        stopped_early = _after_epoch(run, record, on_epoch, should_stop)
         if stopped_early:
             break
-        if run.epoch < config.epochs and should_stop is not None and should_stop():
-            raise Cancelled(f"stopped after epoch {run.epoch}; resume from {directory / 'last.pt'}")
     return FitResult(
         directory / "best.pt",
         directory / "last.pt",
@@ -869,13 +877,9 @@ def fit_head(
             record = _run_head_epoch(run, loaders, generator, should_stop, on_batch, log_every)
             # Epochs of a head take milliseconds: checkpoints are written when the run ends, not per epoch.
             best = copy.deepcopy(run.checkpoint("best")) if record["improved"] else best
-            if on_epoch is not None:
-                on_epoch(dict(record))
-            stopped_early = config.patience is not None and run.bad_epochs >= config.patience
+            stopped_early = _after_epoch(run, record, on_epoch, should_stop)
             if stopped_early:
                 break
-            if run.epoch < config.epochs and should_stop is not None and should_stop():
-                raise Cancelled(f"stopped after epoch {run.epoch}; resume from {directory / 'last.pt'}")
     finally:
         if best is not None:
             _write_snapshot(directory / "best.pt", best)

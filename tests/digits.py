@@ -43,6 +43,14 @@ def write_digits_hdf5(path: Path, train: slice = slice(0, 1400), test: slice = s
     tmp.replace(path)
 
 
+def ensure_digits_hdf5(data_dir: Path) -> Path:
+    """``DATA_DIR/datasets/digits-8x8.hdf5``, written the first time a test of the stack asks for it."""
+    path = data_dir / "datasets" / DIGITS_FILE
+    if not path.exists():
+        write_digits_hdf5(path)
+    return path
+
+
 def digits_test_images() -> tuple[np.ndarray, np.ndarray]:
     images, labels = digit_images(rgb=True)
     return images[1400:], labels[1400:]

@@ -214,3 +214,27 @@ def job_events_socket(stack, events: list) -> socketio.Client:
     client.connect(stack.url, namespaces=["/jobs"], auth={"token": stack.token("operator")}, wait_timeout=10,
                    transports=["websocket"])
     return client
+
+
+def peak_rss_during(process, work) -> tuple[int, int, object]:
+    """``(RSS before, peak RSS during work(), work's result)`` of a psutil ``process`` and its children."""
+    import threading
+
+    def rss() -> int:
+        return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+    baseline, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        sampler.join()
+    return baseline, peak[0], result

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import secrets
-import time
 import zipfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import requests
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from tests.harness import peak_rss_during
 from tests.zips import (
     annotated_zip,
     class_images,
@@ -343,33 +343,14 @@ def stream_multipart(stack, path: Path, name: str) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 def test_a_large_upload_streams_to_disk_with_flat_api_memory(stack, tmp_path):
-    import threading
-
     import psutil
 
     path = stored_zip(tmp_path / "big.zip", megabytes=320)
-    api = psutil.Process(stack.api.pid)
-
-    def rss() -> int:
-        return sum(p.memory_info().rss for p in [api, *api.children(recursive=True)])
-
-    baseline, peak, done = rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        status, body = stream_multipart(stack, path, unique("big"))
-    finally:
-        done.set()
-        sampler.join()
+    baseline, peak, (status, body) = peak_rss_during(psutil.Process(stack.api.pid),
+                                                     lambda: stream_multipart(stack, path, unique("big")))
     assert status == 202, body[:300]
-    growth = (peak[0] - baseline) / 2**20
+    growth = (peak - baseline) / 2**20
     print(f"\nupload {path.stat().st_size / 2**20:.0f} MB: API RSS {baseline / 2**20:.0f} MB before, "
-          f"peak {peak[0] / 2**20:.0f} MB (+{growth:.0f} MB)")
+          f"peak {peak / 2**20:.0f} MB (+{growth:.0f} MB)")
     assert growth < 64, f"the API grew {growth:.0f} MB while streaming"
     path.unlink()

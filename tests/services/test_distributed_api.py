@@ -15,19 +15,15 @@ import psutil
 import pytest
 
 from services.store import open_store
-from tests.digits import digits_body, write_digits_hdf5
+from tests.digits import digits_body, ensure_digits_hdf5
 from tests.harness import job_events_socket, post, stop
 
-DIGITS_FILE = "digits-8x8.hdf5"
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores")
 
 
 @pytest.fixture(scope="module")
 def digits(stack):
-    path = stack.data_dir / "datasets" / DIGITS_FILE
-    if not path.exists():
-        write_digits_hdf5(path)
-    return path
+    return ensure_digits_hdf5(stack.data_dir)
 
 
 def ranks_of(stack) -> list[psutil.Process]:

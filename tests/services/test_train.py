@@ -25,7 +25,7 @@ from services.api import create_app
 from services.config import Config
 from services.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
-from tests.digits import DIGITS_FILE, digits_body, digits_test_images, write_digits_hdf5
+from tests.digits import digits_body, digits_test_images, ensure_digits_hdf5
 from tests.harness import get, job_events_socket, post
 from tests.shapes import SHAPES, data_url, png_bytes, shape_image, write_folder_dataset
 
@@ -285,10 +285,7 @@ def test_newdata_requests_are_multi_label_over_the_label_set(tmp_path):
 # ------------------------------------------------------------------------------------- slow tests
 @pytest.fixture(scope="module")
 def digits(stack):
-    path = stack.data_dir / "datasets" / DIGITS_FILE
-    if not path.exists():
-        write_digits_hdf5(path)
-    return path
+    return ensure_digits_hdf5(stack.data_dir)
 
 
 @pytest.fixture(scope="module")

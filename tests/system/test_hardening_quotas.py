@@ -89,11 +89,9 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
 
 def test_a_run_of_too_many_image_passes_is_refused_for_non_admins_naming_num_epochs(stack):
     """300 jobs of a million epochs each were accepted; now epochs x training images is capped per run."""
-    from tests.digits import DIGITS_FILE, digits_body, write_digits_hdf5
+    from tests.digits import digits_body, ensure_digits_hdf5
 
-    path = stack.data_dir / "datasets" / DIGITS_FILE
-    if not path.exists():
-        write_digits_hdf5(path)
+    ensure_digits_hdf5(stack.data_dir)
     huge = digits_body(num_epochs="1000000")  # 1,400 training digits: 1.4 billion image passes
     r = requests.post(stack.url + "/api/v1/train", json=huge, headers=stack.headers("operator"), timeout=30)
     assert r.status_code == 400 and r.json()["field"] == "num_epochs", r.text

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from engine.inference import load_checkpoint
-from tests.digits import DIGITS_FILE, digits_body, digits_test_images, write_digits_hdf5
+from tests.digits import digits_body, digits_test_images, ensure_digits_hdf5
 from tests.harness import post
 from tests.shapes import data_url
 
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(stack):
     """Kill the worker mid-training, then resume: (killed record, resumed record)."""
-    path = stack.data_dir / "datasets" / DIGITS_FILE
-    if not path.exists():
-        write_digits_hdf5(path)
+    ensure_digits_hdf5(stack.data_dir)
     job_id = post(stack, "/api/v1/train", digits_body(num_epochs="10")).json()["job_id"]
     deadline = time.monotonic() + 90
     while len(stack.wait_job(job_id, statuses=("started",))["history"]) < 3:
