@@ -19,8 +19,8 @@ from hypothesis.extra import numpy as hnp
 
 from engine.datasets import DatasetSpec, build_datasets, inspect_hdf5, make_preprocessing
 from engine.exceptions import InvalidInput
-from tests.engine.test_hdf5_variants import ACCEPTED, REFUSED
 from tests.harness import Stack
+from tests.hdf5_variants import ACCEPTED, REFUSED
 
 pytestmark = pytest.mark.slow
 
