@@ -25,7 +25,6 @@ from services.quotas import InsufficientStorage, TooManyJobs, check_job_quota
 from services.store import Store
 from services.validation import invalid_input_from
 
-PUBLIC: tuple[str, ...] = ()
 ALL_ROLES = ("admin", "operator", "annotator", "client")
 
 
