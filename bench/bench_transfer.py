@@ -26,6 +26,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine import checkpoints  # noqa: E402
 from engine.datasets import ArrayDataset  # noqa: E402
 from engine.exceptions import Cancelled  # noqa: E402
 from engine.training import TrainConfig, fit, fit_head  # noqa: E402
@@ -68,7 +69,7 @@ def from_scratch(name: str, split, seconds: float, workdir: Path) -> tuple[float
             log_every=1)
     except Cancelled:
         pass
-    history = torch.load(directory / "last.pt", weights_only=True)["history"]
+    history = checkpoints.load(directory / "last.pt").history
     if not history:
         return 0.5, 0.5, 0
     return history[-1]["test_accuracy"] / 100, max(h["test_accuracy"] for h in history) / 100, len(history)

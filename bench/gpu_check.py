@@ -26,6 +26,7 @@ from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine import checkpoints  # noqa: E402
 from engine.datasets import ArrayDataset  # noqa: E402
 from engine.distributed import fit_distributed  # noqa: E402
 from engine.inference import Predictor  # noqa: E402
@@ -51,8 +52,7 @@ def run(world_size: int, config: TrainConfig, side: int, sync_batchnorm: bool = 
     with tempfile.TemporaryDirectory() as tmp:
         result = fit_distributed(world_size, config, train, test, CLASSES, tmp, on_epoch=records.append,
                                  device="cuda", sync_batchnorm=sync_batchnorm)
-        ckpt = torch.load(result.last_path, weights_only=True)
-        assert ckpt["scaler"] is not None, "mixed precision ran without a GradScaler"
+        assert checkpoints.load(result.last_path).scaler is not None, "mixed precision ran without a GradScaler"
         predictor = Predictor(result.best_path)
         image = (load_digits().images[1500] * (255 / 16)).astype(np.uint8)
         predictor_answer = predictor.predict_batch([np.repeat(cv2.resize(image, (side, side))[..., None], 3, 2)])

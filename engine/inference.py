@@ -15,44 +15,36 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import checkpoints
+from engine.checkpoints import Checkpoint
 from engine.datasets import preprocess
 from engine.exceptions import InvalidInput
 from engine.images import decode_image
 from engine.models import create_model
-from engine.training import CHECKPOINT_FORMAT, resolve_device
+from engine.training import resolve_device
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 TOP_K = 5
 ONNX_OPSET = 20
-_REQUIRED_KEYS = ("model", "state_dict", "class_names", "preprocessing", "multi_label")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`engine.training.fit` with ``weights_only=True`` (no code runs).
-
-    Raises:
-        InvalidInput: (field ``checkpoint``) the file is missing or is not one of our checkpoints.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"checkpoint {str(path)!r} does not exist", field="checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the unpickler raises many types for foreign or corrupt files
-        raise InvalidInput(f"{str(path)!r} is not a loadable checkpoint: {exc}", field="checkpoint") from exc
-    if (
-        not isinstance(ckpt, dict)
-        or ckpt.get("format") != CHECKPOINT_FORMAT
-        or any(k not in ckpt for k in _REQUIRED_KEYS)
-    ):
-        raise InvalidInput(f"{str(path)!r} is not a checkpoint of this project", field="checkpoint")
-    return ckpt
+CheckpointLike = str | os.PathLike | Checkpoint | dict[str, Any]
 
 
-def rebuild_model(ckpt: dict[str, Any]) -> nn.Module:
+def as_checkpoint(checkpoint: CheckpointLike) -> Checkpoint:
+    """A loaded checkpoint as is; a dict in the on-disk layout parsed; a path loaded (see engine.checkpoints)."""
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    if isinstance(checkpoint, dict):
+        return checkpoints.parse(checkpoint)
+    return checkpoints.load(checkpoint)
+
+
+def rebuild_model(checkpoint: CheckpointLike) -> nn.Module:
     """Create the checkpoint's architecture and load its weights (eval mode, on the CPU)."""
-    model = create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
+    ckpt = as_checkpoint(checkpoint)
+    model = create_model(ckpt.model_name, **ckpt.model_kwargs)
+    model.load_state_dict(ckpt.state_dict)
     return model.eval()
 
 
@@ -66,18 +58,16 @@ class Predictor:
         preprocessing: the preprocessing dict of the training run.
     """
 
-    def __init__(
-        self, checkpoint: str | os.PathLike | dict[str, Any], device: str | torch.device | None = None
-    ):
-        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    def __init__(self, checkpoint: CheckpointLike, device: str | torch.device | None = None):
+        ckpt = as_checkpoint(checkpoint)
         self.device = resolve_device(device)
         self.model = rebuild_model(ckpt).to(self.device)
-        self.model_name = ckpt["model"]["name"]
-        self.class_names = list(ckpt["class_names"])
-        self.multi_label = bool(ckpt["multi_label"])
-        self.preprocessing = ckpt["preprocessing"]
-        self.thresholds = list(ckpt.get("thresholds") or [0.5] * len(self.class_names))
-        self.metrics = dict(ckpt.get("metrics") or {})
+        self.model_name = ckpt.model_name
+        self.class_names = list(ckpt.class_names)
+        self.multi_label = ckpt.multi_label
+        self.preprocessing = ckpt.preprocessing
+        self.thresholds = ckpt.thresholds or [0.5] * len(self.class_names)
+        self.metrics = ckpt.metrics
 
     def to_tensor(self, images: Sequence[np.ndarray | bytes | str]) -> torch.Tensor:
         """Preprocess decoded images (or raw/base64 image bytes) into one input batch."""
@@ -120,14 +110,14 @@ class Predictor:
         }
 
 
-def export_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
+def export_metadata(ckpt: Checkpoint) -> dict[str, Any]:
     """What a deployment needs besides the graph: classes, preprocessing, decision rule."""
     return {
-        "model_name": ckpt["model"]["name"],
-        "class_names": list(ckpt["class_names"]),
-        "multi_label": bool(ckpt["multi_label"]),
-        "preprocessing": ckpt["preprocessing"],
-        "thresholds": ckpt.get("thresholds"),
+        "model_name": ckpt.model_name,
+        "class_names": list(ckpt.class_names),
+        "multi_label": ckpt.multi_label,
+        "preprocessing": ckpt.preprocessing,
+        "thresholds": ckpt.thresholds,
         "input": "float32 N x C x H x W, preprocessed as described",
         "output": "logits: sigmoid per label if multi_label else softmax over classes",
     }
@@ -152,10 +142,10 @@ def export_model(checkpoint_path: str | os.PathLike, format: str, out_path: str 
         raise InvalidInput(
             f"unknown export format {format!r}; known: {', '.join(EXPORT_FORMATS)}", field="format"
         )
-    ckpt = load_checkpoint(checkpoint_path)
+    ckpt = checkpoints.load(checkpoint_path)
     model = rebuild_model(ckpt)
-    height, width = ckpt["preprocessing"]["image_size"]
-    example = torch.zeros(2, ckpt["preprocessing"]["channels"], height, width)
+    height, width = ckpt.preprocessing["image_size"]
+    example = torch.zeros(2, ckpt.preprocessing["channels"], height, width)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     metadata = json.dumps(export_metadata(ckpt))

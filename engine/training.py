@@ -4,7 +4,7 @@
 :func:`fit`), ``on_batch(progress)`` every ``log_every`` batches, and ``should_stop()`` polled at the
 same points and between epochs. It writes two self-describing checkpoints to ``checkpoint_dir``:
 ``last.pt`` after every epoch and ``best.pt`` whenever the monitored metric improves (test accuracy,
-or mAP for multi-label). Both load with ``torch.load(..., weights_only=True)``.
+or mAP for multi-label), in the format of :mod:`engine.checkpoints` (loadable with ``weights_only=True``).
 
 All accuracies and multi-label metrics are percentages (0-100); a multi-label "accuracy" counts
 correct label decisions at probability 0.5. On a CUDA device the loop uses
@@ -31,7 +31,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine import distributed
+from engine import checkpoints, distributed
 from engine.datasets import make_preprocessing
 from engine.exceptions import Cancelled, InvalidInput
 from engine.metrics import best_thresholds, confusion_matrix, count_correct, multilabel_metrics
@@ -39,8 +39,6 @@ from engine.models import create_model, get_model_info, head_parameter_names
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("none", "plateau", "step")
-CHECKPOINT_FORMAT = "pytorch-automation-studio/checkpoint"
-CHECKPOINT_VERSION = 1
 
 Record = dict[str, Any]
 
@@ -481,40 +479,31 @@ class _Run:
     def monitor(self) -> str:
         return "test_map" if self.config.multi_label else "test_accuracy"
 
-    def checkpoint(self, kind: str) -> dict[str, Any]:
-        """A snapshot of plain types and tensors only, so that ``weights_only=True`` loading works."""
-        core = _unwrap(self.model)
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "kind": kind,
-            "model": {
-                "name": self.config.model_name,
-                "kwargs": {
-                    "num_classes": self.config.num_classes,
-                    "in_chans": self.preprocessing["channels"],
-                    "multi_label": self.config.multi_label,
-                },
+    def checkpoint(self, kind: str) -> checkpoints.Checkpoint:
+        """A snapshot of the run (``kind`` ``"best"`` or ``"last"``); only best ones keep the evaluation."""
+        return checkpoints.Checkpoint(
+            model_name=self.config.model_name,
+            model_kwargs={
+                "num_classes": self.config.num_classes,
+                "in_chans": self.preprocessing["channels"],
+                "multi_label": self.config.multi_label,
             },
-            "state_dict": core.state_dict(),
-            "class_names": list(self.class_names),
-            "multi_label": self.config.multi_label,
-            "preprocessing": self.preprocessing,
-            "config": dataclasses.asdict(self.config),
-            "epoch": self.epoch,
-            "metrics": dict(self.history[-1]) if self.history else {},
-            "history": [dict(r) for r in self.history],
-            "best": dict(self.best),
-            "epochs_without_improvement": self.bad_epochs,
-            "evaluation": self.evaluation if kind == "best" else {},
-            "thresholds": self.evaluation.get("thresholds") if kind == "best" else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "seed": self.config.seed,
-            "rng": {"torch": torch.get_rng_state()},
-            "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)},
-        }
+            state_dict=_unwrap(self.model).state_dict(),
+            class_names=list(self.class_names),
+            preprocessing=self.preprocessing,
+            config=dataclasses.asdict(self.config),
+            kind=kind,
+            epoch=self.epoch,
+            history=[dict(r) for r in self.history],
+            best=dict(self.best),
+            epochs_without_improvement=self.bad_epochs,
+            evaluation=self.evaluation if kind == "best" else {},
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            rng={"torch": torch.get_rng_state()},
+            versions={"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)},
+        )
 
     def save(self, kind: str) -> Path:
         """Write ``<kind>.pt`` atomically: a killed worker leaves the previous file intact.
@@ -524,10 +513,7 @@ class _Run:
         path = self.directory / f"{kind}.pt"
         if self.rank != 0:
             return path
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(self.checkpoint(kind), tmp)
-        os.replace(tmp, path)
-        return path
+        return checkpoints.save(self.checkpoint(kind), path)
 
 
 def _make_run(
@@ -563,24 +549,21 @@ def _make_run(
 
 
 def _restore(run: _Run, path: str | os.PathLike) -> None:
-    # Imported here: inference imports this module's names for the checkpoint format.
-    from engine.inference import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if ckpt["model"]["name"] != run.config.model_name or list(ckpt["class_names"]) != run.class_names:
+    ckpt = checkpoints.load(path)
+    if ckpt.model_name != run.config.model_name or ckpt.class_names != run.class_names:
         raise InvalidInput(
-            f"{str(path)!r} is a run of {ckpt['model']['name']!r} on other classes; it cannot be "
+            f"{str(path)!r} is a run of {ckpt.model_name!r} on other classes; it cannot be "
             "resumed with this configuration",
             field="resume_from",
         )
-    _unwrap(run.model).load_state_dict(ckpt["state_dict"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    if run.scheduler is not None and ckpt["scheduler"] is not None:
-        run.scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt["scaler"] is not None and run.scaler.is_enabled():
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.epoch, run.history, run.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
-    run.bad_epochs = ckpt["epochs_without_improvement"]
+    _unwrap(run.model).load_state_dict(ckpt.state_dict)
+    run.optimizer.load_state_dict(ckpt.optimizer)
+    if run.scheduler is not None and ckpt.scheduler is not None:
+        run.scheduler.load_state_dict(ckpt.scheduler)
+    if ckpt.scaler is not None and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt.scaler)
+    run.epoch, run.history, run.best = ckpt.epoch, ckpt.history, ckpt.best
+    run.bad_epochs = ckpt.epochs_without_improvement
     best = Path(path).with_name("best.pt")
     target = run.directory / "best.pt"
     if run.rank == 0 and not target.exists() and best.is_file():
@@ -590,7 +573,7 @@ def _restore(run: _Run, path: str | os.PathLike) -> None:
         os.replace(tmp, target)
     source = best if best.is_file() else target  # the source is never being written, the copy may be
     if source.is_file():
-        run.evaluation = load_checkpoint(source).get("evaluation", {})
+        run.evaluation = checkpoints.load(source).evaluation
 
 
 def _loader(
@@ -882,7 +865,7 @@ def fit_head(
                 break
     finally:
         if best is not None:
-            _write_snapshot(directory / "best.pt", best)
+            checkpoints.save(best, directory / "best.pt")
         run.save("last")
     return FitResult(
         directory / "best.pt", directory / "last.pt", run.best.get("epoch", 0), run.best.get("score", float("nan")),
@@ -925,8 +908,3 @@ def _run_head_epoch(
     test["seconds"] = time.perf_counter() - started
     return _close_epoch(run, train, test)
 
-
-def _write_snapshot(path: Path, snapshot: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(snapshot, tmp)
-    os.replace(tmp, path)

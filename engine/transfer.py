@@ -125,9 +125,9 @@ def choose_model(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
     if args.resume:
-        from engine.inference import load_checkpoint
+        from engine import checkpoints
 
-        return load_checkpoint(args.resume)["model"]["name"]
+        return checkpoints.load(args.resume).model_name
     return WEIGHTS_MODEL if args.weights else BUNDLED_MODEL
 
 

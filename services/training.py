@@ -24,11 +24,12 @@ from urllib.parse import urlparse
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from engine import checkpoints
 from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, inspect_hdf5, list_dataset_kinds
 from engine.distributed import MAX_PROCESSES, Rendezvous, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
-from engine.inference import EXPORT_FORMATS, export_model, load_checkpoint
-from engine.models import download_pretrained, get_model_info, list_models, read_weights_file
+from engine.inference import EXPORT_FORMATS, export_model
+from engine.models import download_pretrained, get_model_info, list_models
 from engine.training import OPTIMIZERS, TrainConfig, build_model, fit_head
 from services import jobs
 from services.config import Config
@@ -426,7 +427,7 @@ def save_weights_upload(config: Config, filename: str, payload: bytes) -> str:
     tmp = folder / f".{uuid.uuid4().hex}{Path(name).suffix}"
     try:
         tmp.write_bytes(payload)
-        read_weights_file(tmp)
+        checkpoints.read_weights_file(tmp)
         os.replace(tmp, folder / name)
     except InvalidInput as exc:
         raise InvalidInput(f"weights: {str(exc).replace(tmp.name, name)}", "weights") from None
@@ -472,7 +473,7 @@ def resume(config: Config, store: Store, job_id: str, username: str | None, num_
 
 
 def _checkpoint_epoch(path: Path) -> int:
-    return int(load_checkpoint(path)["epoch"])
+    return checkpoints.load(path).epoch
 
 
 # --------------------------------------------------------------------------------------------- job
@@ -580,7 +581,7 @@ def _resume_from(ctx: JobContext, raw: str | None) -> Path | None:
         return None
     path = resolve_under(ctx.config.path("checkpoints"), raw.removeprefix("checkpoints/"), "resume_from")
     # One continuous history per job: the chart and /jobs show the earlier epochs too.
-    ctx.store.update_job(ctx.job_id, history=load_checkpoint(path)["history"])
+    ctx.store.update_job(ctx.job_id, history=checkpoints.load(path).history)
     return path
 
 
@@ -607,14 +608,14 @@ def register_model(config: Config, store: Store, job_id: str, created_by: str | 
     best = checkpoint_dir(config, job_id) / "best.pt"
     if not best.is_file():
         return None
-    ckpt = load_checkpoint(best)
-    last = load_checkpoint(best.with_name("last.pt")) if best.with_name("last.pt").is_file() else ckpt
-    metrics = {k: ckpt["metrics"][k] for k in METRIC_KEYS if k in ckpt["metrics"]}
-    metrics.update(best_epoch=ckpt["epoch"], epochs_completed=last["epoch"], epochs=ckpt["config"]["epochs"],
-                   monitor=ckpt["best"].get("monitor"), image_size=ckpt["preprocessing"]["image_size"])
-    row = {"id": uuid.uuid4().hex, "model_name": ckpt["model"]["name"], "job_id": job_id,
-           "path": _relative(config, best), "class_names": list(ckpt["class_names"]),
-           "multi_label": int(bool(ckpt["multi_label"])), "metrics": metrics, "created_by": created_by}
+    ckpt = checkpoints.load(best)
+    last = checkpoints.load(best.with_name("last.pt")) if best.with_name("last.pt").is_file() else ckpt
+    metrics = {k: ckpt.metrics[k] for k in METRIC_KEYS if k in ckpt.metrics}
+    metrics.update(best_epoch=ckpt.epoch, epochs_completed=last.epoch, epochs=ckpt.config["epochs"],
+                   monitor=ckpt.best.get("monitor"), image_size=ckpt.preprocessing["image_size"])
+    row = {"id": uuid.uuid4().hex, "model_name": ckpt.model_name, "job_id": job_id,
+           "path": _relative(config, best), "class_names": list(ckpt.class_names),
+           "multi_label": int(ckpt.multi_label), "metrics": metrics, "created_by": created_by}
     store.add_row("models", row)
     return store.get_row("models", row["id"])
 

@@ -27,6 +27,7 @@ from urllib.request import urlopen
 import torch
 from torch import nn
 
+from engine.checkpoints import read_weights_file
 from engine.exceptions import InvalidInput
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "load_pretrained_weights",
     "pretrained_cache_file",
     "pretrained_state_dict",
-    "read_weights_file",
     "register_model",
 ]
 
@@ -187,37 +187,6 @@ def create_model(
 def _check_int(value: Any, minimum: int, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidInput(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
-
-
-def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state_dict from a ``.pth``/``.pt``/``.tar`` (torch, tensors only) or ``.safetensors`` file.
-
-    Whole checkpoints (``state_dict`` or ``model`` inside) yield their weights. Nothing is unpickled
-    beyond tensors and plain containers.
-
-    Raises:
-        InvalidInput: (field ``weights_path``) missing file, or not a state_dict of tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"weights file {str(path)!r} does not exist", field="weights_path")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded = load_file(path, device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip, safetensors and unpickler errors all mean "not a weights file"
-        raise InvalidInput(
-            f"{path.name!r} is not a loadable state_dict: {exc}", field="weights_path"
-        ) from exc
-    for key in ("state_dict", "model"):  # whole checkpoints (ours, the seed's .tar) nest the weights
-        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise InvalidInput(f"{path.name!r} does not hold a state_dict of tensors", field="weights_path")
-    return loaded
 
 
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:

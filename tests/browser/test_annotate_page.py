@@ -53,10 +53,9 @@ def test_drop_two_photos_confirm_labels_and_see_them_on_the_map(page, stack, tmp
 @pytest.fixture
 def tagger(stack):
     """A tiny multi-label model of three labels whose thresholds are 0: used, it would preselect all three."""
-    import torch
 
+    from engine import checkpoints
     from engine.datasets import ArrayDataset
-    from engine.inference import load_checkpoint
     from engine.training import TrainConfig, fit
     from services import training
     from services.store import open_store
@@ -71,9 +70,9 @@ def tagger(stack):
     folder = stack.data_dir / "checkpoints" / job_id
     fit(config, data, data, names, folder)
     for name in ("best.pt", "last.pt"):
-        ckpt = load_checkpoint(folder / name)
-        ckpt["thresholds"] = [0.0] * 3
-        torch.save(ckpt, folder / name)
+        ckpt = checkpoints.load(folder / name)
+        ckpt.evaluation["thresholds"] = [0.0] * 3
+        checkpoints.save(ckpt, folder / name)
     store = open_store(stack.data_dir)
     row = training.register_model(stack.config, store, job_id, "operator")
     yield store, row

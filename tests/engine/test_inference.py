@@ -12,10 +12,11 @@ import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
 
+from engine.checkpoints import load as load_checkpoint
 from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
 from engine.images import encode_png
-from engine.inference import Predictor, export_model, load_checkpoint
+from engine.inference import Predictor, export_model
 from engine.training import TrainConfig, fit
 from tests.digits import digit_images
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torchvision
 
+from engine import checkpoints
 from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
-from engine.inference import export_model, load_checkpoint, rebuild_model
+from engine.inference import export_model, rebuild_model
 from engine.models import create_model, get_model_info, head_parameter_names, list_models
 from engine.training import TrainConfig, build_criterion, compute_loss, fit
 
@@ -190,7 +191,7 @@ EXPORT_QUICK = {
 def test_export_matches_the_model(name, tmp_path):
     onnx_reference = pytest.importorskip("onnx.reference")
     ckpt_path = _untrained_checkpoint(name, tmp_path)
-    model = rebuild_model(load_checkpoint(ckpt_path))
+    model = rebuild_model(checkpoints.load(ckpt_path))
     x = _batch(get_model_info(name), n=3, seed=5)  # a batch size other than the traced one
     with torch.no_grad():
         expected = model(x).numpy()

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from engine import checkpoints
 from engine import labels as labelsets
 from engine.transfer import build_parser, main
 from tests.engine.conftest import LABELS
@@ -65,7 +66,8 @@ def test_trains_keeps_best_and_writes_the_result_csv(data_dir, weights, capsys):
     printed = capsys.readouterr().out
     assert "Epoch [2/2]" in printed and "mAP" in printed and "[1/" in printed  # -p 1: every batch
     best = torch.load(data_dir / "checkpoints" / "transfer" / "best.pt", weights_only=True)
-    assert best["model"]["name"] == "resnet18" and best["multi_label"] and best["class_names"] == LABELS
+    assert best["model"]["name"] == "resnet18" and best["class_names"] == LABELS
+    assert checkpoints.load(data_dir / "checkpoints" / "transfer" / "best.pt").multi_label
     # --lrp 0 freezes the pretrained layers: they are still exactly the weights file's.
     assert torch.equal(
         best["state_dict"]["layer2.0.conv1.weight"], torch.load(weights)["layer2.0.conv1.weight"]

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from engine.inference import load_checkpoint
+from engine import checkpoints
 from tests.digits import digits_body, digits_test_images, ensure_digits_hdf5
 from tests.harness import post
 from tests.shapes import data_url
@@ -48,8 +48,8 @@ def test_the_work_horse_dies_with_its_worker_and_writes_nothing_more(stack, inte
     # By now the resumed run has trained for seconds; an orphaned horse would have gone on appending epochs
     # to the killed job and rewriting its last.pt.
     assert stack.wait_job(killed["id"])["history"] == killed["history"]
-    last = load_checkpoint(stack.data_dir / "checkpoints" / killed["id"] / "last.pt")
-    assert last["epoch"] <= len(killed["history"]) + 1
+    last = checkpoints.load(stack.data_dir / "checkpoints" / killed["id"] / "last.pt")
+    assert last.epoch <= len(killed["history"]) + 1
 
 
 def test_resume_continues_from_the_last_checkpoint_losing_at_most_the_epoch_in_progress(interrupted_then_resumed):
