@@ -48,10 +48,6 @@ from services.quotas import check_disk_reservation
 from services.segment import object_paths
 from services.store import Store
 
-# The seed's spellings of options whose engine names are spelled correctly (the body accepts both).
-SEED_SPELLINGS = {"angles": "angels", "test_angles": "test_angels", "apply_occlusion": "apply_occulsion",
-                  "occlusion_window": "occulsion_window", "occlusion_stride": "occulsion_stride",
-                  "name": "hdf5_path"}
 MAX_NAME = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -83,21 +79,13 @@ class BackgroundExists(Conflict):
 # ------------------------------------------------------------------------------------- the request
 
 
-def _seed(name: str) -> AliasChoices:
-    """Accept the seed's spelling first (it is what the OpenAPI document shows), the correct one too."""
-    return AliasChoices(SEED_SPELLINGS[name], name)
-
-
-def _also(name: str) -> AliasChoices:
-    """Accept the plain name first (shown in the OpenAPI document), the seed's name too."""
-    return AliasChoices(name, SEED_SPELLINGS[name])
-
-
 class GenerateBody(BaseModel):
     """The seed's ``/api/v1/generate`` body. Omitted (or null) options take the engine's defaults.
 
     Numbers and booleans may arrive as strings (``"2"``, ``"1"``); ranges and transform names are checked
-    by the engine's ``GenerationConfig``.
+    by the engine's ``GenerationConfig``. An option the seed misspelled is declared under the engine's
+    name with ``validation_alias=AliasChoices(<first: shown in the OpenAPI document>, <other>)``; those
+    aliases are the only table of spellings (:meth:`spelled` reads them).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -109,14 +97,15 @@ class GenerateBody(BaseModel):
     flip_vertically: bool | None = None
     flip_horizontally: bool | None = None
     flip_both: bool | None = Field(None, description="a 180 degree turn")
-    angles: list[Number] | None = Field(None, validation_alias=_seed("angles"), max_length=360,
+    angles: list[Number] | None = Field(None, validation_alias=AliasChoices("angels", "angles"), max_length=360,
                                         description="rotation angles of the training split (0 is always made)")
-    test_angles: list[Number] | None = Field(None, validation_alias=_seed("test_angles"), max_length=360,
+    test_angles: list[Number] | None = Field(None, validation_alias=AliasChoices("test_angels", "test_angles"),
+                                             max_length=360,
                                              description="rotation angles of the test split")
-    apply_occlusion: bool | None = Field(None, validation_alias=_seed("apply_occlusion"),
+    apply_occlusion: bool | None = Field(None, validation_alias=AliasChoices("apply_occulsion", "apply_occlusion"),
                                          description="add sliding-window crops")
-    occlusion_window: int | None = Field(None, validation_alias=_seed("occlusion_window"))
-    occlusion_stride: int | None = Field(None, validation_alias=_seed("occlusion_stride"))
+    occlusion_window: int | None = Field(None, validation_alias=AliasChoices("occulsion_window", "occlusion_window"))
+    occlusion_stride: int | None = Field(None, validation_alias=AliasChoices("occulsion_stride", "occlusion_stride"))
     apply_center_crop: bool | None = None
     center_crop_windows: list[int] | None = Field(None, max_length=64)
     apply_random_erasing: bool | None = Field(None, description="random erasing on training samples")
@@ -125,7 +114,7 @@ class GenerateBody(BaseModel):
     seed: int | None = Field(None, ge=0, description="same seed, same inputs: the same file")
     classes: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=10_000, description="object classes to use (default: all)")
-    name: str | None = Field(None, validation_alias=_also("name"), max_length=MAX_NAME + 5,
+    name: str | None = Field(None, validation_alias=AliasChoices("name", "hdf5_path"), max_length=MAX_NAME + 5,
                              description="dataset name (the file is datasets/<name>.hdf5); default: generated")
     export_folders: bool = Field(False, description="also write <name>_train/<class>/*.png and <name>_test/...")
 
@@ -149,9 +138,10 @@ class GenerateBody(BaseModel):
         return model
 
     def spelled(self, field: str | None) -> str | None:
-        """The request's own spelling of an option (the seed's when the client used it)."""
-        seed = SEED_SPELLINGS.get(field or "")
-        return seed if seed in self._sent else field
+        """The request's own spelling of an option: the alias of it the client sent, else its name."""
+        info = type(self).model_fields.get(field or "")
+        aliases = info.validation_alias.choices if info and isinstance(info.validation_alias, AliasChoices) else ()
+        return next((alias for alias in aliases if alias in self._sent), field)
 
     def engine_options(self) -> dict[str, Any]:
         """The options given, under the engine's names (the rest keep the engine's defaults)."""

@@ -3,7 +3,10 @@ pages and the job modules can all use it)."""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from engine.exceptions import InvalidInput
 
@@ -14,3 +17,19 @@ def invalid_input_from(exc: ValidationError) -> InvalidInput:
     field = ".".join(str(p) for p in err["loc"]) or None
     msg = err["msg"].removeprefix("Value error, ")
     return InvalidInput(f"{field}: {msg}" if field else msg, field)
+
+
+def field_limits(model: type[BaseModel], name: str) -> tuple[Any, Any, Any]:
+    """``(lowest, highest, default)`` of a request field as its pydantic model declares them (None where the
+    model sets no inclusive bound), so a page's widget or another model never keeps a second copy."""
+    info = model.model_fields[name]
+    return _bound(info, "ge"), _bound(info, "le"), info.default
+
+
+def open_floor(model: type[BaseModel], name: str) -> Any:
+    """The exclusive lower bound (``gt``) a request field declares, else None."""
+    return _bound(model.model_fields[name], "gt")
+
+
+def _bound(info: FieldInfo, kind: str) -> Any:
+    return next((getattr(m, kind) for m in info.metadata if getattr(m, kind, None) is not None), None)
