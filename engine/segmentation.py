@@ -290,10 +290,10 @@ def _validate_box(box: Sequence[int], shape: tuple[int, ...]) -> Box:
 
 
 def _int_in_range(value: object, field: str, low: int, high: int) -> int:
-    try:
-        number = float(value)  # accepts "37" and 37.0 as well as 37
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"'{field}' must be a number, got {value!r}", field) from exc
+    # Text ("37") is parsed by the request model at the edge; here only numbers (37, 37.0) are taken.
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InvalidInput(f"'{field}' must be a number, got {value!r}", field)
+    number = float(value)
     if not np.isfinite(number) or number != int(number) or not low <= number <= high:
         raise InvalidInput(f"'{field}' must be a whole number in {low}..{high}, got {value!r}", field)
     return int(number)
