@@ -54,6 +54,7 @@ from engine.exceptions import InvalidInput
 
 DEFAULT_ITERATIONS = 5
 MAX_ITERATIONS = 20
+MAX_STROKE_WIDTH = 500  # image pixels
 DEFAULT_STROKE_WIDTH = 8
 DEFAULT_WORK_SIZE = 256
 _CONTEXT_MARGIN = 0.5  # context kept around the box, as a fraction of its longest side
@@ -307,7 +308,7 @@ def _validate_iterations(iterations: int) -> None:
 
 
 def _validate_stroke_width(width: int) -> int:
-    return _int_in_range(width, "stroke_width", 1, 500)
+    return _int_in_range(width, "stroke_width", 1, MAX_STROKE_WIDTH)
 
 
 def _validate_strokes(strokes: Strokes | None, field: str) -> list[np.ndarray]:

@@ -79,7 +79,7 @@ class TrainRequest(BaseModel):
 
     Each field is declared once, here, with its bound and default; pages read them through
     :func:`services.ui.field_limits`. A field that sets a :class:`TrainConfig` field of another name
-    carries that name as its ``serialization_alias`` (see :func:`engine_name`): that is how an engine
+    carries that name as its ``serialization_alias`` (see :func:`request_name`): that is how an engine
     error is reported under the request's name, and how a study's search dimension finds its field.
     """
 
@@ -367,11 +367,6 @@ def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
         if field == exc.field:
             raise
         raise InvalidInput(str(exc).replace(exc.field, field, 1), field) from None
-
-
-def engine_name(field: str) -> str:
-    """The engine's (``TrainConfig``'s) name of a TrainRequest field: its serialization alias, else itself."""
-    return TrainRequest.model_fields[field].serialization_alias or field
 
 
 def request_name(engine_field: str | None) -> str | None:
