@@ -1,9 +1,10 @@
 """Augmented datasets (issue 3): backgrounds, the seed's ``/api/v1/generate``, its job, and the catalog.
 
 The request model accepts the seed's body as it was written, misspellings included (``angels``,
-``apply_occulsion``, ...), with the correct spellings as aliases; every value is then checked by the
-engine's :class:`~engine.augment.generate.GenerationConfig`, the one place that knows the options'
-defaults and ranges (and, through ``list_transforms()``, the transform names). The ``generate`` job runs
+``apply_occulsion``, ...), with the correct spellings as aliases. It is the only parser of the body's
+text; each number is held to the engine's range (``OPTION_RANGES``), and the typed values then go to the
+engine's :class:`~engine.augment.generate.GenerationConfig`, which owns the defaults and checks what
+depends on other options and the transform names (``list_transforms()``). The ``generate`` job runs
 :func:`~engine.augment.generate.generate_dataset` into ``DATA_DIR/datasets/<name>.hdf5`` and catalogs
 the file only once it is complete; a cancelled or failed job leaves neither file nor row.
 
