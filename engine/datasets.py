@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from engine import labels as labelsets
 from engine.exceptions import Cancelled, InvalidInput
-from engine.images import DEFAULT_MAX_PIXELS, open_image, to_rgb_array
+from engine.images import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE, open_image, to_rgb_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # ImageNet statistics: right for the pretrained models and harmless for the others. Grey uses the
@@ -68,10 +68,10 @@ def make_preprocessing(
     """
     size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
     if len(size) != 2 or not all(
-        isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 4096 for s in size
+        isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_IMAGE_SIDE for s in size
     ):
         raise InvalidInput(
-            f"image_size must be an integer side or (height, width) in 1..4096, got {image_size!r}",
+            f"image_size must be an integer side or (height, width) in 1..{MAX_IMAGE_SIDE}, got {image_size!r}",
             field="image_size",
         )
     channels = 1 if grey else 3

@@ -14,6 +14,8 @@ from PIL import Image, ImageOps
 from engine.exceptions import ImageTooLarge, InvalidInput
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# The largest side, in pixels, of any image the studio makes or trains on (inputs, samples, crops).
+MAX_IMAGE_SIDE = 4096
 # What one decoded image may cost: width x height x channels x bytes per sample. 256 MiB lets through a
 # 50 MP 8-bit RGBA photo and refuses a 7000x7000 16-bit RGBA PNG (392 MB), which compresses to 381 KB.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024

@@ -54,6 +54,7 @@ from engine.exceptions import InvalidInput
 
 DEFAULT_ITERATIONS = 5
 MAX_ITERATIONS = 20
+MAX_STROKE_WIDTH = 500  # image pixels
 DEFAULT_STROKE_WIDTH = 8
 DEFAULT_WORK_SIZE = 256
 _CONTEXT_MARGIN = 0.5  # context kept around the box, as a fraction of its longest side
@@ -290,10 +291,10 @@ def _validate_box(box: Sequence[int], shape: tuple[int, ...]) -> Box:
 
 
 def _int_in_range(value: object, field: str, low: int, high: int) -> int:
-    try:
-        number = float(value)  # accepts "37" and 37.0 as well as 37
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"'{field}' must be a number, got {value!r}", field) from exc
+    # Text ("37") is parsed by the request model at the edge; here only numbers (37, 37.0) are taken.
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InvalidInput(f"'{field}' must be a number, got {value!r}", field)
+    number = float(value)
     if not np.isfinite(number) or number != int(number) or not low <= number <= high:
         raise InvalidInput(f"'{field}' must be a whole number in {low}..{high}, got {value!r}", field)
     return int(number)
@@ -307,7 +308,7 @@ def _validate_iterations(iterations: int) -> None:
 
 
 def _validate_stroke_width(width: int) -> int:
-    return _int_in_range(width, "stroke_width", 1, 500)
+    return _int_in_range(width, "stroke_width", 1, MAX_STROKE_WIDTH)
 
 
 def _validate_strokes(strokes: Strokes | None, field: str) -> list[np.ndarray]:

@@ -34,10 +34,20 @@ from torch.utils.data import DataLoader, Dataset
 from engine import checkpoints, distributed
 from engine.datasets import make_preprocessing
 from engine.exceptions import Cancelled, InvalidInput
+from engine.images import MAX_IMAGE_SIDE
 from engine.metrics import best_thresholds, confusion_matrix, count_correct, multilabel_metrics
 from engine.models import create_model, get_model_info, head_parameter_names
 
 OPTIMIZERS = ("sgd", "adam")
+# Bounds of the run's numbers: the request models (services/training.py, services/tuning.py) declare
+# theirs from these, so the API, the pages and this defensive check agree.
+MAX_CLASSES = 100_000
+MAX_EPOCHS = 1_000_000
+MAX_BATCH_SIZE = 65_536
+MAX_LEARNING_RATE = 10.0
+MAX_WEIGHT_DECAY = 1.0
+MAX_LOADER_WORKERS = 64
+MAX_SEED = 2**31 - 1
 LR_SCHEDULES = ("none", "plateau", "step")
 
 Record = dict[str, Any]
@@ -108,22 +118,22 @@ class TrainConfig:
 
     def __post_init__(self):
         info = get_model_info(self.model_name)
-        _check_number(self, "num_classes", int, 1 if self.multi_label else 2, 100_000)
-        _check_number(self, "epochs", int, 0, 1_000_000)
-        _check_number(self, "batch_size", int, 1, 65_536)
-        _check_number(self, "learning_rate", float, 1e-12, 10.0)
+        _check_number(self, "num_classes", int, 1 if self.multi_label else 2, MAX_CLASSES)
+        _check_number(self, "epochs", int, 0, MAX_EPOCHS)
+        _check_number(self, "batch_size", int, 1, MAX_BATCH_SIZE)
+        _check_number(self, "learning_rate", float, 1e-12, MAX_LEARNING_RATE)
         _check_choice(self, "optimizer", OPTIMIZERS)
         _check_number(self, "momentum", float, 0.0, 0.999999)
-        _check_number(self, "weight_decay", float, 0.0, 1.0)
+        _check_number(self, "weight_decay", float, 0.0, MAX_WEIGHT_DECAY)
         _check_choice(self, "lr_schedule", LR_SCHEDULES)
-        _check_number(self, "epoch_step", int, 1, 1_000_000, optional=self.lr_schedule != "step")
+        _check_number(self, "epoch_step", int, 1, MAX_EPOCHS, optional=self.lr_schedule != "step")
         _check_number(self, "lr_gamma", float, 1e-6, 1.0)
         _check_number(self, "plateau_patience", int, 0, 1_000_000)
-        _check_number(self, "patience", int, 1, 1_000_000, optional=True)
-        _check_number(self, "seed", int, 0, 2**31 - 1)
-        _check_number(self, "image_size", int, info.min_input_size, 4096, optional=True)
-        _check_number(self, "lr_pretrained", float, 0.0, 10.0, optional=True)
-        _check_number(self, "num_workers", int, 0, 64)
+        _check_number(self, "patience", int, 1, MAX_EPOCHS, optional=True)
+        _check_number(self, "seed", int, 0, MAX_SEED)
+        _check_number(self, "image_size", int, info.min_input_size, MAX_IMAGE_SIDE, optional=True)
+        _check_number(self, "lr_pretrained", float, 0.0, MAX_LEARNING_RATE, optional=True)
+        _check_number(self, "num_workers", int, 0, MAX_LOADER_WORKERS)
         _check_number(self, "augment_copies", int, 1, 64)
         _check_head_only(self)
         if self.multi_label and not info.multi_label_ok:

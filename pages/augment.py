@@ -12,7 +12,7 @@ from engine.augment import list_transforms
 from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
 from services import generate, jobs, segment
-from services.ui import fail, get_config, get_store, page_message, require_page
+from services.ui import fail, field_limits, get_config, get_store, page_message, require_page
 
 PREVIEW_COUNT = 12
 HUGE_PLAN = 50_000  # samples: past this a plan takes hours and gigabytes, so it is confirmed first
@@ -33,11 +33,15 @@ AUTO = "smaller set"
 user = require_page(__file__)
 config, store = get_config(), get_store()
 DEFAULTS = GenerationConfig()  # the engine's defaults are the page's defaults: one source
+# ...and the request model's bounds are the widgets' bounds (a window never exceeds the image side).
+SIZE_MIN, SIZE_MAX, _ = field_limits(generate.GenerateBody, "image_size")
+BACKGROUNDS_MIN, BACKGROUNDS_MAX, _ = field_limits(generate.GenerateBody, "number_backgrounds")
+WINDOW_MIN = field_limits(generate.GenerateBody, "occlusion_window")[0]
 st.title("Augment")
 
 
 def numbers(text: str) -> list[str]:
-    """Split "15, -15 30" into ["15", "-15", "30"]; the engine turns them into numbers and checks them."""
+    """Split "15, -15 30" into ["15", "-15", "30"]; the request model turns them into numbers and checks them."""
     return [part for part in re.split(r"[,\s;]+", text.strip()) if part]
 
 
@@ -70,10 +74,12 @@ def options(classes: dict[str, int]) -> dict:
     a, b, c = st.columns(3)
     body = {
         "classes": chosen,
-        "image_size": a.number_input("Image size (px)", 32, 1024, DEFAULTS.image_size, 16, key="augment_size"),
-        "number_backgrounds": b.number_input("Backgrounds per variant", 1, 100, DEFAULTS.number_backgrounds,
-                                             key="augment_backgrounds"),
-        "seed": c.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="augment_seed"),
+        "image_size": a.number_input("Image size (px)", SIZE_MIN, SIZE_MAX, DEFAULTS.image_size, 16,
+                                     key="augment_size"),
+        "number_backgrounds": b.number_input("Backgrounds per variant", BACKGROUNDS_MIN, BACKGROUNDS_MAX,
+                                             DEFAULTS.number_backgrounds, key="augment_backgrounds"),
+        "seed": c.number_input("Seed", field_limits(generate.GenerateBody, "seed")[0], 2**31 - 1, DEFAULTS.seed,
+                                 key="augment_seed"),
     }
     known = list_transforms()
     body["training_transforms"] = a.multiselect("Training transforms", known, list(DEFAULTS.training_transforms),
@@ -101,9 +107,9 @@ def crop_options(a, b, c) -> dict:
                                                        key="augment_center_windows",
                                                        disabled=not body["apply_center_crop"]))
     body["apply_occulsion"] = b.checkbox("Sliding-window crops", DEFAULTS.apply_occlusion, key="augment_occlusion")
-    body["occulsion_window"] = b.number_input("Window (px)", 0, 1024, DEFAULTS.occlusion_window or 112,
+    body["occulsion_window"] = b.number_input("Window (px)", WINDOW_MIN, SIZE_MAX, DEFAULTS.occlusion_window or 112,
                                               key="augment_occlusion_window", disabled=not body["apply_occulsion"])
-    body["occulsion_stride"] = b.number_input("Stride (px)", 0, 1024, DEFAULTS.occlusion_stride or 56,
+    body["occulsion_stride"] = b.number_input("Stride (px)", WINDOW_MIN, SIZE_MAX, DEFAULTS.occlusion_stride or 56,
                                               key="augment_occlusion_stride", disabled=not body["apply_occulsion"])
     body["apply_random_erasing"] = c.checkbox("Random erasing (training)", DEFAULTS.apply_random_erasing,
                                               key="augment_erasing")

@@ -65,18 +65,26 @@ def hyperparameters(info) -> dict:
     """The training settings, with the seed's defaults; returns request fields."""
     c1, c2, c3, c4 = st.columns(4)
     limits = functools.partial(field_limits, training.TrainRequest)
+    # Fields whose "none" the page spells 0 keep the model's ceiling; floats keep one numeric type.
+    lr_default, lr_max = limits("learning_rate")[2], limits("learning_rate")[1]
+    momentum_low, _, momentum_default = limits("momentum")
     values = {
         "num_epochs": c1.number_input("Epochs", *limits("num_epochs"), key="train_epochs"),
         "batch_size": c2.number_input("Batch size", *limits("batch_size"), key="train_batch"),
-        "learning_rate": c3.number_input("Learning rate", 1e-6, 10.0, 0.01, format="%.5f", key="train_lr"),
+        "learning_rate": c3.number_input("Learning rate", 1e-6, float(lr_max), lr_default, format="%.5f",
+                                         key="train_lr"),
         "optimizer": c4.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer"),
-        "momentum": c1.number_input("Momentum (SGD)", 0.0, 0.999, 0.9, key="train_momentum"),
-        "l2_reg": c2.number_input("L2 (weight decay)", 0.0, 1.0, 1e-4, format="%.5f", key="train_l2"),
-        "image_size": c3.number_input(f"Image size (0: {info.default_input_size})", 0, 4096, 0, key="train_size"),
+        "momentum": c1.number_input("Momentum (SGD)", float(momentum_low), 0.999, momentum_default,
+                                    key="train_momentum"),
+        "l2_reg": c2.number_input("L2 (weight decay)", *(float(v) for v in limits("l2_reg")), format="%.5f",
+                                  key="train_l2"),
+        "image_size": c3.number_input(f"Image size (0: {info.default_input_size})", 0, limits("image_size")[1], 0,
+                                      key="train_size"),
         "seed": c4.number_input("Seed", *limits("seed"), key="train_seed"),
         "lr_decay": c1.checkbox("Decay the learning rate", True, key="train_lr_decay"),
-        "epoch_step": c2.number_input("Step every n epochs (0: on plateau)", 0, 1_000_000, 0, key="train_step"),
-        "patience": c3.number_input("Early stop after n flat epochs (0: never)", 0, 1_000_000, 0,
+        "epoch_step": c2.number_input("Step every n epochs (0: on plateau)", 0, limits("epoch_step")[1], 0,
+                                      key="train_step"),
+        "patience": c3.number_input("Early stop after n flat epochs (0: never)", 0, limits("patience")[1], 0,
                                     key="train_patience"),
         "num_workers": c4.number_input("Loader processes", *limits("num_workers"),
                                        key="train_workers"),

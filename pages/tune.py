@@ -1,5 +1,7 @@
 """Tune: search learning rate, batch size, weight decay, optimizer and model with Optuna; train the best."""
 
+import functools
+
 import altair as alt
 import pandas as pd
 import redis
@@ -10,7 +12,16 @@ from engine.exceptions import InvalidInput, StudioError
 from engine.models import list_models
 from engine.training import OPTIMIZERS
 from services import jobs, tuning
-from services.ui import DATASET_FIELD_LABELS, dataset_picker, fail, get_config, get_store, page_message, require_page
+from services.ui import (
+    DATASET_FIELD_LABELS,
+    dataset_picker,
+    fail,
+    field_limits,
+    get_config,
+    get_store,
+    page_message,
+    require_page,
+)
 
 LIVE_SECONDS = 2  # how often the open page re-reads a running study
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
@@ -35,10 +46,13 @@ def space_fields() -> dict:
     optimizers = right.multiselect("Optimizers", OPTIMIZERS, default=list(OPTIMIZERS), key="tune_optimizers")
     batch_sizes = left.multiselect("Batch sizes", BATCH_SIZES, default=[16, 32, 64], key="tune_batch_sizes")
     c1, c2, c3, c4 = st.columns(4)
-    lr = [c1.number_input("Learning rate from", 1e-6, 10.0, 1e-3, format="%.6f", key="tune_lr_low"),
-          c2.number_input("to (log scale)", 1e-6, 10.0, 1e-1, format="%.6f", key="tune_lr_high")]
-    wd = [c3.number_input("Weight decay from", 0.0, 1.0, 0.0, format="%.6f", key="tune_wd_low"),
-          c4.number_input("to", 0.0, 1.0, 1e-3, format="%.6f", key="tune_wd_high")]
+    # The widgets' floors and ceilings are the /train fields' own (an open floor of 0 starts at 1e-6).
+    lr_max = float(field_limits(tuning.TrainRequest, "learning_rate")[1])
+    wd_min, wd_max, _ = (float(v) for v in field_limits(tuning.TrainRequest, "l2_reg"))
+    lr = [c1.number_input("Learning rate from", 1e-6, lr_max, 1e-3, format="%.6f", key="tune_lr_low"),
+          c2.number_input("to (log scale)", 1e-6, lr_max, 1e-1, format="%.6f", key="tune_lr_high")]
+    wd = [c3.number_input("Weight decay from", wd_min, wd_max, 0.0, format="%.6f", key="tune_wd_low"),
+          c4.number_input("to", wd_min, wd_max, 1e-3, format="%.6f", key="tune_wd_high")]
     return {"model_name": models, "optimizer": optimizers, "batch_size": batch_sizes, "learning_rate": lr,
             "weight_decay": wd}
 
@@ -46,15 +60,20 @@ def space_fields() -> dict:
 def budget_fields() -> dict:
     """Trials, epochs, parallelism and the fixed training settings."""
     c1, c2, c3, c4 = st.columns(4)
+    limits = functools.partial(field_limits, tuning.TuneRequest)
+    epochs_low, epochs_high, _ = limits("num_epochs")
     values = {
-        "n_trials": c1.number_input("Trials", 1, 1000, 20, key="tune_trials"),
-        "epochs_per_trial": c2.number_input("Epochs per trial", 1, 100_000, 3, key="tune_trial_epochs"),
-        "parallel": c3.number_input("Trials at once (workers)", 1, 64, 2, key="tune_parallel"),
-        "seed": c4.number_input("Seed", 0, 2**31 - 1, 0, key="tune_seed"),
-        "num_epochs": c1.number_input("Epochs of the best's full training", 1, 1_000_000, 20, key="tune_full_epochs"),
-        "image_size": c2.number_input("Image size (0: each model's default)", 0, 4096, 0, key="tune_size"),
-        "convert_grey": c3.checkbox("Grey images", False, key="tune_grey"),
-        "is_transform": c4.checkbox("Augment (flip, shift)", False, key="tune_augment"),
+        "n_trials": c1.number_input("Trials", *limits("n_trials"), key="tune_trials"),
+        "epochs_per_trial": c2.number_input("Epochs per trial", *limits("epochs_per_trial"), key="tune_trial_epochs"),
+        "parallel": c3.number_input("Trials at once (workers)", *limits("parallel"), key="tune_parallel"),
+        "seed": c4.number_input("Seed", *limits("seed"), key="tune_seed"),
+        # A study's winner earns a longer run than a single /train request's default.
+        "num_epochs": c1.number_input("Epochs of the best's full training", epochs_low, epochs_high, 20,
+                                      key="tune_full_epochs"),
+        "image_size": c2.number_input("Image size (0: each model's default)", 0, limits("image_size")[1], 0,
+                                      key="tune_size"),
+        "convert_grey": c3.checkbox("Grey images", limits("convert_grey")[2], key="tune_grey"),
+        "is_transform": c4.checkbox("Augment (flip, shift)", limits("is_transform")[2], key="tune_augment"),
     }
     return {**values, "image_size": values["image_size"] or None}
 

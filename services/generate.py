@@ -1,9 +1,10 @@
 """Augmented datasets (issue 3): backgrounds, the seed's ``/api/v1/generate``, its job, and the catalog.
 
 The request model accepts the seed's body as it was written, misspellings included (``angels``,
-``apply_occulsion``, ...), with the correct spellings as aliases; every value is then checked by the
-engine's :class:`~engine.augment.generate.GenerationConfig`, the one place that knows the options'
-defaults and ranges (and, through ``list_transforms()``, the transform names). The ``generate`` job runs
+``apply_occulsion``, ...), with the correct spellings as aliases. It is the only parser of the body's
+text; each number is held to the engine's range (``OPTION_RANGES``), and the typed values then go to the
+engine's :class:`~engine.augment.generate.GenerationConfig`, which owns the defaults and checks what
+depends on other options and the transform names (``list_transforms()``). The ``generate`` job runs
 :func:`~engine.augment.generate.generate_dataset` into ``DATA_DIR/datasets/<name>.hdf5`` and catalogs
 the file only once it is complete; a cancelled or failed job leaves neither file nor row.
 
@@ -28,10 +29,20 @@ from typing import Annotated, Any, Literal
 import h5py
 import numpy as np
 from PIL import Image
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from engine.augment.backgrounds import IMAGE_SUFFIXES, SPLITS, BackgroundSets, content_digest, list_backgrounds
 from engine.augment.generate import (
+    OPTION_RANGES,
     GenerationConfig,
     count_samples,
     export_image_folders,
@@ -47,11 +58,8 @@ from services.jobs import JobContext, job_kind
 from services.quotas import check_disk_reservation
 from services.segment import object_paths
 from services.store import Store
+from services.validation import Within
 
-# The seed's spellings of options whose engine names are spelled correctly (the body accepts both).
-SEED_SPELLINGS = {"angles": "angels", "test_angles": "test_angels", "apply_occlusion": "apply_occulsion",
-                  "occlusion_window": "occulsion_window", "occlusion_stride": "occulsion_stride",
-                  "name": "hdf5_path"}
 MAX_NAME = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -60,6 +68,12 @@ _BACKGROUND_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".
 _DISK_HEADROOM = 1.1  # HDF5 chunk overhead and the temporary file's metadata
 
 Number = Annotated[float, Field(allow_inf_nan=False)]
+TransformName = Annotated[str, StringConstraints(strip_whitespace=True)]
+
+
+def _ranged(kind: Any, option: str) -> Any:
+    """``kind`` held to the engine's range of ``option`` (``OPTION_RANGES``, the range's one home)."""
+    return Annotated[kind, Within(*OPTION_RANGES[option])]
 
 
 class DatasetExists(Conflict):
@@ -83,49 +97,50 @@ class BackgroundExists(Conflict):
 # ------------------------------------------------------------------------------------- the request
 
 
-def _seed(name: str) -> AliasChoices:
-    """Accept the seed's spelling first (it is what the OpenAPI document shows), the correct one too."""
-    return AliasChoices(SEED_SPELLINGS[name], name)
-
-
-def _also(name: str) -> AliasChoices:
-    """Accept the plain name first (shown in the OpenAPI document), the seed's name too."""
-    return AliasChoices(name, SEED_SPELLINGS[name])
-
-
 class GenerateBody(BaseModel):
     """The seed's ``/api/v1/generate`` body. Omitted (or null) options take the engine's defaults.
 
-    Numbers and booleans may arrive as strings (``"2"``, ``"1"``); ranges and transform names are checked
-    by the engine's ``GenerationConfig``.
+    Numbers and booleans may arrive as strings (``"2"``, ``"1"``): this model is their only parser, and
+    each number is held to the engine's range (``OPTION_RANGES``). What depends on other options (a
+    window within ``image_size``) and the transform names are checked by the engine's
+    ``GenerationConfig``, which takes the typed values. An option the seed misspelled is declared under
+    the engine's name with ``validation_alias=AliasChoices(<first: shown in the OpenAPI document>,
+    <other>)``; those aliases are the only table of spellings (:meth:`spelled` reads them).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    number_backgrounds: int | None = Field(None, description="composites per object variant, one background each")
-    training_transforms: list[str] | None = Field(None, max_length=32, description="transform names (train)")
-    testing_transforms: list[str] | None = Field(None, max_length=32, description="transform names (test)")
-    scales: list[int] | None = Field(None, max_length=64, description="object sizes in px on a 512 px frame")
+    number_backgrounds: _ranged(int | None, "number_backgrounds") = Field(
+        None, description="composites per object variant, one background each")
+    training_transforms: list[TransformName] | None = Field(None, max_length=32,
+                                                            description="transform names (train)")
+    testing_transforms: list[TransformName] | None = Field(None, max_length=32, description="transform names (test)")
+    scales: list[_ranged(int, "scales")] | None = Field(None, max_length=64,
+                                                        description="object sizes in px on a 512 px frame")
     flip_vertically: bool | None = None
     flip_horizontally: bool | None = None
     flip_both: bool | None = Field(None, description="a 180 degree turn")
-    angles: list[Number] | None = Field(None, validation_alias=_seed("angles"), max_length=360,
-                                        description="rotation angles of the training split (0 is always made)")
-    test_angles: list[Number] | None = Field(None, validation_alias=_seed("test_angles"), max_length=360,
-                                             description="rotation angles of the test split")
-    apply_occlusion: bool | None = Field(None, validation_alias=_seed("apply_occlusion"),
+    angles: list[_ranged(Number, "angles")] | None = Field(
+        None, validation_alias=AliasChoices("angels", "angles"), max_length=360,
+        description="rotation angles of the training split (0 is always made)")
+    test_angles: list[_ranged(Number, "test_angles")] | None = Field(
+        None, validation_alias=AliasChoices("test_angels", "test_angles"), max_length=360,
+        description="rotation angles of the test split")
+    apply_occlusion: bool | None = Field(None, validation_alias=AliasChoices("apply_occulsion", "apply_occlusion"),
                                          description="add sliding-window crops")
-    occlusion_window: int | None = Field(None, validation_alias=_seed("occlusion_window"))
-    occlusion_stride: int | None = Field(None, validation_alias=_seed("occlusion_stride"))
+    occlusion_window: _ranged(int | None, "occlusion_window") = Field(
+        None, validation_alias=AliasChoices("occulsion_window", "occlusion_window"))
+    occlusion_stride: _ranged(int | None, "occlusion_stride") = Field(
+        None, validation_alias=AliasChoices("occulsion_stride", "occlusion_stride"))
     apply_center_crop: bool | None = None
-    center_crop_windows: list[int] | None = Field(None, max_length=64)
+    center_crop_windows: list[_ranged(int, "center_crop_windows")] | None = Field(None, max_length=64)
     apply_random_erasing: bool | None = Field(None, description="random erasing on training samples")
-    image_size: int | None = Field(None, description="side of the square samples (default 224)")
+    image_size: _ranged(int | None, "image_size") = Field(None, description="side of the square samples (default 224)")
     test_fraction: Number | None = Field(None, description="keep the test split at about this share")
-    seed: int | None = Field(None, ge=0, description="same seed, same inputs: the same file")
+    seed: _ranged(int | None, "seed") = Field(None, description="same seed, same inputs: the same file")
     classes: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=10_000, description="object classes to use (default: all)")
-    name: str | None = Field(None, validation_alias=_also("name"), max_length=MAX_NAME + 5,
+    name: str | None = Field(None, validation_alias=AliasChoices("name", "hdf5_path"), max_length=MAX_NAME + 5,
                              description="dataset name (the file is datasets/<name>.hdf5); default: generated")
     export_folders: bool = Field(False, description="also write <name>_train/<class>/*.png and <name>_test/...")
 
@@ -149,9 +164,10 @@ class GenerateBody(BaseModel):
         return model
 
     def spelled(self, field: str | None) -> str | None:
-        """The request's own spelling of an option (the seed's when the client used it)."""
-        seed = SEED_SPELLINGS.get(field or "")
-        return seed if seed in self._sent else field
+        """The request's own spelling of an option: the alias of it the client sent, else its name."""
+        info = type(self).model_fields.get(field or "")
+        aliases = info.validation_alias.choices if info and isinstance(info.validation_alias, AliasChoices) else ()
+        return next((alias for alias in aliases if alias in self._sent), field)
 
     def engine_options(self) -> dict[str, Any]:
         """The options given, under the engine's names (the rest keep the engine's defaults)."""

@@ -30,7 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from engine.exceptions import InvalidInput, NotFound
 from engine.files import atomic_write_bytes
 from engine.images import decode_image
-from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS, Segmentation, grabcut, refine
+from engine.segmentation import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_STROKE_WIDTH,
+    MAX_ITERATIONS,
+    MAX_STROKE_WIDTH,
+    Segmentation,
+    grabcut,
+    refine,
+)
 from services.config import Config
 from services.jobs import redis_connection
 from services.store import Store
@@ -103,7 +111,8 @@ class SegmentBody(BaseModel):
     iterations: int = Field(DEFAULT_ITERATIONS, ge=1, le=MAX_ITERATIONS)
     fg_strokes: Strokes | None = Field(None, description="polylines of [x, y] points that are the object")
     bg_strokes: Strokes | None = Field(None, description="polylines of [x, y] points that are background")
-    stroke_width: int = Field(8, ge=1, le=500, description="stroke thickness in image pixels")
+    stroke_width: int = Field(DEFAULT_STROKE_WIDTH, ge=1, le=MAX_STROKE_WIDTH,
+                              description="stroke thickness in image pixels")
     source: str | None = Field(None, max_length=200, description="where the image came from (a file name)")
 
     @field_validator("ean")
@@ -134,7 +143,7 @@ def decode(config: Config, data: str | bytes, field: str = "image") -> np.ndarra
 
 
 def cut_out(image: np.ndarray, box: Sequence[float], iterations: int = DEFAULT_ITERATIONS,
-            fg_strokes=None, bg_strokes=None, stroke_width: int = 8) -> Segmentation:
+            fg_strokes=None, bg_strokes=None, stroke_width: int = DEFAULT_STROKE_WIDTH) -> Segmentation:
     """Run the engine's GrabCut; bad boxes and strokes raise InvalidInput naming x1..y2 or the strokes."""
     return grabcut(image, box, iterations, fg_strokes, bg_strokes, stroke_width)
 

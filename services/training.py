@@ -28,9 +28,22 @@ from engine import checkpoints
 from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, inspect_hdf5, list_dataset_kinds
 from engine.distributed import MAX_PROCESSES, Rendezvous, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
+from engine.images import MAX_IMAGE_SIDE
 from engine.inference import EXPORT_FORMATS, export_model
 from engine.models import download_pretrained, get_model_info, list_models
-from engine.training import OPTIMIZERS, TrainConfig, build_model, fit_head
+from engine.training import (
+    MAX_BATCH_SIZE,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LOADER_WORKERS,
+    MAX_SEED,
+    MAX_WEIGHT_DECAY,
+    OPTIMIZERS,
+    TrainConfig,
+    build_model,
+    fit_head,
+)
 from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
@@ -44,10 +57,6 @@ TRAIN_RESULT_TTL = 7 * 24 * 3600
 HDF5_SUFFIXES = (".hdf5", ".h5")
 EXPORT_SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}  # file names only; the formats are the engine's
 assert set(EXPORT_SUFFIXES) == set(EXPORT_FORMATS), "every export format needs a file suffix"
-# TrainConfig fields whose request names differ, so an engine error names the field the client sent.
-REQUEST_NAMES = {"epochs": "num_epochs", "weight_decay": "l2_reg", "grey": "convert_grey",
-                 "augment": "is_transform", "lr_schedule": "lr_decay", "head_only": "transfer_mode",
-                 "lr_pretrained": "lrp", "weights_path": "weights"}
 TRANSFER_MODES = ("head-only", "fine-tune", "scratch")
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors")
 # Fine-tuning without an explicit lrp: the pretrained layers learn ten times slower than the new head.
@@ -67,7 +76,13 @@ METRIC_KEYS = ("best_accuracy", "test_accuracy", "test_loss", "train_accuracy", 
 
 # ------------------------------------------------------------------------------------------ request
 class TrainRequest(BaseModel):
-    """The body of ``POST /api/v1/train``: the seed's fields (numbers and booleans may be strings)."""
+    """The body of ``POST /api/v1/train``: the seed's fields (numbers and booleans may be strings).
+
+    Each field is declared once, here, with its bound and default; pages read them through
+    :func:`services.ui.field_limits`. A field that sets a :class:`TrainConfig` field of another name
+    carries that name as its ``serialization_alias`` (see :func:`request_name`): that is how an engine
+    error is reported under the request's name, and how a study's search dimension finds its field.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,33 +90,38 @@ class TrainRequest(BaseModel):
                             json_schema_extra={"enum": [m.name for m in list_models()]})
     dataset: str = Field("custom", json_schema_extra={"enum": list(list_dataset_kinds())},
                          description="hdf5 (a file in DATA_DIR/datasets), custom (class folders), newdata")
-    num_classes: int | None = Field(None, ge=1, le=100_000, description="must match the data; None: from it")
-    batch_size: int = Field(16, ge=1, le=65_536)
-    is_transform: bool = Field(False, description="light train-time augmentation")
-    num_workers: int = Field(0, ge=0, le=64, description="DataLoader processes (capped at the CPU count)")
-    lr_decay: bool = Field(False, description="step every epoch_step epochs, else on plateau")
-    l2_reg: float = Field(1e-4, ge=0, le=1, description="weight decay")
+    num_classes: int | None = Field(None, ge=1, le=MAX_CLASSES, description="must match the data; None: from it")
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
+    is_transform: bool = Field(False, serialization_alias="augment", description="light train-time augmentation")
+    num_workers: int = Field(0, ge=0, le=MAX_LOADER_WORKERS,
+                             description="DataLoader processes (capped at the CPU count)")
+    lr_decay: bool = Field(False, serialization_alias="lr_schedule",
+                           description="step every epoch_step epochs, else on plateau")
+    l2_reg: float = Field(1e-4, ge=0, le=MAX_WEIGHT_DECAY, serialization_alias="weight_decay",
+                          description="weight decay")
     hdf5_path: str | None = Field(None, max_length=1024, description="relative to DATA_DIR/datasets")
     trainset_dir: str | None = Field(None, max_length=1024, description="class folders, relative to DATA_DIR")
     testset_dir: str | None = Field(None, max_length=1024, description="class folders, relative to DATA_DIR")
-    convert_grey: bool = False
-    learning_rate: float = Field(0.01, gt=0, le=10)
-    num_epochs: int = Field(10, ge=1, le=1_000_000)
+    convert_grey: bool = Field(False, serialization_alias="grey")
+    learning_rate: float = Field(0.01, gt=0, le=MAX_LEARNING_RATE)
+    num_epochs: int = Field(10, ge=1, le=MAX_EPOCHS, serialization_alias="epochs")
     optimizer: Literal[OPTIMIZERS] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
-    epoch_step: int | None = Field(None, ge=1, le=1_000_000)
-    patience: int | None = Field(None, ge=1, le=1_000_000, description="early stopping")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    image_size: int | None = Field(None, ge=1, le=4096, description="None: the model's default")
+    epoch_step: int | None = Field(None, ge=1, le=MAX_EPOCHS)
+    patience: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="early stopping")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIDE, description="None: the model's default")
     pretrained: bool | None = Field(None, description="start from ImageNet weights; None: yes when they ship "
                                     "with the install (efficientnet-lite0)")
     transfer_mode: Literal[TRANSFER_MODES] | None = Field(
-        None, description="head-only (frozen backbone, cached features), fine-tune (pretrained layers at lrp) "
-                          "or scratch; None: head-only with weights (fine-tune when lrp > 0), else scratch")
-    lrp: float | None = Field(None, ge=0, le=10, description="learning rate of the pretrained layers (the seed's "
-                                                             "--lrp; 0 freezes them); fine-tune default: lr/10")
-    weights: str | None = Field(None, max_length=1024, description="a .pth/.safetensors state_dict to start from, "
-                                                                  "relative to DATA_DIR")
+        None, serialization_alias="head_only",
+        description="head-only (frozen backbone, cached features), fine-tune (pretrained layers at lrp) "
+                    "or scratch; None: head-only with weights (fine-tune when lrp > 0), else scratch")
+    lrp: float | None = Field(None, ge=0, le=MAX_LEARNING_RATE, serialization_alias="lr_pretrained",
+                              description="learning rate of the pretrained layers (the seed's --lrp; 0 freezes "
+                                          "them); fine-tune default: lr/10")
+    weights: str | None = Field(None, max_length=1024, serialization_alias="weights_path",
+                                description="a .pth/.safetensors state_dict to start from, relative to DATA_DIR")
     multi_label: bool | None = Field(None, description="None: from the data (newdata is multi-label)")
     world_size: int = Field(1, ge=1, le=MAX_PROCESSES, validation_alias=AliasChoices("world_size", "nproc"),
                             description="training processes (also 'nproc'): one per GPU on a GPU worker, else "
@@ -344,10 +364,16 @@ def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
             # More loader processes than cores only adds contention with the training process itself.
             num_workers=min(req.num_workers, os.cpu_count() or 1))
     except InvalidInput as exc:
-        if exc.field not in REQUEST_NAMES:
+        field = request_name(exc.field)
+        if field == exc.field:
             raise
-        field = REQUEST_NAMES[exc.field]
         raise InvalidInput(str(exc).replace(exc.field, field, 1), field) from None
+
+
+def request_name(engine_field: str | None) -> str | None:
+    """The TrainRequest field that sets the engine's ``engine_field`` (the name itself when none is aliased)."""
+    return next((name for name, info in TrainRequest.model_fields.items()
+                 if info.serialization_alias == engine_field), engine_field)
 
 
 def transfer_settings(req: TrainRequest, weights_path: str | None) -> dict:

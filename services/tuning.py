@@ -51,16 +51,13 @@ from services.config import Config
 from services.jobs import JobContext, job_kind, redis_connection
 from services.store import Store
 from services.training import Conflict, NotFound, TrainRequest
-from services.validation import invalid_input_from
+from services.validation import field_limits, invalid_input_from, open_floor
 
 TUNE_KIND, TRIAL_KIND = "tune", "tune-trial"
 JOURNAL_PREFIX = "studio:optuna:{}"
 TRIALS_KEY = "studio:tune:{}:trials"  # the trial job ids of a study, in launch order
 LOCK_KEY = "studio:tune:{}:lock"
 RESULT_TTL = 7 * 24 * 3600
-# A search dimension and the /train field it sets.
-SEARCH_FIELDS = {"learning_rate": "learning_rate", "batch_size": "batch_size", "weight_decay": "l2_reg",
-                 "optimizer": "optimizer", "model_name": "model_name"}
 OBJECTIVE = "best per-epoch test_accuracy of the trial (test_map for multi-label data), maximised"
 
 
@@ -96,6 +93,9 @@ def _choices(value: list, allowed: Callable[[object], None]) -> list | None:
 class SearchSpace(BaseModel):
     """What a study searches; a dimension left out stays at the request's fixed value.
 
+    A dimension carries the engine's name of the ``/train`` field it sets (``weight_decay`` sets
+    ``l2_reg``: :func:`services.training.request_name`), and its values are held to that field's bounds.
+
     Attributes:
         learning_rate: ``[low, high]``, sampled on a log scale.
         batch_size: the batch sizes to try.
@@ -106,21 +106,23 @@ class SearchSpace(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    learning_rate: list[float] | None = Field(None, description="[low, high], log scale, within (0, 10]")
+    learning_rate: list[float] | None = Field(None, description="[low, high], log scale, within the /train "
+                                                                "learning_rate's bounds")
     batch_size: list[int] | None = Field(None, description="batch sizes to try")
-    weight_decay: list[float] | None = Field(None, description="[low, high] within [0, 1]; log scale if low > 0")
+    weight_decay: list[float] | None = Field(None, description="[low, high] within the /train l2_reg's bounds; "
+                                                               "log scale if low > 0")
     optimizer: list[str] | None = Field(None, description=f"optimizers to try: {', '.join(OPTIMIZERS)}")
     model_name: list[str] | None = Field(None, description="registered models to try (GET /api/v1/models)")
 
     @field_validator("learning_rate")
     @classmethod
     def _learning_rate(cls, value):
-        return _low_high(value, 0.0, 10.0, open_floor=True)
+        return _within_train_field(value, "learning_rate")
 
     @field_validator("weight_decay")
     @classmethod
     def _weight_decay(cls, value):
-        return _low_high(value, 0.0, 1.0, open_floor=False)
+        return _within_train_field(value, "weight_decay")
 
     @field_validator("batch_size")
     @classmethod
@@ -139,12 +141,21 @@ class SearchSpace(BaseModel):
 
     def dimensions(self) -> list[str]:
         """The searched dimensions, in a fixed order."""
-        return [name for name in SEARCH_FIELDS if getattr(self, name) is not None]
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+
+def _within_train_field(value: list[float] | None, dimension: str) -> list[float] | None:
+    """``[low, high]`` held to the bounds of the ``/train`` field the dimension sets."""
+    field = training.request_name(dimension)
+    floor, ceiling, _ = field_limits(TrainRequest, field)
+    gt = open_floor(TrainRequest, field)
+    return _low_high(value, gt if floor is None else floor, ceiling, open_floor=gt is not None)
 
 
 def _check_batch_size(value: int) -> None:
-    if not 1 <= value <= 65_536:
-        raise ValueError(f"batch sizes must lie in [1, 65536], got {value}")
+    low, high, _ = field_limits(TrainRequest, "batch_size")
+    if not low <= value <= high:
+        raise ValueError(f"batch sizes must lie in [{low}, {high}], got {value}")
 
 
 def _check_optimizer(value: str) -> None:
@@ -177,7 +188,7 @@ class TuneRequest(TrainRequest):
     @classmethod
     def _something_to_search(cls, space: SearchSpace, info: ValidationInfo) -> SearchSpace:
         if not space.dimensions():
-            raise ValueError(f"search at least one of {', '.join(SEARCH_FIELDS)}")
+            raise ValueError(f"search at least one of {', '.join(SearchSpace.model_fields)}")
         if space.model_name is None and info.data.get("model_name") is None:
             raise ValueError("name the models to try in space.model_name (or give one model_name)")
         return space
@@ -190,7 +201,7 @@ class TuneRequest(TrainRequest):
 def trial_request(req: TuneRequest, choice: dict, num_epochs: int) -> TrainRequest:
     """The ``/train`` request of one configuration: the fixed fields with ``choice`` applied."""
     body = training.request_params(req.model_dump())
-    body.update({SEARCH_FIELDS[name]: value for name, value in choice.items()})
+    body.update({training.request_name(name): value for name, value in choice.items()})
     try:
         return TrainRequest.model_validate({**body, "num_epochs": num_epochs})
     except ValidationError as exc:
@@ -213,7 +224,7 @@ def check_against_data(config: Config, req: TuneRequest) -> None:
 
 
 def _in_space_terms(exc: InvalidInput, req: TuneRequest, model: str) -> InvalidInput:
-    searched = {SEARCH_FIELDS[name]: f"space.{name}" for name in req.space.dimensions()}
+    searched = {training.request_name(name): f"space.{name}" for name in req.space.dimensions()}
     if exc.field in ("model_name", "image_size") and req.space.model_name:
         return InvalidInput(f"space.model_name: model {model!r}: {exc}", "space.model_name")
     return InvalidInput(str(exc), searched.get(exc.field, exc.field))

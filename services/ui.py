@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from services.config import Config
 from services.store import Store, open_store
+from services.validation import field_limits as field_limits  # pages read request bounds through here
 
 # The only list of pages: file, title, icon, and the roles that see it (admin sees everything).
 PAGES = (
@@ -177,12 +177,3 @@ def _test_partner(train: str, folders: list[str]) -> str:
         if guess != train and guess in folders:
             return guess
     return next(f for f in folders if f != train)
-
-
-def field_limits(model: type[BaseModel], name: str) -> tuple[Any, Any, Any]:
-    """``(lowest, highest, default)`` of a request field as its pydantic model declares them, so a page's
-    widget never keeps a second copy of a bound (None where the model sets none)."""
-    info = model.model_fields[name]
-    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
-    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
-    return low, high, info.default

@@ -60,7 +60,7 @@ from engine.augment import functional as F
 from engine.augment.compositing import crop_to_alpha, random_position, scale_object
 from engine.augment.transforms import Compose, create_transform, list_transforms
 from engine.exceptions import Cancelled, InvalidInput
-from engine.images import open_image
+from engine.images import MAX_IMAGE_SIDE, open_image
 
 SPLITS = ("train", "test")
 FLIPS = ("horizontal", "vertical", "both")
@@ -69,15 +69,31 @@ RANDOM_SCALE_RANGE = (0.5, 0.95)  # object size when no scales are given, as a f
 MAX_CROP_ZOOM = 4  # crops are cut from a render at most this many times larger than image_size
 MAX_WINDOWS = 256
 _BACKGROUND_CACHE = 64  # decoded backgrounds kept in memory
+# Inclusive ranges of the numeric options (of each item, for lists). The request model
+# (services/generate.py) declares its fields' bounds from this table; GenerationConfig checks them again
+# for programmatic callers.
+OPTION_RANGES: dict[str, tuple[float, float]] = {
+    "number_backgrounds": (1, 100),
+    "scales": (8, MAX_IMAGE_SIDE),
+    "angles": (-360.0, 360.0),
+    "test_angles": (-360.0, 360.0),
+    "occlusion_window": (0, MAX_IMAGE_SIDE),
+    "occlusion_stride": (0, MAX_IMAGE_SIDE),
+    "center_crop_windows": (0, MAX_IMAGE_SIDE),
+    "image_size": (32, 1024),
+    "seed": (0, 2**63 - 1),
+    "scale_reference": (64, MAX_IMAGE_SIDE),
+}
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     """Options of a generation job (the seed's ``/generate`` body, correctly spelled), validated on creation.
 
-    Numbers and booleans may be given as strings (``"1"``), lists as any sequence; they are normalised.
-    Invalid values raise :class:`InvalidInput` whose ``field`` names the option. See the module
-    docstring for how the options expand into samples.
+    Values are typed (text is parsed at the edge, by the request model); lists may be any sequence and
+    become tuples, whole numbers become floats where a float is expected. Invalid values raise
+    :class:`InvalidInput` whose ``field`` names the option. See the module docstring for how the
+    options expand into samples.
     """
 
     number_backgrounds: int = 1
@@ -181,34 +197,28 @@ def _check_range(value: float, field: str, low: float, high: float) -> None:
 
 
 def _as_number(value: Any, field: str) -> float:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise InvalidInput(f"'{field}' must be a number, got {value!r}", field)
-    try:
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"'{field}' must be a number, got {value!r}", field) from exc
+    number = float(value)
     if not math.isfinite(number):
         raise InvalidInput(f"'{field}' must be a finite number, got {value!r}", field)
     return number
 
 
 def _as_int(value: Any, field: str, low: int, high: int) -> int:
-    number = _as_number(value, field)
-    if number != int(number):
-        raise InvalidInput(f"'{field}' must be a whole number, got {value!r}", field)
-    _check_range(int(number), field, low, high)
-    return int(number)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        number = _as_number(value, field)  # a whole float (2.0, as JSON may carry it) is an integer too
+        if number != int(number):
+            raise InvalidInput(f"'{field}' must be a whole number, got {value!r}", field)
+        value = int(number)
+    _check_range(int(value), field, low, high)
+    return int(value)
 
 
 def _as_bool(value: Any, field: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise InvalidInput(f"'{field}' must be a boolean (true/false or 1/0), got {value!r}", field)
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise InvalidInput(f"'{field}' must be a boolean (true or false), got {value!r}", field)
 
 
 def _as_list(value: Any, field: str) -> list:
@@ -230,12 +240,12 @@ def _int_list(low: int, high: int) -> Callable[[Any, str], tuple[int, ...]]:
 def _angle_list(value: Any, field: str) -> tuple[float, ...]:
     angles = tuple(_as_number(v, field) for v in _as_list(value, field))
     for angle in angles:
-        _check_range(angle, field, -360.0, 360.0)
+        _check_range(angle, field, *OPTION_RANGES[field])
     return angles
 
 
 def _transform_list(value: Any, field: str) -> tuple[str, ...]:
-    names = tuple(str(v).strip() for v in _as_list(value, field))
+    names = tuple(_as_list(value, field))
     known = list_transforms()
     for name in names:
         if name not in known:
@@ -244,7 +254,7 @@ def _transform_list(value: Any, field: str) -> tuple[str, ...]:
 
 
 def _test_fraction(value: Any, field: str) -> float | None:
-    if value is None or value == "":
+    if value is None:
         return None
     fraction = _as_number(value, field)
     if not 0.0 < fraction < 1.0:
@@ -253,25 +263,25 @@ def _test_fraction(value: Any, field: str) -> float | None:
 
 
 _NORMALISERS: dict[str, Callable[[Any, str], Any]] = {
-    "number_backgrounds": _ints(1, 100),
+    "number_backgrounds": _ints(*OPTION_RANGES["number_backgrounds"]),
     "training_transforms": _transform_list,
     "testing_transforms": _transform_list,
-    "scales": _int_list(8, 4096),
+    "scales": _int_list(*OPTION_RANGES["scales"]),
     "flip_vertically": _as_bool,
     "flip_horizontally": _as_bool,
     "flip_both": _as_bool,
     "angles": _angle_list,
     "test_angles": _angle_list,
     "apply_occlusion": _as_bool,
-    "occlusion_window": _ints(0, 4096),
-    "occlusion_stride": _ints(0, 4096),
+    "occlusion_window": _ints(*OPTION_RANGES["occlusion_window"]),
+    "occlusion_stride": _ints(*OPTION_RANGES["occlusion_stride"]),
     "apply_center_crop": _as_bool,
-    "center_crop_windows": _int_list(0, 4096),
+    "center_crop_windows": _int_list(*OPTION_RANGES["center_crop_windows"]),
     "apply_random_erasing": _as_bool,
-    "image_size": _ints(32, 1024),
+    "image_size": _ints(*OPTION_RANGES["image_size"]),
     "test_fraction": _test_fraction,
-    "seed": _ints(0, 2**63 - 1),
-    "scale_reference": _ints(64, 4096),
+    "seed": _ints(*OPTION_RANGES["seed"]),
+    "scale_reference": _ints(*OPTION_RANGES["scale_reference"]),
 }
 
 

@@ -19,20 +19,20 @@ from engine.augment.generate import (
 )
 from engine.exceptions import Cancelled, InvalidInput
 
-SEED_BODY = {  # the seed's example body, correctly spelled, values as strings as the seed sends them
-    "number_backgrounds": "2",
+SEED_BODY = {  # the seed's example body, correctly spelled, as the request model hands it over (typed)
+    "number_backgrounds": 2,
     "training_transforms": ["brightness", "color"],
     "testing_transforms": ["gaussian", "contrast"],
-    "scales": ["500", "490"],
-    "flip_vertically": "1",
-    "flip_horizontally": "1",
-    "flip_both": "1",
-    "angles": ["15", "-15", "30", "-30"],
-    "test_angles": ["5", "-5", "20", "-20", "35", "-35"],
-    "apply_occlusion": "0",
-    "occlusion_window": "0",
-    "occlusion_stride": "0",
-    "apply_center_crop": "0",
+    "scales": [500, 490],
+    "flip_vertically": True,
+    "flip_horizontally": True,
+    "flip_both": True,
+    "angles": [15.0, -15.0, 30.0, -30.0],
+    "test_angles": [5.0, -5.0, 20.0, -20.0, 35.0, -35.0],
+    "apply_occlusion": False,
+    "occlusion_window": 0,
+    "occlusion_stride": 0,
+    "apply_center_crop": False,
     "center_crop_windows": [112, 56],
 }
 
@@ -102,7 +102,7 @@ def test_layout_attributes_and_counts(library, tmp_path):
 
 
 def test_samples_show_the_object_on_a_background(library, tmp_path):
-    result = generate(library, tmp_path / "set.h5", small(training_transforms=[], scales=["400"]))
+    result = generate(library, tmp_path / "set.h5", small(training_transforms=[], scales=[400]))
     with h5py.File(result["path"]) as h5:
         first = h5["X_train"][0]  # bottle, 0°, no flip: a green bar 400/512 of the frame tall
     green = (first[:, :, 1] > 120) & (first[:, :, 0] < 80) & (first[:, :, 2] < 80)
@@ -170,15 +170,15 @@ def test_train_and_test_backgrounds_must_differ(library, tmp_path):
 
 def test_crops_and_sliding_windows_add_views(library, tmp_path):
     config = small(
-        apply_center_crop="1",
-        center_crop_windows=["16"],
-        apply_occlusion="1",
-        occlusion_window="16",
-        occlusion_stride="16",
+        apply_center_crop=True,
+        center_crop_windows=[16],
+        apply_occlusion=True,
+        occlusion_window=16,
+        occlusion_stride=16,
         angles=[],
         test_angles=[],
-        flip_both="0",
-        flip_vertically="0",
+        flip_both=False,
+        flip_vertically=False,
         apply_random_erasing=True,
     )
     assert config.views_per_composite() == 1 + 1 + 4
@@ -188,7 +188,7 @@ def test_crops_and_sliding_windows_add_views(library, tmp_path):
 
 
 def test_test_fraction_caps_the_test_split(library, tmp_path):
-    config = small(test_fraction="0.2")
+    config = small(test_fraction=0.2)
     counts = count_samples(config, 3)
     assert counts["test"] == 3 * 20  # 80 train composites per object x 0.2 / 0.8
     assert generate(library, tmp_path / "set.h5", config)["totals"] == counts
@@ -223,19 +223,19 @@ def test_export_as_image_folders(library, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"number_backgrounds": "0"}, "number_backgrounds"),
+        ({"number_backgrounds": 0}, "number_backgrounds"),
         ({"training_transforms": ["sepia"]}, "training_transforms"),
         ({"testing_transforms": "gaussian"}, "testing_transforms"),
         ({"scales": ["big"]}, "scales"),
-        ({"scales": ["600"]}, "scales"),
+        ({"scales": [600]}, "scales"),
         ({"flip_both": "maybe"}, "flip_both"),
-        ({"angles": ["400"]}, "angles"),
+        ({"angles": [400]}, "angles"),
         ({"image_size": 10}, "image_size"),
-        ({"apply_center_crop": "1", "center_crop_windows": [300]}, "center_crop_windows"),
+        ({"apply_center_crop": True, "center_crop_windows": [300]}, "center_crop_windows"),
         ({"apply_center_crop": True, "center_crop_windows": []}, "center_crop_windows"),
-        ({"apply_occlusion": "1"}, "occlusion_window"),
-        ({"apply_occlusion": "1", "occlusion_window": "16", "occlusion_stride": "0"}, "occlusion_stride"),
-        ({"test_fraction": "1.5"}, "test_fraction"),
+        ({"apply_occlusion": True}, "occlusion_window"),
+        ({"apply_occlusion": True, "occlusion_window": 16, "occlusion_stride": 0}, "occlusion_stride"),
+        ({"test_fraction": 1.5}, "test_fraction"),
         ({"seed": -1}, "seed"),
     ],
 )
@@ -243,6 +243,19 @@ def test_bad_options_name_the_field(overrides, field):
     with pytest.raises(InvalidInput) as err:
         small(**overrides)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"number_backgrounds": "2"}, "number_backgrounds"),
+    ({"scales": ["500"]}, "scales"),
+    ({"flip_both": "1"}, "flip_both"),
+    ({"angles": ["15"]}, "angles"),
+    ({"test_fraction": "0.2"}, "test_fraction"),
+])
+def test_text_is_refused_because_the_request_model_parses_it(overrides, field):
+    with pytest.raises(InvalidInput) as err:
+        small(**overrides)
+    assert err.value.field == field and "got '" in str(err.value)  # the text itself is named
 
 
 def test_unknown_transform_message_lists_the_registry():

@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from pydantic import ValidationError
 
 from engine.augment import list_transforms
 from engine.augment.backgrounds import make_background
-from engine.augment.generate import GenerationConfig
+from engine.augment.generate import OPTION_RANGES, GenerationConfig
 from services.api import create_app
 from services.config import Config
 from services.generate import GenerateBody, generation_config
 from services.store import open_store
+from services.validation import invalid_input_from
 from tests.scenes import SEED_BOX, encode, scene
 
 # The seed's /generate body, key for key and value for value.
@@ -217,3 +219,12 @@ def test_backgrounds_are_listed_by_split_and_never_in_both(library):
     r = requests.post(stack.url + "/api/v1/backgrounds", files={"file": ("bg.png", picture)},
                       headers=stack.headers("annotator"), timeout=10)
     assert r.status_code == 403
+
+
+def test_the_body_holds_numbers_to_the_engines_ranges_and_names_the_field_as_spelled():
+    schema = GenerateBody.model_json_schema()["properties"]
+    assert (schema["image_size"]["minimum"], schema["image_size"]["maximum"]) == OPTION_RANGES["image_size"]
+    for spelling in ("occulsion_window", "occlusion_window"):
+        with pytest.raises(ValidationError) as err:
+            GenerateBody.model_validate({spelling: str(int(OPTION_RANGES["occlusion_window"][1]) + 1)})
+        assert invalid_input_from(err.value).field == spelling

@@ -14,7 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
-from engine.segmentation import mask_iou
+from engine.segmentation import grabcut, mask_iou
+from services.segment import SegmentBody
 from tests.scenes import CENTRE, RADIUS, SEED_BOX, SIZE, encode, scene
 
 
@@ -35,6 +36,13 @@ def alpha_on_canvas(png: bytes, bbox: list[int]) -> np.ndarray:
     x1, y1, x2, y2 = bbox
     full[y1:y2, x1:x2] = np.asarray(img)[:, :, 3] >= 128
     return full
+
+
+def test_the_seed_box_of_strings_is_parsed_by_the_request_model_into_numbers_the_engine_cuts_with():
+    image, truth = scene()
+    body = SegmentBody.model_validate({**SEED_BOX, "ean": "0601472600", "image": encode(image, "PNG")})
+    assert body.box() == (37, 35, 220, 179)
+    assert mask_iou(grabcut(image, body.box()).mask, truth) >= 0.95
 
 
 def test_seed_body_gives_the_disc_as_an_rgba_cutout_and_saves_it(stack):

@@ -7,6 +7,7 @@ folders) for the fast tests and scikit-learn's real digits, written as an HDF5 f
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 
@@ -19,7 +20,7 @@ from flask_jwt_extended import create_access_token
 from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
 from engine.models import list_models
-from engine.training import TrainConfig, fit
+from engine.training import MAX_BATCH_SIZE, TrainConfig, fit
 from services import jobs, training
 from services.api import create_app
 from services.config import Config
@@ -363,3 +364,16 @@ def test_onnx_export_runs_and_matches_the_model(stack, digits_run):
     with torch.inference_mode():
         expected = predictor.model(batch).numpy()
     np.testing.assert_allclose(onnx_logits, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_every_renamed_request_field_names_a_train_config_field_and_engine_errors_use_the_request_name():
+    renamed = {name: info.serialization_alias for name, info in training.TrainRequest.model_fields.items()
+               if info.serialization_alias}
+    assert renamed["l2_reg"] == "weight_decay" and renamed["num_epochs"] == "epochs"
+    assert set(renamed.values()) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(training.request_name(engine) == name for name, engine in renamed.items())
+    # The request's bound is the engine's: what the API accepts, the engine never refuses.
+    assert training.TrainRequest.model_fields["batch_size"].metadata[-1].le == MAX_BATCH_SIZE
+    with pytest.raises(InvalidInput) as err:
+        TrainConfig(model_name="lenet5", num_classes=2, batch_size=MAX_BATCH_SIZE + 1)
+    assert err.value.field == "batch_size"
