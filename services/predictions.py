@@ -26,12 +26,11 @@ def choose_model(store: Store, model_id: str | None = None, multi_label: bool | 
     ``multi_label`` restricts the automatic choice to single-label (False) or multi-label (True) models.
     """
     if model_id is not None:
-        return store.get_row("models", model_id)
-    filters = {} if multi_label is None else {"multi_label": int(multi_label)}
-    active = store.list_rows("models", active=1, **filters)
+        return store.get_model(model_id)
+    active = store.list_models(active=True, multi_label=multi_label)
     if active:
         return active[0]
-    rows = store.list_rows("models", **filters)
+    rows = store.list_models(multi_label=multi_label)
     return max(rows, key=lambda r: (r["metrics"] or {}).get("best_accuracy") or 0.0, default=None)
 
 
@@ -73,7 +72,7 @@ def annotation_model(store: Store) -> tuple[dict | None, str]:
     Only the multi-label model an admin or operator activated counts, and only when its validation
     (test split) mAP reaches :data:`SUGGEST_MIN_MAP`; the best of the rest is never picked silently.
     """
-    active = store.list_rows("models", active=1, multi_label=1)
+    active = store.list_models(active=True, multi_label=True)
     if not active:
         return None, "No suggestions: no multi-label model is activated (an operator activates one on Models)."
     row = active[0]
