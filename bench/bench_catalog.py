@@ -11,7 +11,7 @@ seed's 34 labels; jobs of four kinds by five users, train jobs with a 10-epoch h
 
 Each figure is the median of ``--repeats`` runs, old and new measured in the same process on the same file.
 
-    .venv/bin/python bench/bench_catalog.py [--images 100000] [--jobs 10000] [--repeats 3]
+    .venv/bin/python bench/bench_catalog.py [--images 100000] [--jobs 10000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-catalog-") as tmp:
         config = Config(data_dir=Path(tmp))
