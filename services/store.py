@@ -116,8 +116,9 @@ class ImageQuery:
         if self.labelled is not None:
             terms.append("labels IS NOT NULL" if self.labelled else "labels IS NULL")
         if self.label is not None:
-            terms.append("EXISTS (SELECT 1 FROM json_each(images.labels) WHERE value = ?)")
-            args.append(self.label)
+            # instr() on the stored JSON text is a cheap first pass; json_each() then checks the element exactly.
+            terms.append("instr(labels, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(images.labels) WHERE value = ?)")
+            args.extend([json.dumps(self.label), self.label])
         return " AND ".join(terms), tuple(args)
 
     def order_by(self) -> str:

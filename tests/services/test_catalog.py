@@ -169,3 +169,12 @@ def test_overwriting_an_image_clears_its_labels_and_their_export(ctx):
     assert store.get_image("a").labels is None
     assert not config.path("newdata", "labels", "a.json").exists()
     assert annotation.count_images(store, unlabelled=True) == 1
+
+
+def test_the_label_filter_matches_whole_labels_only(ctx):
+    _, store = ctx
+    for id_name, labels in (("a", ["sea lion"]), ("b", ['say "sea"']), ("c", ["tree", "sea"]), ("d", ["séa"])):
+        store.put_image(Image(id_name=id_name, path=f"newdata/images/{id_name}.png", uploaded_at=1.0, labels=labels))
+    assert [r.id_name for r in store.list_images(ImageQuery(label="sea", order="id"))] == ["c"]
+    assert [r.id_name for r in store.list_images(ImageQuery(label="séa", order="id"))] == ["d"]
+    assert [r.id_name for r in store.list_images(ImageQuery(label='say "sea"', order="id"))] == ["b"]
