@@ -56,7 +56,6 @@ def move_object(config: Config, store: Store, object_id: str, class_name: str) -
     folder.mkdir(parents=True, exist_ok=True)
     new = folder / old.name
     atomic_write_bytes(new, old.read_bytes())
-    store.update_object(object_id, class_name=class_name,
-                     path=Path(new).relative_to(config.data_dir).as_posix())
+    store.update_object(object_id, class_name=class_name, path=Path(new).relative_to(config.data_dir).as_posix())
     old.unlink(missing_ok=True)
     return get_object(store, object_id)
