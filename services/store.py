@@ -3,6 +3,8 @@
 One connection per thread and process (sqlite3 connections must not cross threads or a fork); one
 transaction per operation.
 Rows that point at files are written after the file is in place, so a crash leaves no row without a file.
+Each table's row is a dataclass of ``services.rows``; the methods take and return those, and every listing
+filters, orders and pages in SQL (``MIGRATIONS`` holds the indexes they use).
 """
 
 from __future__ import annotations
