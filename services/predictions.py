@@ -13,6 +13,7 @@ import numpy as np
 
 from engine.exceptions import InvalidInput
 from services.config import Config
+from services.rows import Model
 from services.store import Store
 
 _lock = threading.Lock()
@@ -20,7 +21,7 @@ _lock = threading.Lock()
 PREDICT_MAX_SIDE = 1024
 
 
-def choose_model(store: Store, model_id: str | None = None, multi_label: bool | None = None) -> dict | None:
+def choose_model(store: Store, model_id: str | None = None, multi_label: bool | None = None) -> Model | None:
     """The catalog row of ``model_id``; else the active model; else the best finished one (None if none).
 
     ``multi_label`` restricts the automatic choice to single-label (False) or multi-label (True) models.
@@ -66,7 +67,7 @@ def predict(config: Config, row: dict, image_rgb: np.ndarray) -> dict:
 SUGGEST_MIN_MAP = 0.5
 
 
-def annotation_model(store: Store) -> tuple[dict | None, str]:
+def annotation_model(store: Store) -> tuple[Model | None, str]:
     """The model whose tags are suggested to annotators, and a sentence saying which (or why none).
 
     Only the multi-label model an admin or operator activated counts, and only when its validation
