@@ -4,7 +4,9 @@ Layout (all JSON, never pickle; every file is written to a temporary name and mo
 
 - ``newdata/labelset.json``: ``{"labels": ["sea", ...]}``; absent means :data:`DEFAULT_LABELS`.
 - ``newdata/images/<id_name>.<ext>``: the uploaded image, exactly as uploaded.
-- ``newdata/labels/<id_name>.json``: ``{"id_name", "labels", "labelled_by", "labelled_at"}``.
+- ``newdata/labels/<id_name>.json``: ``{"id_name", "labels", "labelled_by", "labelled_at"}``. In the platform
+  these files are an export of its catalog, where an image's labels are kept; training and the transfer
+  command line read them here.
 
 ``id_name`` is checked by :func:`validate_id_name` before it becomes part of any path.
 """

@@ -185,12 +185,13 @@ def label_editor(row: dict, prefix: str) -> None:
 
 
 def queue_section() -> None:
-    queue = annotation.list_images(config, store, unlabelled=True, oldest_first=True)
+    queue = annotation.list_images(config, store, unlabelled=True, oldest_first=True, limit=QUEUE_SHOWN)
     if not queue:
         st.info("Every image is labelled.")
         return
-    st.caption(f"{len(queue)} images wait for labels, oldest first. Saving an empty list means none apply.")
-    for row in queue[:QUEUE_SHOWN]:
+    waiting = annotation.count_images(store, unlabelled=True)
+    st.caption(f"{waiting} images wait for labels, oldest first. Saving an empty list means none apply.")
+    for row in queue:
         label_editor(row, "annotate_queue")
 
 

@@ -10,6 +10,7 @@ from services import jobs
 from services.ui import fail, get_config, get_store, require_page
 
 LIVE_SECONDS = 2  # how often the open page re-reads the chosen job while it runs
+JOBS_SHOWN = 200  # the newest of the chosen kind; older ones stay a filter away
 
 user = require_page(__file__)
 store, config = get_store(), get_config()
@@ -51,12 +52,12 @@ def job_details(job_id: str, was_live: bool) -> None:
 
 
 owner = user["username"] if user["role"] == "client" else None
-everything = store.list_jobs(created_by=owner, limit=1000)
-if not everything:
+kinds = store.job_kinds(created_by=owner)
+if not kinds:
     st.info("No jobs yet.")
     st.stop()
-kind = st.selectbox("Kind", ["(all)", *sorted({r["kind"] for r in everything})], key="jobs_kind")
-records = [r for r in everything if kind in ("(all)", r["kind"])][:200]
+kind = st.selectbox("Kind", ["(all)", *kinds], key="jobs_kind")
+records = store.list_jobs(kind=None if kind == "(all)" else kind, created_by=owner, limit=JOBS_SHOWN)
 table = pd.DataFrame([{"id": r["id"], "kind": r["kind"], "status": r["status"], "by": r["created_by"],
                        "progress": (r["progress"] or {}).get("fraction"),
                        "created": pd.to_datetime(r["created_at"], unit="s")} for r in records])

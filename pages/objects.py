@@ -49,7 +49,7 @@ def gallery(rows: list[dict]) -> None:
 def source_view(row: dict) -> None:
     """The uploaded image the object was cut from, with its box; or why it cannot be shown."""
     box = row["bbox"]
-    image = store.get_row("images", row["source"]) if row["source"] else None
+    image = store.get_image(row["source"]) if row["source"] else None
     if image is None:
         st.caption(f"Source: {row['source'] or 'unknown'} (a photo uploaded on the Segment page is not kept)"
                    + (f" · box x1={box[0]}, y1={box[1]}, x2={box[2]}, y2={box[3]}" if box else ""))

@@ -14,6 +14,7 @@ from engine.exceptions import InvalidInput, StudioError
 from engine.images import encode_png
 from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS
 from services import annotation, library, segment
+from services.store import ImageQuery
 from services.ui import fail, get_config, get_store, page_message, require_page
 
 CANVAS_MAX_WIDTH, CANVAS_MAX_HEIGHT = 800, 640  # the photo is shown downscaled; GrabCut runs on every pixel
@@ -54,7 +55,7 @@ def choose_photo() -> tuple[str, bytes] | None:
         upload = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"],
                                   key="segment_upload", max_upload_size=config.max_upload_mb)
         return (upload.name, upload.getvalue()) if upload is not None else None
-    rows = store.list_rows("images", order="uploaded_at DESC", limit=500)
+    rows = store.list_images(ImageQuery(order="newest", limit=500))
     if not rows:
         st.info("No images have been uploaded yet; upload a photo instead.")
         return None

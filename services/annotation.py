@@ -1,21 +1,21 @@
 """The annotation platform: uploads, ``/imginfo``, labels, label sets and exports (issue 5).
 
 Shared by the API (``services/routes/annotate.py``) and the Annotate page, so both behave the same.
-The files under ``newdata/`` are what training reads; the catalog row of an image mirrors them for
-listing and filtering and is written after its file is in place, so a crash can leave a file without a
-row but never a row without a file.
+An image's catalog row is written after its file is in place, so a crash can leave a file without a row but
+never a row without a file. The row's ``labels`` are the truth; ``newdata/labels/<id_name>.json`` is an
+export derived from it (the training data and the transfer command line read it), written under the
+catalog's write lock in the same transaction, and never read back here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,11 @@ from engine.exif import ExifInfo, read_exif
 from engine.images import encode_png, open_image, to_rgb_array
 from services.config import Config
 from services.predictions import suggest
-from services.store import Store
+from services.rows import Image as ImageRow
+from services.store import ImageQuery, Store
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".labels.lock"
-# list_rows() filters only by equality, so the NULL and label filters run here on a full listing.
-_LIST_ALL = 1_000_000
 _NOT_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 # Columns of an image's public view (the row minus its storage path).
 VIEW_COLUMNS = ("id_name", "width", "height", "uploaded_by", "uploaded_at", "exif_date", "gps", "latitude",
@@ -81,7 +79,7 @@ def newdata_dir(config: Config) -> Path:
     return config.path("newdata")
 
 
-def image_file(config: Config, row: dict) -> Path:
+def image_file(config: Config, row: ImageRow) -> Path:
     """Return the stored file of a catalog row."""
     return config.path(row["path"])
 
@@ -98,24 +96,6 @@ def default_id_name(filename: str) -> str:
     stem = Path(filename.replace("\\", "/")).stem
     clean = _NOT_ID.sub("_", stem).lstrip(".")[: labelsets.MAX_ID_LENGTH]
     return clean or "image"
-
-
-@contextlib.contextmanager
-def labels_lock(config: Config) -> Iterator[None]:
-    """Serialise label writes and label-set edits.
-
-    The "is this label still used?" check of a label-set edit must not interleave with an annotation
-    write, and the API (gunicorn threads) and the Streamlit page are separate processes, so an advisory
-    file lock is what covers both.
-    """
-    folder = newdata_dir(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------- uploads
@@ -153,7 +133,7 @@ def _suggested_tags(config: Config, store: Store, img: Image.Image) -> dict:
 
 
 def store_upload(config: Config, store: Store, id_name: str, data: bytes, uploaded_by: str | None,
-                 overwrite: bool = False, inspection: Inspection | None = None) -> dict:
+                 overwrite: bool = False, inspection: Inspection | None = None) -> ImageRow:
     """Store an uploaded image under ``id_name`` and catalog it.
 
     Overwriting replaces the image and clears its confirmed labels (they described the old pixels), so it
@@ -177,49 +157,39 @@ def store_upload(config: Config, store: Store, id_name: str, data: bytes, upload
     """
     id_name = labelsets.validate_id_name(id_name)
     folder = newdata_dir(config)
-    if not overwrite and (labelsets.find_image(folder, id_name) or store.get_row("images", id_name)):
+    if not overwrite and (labelsets.find_image(folder, id_name) or store.get_image(id_name)):
         raise ImageExists(f"an image with id_name '{id_name}' exists; send overwrite=1 to replace it")
     inspection = inspection or inspect_image(config, store, data)
     try:
         path = labelsets.save_image_atomic(folder, id_name, data, inspection.ext, overwrite)
     except FileExistsError:  # another upload took the id between the check and the write
         raise ImageExists(f"an image with id_name '{id_name}' exists; send overwrite=1 to replace it") from None
-    if overwrite:
-        with labels_lock(config):
-            labelsets.annotation_path(folder, id_name).unlink(missing_ok=True)
     row = _image_row(config, id_name, path, inspection, uploaded_by)
-    _upsert(store, row)
+    store.put_image(row)  # an overwrite replaces the whole row: its labels are gone with the old pixels
+    labelsets.annotation_path(folder, id_name).unlink(missing_ok=True)  # and so is their export
     return row
 
 
-def _image_row(config: Config, id_name: str, path: Path, inspection: Inspection, uploaded_by: str | None) -> dict:
+def _image_row(config: Config, id_name: str, path: Path, inspection: Inspection,
+               uploaded_by: str | None) -> ImageRow:
     exif = inspection.exif
-    return {"id_name": id_name, "path": str(path.relative_to(config.data_dir)), "width": inspection.width,
-            "height": inspection.height, "uploaded_by": uploaded_by, "uploaded_at": time.time(),
-            "exif_date": exif.date, "gps": exif.gps, "latitude": exif.latitude, "longitude": exif.longitude,
-            "altitude": exif.altitude, "predict_tags": list(inspection.predict_tags), "labels": None,
-            "labelled_by": None, "labelled_at": None}
-
-
-def _upsert(store: Store, row: dict) -> None:
-    """Insert the row, or replace the fields of an existing one (an overwrite)."""
-    if store.get_row("images", row["id_name"]) is None:
-        store.add_row("images", row)
-    else:
-        store.update_row("images", row["id_name"], **{k: v for k, v in row.items() if k != "id_name"})
+    return ImageRow(id_name=id_name, path=str(path.relative_to(config.data_dir)), width=inspection.width,
+                    height=inspection.height, uploaded_by=uploaded_by, uploaded_at=time.time(),
+                    exif_date=exif.date, gps=exif.gps, latitude=exif.latitude, longitude=exif.longitude,
+                    altitude=exif.altitude, predict_tags=list(inspection.predict_tags))
 
 
 # ----------------------------------------------------------------------------------------- reading
 
 
-def get_image(store: Store, id_name: str) -> dict:
+def get_image(store: Store, id_name: str) -> ImageRow:
     """Return the catalog row of an image.
 
     Raises:
         InvalidInput: ``id_name`` is not a valid id.
         UnknownImage: no image has this id.
     """
-    row = store.get_row("images", labelsets.validate_id_name(id_name))
+    row = store.get_image(labelsets.validate_id_name(id_name))
     if row is None:
         raise UnknownImage(f"no image with id_name '{id_name}'")
     return row
@@ -228,19 +198,19 @@ def get_image(store: Store, id_name: str) -> dict:
 def imginfo(store: Store, id_name: str) -> dict:
     """Return the seed's ``/imginfo`` answer plus confirmed ``labels`` and signed ``latitude``/``longitude``."""
     row = get_image(store, id_name)
-    return {"image_id": row["id_name"], "predict_tags": row["predict_tags"] or [],
-            "data_information": row["exif_date"], "GPS_information": row["gps"], "labels": row["labels"],
-            "latitude": row["latitude"], "longitude": row["longitude"]}
+    return {"image_id": row.id_name, "predict_tags": row.predict_tags or [], "data_information": row.exif_date,
+            "GPS_information": row.gps, "labels": row.labels, "latitude": row.latitude, "longitude": row.longitude}
 
 
-def image_view(row: dict) -> dict:
+def image_view(row: ImageRow) -> dict:
     """Return the public fields of a catalog row (everything but the storage path)."""
-    return {key: row[key] for key in VIEW_COLUMNS}
+    return {key: getattr(row, key) for key in VIEW_COLUMNS}
 
 
 def list_images(config: Config, store: Store, unlabelled: bool = False, label: str | None = None,
-                uploaded_by: str | None = None, limit: int = 1000, oldest_first: bool = False) -> list[dict]:
-    """Return catalog rows, newest first (or oldest first), filtered.
+                uploaded_by: str | None = None, limit: int = 1000, oldest_first: bool = False,
+                offset: int = 0) -> list[ImageRow]:
+    """Return catalog rows, newest first (or oldest first), filtered and paged by the catalog.
 
     Args:
         config: the configuration (the label set lives under DATA_DIR).
@@ -250,28 +220,32 @@ def list_images(config: Config, store: Store, unlabelled: bool = False, label: s
         uploaded_by: only images this user uploaded.
         limit: at most this many rows.
         oldest_first: order by upload time ascending (the labelling queue).
+        offset: skip this many rows first (the next page).
 
     Raises:
         InvalidInput: ``label`` is not in the label set (field ``label``, the known labels listed).
     """
     if label is not None:
         labelsets.validate_labels([label], read_labels(config), field="label")
-    order = "uploaded_at ASC" if oldest_first else "uploaded_at DESC"
-    rows = store.list_rows("images", order=order, limit=_LIST_ALL, uploaded_by=uploaded_by)
-    if unlabelled:
-        rows = [r for r in rows if r["labels"] is None]
-    if label is not None:
-        rows = [r for r in rows if label in (r["labels"] or ())]
-    return rows[:limit]
+    return store.list_images(ImageQuery(uploaded_by=uploaded_by, labelled=False if unlabelled else None,
+                                        label=label, order="oldest" if oldest_first else "newest",
+                                        limit=limit, offset=offset))
+
+
+def count_images(store: Store, unlabelled: bool = False, uploaded_by: str | None = None) -> int:
+    """Return how many images there are (only those nobody has labelled yet, or one user's uploads)."""
+    return store.count_images(ImageQuery(uploaded_by=uploaded_by, labelled=False if unlabelled else None))
 
 
 # ---------------------------------------------------------------------------------------- labelling
 
 
 def set_labels(config: Config, store: Store, id_name: str, labels: Sequence[Any], labelled_by: str | None) -> dict:
-    """Confirm an image's labels: ``newdata/labels/<id_name>.json`` first, then the catalog row.
+    """Confirm an image's labels in the catalog, and export them to ``newdata/labels/<id_name>.json``.
 
     An empty list is a decision too ("none of these labels"): the image leaves the unlabelled queue.
+    The labels are checked against the label set and the export is written inside the catalog's write
+    transaction, so a label-set edit cannot interleave and a failed export leaves the row unchanged.
 
     Returns:
         The image's public view after the change.
@@ -281,13 +255,21 @@ def set_labels(config: Config, store: Store, id_name: str, labels: Sequence[Any]
         UnknownImage: no image has this id.
     """
     get_image(store, id_name)
-    with labels_lock(config):
-        folder = newdata_dir(config)
-        record = labelsets.write_annotation(folder, id_name, list(labels), labelsets.read_label_set(folder),
-                                            labelled_by)
-        store.update_row("images", id_name, labels=record["labels"], labelled_by=labelled_by,
-                         labelled_at=time.time())
-    return image_view(get_image(store, id_name))
+    if labelled_by is not None and not isinstance(labelled_by, str):
+        raise InvalidInput("'labelled_by' must be a user name or None", "labelled_by")
+    folder = newdata_dir(config)
+    row = store.label_image(id_name, lambda: labelsets.validate_labels(labels, labelsets.read_label_set(folder)),
+                            labelled_by, then=lambda image: export_labels(config, image))
+    if row is None:  # deleted between the check and the write
+        raise UnknownImage(f"no image with id_name '{id_name}'")
+    return image_view(row)
+
+
+def export_labels(config: Config, row: ImageRow) -> None:
+    """Write an image's confirmed labels from its catalog row to ``newdata/labels/<id_name>.json``."""
+    folder = newdata_dir(config)
+    stamp = datetime.fromtimestamp(row.labelled_at, UTC)
+    labelsets.write_annotation(folder, row.id_name, row.labels, row.labels, row.labelled_by, now=stamp)
 
 
 def read_labels(config: Config) -> list[str]:
@@ -295,39 +277,42 @@ def read_labels(config: Config) -> list[str]:
     return labelsets.read_label_set(newdata_dir(config))
 
 
-def label_set_view(config: Config) -> dict:
+def label_set_view(config: Config, store: Store) -> dict:
     """Return ``{"labels": the label set, "in_use": those carried by some image, in set order}``."""
-    folder = newdata_dir(config)
-    labels = labelsets.read_label_set(folder)
-    used = labelsets.labels_in_use(folder)
+    labels = read_labels(config)
+    used = store.labels_in_use()
     return {"labels": labels, "in_use": [label for label in labels if label in used]}
 
 
-def set_label_set(config: Config, labels: Sequence[str]) -> dict:
+def set_label_set(config: Config, store: Store, labels: Sequence[str]) -> dict:
     """Replace the label set (admins only, checked by the caller).
 
     Raises:
         InvalidInput: (field ``labels``) empty, duplicates, a bad name, or dropping labels still in use
             (named).
     """
-    with labels_lock(config):
-        labelsets.write_label_set(newdata_dir(config), list(labels))
-    return label_set_view(config)
+    store.edit_label_set(lambda in_use: labelsets.write_label_set(newdata_dir(config), list(labels), in_use))
+    return label_set_view(config, store)
 
 
 # ------------------------------------------------------------------------------------------- export
 
 
-def export_csv(config: Config) -> str:
+def export_csv(config: Config, store: Store) -> str:
     """Return the labelled set as CSV: ``Id``, then one 0/1 column per label, rows sorted by id."""
-    folder = newdata_dir(config)
-    return labelsets.export_csv(labelsets.labelled_images(folder), labelsets.read_label_set(folder))
+    return labelsets.export_csv(labelled_items(config, store), read_labels(config))
 
 
-def export_coco(config: Config) -> dict:
+def export_coco(config: Config, store: Store) -> dict:
     """Return the labelled set as COCO-style JSON (images, categories, one annotation per image label)."""
-    folder = newdata_dir(config)
-    return labelsets.export_coco(labelsets.labelled_images(folder), labelsets.read_label_set(folder))
+    return labelsets.export_coco(labelled_items(config, store), read_labels(config))
+
+
+def labelled_items(config: Config, store: Store) -> list[tuple[Path, list[str]]]:
+    """``(image file, labels)`` of every labelled image of the catalog whose file is there, by id."""
+    rows = store.list_images(ImageQuery(labelled=True, order="id", limit=None))
+    items = [(image_file(config, row), list(row.labels)) for row in rows]
+    return [(path, labels) for path, labels in items if path.is_file()]
 
 
 def thumbnail_png(data: bytes, config: Config, size: int = 256) -> bytes:

@@ -34,6 +34,7 @@ from services import annotation, jobs
 from services.config import Config
 from services.generate import DatasetExists, clean_dataset_name, dataset_file, dataset_view, get_dataset
 from services.jobs import JobContext, job_kind
+from services.rows import Dataset
 from services.store import Store
 from services.training import resolve_under
 
@@ -153,7 +154,7 @@ def _required_name(form: UploadForm) -> str:
 
 def check_name_free(config: Config, store: Store, name: str) -> None:
     """Refuse a name already used by a dataset or by an import still queued or running."""
-    if store.get_row("datasets", name) or dataset_file(config, name).exists():
+    if store.get_dataset(name) or dataset_file(config, name).exists():
         raise DatasetExists(f"a dataset named '{name}' exists; datasets are never overwritten")
     for status in ACTIVE_STATUSES:
         for job in store.list_jobs(kind="import_dataset", status=status, limit=1000):
@@ -235,7 +236,7 @@ def import_dataset(ctx: JobContext, params: dict) -> dict:
         upload.unlink(missing_ok=True)
     try:
         row = catalog_row(ctx.config, params, target, info, ctx.job_id, ctx.record().get("created_by"))
-        ctx.store.add_row("datasets", row)
+        ctx.store.add_dataset(Dataset(**row))
     except BaseException:
         target.unlink(missing_ok=True)
         raise
@@ -315,7 +316,7 @@ def check_annotations(config: Config, store: Store, upload: Path, form: UploadFo
     if unknown and form.unknown_labels == "add" and role != "admin":
         raise AdminOnly("only an admin may add labels to the label set (unknown_labels=add)")
     ids = image_ids(annotated)
-    taken = [i for i in ids.values() if store.get_row("images", i) is not None]
+    taken = [i for i in ids.values() if store.get_image(i) is not None]
     if taken and not form.overwrite:
         raise annotation.ImageExists(f"images with these ids exist: {', '.join(taken[:20])}; send "
                                      f"overwrite=true to replace them")
@@ -358,7 +359,7 @@ def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
                 bad.append(member)
         archives.refuse_bad_images(bad, params["skip_bad_images"], len(annotated.items))
         if unknown and params["unknown_labels"] == "add":
-            annotation.set_label_set(config, known + unknown)
+            annotation.set_label_set(config, store, known + unknown)
         keep = set(annotation.read_labels(config))
         stored = []
         for done, (member, labels) in enumerate(annotated.items, start=1):
@@ -381,7 +382,7 @@ def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
 
 def list_datasets(config: Config, store: Store) -> list[dict]:
     """Every dataset of the catalog, newest first, as the API shows them."""
-    return [view(config, row) for row in store.list_rows("datasets")]
+    return [view(config, row) for row in store.list_datasets()]
 
 
 def view(config: Config, row: dict) -> dict:
@@ -413,7 +414,7 @@ def references(config: Config, store: Store, name: str) -> list[str]:
         for job in store.list_jobs(status=status, limit=1000):
             if _reads(config, job["params"], path) or job["params"].get("name") == name:
                 found.append(f"{job['kind']} job {job['id']} ({status})")
-    for model in store.list_rows("models"):
+    for model in store.list_models():
         job = store.get_job(model["job_id"]) if model.get("job_id") else None
         if job is not None and _reads(config, job["params"], path):
             found.append(f"model {model['id']} ({model['model_name']})")
@@ -440,7 +441,7 @@ def delete_dataset(config: Config, store: Store, name: str) -> None:
     needed = references(config, store, name)
     if needed:
         raise DatasetInUse(f"dataset '{name}' is needed by {', '.join(needed[:10])}; delete those first")
-    store.delete_row("datasets", name)
+    store.delete_dataset(name)
     config.path(row["path"]).unlink(missing_ok=True)
     export_zip_path(config, name).unlink(missing_ok=True)
 

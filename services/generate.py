@@ -56,6 +56,7 @@ from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
 from services.quotas import check_disk_reservation
+from services.rows import Dataset
 from services.segment import object_paths
 from services.store import Store
 from services.validation import Within
@@ -196,7 +197,7 @@ def dataset_name(config: Config, store: Store, requested: str | None, image_size
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return f"dataset-{image_size}px-{stamp}-{uuid.uuid4().hex[:6]}"
     name = clean_dataset_name(requested, field)
-    if store.get_row("datasets", name) or dataset_file(config, name).exists():
+    if store.get_dataset(name) or dataset_file(config, name).exists():
         raise DatasetExists(f"a dataset named '{name}' exists; datasets are never overwritten", field)
     return name
 
@@ -287,7 +288,7 @@ def generate_job(ctx: JobContext, params: dict) -> dict:
         if ctx.should_stop():  # asked to stop while the export ran: the dataset must not appear
             raise Cancelled("dataset generation was stopped")
         row = dataset_row(ctx.config, name, path, ctx.job_id, gen, result, ctx.record().get("created_by"))
-        ctx.store.add_row("datasets", row)
+        ctx.store.add_dataset(Dataset(**row))
     except BaseException:
         # only what this job made: the engine refused to publish over an existing file, and so did the export
         path.unlink(missing_ok=True)
@@ -340,11 +341,11 @@ def export_folders(config: Config, h5_path: Path, name: str) -> dict[str, str]:
 
 
 def list_datasets(store: Store) -> list[dict]:
-    return store.list_rows("datasets")
+    return store.list_datasets()
 
 
 def get_dataset(store: Store, dataset_id: str) -> dict:
-    row = store.get_row("datasets", dataset_id)
+    row = store.get_dataset(dataset_id)
     if row is None:
         raise UnknownDataset(f"no dataset '{dataset_id}'")
     return row

@@ -22,7 +22,7 @@ def _digest(data: bytes) -> str:
 def same_cut(config: Config, store: Store, class_name: str, png: bytes, source: str | None) -> dict | None:
     """The object of ``class_name`` from ``source`` whose pixels are ``png`` exactly, if one is saved."""
     wanted = _digest(png)
-    for row in store.list_rows("objects", class_name=class_name, source=source):
+    for row in store.list_objects(class_name=class_name, source=source, limit=None):
         try:
             if _digest(object_file(config, row).read_bytes()) == wanted:
                 return row
@@ -56,7 +56,6 @@ def move_object(config: Config, store: Store, object_id: str, class_name: str) -
     folder.mkdir(parents=True, exist_ok=True)
     new = folder / old.name
     atomic_write_bytes(new, old.read_bytes())
-    store.update_row("objects", object_id, class_name=class_name,
-                     path=Path(new).relative_to(config.data_dir).as_posix())
+    store.update_object(object_id, class_name=class_name, path=Path(new).relative_to(config.data_dir).as_posix())
     old.unlink(missing_ok=True)
     return get_object(store, object_id)

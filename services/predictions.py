@@ -13,6 +13,7 @@ import numpy as np
 
 from engine.exceptions import InvalidInput
 from services.config import Config
+from services.rows import Model
 from services.store import Store
 
 _lock = threading.Lock()
@@ -20,18 +21,17 @@ _lock = threading.Lock()
 PREDICT_MAX_SIDE = 1024
 
 
-def choose_model(store: Store, model_id: str | None = None, multi_label: bool | None = None) -> dict | None:
+def choose_model(store: Store, model_id: str | None = None, multi_label: bool | None = None) -> Model | None:
     """The catalog row of ``model_id``; else the active model; else the best finished one (None if none).
 
     ``multi_label`` restricts the automatic choice to single-label (False) or multi-label (True) models.
     """
     if model_id is not None:
-        return store.get_row("models", model_id)
-    filters = {} if multi_label is None else {"multi_label": int(multi_label)}
-    active = store.list_rows("models", active=1, **filters)
+        return store.get_model(model_id)
+    active = store.list_models(active=True, multi_label=multi_label)
     if active:
         return active[0]
-    rows = store.list_rows("models", **filters)
+    rows = store.list_models(multi_label=multi_label)
     return max(rows, key=lambda r: (r["metrics"] or {}).get("best_accuracy") or 0.0, default=None)
 
 
@@ -67,13 +67,13 @@ def predict(config: Config, row: dict, image_rgb: np.ndarray) -> dict:
 SUGGEST_MIN_MAP = 0.5
 
 
-def annotation_model(store: Store) -> tuple[dict | None, str]:
+def annotation_model(store: Store) -> tuple[Model | None, str]:
     """The model whose tags are suggested to annotators, and a sentence saying which (or why none).
 
     Only the multi-label model an admin or operator activated counts, and only when its validation
     (test split) mAP reaches :data:`SUGGEST_MIN_MAP`; the best of the rest is never picked silently.
     """
-    active = store.list_rows("models", active=1, multi_label=1)
+    active = store.list_models(active=True, multi_label=True)
     if not active:
         return None, "No suggestions: no multi-label model is activated (an operator activates one on Models)."
     row = active[0]

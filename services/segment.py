@@ -17,7 +17,6 @@ import re
 import time
 import uuid
 import zlib
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +40,7 @@ from engine.segmentation import (
 )
 from services.config import Config
 from services.jobs import redis_connection
+from services.rows import CatalogObject
 from services.store import Store
 
 log = logging.getLogger(__name__)
@@ -264,12 +264,12 @@ def save_object(config: Config, store: Store, class_name: str, png: bytes, *, so
     row = {"id": object_id, "class_name": class_name, "path": str(final.relative_to(config.data_dir)),
            "source": source, "bbox": list(bbox) if bbox is not None else None, "width": int(size[0]),
            "height": int(size[1]), "created_by": created_by, "created_at": time.time()}
-    store.add_row("objects", row)
+    store.add_object(CatalogObject(**row))
     return row
 
 
 def get_object(store: Store, object_id: str) -> dict:
-    row = store.get_row("objects", object_id)
+    row = store.get_object(object_id)
     if row is None:
         raise UnknownObject(f"no object '{object_id}'")
     return row
@@ -277,13 +277,13 @@ def get_object(store: Store, object_id: str) -> dict:
 
 def list_objects(store: Store, class_name: str | None = None, limit: int = 10_000) -> list[dict]:
     """Objects, newest first, optionally of one class."""
-    return store.list_rows("objects", limit=limit, class_name=class_name)
+    return store.list_objects(class_name=class_name, limit=limit)
 
 
 def delete_object(config: Config, store: Store, object_id: str) -> dict:
     """Remove an object: the row first, then the file, so no row is ever left without its file."""
     row = get_object(store, object_id)
-    store.delete_row("objects", object_id)
+    store.delete_object(object_id)
     object_file(config, row).unlink(missing_ok=True)
     return row
 
@@ -296,8 +296,7 @@ def object_view(row: dict) -> dict:
 
 def class_counts(store: Store) -> dict[str, int]:
     """Number of objects per class, sorted by class name."""
-    counts = Counter(r["class_name"] for r in list_objects(store, limit=1_000_000))
-    return dict(sorted(counts.items()))
+    return store.object_class_counts()
 
 
 def object_paths(config: Config, store: Store, classes: Sequence[str] | None = None) -> dict[str, list[Path]]:

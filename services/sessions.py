@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 
+from services.rows import Session
 from services.store import Store
 
 COOKIE = "studio_session"
@@ -29,9 +30,8 @@ def create(store: Store, user: dict, now: float | None = None) -> str:
     """Open a session for ``user`` (a catalog row); returns the token for the browser (never stored)."""
     token = secrets.token_urlsafe(32)
     now = time.time() if now is None else now
-    with store.connect() as conn:
-        conn.execute("INSERT INTO sessions (token_hash, username, role, created_at, last_seen) VALUES (?, ?, ?, ?, ?)",
-                     (_hash(token), user["username"], user["role"], now, now))
+    store.add_session(Session(token_hash=_hash(token), username=user["username"], role=user["role"],
+                              created_at=now, last_seen=now))
     return token
 
 
@@ -45,27 +45,23 @@ def resume(store: Store, token: str | None, now: float | None = None) -> dict | 
         return None
     now = time.time() if now is None else now
     key = _hash(token)
-    with store.connect(write=False) as conn:
-        row = conn.execute("SELECT * FROM sessions WHERE token_hash = ?", (key,)).fetchone()
-    if row is None or row["revoked_at"] is not None:
+    session = store.get_session(key)
+    if session is None or session.revoked_at is not None:
         return None
-    user = store.get_user(row["username"])
-    expired = now - row["last_seen"] > IDLE_SECONDS or now - row["created_at"] > ABSOLUTE_SECONDS
-    if expired or user is None or user["role"] != row["role"]:
+    user = store.get_user(session.username)
+    expired = now - session.last_seen > IDLE_SECONDS or now - session.created_at > ABSOLUTE_SECONDS
+    if expired or user is None or user.role != session.role:
         revoke(store, token, now)
         return None
-    if now - row["last_seen"] > TOUCH_EVERY:
-        with store.connect() as conn:
-            conn.execute("UPDATE sessions SET last_seen = ? WHERE token_hash = ?", (now, key))
-    return user
+    if now - session.last_seen > TOUCH_EVERY:
+        store.touch_session(key, now)
+    return user.to_dict()
 
 
 def revoke(store: Store, token: str | None, now: float | None = None) -> None:
     """End the session of ``token`` (sign-out); unknown tokens are ignored."""
     if token:
-        with store.connect() as conn:
-            conn.execute("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
-                         (time.time() if now is None else now, _hash(token)))
+        store.revoke_session(_hash(token), time.time() if now is None else now)
 
 
 def cookie_script(token: str | None) -> str:

@@ -3,6 +3,8 @@
 One connection per thread and process (sqlite3 connections must not cross threads or a fork); one
 transaction per operation.
 Rows that point at files are written after the file is in place, so a crash leaves no row without a file.
+Each table's row is a dataclass of ``services.rows``; the methods take and return those, and every listing
+filters, orders and pages in SQL (``MIGRATIONS`` holds the indexes they use).
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from services.config import ROLES
+from services.rows import CatalogObject, Dataset, Image, Job, Model, Row, Session, User
+
+R = TypeVar("R", bound=Row)
+T = TypeVar("T")
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -67,25 +74,58 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE datasets ADD COLUMN size_bytes INTEGER;
     ALTER TABLE datasets ADD COLUMN thumbnails TEXT;
     """,
+    # The listings the pages and the API page through: newest or oldest first, by uploader, the unlabelled
+    # queue, a user's jobs and one kind's jobs.
+    """
+    CREATE INDEX images_uploaded ON images(uploaded_at);
+    CREATE INDEX images_uploader ON images(uploaded_by, uploaded_at);
+    CREATE INDEX images_unlabelled ON images(uploaded_at) WHERE labels IS NULL;
+    CREATE INDEX jobs_created ON jobs(created_at);
+    CREATE INDEX jobs_owner ON jobs(created_by, created_at);
+    CREATE INDEX jobs_kind_created ON jobs(kind, created_at);
+    """,
 )
 
-JSON_COLUMNS = frozenset({"params", "progress", "history", "result", "bbox", "class_names", "counts",
-                          "config", "metrics", "gps", "predict_tags", "labels", "thumbnails"})
+IMAGE_ORDERS = {"newest": "uploaded_at DESC, id_name", "oldest": "uploaded_at ASC, id_name", "id": "id_name"}
 
 
-def _decode(row: sqlite3.Row | None) -> dict | None:
-    if row is None:
-        return None
-    out = dict(row)
-    for key in JSON_COLUMNS & out.keys():
-        if out[key] is not None:
-            out[key] = json.loads(out[key])
-    return out
+@dataclass(frozen=True)
+class ImageQuery:
+    """What callers ask of the images: filters (None means any), an order and a page.
 
+    Attributes:
+        uploaded_by: only this user's uploads.
+        labelled: True only labelled images, False only the unlabelled queue.
+        label: only images whose confirmed labels include this one.
+        order: ``newest`` or ``oldest`` upload first, or ``id`` (plain string order).
+        limit: at most this many rows (None: all).
+        offset: skip this many rows first.
+    """
 
-def _encode(value: Any, key: str) -> Any:
-    return json.dumps(value) if key in JSON_COLUMNS and value is not None else value
+    uploaded_by: str | None = None
+    labelled: bool | None = None
+    label: str | None = None
+    order: str = "newest"
+    limit: int | None = 1000
+    offset: int = 0
 
+    def where(self) -> tuple[str, tuple]:
+        """The SQL condition and its arguments."""
+        terms, args = [], []
+        if self.uploaded_by is not None:
+            terms.append("uploaded_by = ?")
+            args.append(self.uploaded_by)
+        if self.labelled is not None:
+            terms.append("labels IS NOT NULL" if self.labelled else "labels IS NULL")
+        if self.label is not None:
+            # instr() on the stored JSON text is a cheap first pass; json_each() then checks the element exactly.
+            terms.append("instr(labels, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(images.labels) WHERE value = ?)")
+            args.extend([json.dumps(self.label), self.label])
+        return " AND ".join(terms), tuple(args)
+
+    def order_by(self) -> str:
+        assert self.order in IMAGE_ORDERS, self.order
+        return IMAGE_ORDERS[self.order]
 
 class Store:
     """Typed access to the catalog tables."""
@@ -138,34 +178,50 @@ class Store:
             return len(MIGRATIONS)
 
     # --- generic helpers -------------------------------------------------------------------------
-    def _insert(self, table: str, row: dict) -> None:
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
+    def _insert(self, row: Row) -> None:
+        names = row.columns()
+        sql = f"INSERT INTO {row.TABLE} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
         with self.connect() as conn:
-            conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", [_encode(v, k) for k, v in row.items()])
+            conn.execute(sql, [row.encode(k, getattr(row, k)) for k in names])
 
-    def _update(self, table: str, key: str, key_value: str, fields: dict) -> None:
+    def _update(self, kind: type[Row], key_value: str, fields: dict) -> bool:
+        """Change some columns of one row; False when there is no such row."""
+        kind.check_fields(fields)
         if not fields:
-            return
+            return self._get(kind, key_value) is not None
         sets = ", ".join(f"{k} = ?" for k in fields)
-        values = [_encode(v, k) for k, v in fields.items()] + [key_value]
+        values = [kind.encode(k, v) for k, v in fields.items()] + [key_value]
         with self.connect() as conn:
-            conn.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", values)
+            return conn.execute(f"UPDATE {kind.TABLE} SET {sets} WHERE {kind.KEY} = ?", values).rowcount == 1
 
-    def _one(self, sql: str, args: tuple = ()) -> dict | None:
-        with self.connect(write=False) as conn:
-            return _decode(conn.execute(sql, args).fetchone())
+    def _get(self, kind: type[R], key_value: str) -> R | None:
+        rows = self._select(kind, f"{kind.KEY} = ?", (key_value,), limit=1)
+        return rows[0] if rows else None
 
-    def _all(self, sql: str, args: tuple = ()) -> list[dict]:
+    def _delete(self, kind: type[Row], key_value: str) -> bool:
+        with self.connect() as conn:
+            return conn.execute(f"DELETE FROM {kind.TABLE} WHERE {kind.KEY} = ?", (key_value,)).rowcount == 1
+
+    def _select(self, kind: type[R], where: str = "", args: tuple = (), order: str = "",
+                limit: int | None = None, offset: int = 0) -> list[R]:
+        """Rows of one table; ``where``/``order`` are SQL written in this module, never user text."""
+        sql = f"SELECT * FROM {kind.TABLE}" + (f" WHERE {where}" if where else "")
+        sql += f" ORDER BY {order}" if order else ""
+        if limit is not None:
+            sql, args = sql + " LIMIT ? OFFSET ?", (*args, int(limit), int(offset))
         with self.connect(write=False) as conn:
-            return [_decode(r) for r in conn.execute(sql, args).fetchall()]
+            return [kind.from_db(r) for r in conn.execute(sql, args).fetchall()]
+
+    def _count(self, table: str, where: str = "", args: tuple = ()) -> int:
+        with self.connect(write=False) as conn:
+            return conn.execute(f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else ""),
+                                args).fetchone()[0]
 
     @staticmethod
-    def _where(filters: dict) -> tuple[str, tuple]:
+    def _equal(filters: dict) -> tuple[str, tuple]:
+        """An AND of ``column = ?`` over the filters that are set (None means "any")."""
         active = {k: v for k, v in filters.items() if v is not None}
-        if not active:
-            return "", ()
-        return " WHERE " + " AND ".join(f"{k} = ?" for k in active), tuple(active.values())
+        return " AND ".join(f"{k} = ?" for k in active), tuple(active.values())
 
     # --- users -----------------------------------------------------------------------------------
     def create_user(self, username: str, password: str, role: str) -> None:
@@ -178,31 +234,37 @@ class Store:
             raise ValueError("password must have at least 8 characters")
         if self.get_user(username):
             raise ValueError(f"user {username!r} exists")
-        self._insert("users", {"username": username, "password_hash": generate_password_hash(password),
-                               "role": role, "created_at": time.time()})
+        with self.connect() as conn:  # the hash is no field of User: readers never see it
+            conn.execute("INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                         (username, generate_password_hash(password), role, time.time()))
 
-    def get_user(self, username: str) -> dict | None:
+    def get_user(self, username: str) -> User | None:
         """The user's name, role, creation time and token version (None if there is no such user)."""
-        return self._one("SELECT username, role, created_at, token_version FROM users WHERE username = ?",
-                         (username,))
+        with self.connect(write=False) as conn:
+            row = conn.execute("SELECT username, role, created_at, token_version FROM users WHERE username = ?",
+                               (username,)).fetchone()
+        return None if row is None else User.from_db(row)
 
-    def check_password(self, username: str, password: str) -> dict | None:
+    def check_password(self, username: str, password: str) -> User | None:
         """The user when the password matches, else None.
 
         An unknown user costs one scrypt verification too, against a dummy hash, so the answer's timing
         does not tell which usernames exist.
         """
-        row = self._one("SELECT * FROM users WHERE username = ?", (username,))
+        with self.connect(write=False) as conn:
+            row = conn.execute("SELECT password_hash FROM users WHERE username = ?", (username,)).fetchone()
         if row is None:
             check_password_hash(_dummy_hash(), password)
             return None
         if not check_password_hash(row["password_hash"], password):
             return None
-        row.pop("password_hash")
-        return row
+        return self.get_user(username)
 
-    def list_users(self) -> list[dict]:
-        return self._all("SELECT username, role, created_at FROM users ORDER BY username")
+    def list_users(self) -> list[User]:
+        """Every user, by name."""
+        with self.connect(write=False) as conn:
+            rows = conn.execute("SELECT username, role, created_at, token_version FROM users ORDER BY username")
+            return [User.from_db(r) for r in rows.fetchall()]
 
     def count_users(self) -> int:
         with self.connect(write=False) as conn:
@@ -244,15 +306,35 @@ class Store:
             conn.execute("INSERT OR REPLACE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)", (jti, expires_at))
 
     def is_token_revoked(self, jti: str) -> bool:
-        return self._one("SELECT jti FROM revoked_tokens WHERE jti = ?", (jti,)) is not None
+        with self.connect(write=False) as conn:
+            return conn.execute("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)).fetchone() is not None
+
+    # --- sessions ------------------------------------------------------------------------------
+    def add_session(self, session: Session) -> None:
+        """Record a UI sign-in session."""
+        self._insert(session)
+
+    def get_session(self, token_hash: str) -> Session | None:
+        return self._get(Session, token_hash)
+
+    def touch_session(self, token_hash: str, now: float) -> None:
+        """Note that a session was used at ``now`` (idle sessions expire)."""
+        self._update(Session, token_hash, {"last_seen": now})
+
+    def revoke_session(self, token_hash: str, now: float) -> None:
+        """End one session (a sign-out); an already ended one keeps its first end time."""
+        with self.connect() as conn:
+            conn.execute("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+                         (now, token_hash))
 
     # --- jobs ------------------------------------------------------------------------------------
     def create_job(self, job_id: str, kind: str, params: dict, created_by: str | None) -> None:
-        self._insert("jobs", {"id": job_id, "kind": kind, "params": params, "created_by": created_by,
-                              "status": "queued", "created_at": time.time()})
+        self._insert(Job(id=job_id, kind=kind, params=params, created_by=created_by, status="queued",
+                         created_at=time.time()))
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        self._update("jobs", "id", job_id, fields)
+        """Change some columns of a job (``TypeError`` for a column jobs do not have)."""
+        self._update(Job, job_id, fields)
 
     def append_history(self, job_id: str, metrics: dict) -> None:
         """Append one epoch's metrics to the job's history (atomically, in SQL)."""
@@ -260,45 +342,85 @@ class Store:
             conn.execute("UPDATE jobs SET history = json_insert(history, '$[#]', json(?)) WHERE id = ?",
                          (json.dumps(metrics), job_id))
 
-    def get_job(self, job_id: str) -> dict | None:
-        return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def get_job(self, job_id: str) -> Job | None:
+        return self._get(Job, job_id)
 
     def list_jobs(self, kind: str | None = None, status: str | None = None, created_by: str | None = None,
-                  limit: int = 100) -> list[dict]:
-        where, args = self._where({"kind": kind, "status": status, "created_by": created_by})
-        return self._all(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT ?", args + (limit,))
+                  limit: int = 100, offset: int = 0) -> list[Job]:
+        """Jobs, newest first, filtered and paged in SQL."""
+        where, args = self._equal({"kind": kind, "status": status, "created_by": created_by})
+        return self._select(Job, where, args, "created_at DESC, id", limit, offset)
 
-    # --- objects, datasets, models, images -------------------------------------------------------
-    def add_row(self, table: str, row: dict) -> None:
-        """Insert a row into one of the feature tables (objects, datasets, models, images)."""
-        assert table in {"objects", "datasets", "models", "images"}, table
-        self._insert(table, {"created_at": time.time(), **row} if table != "images" else row)
+    def count_jobs(self, kind: str | None = None, status: str | None = None, created_by: str | None = None) -> int:
+        where, args = self._equal({"kind": kind, "status": status, "created_by": created_by})
+        return self._count("jobs", where, args)
 
-    def update_row(self, table: str, key_value: str, **fields: Any) -> None:
-        assert table in {"objects", "datasets", "models", "images"}, table
-        self._update(table, "id_name" if table == "images" else "id", key_value, fields)
-
-    def get_row(self, table: str, key_value: str) -> dict | None:
-        assert table in {"objects", "datasets", "models", "images"}, table
-        key = "id_name" if table == "images" else "id"
-        return self._one(f"SELECT * FROM {table} WHERE {key} = ?", (key_value,))
-
-    def list_rows(self, table: str, order: str = "created_at DESC", limit: int = 1000, **filters: Any) -> list[dict]:
-        assert table in {"objects", "datasets", "models", "images"}, table
-        assert order.replace(" DESC", "").replace(" ASC", "").isidentifier(), order
-        where, args = self._where(filters)
-        return self._all(f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ?", args + (limit,))
-
-    def count_rows(self, table: str) -> int:
-        assert table in {"objects", "datasets", "models", "images", "jobs"}, table
+    def job_kinds(self, created_by: str | None = None) -> list[str]:
+        """The kinds of the jobs there are (of one user's jobs when ``created_by`` is set), sorted."""
+        where, args = self._equal({"created_by": created_by})
         with self.connect(write=False) as conn:
-            return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            rows = conn.execute("SELECT DISTINCT kind FROM jobs" + (f" WHERE {where}" if where else "")
+                                + " ORDER BY kind", args).fetchall()
+        return [r[0] for r in rows]
 
-    def delete_row(self, table: str, key_value: str) -> None:
-        assert table in {"objects", "datasets", "models", "images"}, table
-        key = "id_name" if table == "images" else "id"
-        with self.connect() as conn:
-            conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (key_value,))
+    # --- objects ---------------------------------------------------------------------------------
+    def add_object(self, obj: CatalogObject) -> None:
+        self._insert(obj)
+
+    def get_object(self, object_id: str) -> CatalogObject | None:
+        return self._get(CatalogObject, object_id)
+
+    def update_object(self, object_id: str, **fields: Any) -> None:
+        self._update(CatalogObject, object_id, fields)
+
+    def delete_object(self, object_id: str) -> None:
+        self._delete(CatalogObject, object_id)
+
+    def list_objects(self, class_name: str | None = None, source: str | None = None,
+                     limit: int = 1000, offset: int = 0) -> list[CatalogObject]:
+        """Objects, newest first; ``None`` filters mean any."""
+        where, args = self._equal({"class_name": class_name, "source": source})
+        return self._select(CatalogObject, where, args, "created_at DESC, id", limit, offset)
+
+    def object_class_counts(self) -> dict[str, int]:
+        """Number of objects per class, by class name."""
+        with self.connect(write=False) as conn:
+            rows = conn.execute("SELECT class_name, COUNT(*) FROM objects GROUP BY class_name ORDER BY class_name")
+            return {name: count for name, count in rows.fetchall()}
+
+    # --- datasets --------------------------------------------------------------------------------
+    def add_dataset(self, dataset: Dataset) -> None:
+        self._insert(dataset)
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        return self._get(Dataset, dataset_id)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._delete(Dataset, dataset_id)
+
+    def list_datasets(self, limit: int = 1000, offset: int = 0) -> list[Dataset]:
+        """Datasets, newest first."""
+        return self._select(Dataset, "", (), "created_at DESC, id", limit, offset)
+
+    # --- models ----------------------------------------------------------------------------------
+    def add_model(self, model: Model) -> None:
+        self._insert(model)
+
+    def get_model(self, model_id: str) -> Model | None:
+        return self._get(Model, model_id)
+
+    def update_model(self, model_id: str, **fields: Any) -> None:
+        self._update(Model, model_id, fields)
+
+    def delete_model(self, model_id: str) -> None:
+        self._delete(Model, model_id)
+
+    def list_models(self, active: bool | None = None, multi_label: bool | None = None,
+                    limit: int = 1000, offset: int = 0) -> list[Model]:
+        """Models, newest first; ``None`` filters mean any."""
+        where, args = self._equal({"active": None if active is None else int(active),
+                                   "multi_label": None if multi_label is None else int(multi_label)})
+        return self._select(Model, where, args, "created_at DESC, id", limit, offset)
 
     def set_active_model(self, model_id: str) -> None:
         """Mark one model active; the others of the same kind (single/multi-label) become inactive."""
@@ -309,6 +431,63 @@ class Store:
             conn.execute("UPDATE models SET active = 0 WHERE multi_label = ?", (row[0],))
             conn.execute("UPDATE models SET active = 1 WHERE id = ?", (model_id,))
 
+    # --- images ----------------------------------------------------------------------------------
+    def get_image(self, id_name: str) -> Image | None:
+        return self._get(Image, id_name)
+
+    def put_image(self, image: Image) -> None:
+        """Insert an image, or replace every field of the one stored under its id (an overwrite)."""
+        names = image.columns()
+        sql = (f"INSERT OR REPLACE INTO images ({', '.join(names)}) "
+               f"VALUES ({', '.join('?' for _ in names)})")
+        with self.connect() as conn:
+            conn.execute(sql, [image.encode(k, getattr(image, k)) for k in names])
+
+    def update_image(self, id_name: str, **fields: Any) -> None:
+        self._update(Image, id_name, fields)
+
+    def list_images(self, query: ImageQuery = ImageQuery()) -> list[Image]:
+        """Images matching ``query``, ordered and paged in SQL."""
+        where, args = query.where()
+        return self._select(Image, where, args, query.order_by(), query.limit, query.offset)
+
+    def count_images(self, query: ImageQuery = ImageQuery()) -> int:
+        where, args = query.where()
+        return self._count("images", where, args)
+
+    def label_image(self, id_name: str, choose: Callable[[], list[str]], labelled_by: str | None,
+                    then: Callable[[Image], None] = lambda image: None) -> Image | None:
+        """Confirm an image's labels under the catalog's write lock; None when there is no such image.
+
+        ``choose`` (which validates against the label set) and ``then`` (which may write a derived copy)
+        run inside the transaction, so a label-set edit (:meth:`edit_label_set`) never interleaves with
+        them, and a failing ``then`` leaves the catalog unchanged.
+        """
+        with self.connect() as conn:
+            labels = choose()
+            cur = conn.execute("UPDATE images SET labels = ?, labelled_by = ?, labelled_at = ? WHERE id_name = ?",
+                               (json.dumps(labels), labelled_by, time.time(), id_name))
+            if cur.rowcount != 1:
+                return None
+            image = Image.from_db(conn.execute("SELECT * FROM images WHERE id_name = ?", (id_name,)).fetchone())
+            then(image)
+            return image
+
+    def edit_label_set(self, write: Callable[[set[str]], T]) -> T:
+        """Run ``write(labels in use)`` under the catalog's write lock, so no image gains a label meanwhile."""
+        with self.connect() as conn:
+            return write(_labels_in_use(conn))
+
+    def labels_in_use(self) -> set[str]:
+        """Every label that some image carries."""
+        with self.connect(write=False) as conn:
+            return _labels_in_use(conn)
+
+    def count_rows(self, table: str) -> int:
+        """Number of rows of a table (the home page's figures)."""
+        assert table in {"objects", "datasets", "models", "images", "jobs"}, table
+        return self._count(table)
+
 
 @functools.lru_cache(maxsize=1)
 def _dummy_hash() -> str:
@@ -318,6 +497,12 @@ def _dummy_hash() -> str:
 def _end_sessions(conn: sqlite3.Connection, username: str) -> None:
     conn.execute("UPDATE sessions SET revoked_at = ? WHERE username = ? AND revoked_at IS NULL",
                  (time.time(), username))
+
+
+def _labels_in_use(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT DISTINCT j.value FROM images, json_each(images.labels) AS j "
+                        "WHERE images.labels IS NOT NULL").fetchall()
+    return {r[0] for r in rows}
 
 
 def open_store(data_dir: Path) -> Store:

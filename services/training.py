@@ -48,6 +48,7 @@ from services import jobs
 from services.config import Config
 from services.jobs import JobContext, job_kind
 from services.quotas import check_training_size
+from services.rows import Model
 from services.store import Store
 
 # Long runs are the point of this job (the seed asks for 4000 epochs): three days, and a run that
@@ -642,8 +643,8 @@ def register_model(config: Config, store: Store, job_id: str, created_by: str | 
     row = {"id": uuid.uuid4().hex, "model_name": ckpt.model_name, "job_id": job_id,
            "path": _relative(config, best), "class_names": list(ckpt.class_names),
            "multi_label": int(ckpt.multi_label), "metrics": metrics, "created_by": created_by}
-    store.add_row("models", row)
-    return store.get_row("models", row["id"])
+    store.add_model(Model(**row, created_at=time.time()))
+    return store.get_model(row["id"])
 
 
 def model_view(row: dict) -> dict:
@@ -653,12 +654,12 @@ def model_view(row: dict) -> dict:
 
 def list_trained(store: Store) -> list[dict]:
     """Trained models, newest first."""
-    return [model_view(r) for r in store.list_rows("models")]
+    return [model_view(r) for r in store.list_models()]
 
 
 def get_model(store: Store, model_id: str) -> dict:
     """The catalog row of ``model_id``; raises NotFound."""
-    row = store.get_row("models", model_id)
+    row = store.get_model(model_id)
     if row is None:
         raise NotFound(f"no trained model {model_id!r}", "model_id")
     return row
@@ -674,7 +675,7 @@ def activate(store: Store, model_id: str) -> dict:
 def delete_model(config: Config, store: Store, model_id: str) -> None:
     """Remove a model: its row first (nothing may point at missing files), then its checkpoints and exports."""
     row = get_model(store, model_id)
-    store.delete_row("models", model_id)
+    store.delete_model(model_id)
     folder = config.path(row["path"]).parent
     if folder.resolve().is_relative_to(config.path("checkpoints").resolve()):
         shutil.rmtree(folder, ignore_errors=True)
@@ -716,7 +717,7 @@ def available_hdf5(config: Config, store: Store | None = None) -> list[str]:
     """HDF5 dataset files, relative to ``DATA_DIR/datasets``: the folder's and the datasets catalog's."""
     base = config.path("datasets")
     names = {p.name for p in base.glob("*") if p.suffix.lower() in HDF5_SUFFIXES and p.is_file()}
-    for row in (store.list_rows("datasets") if store is not None else ()):
+    for row in (store.list_datasets() if store is not None else ()):
         path = config.path(row["path"]).resolve()
         if path.is_file() and path.is_relative_to(base.resolve()):
             names.add(path.relative_to(base.resolve()).as_posix())

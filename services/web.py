@@ -11,7 +11,7 @@ import ctypes
 import functools
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -66,9 +66,9 @@ class ApiError(Exception):
         return resp
 
 
-def ok(body: dict | list | None = None, status: int = 200):
+def ok(body: Mapping | list | None = None, status: int = 200):
     """A success answer; dict bodies carry ``"status_code": "200"`` because the seed's clients read it."""
-    if isinstance(body, dict) or body is None:
+    if isinstance(body, Mapping) or body is None:
         body = {**(body or {}), "status_code": "200"}
     resp = jsonify(body)
     resp.status_code = status

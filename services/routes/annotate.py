@@ -65,7 +65,7 @@ def imgup(body: UploadForm):
 
 def _may_overwrite(id_name: str) -> None:
     """Annotators replace only their own uploads; operators and admins may replace any."""
-    existing = studio().store.get_row("images", id_name)
+    existing = studio().store.get_image(id_name)
     user = g.user
     if existing and user["role"] == "annotator" and existing["uploaded_by"] != user["username"]:
         raise ApiError(403, "forbidden", f"image '{id_name}' was uploaded by another user; an annotator may "
@@ -87,13 +87,13 @@ def imginfo_by_path(id_name: str):
 @endpoint(bp, "/api/v1/labels", roles=READERS)
 def get_labels():
     """The label set and the labels images carry."""
-    return ok(annotation.label_set_view(studio().config))
+    return ok(annotation.label_set_view(studio().config, studio().store))
 
 
 @endpoint(bp, "/api/v1/labels", ("PUT",), roles=ADMIN_ONLY, body=LabelsBody)
 def put_labels(body: LabelsBody):
     """Replace the label set (admin); labels still used by images cannot be dropped."""
-    return ok(annotation.set_label_set(studio().config, body.labels))
+    return ok(annotation.set_label_set(studio().config, studio().store, body.labels))
 
 
 @endpoint(bp, "/api/v1/annotations", roles=READERS, query=AnnotationsQuery)
@@ -109,10 +109,10 @@ def export_annotations(query: ExportQuery):
     """The labelled set as a CSV (Id + one 0/1 column per label) or COCO-style JSON download."""
     config = studio().config
     if query.format == "csv":
-        text, mimetype = annotation.export_csv(config), "text/csv"
+        text, mimetype = annotation.export_csv(config, studio().store), "text/csv"
     else:
         # A file to save as-is: no "status_code" key mixed into the COCO document.
-        text, mimetype = json.dumps(annotation.export_coco(config), indent=2), "application/json"
+        text, mimetype = json.dumps(annotation.export_coco(config, studio().store), indent=2), "application/json"
     filename = f"newdata-labels.{'csv' if query.format == 'csv' else 'json'}"
     return Response(text, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 

@@ -51,7 +51,7 @@ def _existing(username: str) -> dict:
 
 def _keep_an_admin(user: dict, new_role: str | None) -> None:
     """Refuse to remove the last admin (by demotion or deletion)."""
-    admins = [u for u in studio().store.list_users() if u["role"] == "admin"]
+    admins = [u for u in studio().store.list_users() if u.role == "admin"]
     if user["role"] == "admin" and new_role != "admin" and len(admins) <= 1:
         raise ApiError(409, "conflict", "the studio must keep at least one admin", "username")
 
@@ -65,7 +65,8 @@ def _drop_sockets(username: str) -> None:
 @endpoint(bp, "/api/v1/users", roles=ADMIN_ONLY)
 def list_users():
     """Every user with their role (admin only)."""
-    return ok({"users": studio().store.list_users()})
+    return ok({"users": [{"username": u.username, "role": u.role, "created_at": u.created_at}
+                         for u in studio().store.list_users()]})
 
 
 @endpoint(bp, "/api/v1/users", ("POST",), roles=ADMIN_ONLY, body=NewUser)

@@ -45,7 +45,7 @@ def test_drop_two_photos_confirm_labels_and_see_them_on_the_map(page, stack, tmp
     shot(page, "annotate-map")
     from services.store import open_store
 
-    rows = {r["id_name"]: r for r in open_store(stack.data_dir).list_rows("images", order="uploaded_at DESC")}
+    rows = {r["id_name"]: r for r in open_store(stack.data_dir).list_images()}
     assert rows["harbour_a"]["labels"] == ["sea"] and rows["harbour_b"]["labels"] == ["sea"]
     assert rows["harbour_b"]["latitude"] == pytest.approx(-(33 + 52 / 60)) and rows["harbour_a"]["longitude"] > 5
 
@@ -105,13 +105,13 @@ def test_annotate_preselects_nothing_from_an_unactivated_or_weak_model(page, sta
     shot(page, "annotate-unactivated-model")
 
     store.set_active_model(row["id"])
-    store.update_row("models", row["id"], metrics={**row["metrics"], "test_map": 0.12})
+    store.update_model(row["id"], metrics={**row["metrics"], "test_map": 0.12})
     status, tags = upload_and_read_tags(page, stack, image)
     assert "validation mAP of 0.12, below the 0.50" in status and tags == 0
     assert page.get_by_text("Suggested (").count() == 0
     shot(page, "annotate-weak-model")
 
-    store.update_row("models", row["id"], metrics={**row["metrics"], "test_map": 0.91})
+    store.update_model(row["id"], metrics={**row["metrics"], "test_map": 0.91})
     status, _ = upload_and_read_tags(page, stack, image)
     shot(page, "annotate-good-model")
     page.get_by_text("Suggested (✓ preselected").wait_for()
@@ -123,4 +123,4 @@ def test_annotate_preselects_nothing_from_an_unactivated_or_weak_model(page, sta
     page.get_by_text("Saved 1 of 1 images.").wait_for()
     assert_no_traceback(page)
     shot(page, "annotate-good-model")
-    store.update_row("models", row["id"], active=0)
+    store.update_model(row["id"], active=0)

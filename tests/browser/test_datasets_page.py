@@ -96,7 +96,7 @@ def test_from_a_zip_on_the_laptop_to_a_trained_model_and_a_prediction_in_the_bro
     assert watch_run(page, timeout=300)[-1] == ("finished", 6)
     store = open_store(stack.data_dir)
     job = next(j for j in store.list_jobs(kind="train") if j["params"].get("hdf5_path") == f"{name}.hdf5")
-    model = next(m for m in store.list_rows("models") if m["job_id"] == job["id"])
+    model = next(m for m in store.list_models() if m["job_id"] == job["id"])
     assert model["metrics"]["best_accuracy"] > 60, model["metrics"]  # it learnt the digits, not chance
 
     digits = load_digits()

@@ -36,7 +36,7 @@ def test_move_an_object_to_another_class_then_delete_one(page, stack):
     expect(move).to_be_enabled()
     move.click()
     page.get_by_text(f"Moved object {rows[0]['id'][:8]} to 'browser_mug'.").wait_for()
-    moved = store.get_row("objects", rows[0]["id"])
+    moved = store.get_object(rows[0]["id"])
     assert moved["class_name"] == "browser_mug" and segment.object_file(stack.config, moved).is_file()
 
     choose_option(page, select_box(page, "Class").first, "browser_cup (1 objects)")
@@ -47,7 +47,7 @@ def test_move_an_object_to_another_class_then_delete_one(page, stack):
     page.get_by_text("Yes, delete this object").click()
     page.get_by_role("button", name="Delete object").click()
     page.get_by_text(f"Deleted object {rows[1]['id'][:8]}.").wait_for()
-    assert store.get_row("objects", rows[1]["id"]) is None
+    assert store.get_object(rows[1]["id"]) is None
     assert not segment.object_file(stack.config, rows[1]).exists()
     assert_no_traceback(page)
     shot(page, "objects-after-delete")

@@ -92,7 +92,7 @@ def test_segment_draw_a_box_with_the_mouse_cut_out_and_save(page, stack, tmp_pat
     page.get_by_text(f"as '{name}'").wait_for()
     assert_no_traceback(page)
     shot(page, "segment-grabcut")
-    rows = open_store(stack.data_dir).list_rows("objects", class_name=name)
+    rows = open_store(stack.data_dir).list_objects(class_name=name)
     assert len(rows) == 1 and rows[0]["created_by"] == "operator"
     side = 2 * RADIUS * ZOOM  # the disc, cut out at the photo's full resolution
     assert abs(rows[0]["width"] - side) <= 3 * ZOOM and abs(rows[0]["height"] - side) <= 3 * ZOOM
@@ -138,5 +138,5 @@ def test_augment_preview_generate_and_browse(page, stack, tmp_path):
     assert_no_traceback(page)
     page.locator("[data-testid='stDataFrame']").scroll_into_view_if_needed()
     shot(page, "augment-dataset")
-    row = open_store(stack.data_dir).get_row("datasets", name)
+    row = open_store(stack.data_dir).get_dataset(name)
     assert row is not None and "browser_yellow" in row["class_names"] and row["image_size"] == 64

@@ -320,7 +320,7 @@ def test_page_upload_queue_and_map(page, tmp_path):
     assert not page.exception and any("Saved 2 of 2" in s.value for s in page.success)
     config = Config.from_env()
     assert sorted(p.name for p in (tmp_path / "newdata" / "images").iterdir()) == ["my_photo_1_.jpg", "plain.png"]
-    assert open_store(config.data_dir).get_row("images", "my_photo_1_")["latitude"] == 28.835149765
+    assert open_store(config.data_dir).get_image("my_photo_1_").latitude == 28.835149765
 
     page.multiselect(key="annotate_queue_labels_plain").set_value(["tree", "house"])
     page.button(key="annotate_queue_save_plain").click().run()

@@ -198,7 +198,7 @@ def test_cancel_mid_generation_leaves_no_file_and_no_row(library):
     assert stack.wait_job(job_id)["status"] == "cancelled"
     time.sleep(0.5)  # the job's own clean-up runs as it unwinds
     assert not list((stack.data_dir / "datasets").glob(f"*{body['name']}*"))
-    assert open_store(stack.data_dir).get_row("datasets", body["name"]) is None
+    assert open_store(stack.data_dir).get_dataset(body["name"]) is None
 
 
 def test_backgrounds_are_listed_by_split_and_never_in_both(library):

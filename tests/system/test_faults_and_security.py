@@ -40,7 +40,7 @@ def test_fifty_concurrent_uploads_lose_nothing_and_mix_nothing_up(stack):
     assert sorted(a.json()["image_id"] for a in answers) == sorted(payloads)
     for id_name, data in payloads.items():  # each stored file is byte-identical to what its client sent
         assert (stack.data_dir / "newdata" / "images" / f"{id_name}.jpg").read_bytes() == data
-    rows = {r["id_name"]: r for r in open_store(stack.data_dir).list_rows("images", order="uploaded_at DESC")}
+    rows = {r["id_name"]: r for r in open_store(stack.data_dir).list_images()}
     assert all(rows[f"conc_{i}"]["width"] == 40 + i for i in range(50))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import secrets
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import requests
 from PIL import Image
 
 from engine.labels import export_csv
+from services.rows import Model
 from services.store import open_store
 
 pytestmark = pytest.mark.slow
@@ -39,13 +41,13 @@ def test_json_nested_100000_deep_is_a_400(stack, path, role):
 
 def test_clients_see_no_checkpoint_paths(stack):
     model_id = f"m{secrets.token_hex(4)}"
-    open_store(stack.data_dir).add_row("models", {"id": model_id, "model_name": "convnetj", "path":
-                                                  f"checkpoints/{model_id}/best.pt", "class_names": ["a", "b"]})
+    open_store(stack.data_dir).add_model(Model(id=model_id, model_name="convnetj", created_at=time.time(),
+                                               path=f"checkpoints/{model_id}/best.pt", class_names=["a", "b"]))
     for role, sees_path in (("client", False), ("operator", True)):
         rows = requests.get(stack.url + "/api/v1/models/trained", headers=stack.headers(role), timeout=10).json()
         row = next(r for r in rows["models"] if r["id"] == model_id)
         assert ("path" in row) is sees_path, (role, row)
-    open_store(stack.data_dir).delete_row("models", model_id)
+    open_store(stack.data_dir).delete_model(model_id)
 
 
 def test_an_annotator_cannot_overwrite_another_annotators_photo(stack):
