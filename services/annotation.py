@@ -25,8 +25,8 @@ from engine import labels as labelsets
 from engine.exceptions import Conflict, InvalidInput, NotFound
 from engine.exif import ExifInfo, read_exif
 from engine.images import encode_png, open_image, to_rgb_array
+from services import suggestions
 from services.config import Config
-from services.predictions import suggest
 from services.store import Store
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _detected_format(data: bytes) -> str | None:
 def _suggested_tags(config: Config, store: Store, img: Image.Image) -> dict:
     """Ask the annotation model; a broken model must not cost the user an upload."""
     try:
-        return suggest(config, store, to_rgb_array(img))
+        return suggestions.suggest(config, store, to_rgb_array(img))
     except Exception:  # noqa: BLE001 - suggestions are advisory; the log keeps the cause
         log.exception("tag suggestion failed; storing the upload without suggestions")
         return {"tags": [], "scores": {}}
@@ -287,6 +287,7 @@ def set_labels(config: Config, store: Store, id_name: str, labels: Sequence[Any]
                                             labelled_by)
         store.update_row("images", id_name, labels=record["labels"], labelled_by=labelled_by,
                          labelled_at=time.time())
+    suggestions.labels_saved(config, store)
     return image_view(get_image(store, id_name))
 
 
