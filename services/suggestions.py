@@ -119,12 +119,15 @@ def _heads(store: Store) -> list[dict]:
 
 
 def suggest(config: Config, store: Store, image_rgb: np.ndarray) -> dict:
-    """``{"tags": [over the model's per-label thresholds], "scores": {label: p}}`` (empty without a model)."""
+    """``{"tags": [over the model's per-label thresholds], "scores": {label: p}, "model": its id}``.
+
+    Empty tags and scores, and model None, when no model earns the right (:func:`annotation_model`).
+    """
     row, _why = annotation_model(config, store)
     if row is None:
-        return {"tags": [], "scores": {}}
+        return {"tags": [], "scores": {}, "model": None}
     answer = predict(config, row, image_rgb)
-    return {"tags": list(answer.get("tags", [])), "scores": dict(answer.get("scores", {}))}
+    return {"tags": list(answer.get("tags", [])), "scores": dict(answer.get("scores", {})), "model": row["id"]}
 
 
 # ------------------------------------------------------------------------------------ when to retrain
@@ -164,7 +167,7 @@ def maybe_retrain(config: Config, store: Store) -> str | None:
 
 def labels_saved_since(store: Store, since: float) -> int:
     """How many images had labels saved after ``since`` (a re-labelled image counts again)."""
-    rows = store.list_rows("images", limit=_LIST_ALL)
+    rows = store.list_rows("images", order="uploaded_at ASC", limit=_LIST_ALL)
     return sum(1 for r in rows if r["labels"] is not None and (r["labelled_at"] or 0.0) > since)
 
 
