@@ -63,7 +63,6 @@ class Inspection:
         exif: the EXIF date and GPS position.
         predict_tags: labels the annotation model suggests, over its per-label thresholds ([] without one).
         predict_scores: that model's score of every label ({} without one).
-        suggested_by: the catalog id of that model (None without one).
     """
 
     ext: str
@@ -72,7 +71,6 @@ class Inspection:
     exif: ExifInfo
     predict_tags: list[str] = field(default_factory=list)
     predict_scores: dict[str, float] = field(default_factory=dict)
-    suggested_by: str | None = None
 
 
 # ----------------------------------------------------------------------------------------- paths
@@ -136,7 +134,7 @@ def inspect_image(config: Config, store: Store, data: bytes, field: str = "file"
     ext = labelsets.extension_for_format(_detected_format(data))
     found = _suggested_tags(config, store, img)
     return Inspection(ext, img.width, img.height, read_exif(data, config.max_image_pixels), found["tags"],
-                      found["scores"], found.get("model"))
+                      found["scores"])
 
 
 def _detected_format(data: bytes) -> str | None:

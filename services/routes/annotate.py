@@ -54,17 +54,13 @@ def _uploaded_bytes() -> bytes:
 
 @endpoint(bp, "/imgup", ("POST",), roles=ANNOTATORS, body=UploadForm, form=True, heavy=True)
 def imgup(body: UploadForm):
-    """Upload an image (multipart ``file`` + ``id_name``, optional ``overwrite=1``); answers suggested tags,
-    with every label's score and the id of the model that suggested them (null when none did)."""
+    """Upload an image (multipart ``file`` + ``id_name``, optional ``overwrite=1``); answers suggested tags."""
     data = _uploaded_bytes()
     if body.overwrite:
         _may_overwrite(body.id_name)
-    config, store = studio().config, studio().store
-    found = annotation.inspect_image(config, store, data)
-    row = annotation.store_upload(config, store, body.id_name, data, g.user["username"], overwrite=body.overwrite,
-                                  inspection=found)
-    return ok({"image_id": row["id_name"], "predict_tags": row["predict_tags"], "predict_scores": found.predict_scores,
-               "suggested_by": found.suggested_by})
+    row = annotation.store_upload(studio().config, studio().store, body.id_name, data, g.user["username"],
+                                  overwrite=body.overwrite)
+    return ok({"image_id": row["id_name"], "predict_tags": row["predict_tags"]})
 
 
 def _may_overwrite(id_name: str) -> None:
