@@ -14,7 +14,6 @@ Dataset kinds are registered with :func:`register_dataset`; :func:`build_dataset
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import multiprocessing
 import os
@@ -813,10 +812,6 @@ class NewdataDataset(_Preprocessed):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def item_keys(self) -> list[str]:
-        """A SHA-256 of each item's file (its features depend on nothing else; see :mod:`engine.features`)."""
-        return [hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in self.items]
 
     def items_with_labels(self) -> list[tuple[Path, list[str]]]:
         """Return ``(image path, label names)`` per item, in dataset order."""

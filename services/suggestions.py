@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -74,8 +75,9 @@ def _judge_active(row: dict) -> tuple[dict | None, str]:
     if score is None or score < SUGGEST_MIN_MAP:
         return None, (f"No suggestions: the active model {_name(row)} has a validation mAP of {_shown(score)}, "
                       f"below the {SUGGEST_MIN_MAP:.2f} suggestions need.")
-    return row, (f"Suggestions from {_name(row)}, validation mAP {score:.2f} (at least {SUGGEST_MIN_MAP:.2f} "
-                 f"needed); activated by an operator, it takes priority over the self-trained suggestion head.")
+    return row, (f"Suggestions from {_name(row)}, trained {_trained(row)}, validation mAP {score:.2f} (at least "
+                 f"{SUGGEST_MIN_MAP:.2f} needed); activated by an operator, it takes priority over the self-trained "
+                 f"suggestion head.")
 
 
 def _shown(score: float | None) -> str:
@@ -90,9 +92,12 @@ def validation_map(row: dict) -> float | None:
 
 def describe_head(row: dict) -> str:
     """``<model>, trained <UTC time> on <n> labelled photos``."""
-    trained = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(row["created_at"]))
     count = (row["metrics"] or {}).get("labelled_images", "?")
-    return f"{_name(row)}, trained {trained} on {count} labelled photos"
+    return f"{_name(row)}, trained {_trained(row)} on {count} labelled photos"
+
+
+def _trained(row: dict) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(row["created_at"]))
 
 
 def _name(row: dict) -> str:
@@ -225,7 +230,6 @@ def retrain_head(ctx: JobContext, params: dict) -> dict:
 
 
 def _fit(ctx: JobContext, items: list[tuple[Path, list[str]]], names: list[str]):
-    from engine.datasets import NewdataDataset
     from engine.training import TrainConfig, fit_head
 
     config = TrainConfig(BACKBONE, num_classes=len(names), epochs=HEAD_EPOCHS, batch_size=16, learning_rate=0.01,
@@ -233,11 +237,25 @@ def _fit(ctx: JobContext, items: list[tuple[Path, list[str]]], names: list[str])
                          seed=0)
     train_items, val_items = labelsets.split_multilabel(items, names, 0.2, seed=0)
     prep = config.preprocessing()
-    train, val = NewdataDataset(train_items, names, prep, train=True), NewdataDataset(val_items, names, prep)
+    dataset = _annotated_images_class()
+    train, val = dataset(train_items, names, prep, train=True), dataset(val_items, names, prep)
     return fit_head(config, train, val, names, ctx.config.path("checkpoints", ctx.job_id), ctx.config.path("features"),
                     on_epoch=ctx.epoch, should_stop=ctx.should_stop,
                     on_progress=lambda done, total: ctx.progress(done, total, unit="image",
                                                                  stage="computing features"))
+
+
+def _annotated_images_class():
+    """:class:`~engine.datasets.NewdataDataset` whose items are named by file hash, so that
+    :func:`engine.features.cached_features` caches their features per image: the set only grows between
+    retrains, and only its new photos then go through the backbone."""
+    from engine.datasets import NewdataDataset
+
+    class AnnotatedImages(NewdataDataset):
+        def item_keys(self) -> list[str]:
+            return [hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in self.items]
+
+    return AnnotatedImages
 
 
 def _prune(config: Config, store: Store) -> None:

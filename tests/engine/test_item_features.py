@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -9,6 +11,13 @@ from engine.datasets import NewdataDataset, make_preprocessing
 from engine.features import cached_features, compute_features
 from engine.models import create_model
 from tests.tagged_photos import photo
+
+
+class NamedImages(NewdataDataset):
+    """Annotated images named by file hash, as the suggestion head's retrain names them."""
+
+    def item_keys(self) -> list[str]:
+        return [hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in self.items]
 
 
 def test_a_grown_dataset_runs_the_backbone_only_on_its_new_images(tmp_path):
@@ -24,12 +33,12 @@ def test_a_grown_dataset_runs_the_backbone_only_on_its_new_images(tmp_path):
     cache = tmp_path / "features"
     seen: list[tuple[int, int]] = []
 
-    first = cached_features("lenet5", model, NewdataDataset(items[:3], names, pre, train=True), cache,
+    first = cached_features("lenet5", model, NamedImages(items[:3], names, pre, train=True), cache,
                             on_progress=lambda done, total: seen.append((done, total)))
     assert not first.from_cache and seen[-1] == (3, 3)
 
     seen.clear()
-    grown = NewdataDataset(items, names, pre, train=True)
+    grown = NamedImages(items, names, pre, train=True)
     second = cached_features("lenet5", model, grown, cache, on_progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 1)], "only the added image goes through the backbone"
     whole, targets = compute_features(model, grown)
