@@ -10,6 +10,11 @@ gives another key.
 
 Hashing the inputs means reading the dataset twice on a miss (decoding is cheap next to the backbone)
 and once on a hit, with no backbone pass at all.
+
+A dataset of files that grows (the annotation set) names its items instead: ``item_keys()`` (a hash of
+each item's input file) and ``target(i)``. Without augmentation its features are then cached
+per item (``items/<backbone and preprocessing key>/<item key>.npy``), so a dataset that gained 20 images
+costs 20 backbone passes, not a pass over all of them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine.exceptions import Cancelled
 from engine.models import head_parameter_names
@@ -165,6 +170,9 @@ def cached_features(
         on_progress: ``(images done, images total)`` while computing.
         should_stop: polled every batch while computing.
     """
+    if copies == 1 and _named_items(dataset):
+        return _per_item_features(model_name, model, dataset, Path(cache_dir), batch_size, device, on_progress,
+                                  should_stop)
     key = dataset_key(model_name, model, dataset, copies, seed, batch_size)
     path = Path(cache_dir) / f"{key}.h5"
     if path.is_file():
@@ -187,3 +195,34 @@ def _write(path: Path, features: np.ndarray, targets: np.ndarray, attrs: dict[st
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _named_items(dataset: Dataset) -> bool:
+    """Whether ``dataset`` names its items and yields the same tensor for an item every time (no augmentation)."""
+    augments = bool(getattr(dataset, "train", False)) and bool((getattr(dataset, "preprocessing", None) or {})
+                                                                 .get("augment"))
+    return hasattr(dataset, "item_keys") and hasattr(dataset, "target") and not augments
+
+
+def _per_item_features(model_name: str, model: nn.Module, dataset: Dataset, cache_dir: Path, batch_size: int,
+                       device, on_progress, should_stop) -> FeatureSet:
+    header = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "model": model_name,
+              "backbone": backbone_fingerprint(model), "preprocessing": getattr(dataset, "preprocessing", None)}
+    folder = cache_dir / "items" / hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:32]
+    keys = list(dataset.item_keys())
+    missing = [i for i, key in enumerate(keys) if not (folder / f"{key}.npy").is_file()]
+    if missing:
+        computed, _ = compute_features(model, Subset(dataset, missing), 1, 0, batch_size, device, on_progress,
+                                       should_stop)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, row in zip(missing, computed, strict=True):
+            _save_row(folder / f"{keys[index]}.npy", row)
+    features = np.stack([np.load(folder / f"{key}.npy") for key in keys]).astype(np.float32)
+    targets = np.stack([torch.as_tensor(dataset.target(i)).numpy() for i in range(len(keys))])
+    return FeatureSet(features, targets, folder, not missing)
+
+
+def _save_row(path: Path, row: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, row)
+    os.replace(tmp, path)

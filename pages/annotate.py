@@ -7,7 +7,7 @@ from engine import labels as labelsets
 from engine.exceptions import InvalidInput, StudioError
 from engine.exif import exif_summary
 from services import annotation
-from services.predictions import annotation_model
+from services.suggestions import annotation_model
 from services.ui import fail, get_config, get_store, page_message, require_page
 
 QUEUE_SHOWN = 10  # one screen of cards; the rest wait their turn
@@ -46,7 +46,7 @@ def thumbnail_of(row: dict) -> bytes | None:
 
 
 def model_id() -> str | None:
-    row, _why = annotation_model(store)
+    row, _why = annotation_model(config, store)
     return row["id"] if row else None
 
 
@@ -142,7 +142,7 @@ def confirm_unreviewed(pending: list[tuple], unreviewed: int, overwrite: bool) -
 
 def upload_section() -> None:
     st.session_state.setdefault("annotate_saved", {})
-    st.caption(annotation_model(store)[1])
+    st.caption(annotation_model(config, store)[1])
     files = st.file_uploader("Drop images here", type=list(labelsets.IMAGE_EXTENSIONS), accept_multiple_files=True,
                              key="annotate_files", max_upload_size=config.max_upload_mb)
     overwrite = st.checkbox("Replace images that have the same id (their labels are cleared)",

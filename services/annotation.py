@@ -25,8 +25,8 @@ from engine import labels as labelsets
 from engine.exceptions import Conflict, InvalidInput, NotFound
 from engine.exif import ExifInfo, read_exif
 from engine.images import encode_png, open_image, to_rgb_array
+from services import suggestions
 from services.config import Config
-from services.predictions import suggest
 from services.rows import Image as ImageRow
 from services.store import ImageQuery, Store
 
@@ -126,7 +126,7 @@ def _detected_format(data: bytes) -> str | None:
 def _suggested_tags(config: Config, store: Store, img: Image.Image) -> dict:
     """Ask the annotation model; a broken model must not cost the user an upload."""
     try:
-        return suggest(config, store, to_rgb_array(img))
+        return suggestions.suggest(config, store, to_rgb_array(img))
     except Exception:  # noqa: BLE001 - suggestions are advisory; the log keeps the cause
         log.exception("tag suggestion failed; storing the upload without suggestions")
         return {"tags": [], "scores": {}}
@@ -262,6 +262,7 @@ def set_labels(config: Config, store: Store, id_name: str, labels: Sequence[Any]
                             labelled_by, then=lambda image: export_labels(config, image))
     if row is None:  # deleted between the check and the write
         raise UnknownImage(f"no image with id_name '{id_name}'")
+    suggestions.labels_saved(config, store)
     return image_view(row)
 
 

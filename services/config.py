@@ -58,6 +58,7 @@ class Config:
     heavy_requests: int = 4  # image-decoding requests served at once; more wait briefly, then 503
     image_budget_mb: int = 256  # decoded pixels of one image: width x height x channels x bytes per sample
     max_sample_epochs: int = 50_000_000  # epochs x training images of one non-admin run
+    suggest_retrain_every: int = 20  # newly saved labels before the suggestion head retrains; 0: never
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Config:
@@ -84,6 +85,7 @@ class Config:
             heavy_requests=_int(env, "HEAVY_REQUESTS", 4),
             image_budget_mb=_int(env, "IMAGE_BUDGET_MB", 256),
             max_sample_epochs=_int(env, "MAX_SAMPLE_EPOCHS", 50_000_000),
+            suggest_retrain_every=_int(env, "SUGGEST_RETRAIN_EVERY", 20),
         )
 
     @property

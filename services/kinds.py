@@ -13,7 +13,8 @@ import importlib
 from services.config import Config
 from services.jobs import JOB_KINDS, JobKind
 
-JOB_MODULES = ("services.datasets", "services.generate", "services.training", "services.tuning")
+JOB_MODULES = ("services.datasets", "services.generate", "services.suggestions", "services.training",
+               "services.tuning")
 
 
 def load_job_kinds(config: Config) -> dict[str, JobKind]:

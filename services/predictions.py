@@ -1,6 +1,6 @@
 """Serving predictions: pick the model (given, active, else best), load it once per process, predict.
 
-Shared by ``POST /api/v1/predict``, ``POST /imgup`` (suggested tags) and the Predict / Annotate pages.
+Shared by ``POST /api/v1/predict`` and the Predict page; ``services.suggestions`` picks the model of suggested tags.
 """
 
 from __future__ import annotations
@@ -61,40 +61,3 @@ def predictor_for(config: Config, row: dict):
 def predict(config: Config, row: dict, image_rgb: np.ndarray) -> dict:
     """Predict with the model of ``row``; the engine's answer plus the model id."""
     return {**predictor_for(config, row).predict(image_rgb), "model": row["id"]}
-
-
-# Below this validation mAP a model's tags are more noise than help: better no suggestion than a wrong one.
-SUGGEST_MIN_MAP = 0.5
-
-
-def annotation_model(store: Store) -> tuple[Model | None, str]:
-    """The model whose tags are suggested to annotators, and a sentence saying which (or why none).
-
-    Only the multi-label model an admin or operator activated counts, and only when its validation
-    (test split) mAP reaches :data:`SUGGEST_MIN_MAP`; the best of the rest is never picked silently.
-    """
-    active = store.list_models(active=True, multi_label=True)
-    if not active:
-        return None, "No suggestions: no multi-label model is activated (an operator activates one on Models)."
-    row = active[0]
-    score = (row["metrics"] or {}).get("test_map")
-    name = f"{row['model_name']} ({row['id'][:8]})"
-    if score is None or score < SUGGEST_MIN_MAP:
-        shown = "unknown" if score is None else f"{score:.2f}"
-        return None, f"No suggestions: the active model {name} has a validation mAP of {shown}, " \
-                     f"below the {SUGGEST_MIN_MAP:.2f} suggestions need."
-    return row, f"Suggestions from {name}, validation mAP {score:.2f} (at least {SUGGEST_MIN_MAP:.2f} needed)."
-
-
-def suggest(config: Config, store: Store, image_rgb: np.ndarray) -> dict:
-    """``{"tags": [over the model's per-label thresholds], "scores": {label: p}}`` ({} without a model)."""
-    row, _why = annotation_model(store)
-    if row is None:
-        return {"tags": [], "scores": {}}
-    answer = predict(config, row, image_rgb)
-    return {"tags": list(answer.get("tags", [])), "scores": dict(answer.get("scores", {}))}
-
-
-def suggest_tags(config: Config, store: Store, image_rgb: np.ndarray) -> list[str]:
-    """Tags the annotation model suggests for an image ([] when no model earns the right, see annotation_model)."""
-    return suggest(config, store, image_rgb)["tags"]

@@ -97,6 +97,7 @@ class ImageQuery:
         uploaded_by: only this user's uploads.
         labelled: True only labelled images, False only the unlabelled queue.
         label: only images whose confirmed labels include this one.
+        labelled_after: only images whose labels were saved after this time (seconds since the epoch).
         order: ``newest`` or ``oldest`` upload first, or ``id`` (plain string order).
         limit: at most this many rows (None: all).
         offset: skip this many rows first.
@@ -105,6 +106,7 @@ class ImageQuery:
     uploaded_by: str | None = None
     labelled: bool | None = None
     label: str | None = None
+    labelled_after: float | None = None
     order: str = "newest"
     limit: int | None = 1000
     offset: int = 0
@@ -121,6 +123,9 @@ class ImageQuery:
             # instr() on the stored JSON text is a cheap first pass; json_each() then checks the element exactly.
             terms.append("instr(labels, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(images.labels) WHERE value = ?)")
             args.extend([json.dumps(self.label), self.label])
+        if self.labelled_after is not None:
+            terms.append("labels IS NOT NULL AND labelled_at > ?")
+            args.append(self.labelled_after)
         return " AND ".join(terms), tuple(args)
 
     def order_by(self) -> str:

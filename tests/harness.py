@@ -74,6 +74,8 @@ class Stack:
     ui: subprocess.Popen | None = None
     workers: list = field(default_factory=list)
     passwords: dict = field(default_factory=dict)
+    # Environment of every process of this stack, over the defaults of :attr:`env`.
+    extra_env: dict = field(default_factory=dict)
 
     @property
     def redis_password(self) -> str:
@@ -97,7 +99,9 @@ class Stack:
         return {**os.environ, "DATA_DIR": str(self.data_dir), "REDIS_URL": self.redis_url,
                 "API_PORT": str(self.api_port), "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
                 "PYTHONUNBUFFERED": "1",
-                "JOB_MODULES": "tests.fake_jobs"}
+                "JOB_MODULES": "tests.fake_jobs",
+                # Off unless a test asks: a head trained behind a test's back would change what Annotate suggests.
+                "SUGGEST_RETRAIN_EVERY": "0", **self.extra_env}
 
     def log(self, name: str):
         return open(self.data_dir / "logs" / f"{name}.log", "ab")
@@ -153,10 +157,14 @@ class Stack:
         wait_http(self.ui_url + "/_stcore/health", proc=self.ui)
 
     @classmethod
-    def in_own_folder(cls, tmp_path_factory, name: str) -> Stack:
+    def in_own_folder(cls, tmp_path_factory, name: str, **extra_env: str) -> Stack:
         """A stack whose DATA_DIR is the only thing in a folder of its own, so a check for files written
-        beside DATA_DIR watches a folder that no other stack (or its worker) writes to."""
-        return cls(tmp_path_factory.mktemp(name) / "data")
+        beside DATA_DIR watches a folder that no other stack (or its worker) writes to.
+
+        Args:
+            extra_env: environment variables of its processes (e.g. ``SUGGEST_RETRAIN_EVERY="9"``).
+        """
+        return cls(tmp_path_factory.mktemp(name) / "data", extra_env=extra_env)
 
     def start(self) -> Stack:
         self.config.ensure_dirs()

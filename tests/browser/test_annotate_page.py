@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import assert_no_traceback, choose_option, login, shot
+from tests.browser.conftest import assert_no_traceback, choose_option, login, shot, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -105,13 +105,14 @@ def test_annotate_preselects_nothing_from_an_unactivated_or_weak_model(page, sta
     shot(page, "annotate-unactivated-model")
 
     store.set_active_model(row["id"])
-    store.update_model(row["id"], metrics={**row["metrics"], "test_map": 0.12})
+    # The catalog keeps mAP in percent, as training records it; the page shows it as a fraction.
+    store.update_model(row["id"], metrics={**row["metrics"], "test_map": 12.0})
     status, tags = upload_and_read_tags(page, stack, image)
     assert "validation mAP of 0.12, below the 0.50" in status and tags == 0
     assert page.get_by_text("Suggested (").count() == 0
     shot(page, "annotate-weak-model")
 
-    store.update_model(row["id"], metrics={**row["metrics"], "test_map": 0.91})
+    store.update_model(row["id"], metrics={**row["metrics"], "test_map": 91.0})
     status, _ = upload_and_read_tags(page, stack, image)
     shot(page, "annotate-good-model")
     page.get_by_text("Suggested (✓ preselected").wait_for()
@@ -124,3 +125,75 @@ def test_annotate_preselects_nothing_from_an_unactivated_or_weak_model(page, sta
     assert_no_traceback(page)
     shot(page, "annotate-good-model")
     store.update_model(row["id"], active=0)
+
+
+@pytest.fixture(scope="module")
+def retraining_ui(tmp_path_factory):
+    """A stack of its own whose suggestion head retrains after every 9 saved labels, with the UI running."""
+    from tests.harness import Stack
+
+    s = Stack.in_own_folder(tmp_path_factory, "suggest-ui", SUGGEST_RETRAIN_EVERY="9").start()
+    try:
+        s.start_ui()
+        yield s
+    finally:
+        s.close()
+
+
+def wait_for_head(stack, timeout: float = 90) -> dict:
+    """The suggestion head, once the retrain that the page's saves queued has registered it."""
+    import time
+
+    from services.store import open_store
+    from services.suggestions import latest_head
+
+    deadline = time.monotonic() + timeout
+    while (head := latest_head(open_store(stack.data_dir))) is None:
+        assert time.monotonic() < deadline, "no suggestion head was trained"
+        time.sleep(0.5)
+    return head
+
+
+def test_labelling_n_photos_trains_the_head_that_suggests_tags_for_the_next(browser, retraining_ui, tmp_path):
+    from tests.tagged_photos import photo, tagged_photos
+
+    stack = retraining_ui
+    photos = []
+    for name, data, labels in tagged_photos(per_label=3):
+        (tmp_path / name).write_bytes(data)
+        photos.append((tmp_path / name, labels[0]))
+    (tmp_path / "next_person.jpg").write_bytes(photo("person", 60))
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(30_000)
+    login(page, stack, "annotator")
+    page.goto(stack.ui_url + "/annotate")
+    page.locator("h1", has_text="Annotate").wait_for()
+    page.get_by_text("no suggestion head is trained yet").wait_for()  # before any label: nothing suggested
+
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files([str(p) for p, _ in photos])
+    page.get_by_text(photos[-1][0].name).first.wait_for()
+    wait_idle(page)
+    assert page.get_by_text("Suggested (").count() == 0
+    for i, (_path, label) in enumerate(photos):
+        box = page.locator("[data-testid='stMultiSelect']").nth(i)
+        choose_option(page, box, label)
+        wait_idle(page, 200)  # each pick reruns the page; the next card is picked on the page that follows
+        assert box.locator("[data-testid='stMultiSelectTagsContainer']").inner_text().split() == [label]
+    page.get_by_role("button", name=f"Save all ({len(photos)})").click()
+    page.get_by_text(f"Saved {len(photos)} of {len(photos)} images.").wait_for()
+    head = wait_for_head(stack)
+
+    page.goto(stack.ui_url + "/annotate")
+    page.locator("h1", has_text="Annotate").wait_for()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(tmp_path / "next_person.jpg"))
+    status = page.get_by_text("Suggested by efficientnet-lite0").first
+    status.wait_for()
+    caption = page.get_by_text("Suggested (✓ preselected").first
+    caption.wait_for()
+    wait_idle(page)
+    shot(page, "annotate-suggestion-head")
+    assert f"({head['id'][:8]}), trained " in status.inner_text() and "on 9 labelled photos" in status.inner_text()
+    assert "person" in caption.inner_text() and "%" in caption.inner_text()
+    assert "person" in page.locator("[data-testid='stMultiSelectTagsContainer']").first.inner_text().split()
+    assert_no_traceback(page)
+    page.context.close()
