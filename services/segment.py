@@ -139,6 +139,12 @@ def cut_out(image: np.ndarray, box: Sequence[float], iterations: int = DEFAULT_I
     return grabcut(image, box, iterations, fg_strokes, bg_strokes, stroke_width)
 
 
+def refine_cut(image: np.ndarray, previous: Segmentation, box: Sequence[float], fg_strokes=None, bg_strokes=None,
+               stroke_width: int = 8) -> Segmentation:
+    """Apply strokes to ``previous`` (a cut of this image and box) instead of cutting from scratch."""
+    return refine(image, previous, box, fg_strokes, bg_strokes, stroke_width)
+
+
 def segment(config: Config, store: Store, body: SegmentBody, username: str | None) -> dict:
     """Everything ``POST /api/v1/segment`` does: decode, cut out, save as an object of class ``ean``.
 
