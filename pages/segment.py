@@ -172,8 +172,17 @@ def cut(rgb: np.ndarray, key: tuple, box, fg, bg, brush: int, iterations: int, s
         st.error(f"GrabCut could not cut this out: {page_message(exc, LABELS)}")
         return
     seconds = time.perf_counter() - started
+    preview = segment.cutout_preview(result.cutout)
     st.session_state["segment_result"] = {"key": key, "result": result, "refined": previous is not None,
-                                          "seconds": seconds}
+                                          "seconds": seconds, "preview": preview_png(preview),
+                                          "preview_width": int(preview.shape[1])}
+
+
+def preview_png(preview: np.ndarray) -> bytes:
+    """The preview as PNG once per cut: ``st.image`` given an array would encode it on every rerun."""
+    buf = io.BytesIO()
+    Image.fromarray(preview).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def save_section(result, source: str) -> None:
@@ -252,10 +261,9 @@ def main() -> None:
     if kept is None or kept["key"] != (digest, box):  # a result belongs to one photo and one box
         return
     result = kept["result"]
-    preview = segment.cutout_preview(result.cutout)
     # At its own size (shrunk only when large): a small cut-out blown up to the page width looks broken.
     how = "strokes applied to the last cut" if kept.get("refined") else "cut"
-    st.image(preview, width=int(preview.shape[1]), caption=f"Cut-out {result.cutout.shape[1]}×"
+    st.image(kept["preview"], width=kept["preview_width"], caption=f"Cut-out {result.cutout.shape[1]}×"
              f"{result.cutout.shape[0]} px (checkerboard = transparent; outline = mask edge) · {how} in "
              f"{kept.get('seconds', 0):.2f} s")
     save_section(result, source)
