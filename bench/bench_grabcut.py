@@ -10,6 +10,12 @@ their IoU against the true mask, and the speed ratios (wall clock; and CPU time,
 when other processes share the cores: ours uses up to two threads, cv2.grabCut one); then, per size,
 the medians over scenes.
 
+The HTTP table (``--table http``) is the speed goal alone, in a few minutes: per size (1, 3, 12 MP; a
+q85 JPEG with a shadow ring round the object), full-resolution ``cv2.grabCut`` on the decoded pixels
+(once, at the sizes in ``--full-sizes``), then the medians of ``POST /api/v1/segment`` for a first cut
+and for a background stroke refining it, and the ratio; plus where a 3 MP request's time goes, stage by
+stage, in-process (``--http-repeats`` runs each).
+
 The JPEG table (``--table jpeg``, the default) is what users send: the composites of
 ``tests/photo_scenes.py`` (a rounded piece of a skimage photo on grey gravel, tinted grass,
 brick, a plain grey and the project's procedural "noise"), saved by Pillow as JPEG (4:2:0) and decoded.
@@ -22,6 +28,7 @@ only at the sizes in ``--full-sizes`` (default 1 and 3 MP) and only at ``--full-
 average 11 on the 2 cores); 12 MP runs at that quality only.
 
     .venv/bin/python bench/bench_grabcut.py                        # JPEG table, about 8 minutes when busy
+    .venv/bin/python bench/bench_grabcut.py --table http           # HTTP vs cv2.grabCut, 1/3/12 MP, 2-4 min
     .venv/bin/python bench/bench_grabcut.py --table lossless       # 1.1, 2.1 and 4.3 MP, all scenes
     .venv/bin/python bench/bench_grabcut.py --table lossless --sizes 1200x900 --repeats 1
 """
@@ -218,7 +225,7 @@ def summarise_jpeg(rows: list[dict]) -> None:
               f" | min ours IoU {min(r['ours_iou'] for r in group):.3f}")
 
 
-def http_times(sizes, repeats: int) -> dict:
+def http_times(sizes, repeats: int, breakdown_size: str | None = None) -> dict:
     """Median ``POST /api/v1/segment`` wall time per size: a first cut of a q85 JPEG, and a stroke after it."""
     import requests
 
@@ -243,9 +250,72 @@ def http_times(sizes, repeats: int) -> dict:
                 print(f"  HTTP {size:>5}: first cut {out[size][0]:.2f} s, a stroke {out[size][1]:.2f} s "
                       f"(JPEG {len(data) / 1e6:.1f} MB, medians of {repeats})", flush=True)
                 _forget_cuts(stack)
+                if size == breakdown_size:
+                    stage_breakdown(stack, body, {**body, "bg_strokes": [stroke], "stroke_width": stroke_width},
+                                    repeats)
         finally:
             stack.close()
     return out
+
+
+def run_http(args) -> None:
+    """cv2.grabCut vs HTTP per size, side by side in one run, then the 3 MP stage breakdown."""
+    from engine.images import decode_image
+
+    print(f"HTTP vs cv2.grabCut (q85 JPEG with a shadow ring; OpenCV {cv2.__version__}); medians of "
+          f"{args.http_repeats}\n")
+    full = {}
+    for size in args.jpeg_sizes:
+        if size in args.full_sizes:
+            data, _, box, *_ = with_shadow(*JPEG_SIZES[size])
+            _, full[size], _ = timed(lambda: grabcut_full_resolution(decode_image(data), box), 1)  # noqa: B023
+            print(f"  cv2.grabCut {size:>5}: {full[size]:.2f} s", flush=True)
+    http = http_times(args.jpeg_sizes, args.http_repeats, breakdown_size="3MP")
+    print("\n| size | cv2.grabCut | HTTP first cut | ratio | HTTP stroke |")
+    print("| --- | --- | --- | --- | --- |")
+    for size, (first, stroke, _) in http.items():
+        ratio = f"{full[size] / first:.1f}×" if size in full else "–"
+        reference = f"{full[size]:.2f} s" if size in full else "–"
+        print(f"| {size} | {reference} | {first:.2f} s | {ratio} | {stroke:.2f} s |")
+
+
+def stage_breakdown(stack, body: dict, stroke_body: dict, repeats: int) -> None:
+    """Medians of each stage of a request in-process (the API's own functions, this process's CPU)."""
+    import hashlib
+    import json
+
+    from services import segment
+    from services.store import open_store
+
+    config, store = stack.config, open_store(stack.data_dir)
+    stages: dict[str, list[float]] = {}
+
+    def stage(name, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        stages.setdefault(name, []).append(time.perf_counter() - start)
+        return out
+
+    strokes = segment.SegmentBody(**stroke_body)
+    for _ in range(repeats):
+        parsed = stage("parse body", segment.SegmentBody, **body)
+        box = parsed.box()
+        digest = stage("sha256 of the body", lambda text: hashlib.sha256(text.encode()).hexdigest(), parsed.image)
+        image = stage("decode (first time)", segment.decode, config, parsed.image)
+        stage("decode (kept, a stroke)", segment.decode_kept, config, parsed.image, digest)
+        cut = stage("GrabCut", segment.cut_out, image, box)
+        stage("remember the cut (Redis)", segment.remember_cut, config, "bench", digest, box, cut)
+        png = stage("cut-out PNG", segment.encode_cutout_png, cut.cutout)
+        text = stage("base64", lambda data: base64.b64encode(data).decode("ascii"), png)
+        stage("JSON", json.dumps, {"output_image": text})
+        stage("save object + row", segment.save_object, config, store, "bench", png, source=None, bbox=cut.bbox,
+              created_by="bench", size=(1, 1))
+        previous = stage("recall the cut (Redis)", segment.recall_cut, config, "bench", digest, box, image.shape[:2])
+        stage("refine with a stroke", segment.refine_cut, image, previous, box, None, strokes.bg_strokes,
+              strokes.stroke_width)
+    print("  where a 3 MP request's time goes, in-process (medians):")
+    for name, seconds in stages.items():
+        print(f"    {name:<26} {1000 * statistics.median(seconds):7.1f} ms")
 
 
 def _post(requests, stack, body: dict) -> float:
@@ -283,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--table", choices=("jpeg", "lossless"), default="jpeg")
+    parser.add_argument("--table", choices=("jpeg", "lossless", "http"), default="jpeg")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), help="lossless: WIDTHxHEIGHT (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="lossless: runs of ours per scene (default: 3)")
     parser.add_argument("--full-repeats", type=int, default=1, help="lossless: runs of cv2.grabCut (default: 1)")
@@ -296,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.table == "jpeg":
         run_jpeg(args)
+        return
+    if args.table == "http":
+        run_http(args)
         return
     print(f"GrabCut, 5 iterations; OpenCV {cv2.__version__}, {cv2.getNumberOfCPUs()} CPUs\n")
     for size in args.sizes:

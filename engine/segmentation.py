@@ -101,6 +101,22 @@ class Segmentation:
 
 
 @dataclass(frozen=True)
+class _Hints:
+    """What the user marked, in the pixels of the image being cut: the box, the strokes and their width."""
+
+    rect: Box  # (x1, y1, x2, y2), x2 and y2 exclusive
+    fg: list[np.ndarray]  # object strokes, each an N×2 float array of (x, y)
+    bg: list[np.ndarray]  # background strokes
+    width: int  # stroke thickness
+
+    def shifted(self, dx: int, dy: int) -> _Hints:
+        """The same hints in a crop whose origin is at ``(-dx, -dy)``."""
+        x1, y1, x2, y2 = self.rect
+        return _Hints((x1 + dx, y1 + dy, x2 + dx, y2 + dy), _shift(self.fg, (dx, dy)), _shift(self.bg, (dx, dy)),
+                      self.width)
+
+
+@dataclass(frozen=True)
 class _Coarse:
     labels: np.ndarray  # GrabCut labels (GC_BGD .. GC_PR_FGD) on the small grid
     rect: np.ndarray  # bool, True inside the box on the small grid
@@ -141,12 +157,11 @@ def grabcut(
     Raises:
         InvalidInput: a bad box, iteration count or stroke (``field`` names it), or nothing was found.
     """
-    image, (x1, y1, x2, y2), fg, bg, width = _validated(image_rgb, box, iterations, fg_strokes, bg_strokes,
-                                                        stroke_width)
+    image, hints = _validated(image_rgb, box, iterations, fg_strokes, bg_strokes, stroke_width)
     if not 32 <= int(work_size) <= 4096:
         raise InvalidInput(f"'work_size' must be 32..4096, got {work_size}", "work_size")
     with _one_blas_thread():
-        mask, models = _grabcut_mask(image, (x1, y1, x2, y2), iterations, fg, bg, width, int(work_size), workers)
+        mask, models = _grabcut_mask(image, hints, iterations, int(work_size), workers)
     return _segmentation(image, mask, models)
 
 
@@ -182,11 +197,11 @@ def refine(
         InvalidInput: bad box or strokes (``field`` names them), a previous cut of another size (``image``),
             or nothing left of the object.
     """
-    image, rect, fg, bg, width = _validated(image_rgb, box, 1, fg_strokes, bg_strokes, stroke_width)
+    image, hints = _validated(image_rgb, box, 1, fg_strokes, bg_strokes, stroke_width)
     if previous.models is None or previous.mask.shape != image.shape[:2]:
         raise InvalidInput("the previous cut is of another image; cut this one first", "image")
     with _one_blas_thread():
-        mask, models = _refine_with_strokes(image, rect, fg, bg, width, previous, workers)
+        mask, models = _refine_with_strokes(image, hints, previous, workers)
     return _segmentation(image, mask, models)
 
 
@@ -224,21 +239,21 @@ def grabcut_full_resolution(
     Returns:
         H×W bool mask. Same arguments and validation as :func:`grabcut`.
     """
-    image, rect, fg, bg, width = _validated(image_rgb, box, iterations, fg_strokes, bg_strokes, stroke_width)
-    labels = _initial_labels(image.shape[:2], rect, fg, bg, width, (1.0, 1.0))
+    image, hints = _validated(image_rgb, box, iterations, fg_strokes, bg_strokes, stroke_width)
+    labels = _initial_labels(image.shape[:2], hints, (1.0, 1.0))
     _run_grabcut(image, labels, iterations)
     return (labels & 1).astype(bool)
 
 
-def _validated(image_rgb, box, iterations, fg_strokes, bg_strokes, stroke_width):
-    """The checks both GrabCut entry points share: ``(rgb image, box, fg strokes, bg strokes, stroke width)``."""
+def _validated(image_rgb, box, iterations, fg_strokes, bg_strokes, stroke_width) -> tuple[np.ndarray, _Hints]:
+    """The checks the GrabCut entry points share: the RGB image and the user's hints."""
     image = _as_rgb(image_rgb)
     rect = _validate_box(box, image.shape)
     _validate_iterations(iterations)
     width = _validate_stroke_width(stroke_width)
     fg = _validate_strokes(fg_strokes, "fg_strokes")
     bg = _validate_strokes(bg_strokes, "bg_strokes")
-    return image, rect, fg, bg, width
+    return image, _Hints(rect, fg, bg, width)
 
 
 def make_cutout(image_rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, Box]:
@@ -333,33 +348,31 @@ def _validate_strokes(strokes: Strokes | None, field: str) -> list[np.ndarray]:
 # ------------------------------------------------------------------------------------------ the solver
 
 
-def _grabcut_mask(image, rect, iterations, fg, bg, width, work_size, workers):
+def _grabcut_mask(image, hints: _Hints, iterations, work_size, workers):
     """The mask over the whole image and the ``(background, foreground)`` models it was cut with."""
     height, width_px = image.shape[:2]
-    rx1, ry1, rx2, ry2 = _region_of_interest(rect, fg, (height, width_px))
+    rx1, ry1, rx2, ry2 = _region_of_interest(hints, (height, width_px))
     roi = image[ry1:ry2, rx1:rx2]
-    local = (rect[0] - rx1, rect[1] - ry1, rect[2] - rx1, rect[3] - ry1)
-    shift = (-rx1, -ry1)
-    fg_local, bg_local = _shift(fg, shift), _shift(bg, shift)
+    local = hints.shifted(-rx1, -ry1)
     scale = min(1.0, work_size / max(roi.shape[:2]))
     if scale == 1.0:  # small enough: the coarse solve is already at full resolution
-        labels = _initial_labels(roi.shape[:2], local, fg_local, bg_local, width, (1.0, 1.0))
+        labels = _initial_labels(roi.shape[:2], local, (1.0, 1.0))
         models = _solve(roi, labels, iterations)
         roi_mask = (labels & 1).astype(bool)
     else:
-        coarse = _coarse_solve(roi, local, fg_local, bg_local, width, iterations, scale)
-        roi_mask, models = _refine(roi, local, fg_local, bg_local, width, coarse, workers)
+        coarse = _coarse_solve(roi, local, iterations, scale)
+        roi_mask, models = _refine(roi, local, coarse, workers)
     mask = np.zeros((height, width_px), bool)
     mask[ry1:ry2, rx1:rx2] = roi_mask
     return mask, models
 
 
-def _region_of_interest(rect: Box, fg: list[np.ndarray], shape: tuple[int, int]) -> Box:
+def _region_of_interest(hints: _Hints, shape: tuple[int, int]) -> Box:
     """The box plus context on every side (and any foreground stroke), clipped to the image."""
-    x1, y1, x2, y2 = rect
+    x1, y1, x2, y2 = hints.rect
     margin = int(np.ceil(_CONTEXT_MARGIN * max(x2 - x1, y2 - y1))) + 2
     x1, y1, x2, y2 = x1 - margin, y1 - margin, x2 + margin, y2 + margin
-    for line in fg:
+    for line in hints.fg:
         x1, y1 = min(x1, int(line[:, 0].min())), min(y1, int(line[:, 1].min()))
         x2, y2 = max(x2, int(line[:, 0].max()) + 1), max(y2, int(line[:, 1].max()) + 1)
     return max(0, x1), max(0, y1), min(shape[1], x2), min(shape[0], y2)
@@ -369,15 +382,16 @@ def _shift(lines: list[np.ndarray], offset: tuple[int, int]) -> list[np.ndarray]
     return [line + np.asarray(offset, dtype=np.float64) for line in lines]
 
 
-def _initial_labels(shape, rect, fg, bg, width, scale) -> np.ndarray:
+def _initial_labels(shape, hints: _Hints, scale) -> np.ndarray:
     """GrabCut's mask mode: sure background outside the box, probable foreground inside, strokes sure."""
     sx, sy = scale
+    rect = hints.rect
     labels = np.full(shape, cv2.GC_BGD, np.uint8)
     x1, y1 = int(np.floor(rect[0] * sx)), int(np.floor(rect[1] * sy))
     x2, y2 = max(x1 + 1, int(np.ceil(rect[2] * sx))), max(y1 + 1, int(np.ceil(rect[3] * sy)))
     labels[y1:y2, x1:x2] = cv2.GC_PR_FGD
-    _paint(labels, bg, cv2.GC_BGD, width, scale)
-    _paint(labels, fg, cv2.GC_FGD, width, scale)
+    _paint(labels, hints.bg, cv2.GC_BGD, hints.width, scale)
+    _paint(labels, hints.fg, cv2.GC_FGD, hints.width, scale)
     return labels
 
 
@@ -430,12 +444,12 @@ def _floored(model: np.ndarray) -> np.ndarray:
     return out
 
 
-def _coarse_solve(roi, rect, fg, bg, width, iterations, scale) -> _Coarse:
+def _coarse_solve(roi, hints: _Hints, iterations, scale) -> _Coarse:
     height, width_px = roi.shape[:2]
     small_w, small_h = max(2, round(width_px * scale)), max(2, round(height * scale))
     small = _jittered_grid(roi, small_w, small_h, _COARSE_SEED)
     factors = (small_w / width_px, small_h / height)
-    labels = _initial_labels((small_h, small_w), rect, fg, bg, width, factors)
+    labels = _initial_labels((small_h, small_w), hints, factors)
     in_rect = labels == cv2.GC_PR_FGD  # before the solve: the pixels GrabCut is free to decide
     bgd, fgd = _solve(small, labels, iterations)
     return _Coarse(labels=labels, rect=in_rect, bgd=bgd, fgd=fgd, scale=factors)
@@ -458,7 +472,7 @@ def _jittered_grid(roi: np.ndarray, width: int, height: int, seed: int) -> np.nd
     return np.ascontiguousarray(roi[ys, xs])
 
 
-def _refine(roi, rect, fg, bg, width, coarse: _Coarse, workers) -> np.ndarray:
+def _refine(roi, hints: _Hints, coarse: _Coarse, workers) -> np.ndarray:
     # fresh samples, not the coarse image's own pixels: the coarse models already fit those
     small_h, small_w = coarse.labels.shape
     samples = _jittered_grid(roi, small_w, small_h, _SAMPLE_SEED).astype(np.float64)
@@ -467,7 +481,7 @@ def _refine(roi, rect, fg, bg, width, coarse: _Coarse, workers) -> np.ndarray:
     fgd = _relearn_gmm(samples[is_fg], coarse.fgd)
     contradicts = _contradicting_cells(samples, is_fg, coarse.rect, bgd, fgd)
     mask, uncertain = _upscaled_labels(roi.shape[:2], coarse, contradicts)
-    fixed = _initial_labels(roi.shape[:2], rect, fg, bg, width, (1.0, 1.0))
+    fixed = _initial_labels(roi.shape[:2], hints, (1.0, 1.0))
     uncertain &= fixed == cv2.GC_PR_FGD  # strokes and the outside of the box are never revisited
     mask[fixed == cv2.GC_FGD] = True
     mask[fixed == cv2.GC_BGD] = False
@@ -538,7 +552,8 @@ def _cut_one_tile(roi, before, mask, uncertain, tile, bgd, fgd, size) -> None:
 # ------------------------------------------------------------------------------- strokes on a previous cut
 
 
-def _refine_with_strokes(image, rect, fg, bg, width, previous: Segmentation, workers):
+def _refine_with_strokes(image, hints: _Hints, previous: Segmentation, workers):
+    rect, fg, bg, width = hints.rect, hints.fg, hints.bg, hints.width
     height, width_px = image.shape[:2]
     fg_paint = _painted((height, width_px), fg, width)
     bg_paint = _painted((height, width_px), bg, width)

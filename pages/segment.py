@@ -1,7 +1,10 @@
 """Segment: draw a box around an object, let GrabCut cut it out, check it, save it to the object library."""
 
+import base64
 import hashlib
+import io
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,13 +14,15 @@ from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
 from engine.exceptions import InvalidInput, StudioError
-from engine.images import encode_png
 from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS
 from services import annotation, library, segment
 from services.store import ImageQuery
 from services.ui import fail, get_config, get_store, page_message, require_page
 
 CANVAS_MAX_WIDTH, CANVAS_MAX_HEIGHT = 800, 640  # the photo is shown downscaled; GrabCut runs on every pixel
+# The canvas gets its background as a ready JPEG data URL: handed a PIL image, the canvas re-encodes it as
+# an RGBA PNG on every rerun (~1 MB at 800x600, sent to the browser each time); a JPEG is ~10x smaller.
+DISPLAY_JPEG_QUALITY = 90
 BOX, FOREGROUND, BACKGROUND = "Box", "Mark object", "Mark background"
 STROKE_COLOURS = {FOREGROUND: "#00c853", BACKGROUND: "#ff1744"}
 BOX_COLOUR = "#ff9800"
@@ -37,15 +42,28 @@ st.caption("Draw a box around one object, optionally mark object and background 
            "with GrabCut, and save it under its class. Augment turns saved objects into datasets.")
 
 
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo: full-resolution pixels for GrabCut and the canvas's downscaled copy."""
+
+    rgb: np.ndarray
+    display_url: str  # JPEG data URL of the display copy
+    display_size: tuple[int, int]  # (width, height) of the display copy
+    scale: float  # display size / full size
+
+
 @st.cache_resource(show_spinner="Reading the photo…", max_entries=4)
-def load_photo(digest: str, _data: bytes) -> tuple[np.ndarray, Image.Image, float]:
-    """Decode once per photo: the full-resolution pixels, a display copy that fits the page, and its scale."""
+def load_photo(digest: str, _data: bytes) -> Photo:
+    """Decode once per photo (reruns reuse it): the pixels, the canvas's background and its scale."""
     rgb = segment.decode(config, _data, "file")
     height, width = rgb.shape[:2]
     scale = min(1.0, CANVAS_MAX_WIDTH / width, CANVAS_MAX_HEIGHT / height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     display = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return rgb, display, scale
+    buf = io.BytesIO()
+    display.save(buf, format="JPEG", quality=DISPLAY_JPEG_QUALITY)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return Photo(rgb, url, size, scale)
 
 
 def choose_photo() -> tuple[str, bytes] | None:
@@ -117,7 +135,7 @@ def rect_box(obj: dict, mapping: CanvasMapping, shape: tuple[int, ...]) -> tuple
     return box if box[2] - box[0] >= 2 and box[3] - box[1] >= 2 else None
 
 
-def draw(display: Image.Image, digest: str):
+def draw(photo: Photo, digest: str):
     """The canvas: a box tool and two brushes over the downscaled photo."""
     left, middle, right = st.columns([2, 1, 1])
     mode = left.radio("Draw", [BOX, FOREGROUND, BACKGROUND], horizontal=True, key="segment_mode",
@@ -127,23 +145,45 @@ def draw(display: Image.Image, digest: str):
     st.caption(HINTS[mode])
     result = st_canvas(
         fill_color="rgba(255, 152, 0, 0.12)", stroke_width=2 if mode == BOX else brush,
-        stroke_color=BOX_COLOUR if mode == BOX else STROKE_COLOURS[mode], background_image=display,
-        drawing_mode="rect" if mode == BOX else "freedraw", width=display.width, height=display.height,
+        stroke_color=BOX_COLOUR if mode == BOX else STROKE_COLOURS[mode], background_image=photo.display_url,
+        drawing_mode="rect" if mode == BOX else "freedraw", width=photo.display_size[0],
+        height=photo.display_size[1],
         key=f"segment_canvas_{digest[:16]}")  # a new photo gets a new canvas: old boxes clear
     return result, brush, iterations
 
 
 def cut(rgb: np.ndarray, key: tuple, box, fg, bg, brush: int, iterations: int, scale: float) -> None:
-    """Run GrabCut at full resolution and keep the result for this photo and box."""
+    """Run GrabCut at full resolution and keep the result for this photo and box.
+
+    With strokes and a cut of this photo and box already made, the strokes refine that cut (only the
+    pixels near them are cut again) instead of starting over: a stroke's effect shows at once.
+    """
+    kept = st.session_state.get("segment_result")
+    previous = kept["result"] if kept is not None and kept["key"] == key and (fg or bg) else None
+    width = max(1, round(brush / scale))
+    started = time.perf_counter()
     try:
         with st.spinner("Cutting out…"):
-            result = segment.cut_out(rgb, box, iterations, fg or None, bg or None,
-                                     max(1, round(brush / scale)))
+            if previous is None:
+                result = segment.cut_out(rgb, box, iterations, fg or None, bg or None, width)
+            else:
+                result = segment.refine_cut(rgb, previous, box, fg or None, bg or None, width)
     except InvalidInput as exc:
         st.session_state.pop("segment_result", None)
         st.error(f"GrabCut could not cut this out: {page_message(exc, LABELS)}")
         return
-    st.session_state["segment_result"] = {"key": key, "result": result}
+    seconds = time.perf_counter() - started
+    preview = segment.cutout_preview(result.cutout)
+    st.session_state["segment_result"] = {"key": key, "result": result, "refined": previous is not None,
+                                          "seconds": seconds, "preview": preview_png(preview),
+                                          "preview_width": int(preview.shape[1])}
+
+
+def preview_png(preview: np.ndarray) -> bytes:
+    """The preview as PNG once per cut: ``st.image`` given an array would encode it on every rerun."""
+    buf = io.BytesIO()
+    Image.fromarray(preview).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def save_section(result, source: str) -> None:
@@ -159,7 +199,8 @@ def save_section(result, source: str) -> None:
     if st.button("Save object", key="segment_save", type="primary", disabled=not class_name):
         cutout = result.cutout
         try:
-            row, created = library.save_once(config, store, class_name, encode_png(cutout), source=source,
+            row, created = library.save_once(config, store, class_name, segment.encode_cutout_png(cutout),
+                                             source=source,
                                              bbox=result.bbox, created_by=user["username"],
                                              size=(cutout.shape[1], cutout.shape[0]))
         except InvalidInput as exc:
@@ -183,10 +224,15 @@ def library_section() -> None:
     columns = st.columns(RECENT_SHOWN)
     for column, row in zip(columns, recent, strict=False):
         try:
-            column.image(segment.cutout_preview(np.asarray(Image.open(segment.object_file(config, row))
-                                                           .convert("RGBA")), 160), caption=row["class_name"])
+            column.image(thumbnail(str(segment.object_file(config, row)), row["id"]), caption=row["class_name"])
         except OSError:
             column.caption(f"{row['class_name']}: file missing")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def thumbnail(path: str, object_id: str) -> np.ndarray:
+    """A library object's small preview; objects never change, so each is read and shrunk once."""
+    return segment.cutout_preview(np.asarray(Image.open(path).convert("RGBA")), 160)
 
 
 def main() -> None:
@@ -198,11 +244,12 @@ def main() -> None:
     source, data = picked
     digest = hashlib.sha1(data).hexdigest()
     try:
-        rgb, display, scale = load_photo(digest, data)
+        photo = load_photo(digest, data)
     except InvalidInput as exc:
         fail(f"This file cannot be used: {page_message(exc, LABELS)}")
+    rgb, scale = photo.rgb, photo.scale
     st.caption(f"{source}: {rgb.shape[1]}×{rgb.shape[0]} px" + (f", shown at {scale:.0%}" if scale < 1 else ""))
-    canvas, brush, iterations = draw(display, digest)
+    canvas, brush, iterations = draw(photo, digest)
     box, fg, bg = read_drawing(canvas.json_data, CanvasMapping.of(canvas.background_fit, scale), rgb.shape)
     if box is None:
         st.info("Draw a box around the object on the photo.")
@@ -215,10 +262,11 @@ def main() -> None:
     if kept is None or kept["key"] != (digest, box):  # a result belongs to one photo and one box
         return
     result = kept["result"]
-    preview = segment.cutout_preview(result.cutout)
     # At its own size (shrunk only when large): a small cut-out blown up to the page width looks broken.
-    st.image(preview, width=int(preview.shape[1]), caption=f"Cut-out {result.cutout.shape[1]}×"
-             f"{result.cutout.shape[0]} px (checkerboard = transparent; outline = mask edge)")
+    how = "strokes applied to the last cut" if kept.get("refined") else "cut"
+    st.image(kept["preview"], width=kept["preview_width"], caption=f"Cut-out {result.cutout.shape[1]}×"
+             f"{result.cutout.shape[0]} px (checkerboard = transparent; outline = mask edge) · {how} in "
+             f"{kept.get('seconds', 0):.2f} s")
     save_section(result, source)
 
 

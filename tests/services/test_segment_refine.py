@@ -7,14 +7,18 @@ a halo a user would paint away.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 
 import numpy as np
+import pytest
 import requests
 from PIL import Image
 
 from engine.segmentation import mask_iou
+from services.config import Config
 from services.jobs import redis_connection
+from services.segment import decode_kept
 from tests.photo_scenes import with_shadow
 
 
@@ -59,3 +63,18 @@ def test_strokes_on_a_photo_never_cut_before_start_over(stack):
     assert mask[truth].mean() > 0.99
     left = ring & (np.arange(truth.shape[1])[None, :] < np.mean(np.nonzero(truth)[1]))
     assert mask[left].mean() < 0.2
+
+
+def test_a_photo_sent_again_is_decoded_once_and_nobody_can_draw_on_the_kept_pixels(tmp_path):
+    config = Config(data_dir=tmp_path)
+    photos = [body_for(with_shadow(200 + 40 * i, 150)[0], (0, 0, 1, 1))["image"] for i in range(3)]
+    digests = [hashlib.sha256(p.encode()).hexdigest() for p in photos]
+    first = decode_kept(config, photos[0], digests[0])
+    assert first.shape == (150, 200, 3)
+    assert decode_kept(config, photos[0], digests[0]) is first  # a stroke re-sends its photo: no second decode
+    with pytest.raises(ValueError):
+        first[0, 0] = 0
+    for photo, digest in zip(photos[1:], digests[1:], strict=True):
+        decode_kept(config, photo, digest)
+    again = decode_kept(config, photos[0], digests[0])  # only the last two photos are kept
+    assert again is not first and np.array_equal(again, first)
