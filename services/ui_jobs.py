@@ -60,7 +60,8 @@ def live_panel(key: str, status: str, render: Callable[[], str], every: float = 
     was_live = is_live(status)
 
     def panel() -> None:
-        if was_live and not is_live(render()):
+        shown = render()
+        if was_live and not is_live(shown):
             st.rerun(scope="app")
 
     st.fragment(run_every=every if was_live else None, key=key)(panel)()

@@ -68,3 +68,12 @@ def test_cancel_says_the_queue_is_unreachable_instead_of_raising(page):
     assert [e.value for e in page.error] == ["The job queue (Redis) is unreachable; try again shortly."]
     assert page.get("progress")[0].proto.text.endswith("started · 40 / 100 samples")  # the panel is still there
     assert open_store(os.environ["DATA_DIR"]).get_job(JOB_ID)["status"] == "started"  # nothing was half-done
+
+
+def test_an_ended_job_is_still_shown_without_polling(page):
+    open_store(os.environ["DATA_DIR"]).update_job(JOB_ID, status="finished",
+                                                  progress={"done": 100, "total": 100, "fraction": 1.0})
+    page.run()
+    assert not page.exception
+    assert page.get("progress")[0].proto.text == f"Job {JOB_ID[:8]}: finished · 100 / 100 samples"
+    assert not page.button  # nothing left to cancel
