@@ -4,15 +4,15 @@ import json
 import re
 
 import pandas as pd
-import redis
 import streamlit as st
 from pydantic import ValidationError
 
 from engine.augment import list_transforms
 from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
-from services import generate, jobs, segment
+from services import generate, segment
 from services.ui import fail, field_limits, get_config, get_store, page_message, require_page
+from services.ui_jobs import cancel_button, is_live, job_state, live_panel, progress_bar, queue_action, status_line
 
 PREVIEW_COUNT = 12
 HUGE_PLAN = 50_000  # samples: past this a plan takes hours and gigabytes, so it is confirmed first
@@ -175,33 +175,21 @@ def confirm_big_plan(total: int, image_size: int) -> bool:
 
 
 def launch(body: generate.GenerateBody) -> None:
-    try:
-        job_id = generate.submit_generation(config, store, body, user["username"])
-    except (InvalidInput, generate.DatasetExists) as exc:
-        st.error(page_message(exc, LABELS))
-        return
-    except redis.exceptions.RedisError:
-        st.error("The job queue is unreachable; try again in a moment.")
-        return
-    st.session_state["augment_job"] = job_id
+    submitted, job_id = queue_action(lambda: generate.submit_generation(config, store, body, user["username"]),
+                                     LABELS)
+    if submitted:
+        st.session_state["augment_job"] = job_id
 
 
-def job_panel(job_id: str) -> None:
-    """Progress of the generation job; a whole-page rerun once it ends, to show the dataset."""
-    record = jobs.read_job(config, store, store.get_job(job_id))
-    progress = record["progress"] or {}
-    done, total = progress.get("done") or 0, progress.get("total")
-    text = f"Job {job_id[:8]}: {record['status']}" + (f" · {done} / {total} samples" if total else "")
-    st.progress(min(1.0, progress.get("fraction") or 0.0), text=text)
-    if record["status"] not in jobs.TERMINAL:
-        if st.button("Cancel job", key="augment_cancel"):
-            jobs.cancel(config, store, job_id)
-            st.rerun(scope="app")
-    elif st.session_state.get("augment_job_shown") != (job_id, record["status"]):
-        st.session_state["augment_job_shown"] = (job_id, record["status"])
-        st.rerun(scope="app")
+def job_panel(job_id: str) -> str:
+    """Progress and Cancel of the generation job; returns the status shown."""
+    record = job_state(config, store, job_id)
+    progress_bar(record, status_line("Job", record, "samples"))
+    if is_live(record["status"]):
+        cancel_button(config, store, job_id, key="augment_cancel")
     if record["status"] == "failed":
         st.error(f"The job failed: {record['error']}")
+    return record["status"]
 
 
 def datasets_section(latest_job: str | None) -> None:
@@ -245,8 +233,8 @@ def main() -> None:
         launch(body)
     job_id = st.session_state.get("augment_job")
     if job_id and store.get_job(job_id):
-        running = store.get_job(job_id)["status"] not in jobs.TERMINAL
-        st.fragment(run_every=1 if running else None, key="augment_job_panel")(job_panel)(job_id)
+        status = job_state(config, store, job_id, warn=False)["status"]
+        live_panel("augment_job_panel", status, lambda: job_panel(job_id), every=1)
     st.subheader("Datasets")
     datasets_section(job_id)
 

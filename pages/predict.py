@@ -19,14 +19,6 @@ config, store = get_config(), get_store()
 st.title("Predict")
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model ...")
-def load_predictor(path: str, mtime: float):
-    """One loaded model per checkpoint file version, shared by every session of this server."""
-    from engine.inference import Predictor
-
-    return Predictor(path)
-
-
 def model_label(row: dict) -> str:
     accuracy = (row["metrics"] or {}).get("best_accuracy")
     return (f"{row['model_name']} · {row['id'][:8]} · {'multi-label' if row['multi_label'] else 'single-label'}"
@@ -62,7 +54,9 @@ path = config.path(row["path"])
 if not path.is_file():
     fail(f"The checkpoint of this model is missing ({row['path']}); choose another model.")
 try:
-    answer = load_predictor(str(path), path.stat().st_mtime).predict(image)
+    with st.spinner("Loading the model and predicting ..."):
+        # The API's cache: one loaded model per checkpoint file version, shared by every session.
+        answer = predictions.predictor_for(config, row).predict(image)
 except InvalidInput as exc:  # e.g. a checkpoint that is not one of ours
     fail(f"This model cannot be loaded: {page_message(exc, LABELS)}")
 

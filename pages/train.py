@@ -6,13 +6,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from engine.datasets import list_dataset_kinds
 from engine.exceptions import InvalidInput
 from engine.models import list_models
 from engine.training import OPTIMIZERS
-from services import jobs, training
+from services import training
 from services.datasets_ui import upload_dataset_widget
 from services.ui import (
     DATASET_FIELD_LABELS,
@@ -23,11 +22,10 @@ from services.ui import (
     page_message,
     require_page,
 )
+from services.ui_jobs import cancel_button, is_live, job_state, live_panel, queue_action
 
-LIVE_SECONDS = 2  # how often the open page re-reads the run's history
 RUNS_SHOWN = 50
 CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds
-QUEUE_DOWN = "The job queue (Redis) is unreachable; try again shortly."
 
 user = require_page(__file__)
 config, store = get_config(), get_store()
@@ -139,23 +137,11 @@ def launch_form() -> None:
     if st.button("Launch training", type="primary", key="train_launch", disabled=not ready):
         req = build_request(fields)
         if req is not None:
-            try:
-                job_id = training.submit_training(config, store, req, user["username"])
-            except InvalidInput as exc:
-                st.error(page_message(exc, LABELS))
-            except RedisError:
-                st.error(QUEUE_DOWN)
-            else:
+            submitted, job_id = queue_action(lambda: training.submit_training(config, store, req, user["username"]),
+                                             LABELS)
+            if submitted:
                 st.session_state["train_next"] = job_id
                 st.rerun()
-
-
-def current(record: dict) -> dict:
-    """The record brought in line with RQ (a dead worker ends it); as stored when Redis is unreachable."""
-    try:
-        return jobs.read_job(config, store, record)
-    except RedisError:
-        return record
 
 
 def run_label(record: dict) -> str:
@@ -179,29 +165,19 @@ def curves(history: list[dict]) -> None:
 
 def run_controls(record: dict) -> None:
     """Cancel a live run; resume a stopped one that has a checkpoint."""
-    if record["status"] not in jobs.TERMINAL:
-        if st.button("Cancel run", key="train_cancel"):
-            try:
-                jobs.cancel(config, store, record["id"])
-            except RedisError:
-                st.error(QUEUE_DOWN)
-                return
-            st.rerun(scope="app")
+    if is_live(record["status"]):
+        cancel_button(config, store, record["id"], key="train_cancel", label="Cancel run")
         return
     if record["status"] != "finished" and st.button("Resume from the last checkpoint", key="train_resume"):
-        try:
-            st.session_state["train_next"] = training.resume(config, store, record["id"], user["username"])
-        except (training.Conflict, training.NotFound, InvalidInput) as exc:
-            st.error(str(exc))
-        except RedisError:
-            st.error(QUEUE_DOWN)
-        else:
+        resumed, job_id = queue_action(lambda: training.resume(config, store, record["id"], user["username"]))
+        if resumed:
+            st.session_state["train_next"] = job_id
             st.rerun(scope="app")
 
 
-def live_run(job_id: str, was_live: bool) -> None:
-    """Status, curves and controls of one run; re-run every few seconds while the run is live."""
-    record = current(store.get_job(job_id))
+def live_run(job_id: str) -> str:
+    """Status, curves and controls of one run; returns the status shown."""
+    record = job_state(config, store, job_id)
     history = record["history"] or []
     last = history[-1] if history else {}
     st.markdown(f"**Status:** {record['status']} · **{len(history)} epochs recorded**"
@@ -211,8 +187,7 @@ def live_run(job_id: str, was_live: bool) -> None:
     if history:
         curves(history)
     run_controls(record)
-    if was_live and record["status"] in jobs.TERMINAL:
-        st.rerun(scope="app")  # once: the full page stops polling and shows the final evaluation
+    return record["status"]
 
 
 def confusion_side(names: list[str]) -> int:
@@ -259,7 +234,7 @@ if "train_next" in st.session_state:  # a run launched or resumed on the last pa
     st.session_state["train_run"] = st.session_state.pop("train_next")
 by_id = {r["id"]: r for r in runs}
 job_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key="train_run")
-live = current(by_id[job_id])["status"] not in jobs.TERMINAL
-st.fragment(run_every=LIVE_SECONDS if live else None)(live_run)(job_id, live)
-if not live:
+status = job_state(config, store, job_id, warn=False)["status"]
+live_panel("train_panel", status, lambda: live_run(job_id))
+if not is_live(status):
     evaluation(store.get_job(job_id))

@@ -4,14 +4,14 @@ import functools
 
 import altair as alt
 import pandas as pd
-import redis
 import streamlit as st
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
-from engine.exceptions import InvalidInput, StudioError
+from engine.exceptions import StudioError
 from engine.models import list_models
 from engine.training import OPTIMIZERS
-from services import jobs, tuning
+from services import tuning
 from services.ui import (
     DATASET_FIELD_LABELS,
     dataset_picker,
@@ -22,8 +22,8 @@ from services.ui import (
     page_message,
     require_page,
 )
+from services.ui_jobs import is_live, job_state, live_panel, queue_action, queue_down
 
-LIVE_SECONDS = 2  # how often the open page re-reads a running study
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 
 user = require_page(__file__)
@@ -91,13 +91,10 @@ def launch_form() -> None:
         req = tuning.TuneRequest.model_validate(fields)
     except ValidationError as exc:
         fail(page_message(exc, LABELS))
-    try:
-        launched = tuning.launch(config, store, req, user["username"])
-    except InvalidInput as exc:
-        fail(page_message(exc, LABELS))
-    except redis.exceptions.RedisError:
-        fail("The job queue (Redis) is unreachable; try again shortly.")
-    st.session_state["tune_next"] = launched["study_id"]
+    launched, started = queue_action(lambda: tuning.launch(config, store, req, user["username"]), LABELS)
+    if not launched:
+        st.stop()
+    st.session_state["tune_next"] = started["study_id"]
     st.rerun()
 
 
@@ -145,29 +142,26 @@ def charts(view: dict) -> None:
 def controls(view: dict) -> None:
     """Stop a running study; train the best configuration found so far."""
     left, right = st.columns(2)
-    if view["status"] not in jobs.TERMINAL and left.button("Stop study", key="tune_stop"):
-        try:
-            tuning.stop(config, store, view["study_id"])
-        except StudioError as exc:
-            fail(str(exc))
-        st.rerun(scope="app")
+    if is_live(view["status"]) and left.button("Stop study", key="tune_stop"):
+        if queue_action(lambda: tuning.stop(config, store, view["study_id"]))[0]:
+            st.rerun(scope="app")
     if view["best"] and right.button("Train best in full", type="primary", key="tune_train_best"):
-        try:
-            started = tuning.train_best(config, store, view["study_id"], user["username"])
-        except StudioError as exc:
-            fail(str(exc))
-        st.session_state.setdefault("tune_trained", {})[view["study_id"]] = started["job_id"]
+        trained, started = queue_action(lambda: tuning.train_best(config, store, view["study_id"], user["username"]))
+        if trained:
+            st.session_state.setdefault("tune_trained", {})[view["study_id"]] = started["job_id"]
     trained = st.session_state.get("tune_trained", {}).get(view["study_id"])
     if trained:
         st.success(f"Training job {trained} queued with the best parameters: follow it on the Train page.")
 
 
-def live_study(study_id: str, was_live: bool) -> None:
-    """Progress, best, table, charts and controls; re-run every few seconds while the study is live."""
+def live_study(study_id: str) -> str:
+    """Progress, best, table, charts and controls; returns the status shown."""
     try:
         view = tuning.study_view(config, store, study_id)
-    except (StudioError, redis.exceptions.RedisError) as exc:
+    except StudioError as exc:
         fail(f"The study cannot be read: {exc}")
+    except RedisError:
+        fail(queue_down("the study cannot be read now"))
     progress = view["progress"] or {}
     st.markdown(f"**Status:** {view['status']} · **{progress.get('done', 0)} of {view.get('n_trials')} trials "
                 f"ended** · {progress.get('running', 0)} running")
@@ -180,8 +174,7 @@ def live_study(study_id: str, was_live: bool) -> None:
     trials_table(view)
     charts(view)
     controls(view)
-    if was_live and view["status"] in jobs.TERMINAL:
-        st.rerun(scope="app")  # once: the full page stops polling
+    return view["status"]
 
 
 launch_form()
@@ -195,5 +188,4 @@ if "tune_next" in st.session_state:  # a study launched on the last pass: show i
     st.session_state["tune_study"] = st.session_state.pop("tune_next")
 by_id = {s["study_id"]: s for s in studies}
 study_id = st.selectbox("Study", list(by_id), format_func=lambda i: study_label(by_id[i]), key="tune_study")
-live = store.get_job(study_id)["status"] not in jobs.TERMINAL
-st.fragment(run_every=LIVE_SECONDS if live else None)(live_study)(study_id, live)
+live_panel("tune_panel", job_state(config, store, study_id, warn=False)["status"], lambda: live_study(study_id))

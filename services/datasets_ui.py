@@ -11,14 +11,13 @@ import shutil
 import tempfile
 from pathlib import Path, PurePath
 
-import redis
 import streamlit as st
 from pydantic import ValidationError
 
-from engine.exceptions import StudioError
-from services import datasets, jobs
+from services import datasets
 from services.config import Config
 from services.store import Store
+from services.ui_jobs import job_state, live_panel, progress_bar, queue_action, status_line
 from services.web import invalid_input_from
 
 # Streamlit keeps an uploaded file in the UI process's memory; bigger datasets go through the API.
@@ -64,26 +63,21 @@ def _submit(config: Config, store: Store, user: dict, upload, values: dict, key:
         return
     path = _save_upload(config, upload)
     try:
-        job_id, found = datasets.submit_import(config, store, path, form, user["username"], upload.name,
-                                               user["role"])
-    except StudioError as exc:
-        st.error(str(exc))
-        return
-    except redis.exceptions.RedisError:
-        st.error("The job queue is unreachable; try again in a moment.")
-        return
+        submitted, answer = queue_action(lambda: datasets.submit_import(config, store, path, form, user["username"],
+                                                                        upload.name, user["role"]))
     finally:
         path.unlink(missing_ok=True)
+    if not submitted:
+        return
+    job_id, found = answer
     st.session_state[f"{key}_job"] = job_id
     st.session_state[f"{key}_found"] = found
 
 
-def _progress(config: Config, store: Store, job_id: str, key: str) -> None:
-    record = jobs.read_job(config, store, store.get_job(job_id))
-    progress = record["progress"] or {}
-    done, total = progress.get("done") or 0, progress.get("total")
-    text = f"Import {job_id[:8]}: {record['status']}" + (f" · {done} / {total} images" if total else "")
-    st.progress(min(1.0, progress.get("fraction") or (1.0 if record["status"] == "finished" else 0.0)), text=text)
+def _progress(config: Config, store: Store, job_id: str) -> str:
+    """The import's progress, then its outcome; returns the status shown."""
+    record = job_state(config, store, job_id)
+    progress_bar(record, status_line("Import", record, "images"))
     if record["status"] == "failed":
         st.error(f"The import failed: {record['error']}")
     elif record["status"] == "finished":
@@ -97,9 +91,7 @@ def _progress(config: Config, store: Store, job_id: str, key: str) -> None:
                               ("Rows without an image in the zip", result.get("missing_images"))):
             if values:
                 st.warning(f"{label}: {', '.join(map(str, values[:30]))}")
-    if st.session_state.get(f"{key}_shown") != (job_id, record["status"]) and record["status"] in jobs.TERMINAL:
-        st.session_state[f"{key}_shown"] = (job_id, record["status"])
-        st.rerun(scope="app")  # the page's dataset lists show the new one
+    return record["status"]
 
 
 def upload_dataset_widget(config: Config, store: Store, user: dict, key: str = "dataset_upload") -> str | None:
@@ -118,7 +110,8 @@ def upload_dataset_widget(config: Config, store: Store, user: dict, key: str = "
     job_id = st.session_state.get(f"{key}_job")
     if not job_id or store.get_job(job_id) is None:
         return None
-    running = store.get_job(job_id)["status"] not in jobs.TERMINAL
-    st.fragment(run_every=1 if running else None, key=f"{key}_progress")(_progress)(config, store, job_id, key)
+    # Once the import ends the whole page re-runs, so its dataset lists show the new one.
+    status = job_state(config, store, job_id, warn=False)["status"]
+    live_panel(f"{key}_progress", status, lambda: _progress(config, store, job_id), every=1)
     record = store.get_job(job_id)
     return (record["result"] or {}).get("dataset_id") if record["status"] == "finished" else None

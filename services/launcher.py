@@ -71,7 +71,7 @@ def plan(config: Config, what: str) -> list[Child]:
     children += [Child(f"worker-{i + 1}", [py, "-m", "services.worker"]) for i in range(config.workers)]
     if what == "all":
         children.append(Child("api", gunicorn_argv(config)))
-        children.append(Child("ui", [py, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"),
+        children.append(Child("ui", [py, "-m", "streamlit", "run", str(REPO_ROOT / "ui_app.py"),
                                      "--server.port", str(config.ui_port), "--server.address", config.api_host,
                                      "--server.headless", "true", "--browser.gatherUsageStats", "false"]))
     return children

@@ -1,9 +1,10 @@
 """UI sign-in sessions that survive a reload: an opaque random token in a cookie, its hash in the catalog.
 
 Streamlit keeps ``st.session_state`` per websocket, so a reload or a typed address starts afresh; the
-browser's cookie (read with ``st.context.cookies``) carries the token across. A session ends when idle for
-:data:`IDLE_SECONDS`, :data:`ABSOLUTE_SECONDS` after sign-in, on sign-out, and when its user is deleted or
-their role changes.
+browser's cookie (read with ``st.context.cookies``) carries the token across. The UI server sets that cookie
+HttpOnly (``services/session_routes.py``), in exchange for a one-time claim code the page hands the browser.
+A session ends when idle for :data:`IDLE_SECONDS`, :data:`ABSOLUTE_SECONDS` after sign-in, on sign-out, and
+when its user is deleted or their role changes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
 import time
 
 from services.rows import Session
@@ -64,12 +66,41 @@ def revoke(store: Store, token: str | None, now: float | None = None) -> None:
         store.revoke_session(_hash(token), time.time() if now is None else now)
 
 
-def cookie_script(token: str | None) -> str:
-    """JavaScript that stores ``token`` in the browser's cookie (None: deletes it).
+CLAIM_SECONDS = 60  # a claim code is spent at once by the page that received it
+COOKIE_ROUTE = "/_studio/session"  # served by the UI server itself (ui_app.py), never by a page script
+_claims: dict[str, tuple[str, float]] = {}
+_claims_lock = threading.Lock()
 
-    Not HttpOnly (a page script writes it; Streamlit's server sets no cookies of its own), so it is
-    scoped to this site's path, SameSite=Strict, Secure over HTTPS, and worth nothing once revoked.
+
+def claim_code(token: str, now: float | None = None) -> str:
+    """A one-time code the browser trades at :data:`COOKIE_ROUTE` for the HttpOnly cookie holding ``token``.
+
+    The token itself never reaches a page script: the code is spent once, within :data:`CLAIM_SECONDS`, and
+    is kept (hashed) only in this UI process, the one that serves both the page and the route.
     """
-    value, max_age = (token, ABSOLUTE_SECONDS) if token else ("", 0)
-    return ("<script>(function(){var c=" + json.dumps(f"{COOKIE}={value}; Max-Age={max_age}; Path=/; SameSite=Strict")
-            + ";if(location.protocol==='https:'){c+='; Secure';}document.cookie=c;})();</script>")
+    code = secrets.token_urlsafe(32)
+    now = time.time() if now is None else now
+    with _claims_lock:
+        for key in [k for k, (_t, until) in _claims.items() if until < now]:
+            del _claims[key]
+        _claims[_hash(code)] = (token, now + CLAIM_SECONDS)
+    return code
+
+
+def redeem(code: str, now: float | None = None) -> str | None:
+    """The token a claim code stands for, once (None when unknown, spent or expired)."""
+    now = time.time() if now is None else now
+    with _claims_lock:
+        token, until = _claims.pop(_hash(code), (None, 0.0))
+    return token if until >= now else None
+
+
+def cookie_script(token: str | None) -> str:
+    """JavaScript that has the UI server set the browser's session cookie for ``token`` (None: delete it).
+
+    The server answers with ``Set-Cookie: ...; HttpOnly; SameSite=Strict`` (Secure over HTTPS), so no script
+    on the page can read the token; the page only passes on a one-time :func:`claim_code`.
+    """
+    body = claim_code(token) if token else ""
+    return ("<script>fetch(" + json.dumps(COOKIE_ROUTE) + ",{method:'POST',credentials:'same-origin',"
+            "headers:{'Content-Type':'text/plain'},body:" + json.dumps(body) + "});</script>")

@@ -151,7 +151,7 @@ class Stack:
         if self.ui is not None and self.ui.poll() is None:
             return
         self.ui = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.port", str(self.ui_port),
+            [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "ui_app.py"), "--server.port", str(self.ui_port),
              "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
             cwd=REPO_ROOT, env=self.env, stdout=self.log("ui"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.ui_url + "/_stcore/health", proc=self.ui)

@@ -102,6 +102,9 @@ def test_a_reload_and_a_deep_link_keep_the_sign_in_and_sign_out_ends_it(page, st
     shot(page, "reload-keeps-sign-in")
     cookie = next(c for c in page.context.cookies() if c["name"] == "studio_session")
     assert cookie["sameSite"] == "Strict" and cookie["expires"] > 0
+    # HttpOnly: no script on the page can read the token, and the reload above still kept the sign-in.
+    assert cookie["httpOnly"] and "studio_session" not in page.evaluate("document.cookie")
+    assert cookie["value"] not in page.content()
     from services.sessions import _hash
 
     catalog = open_store(stack.data_dir)

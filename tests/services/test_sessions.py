@@ -47,9 +47,42 @@ def test_a_deleted_or_re_roled_user_is_signed_out(store):
     assert sessions.resume(store, token) is None
 
 
-def test_the_cookie_script_sets_and_clears_only_the_session_cookie():
-    assert "studio_session=abc; Max-Age=604800; Path=/; SameSite=Strict" in sessions.cookie_script("abc")
-    assert "studio_session=; Max-Age=0" in sessions.cookie_script(None)
+def post_to_cookie_route(body: str, scheme: str = "http") -> tuple[int, list[str]]:
+    """POST ``body`` to the UI server's cookie route as the browser would; (status, Set-Cookie headers)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from services.session_routes import session_cookie
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body.encode(), "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": sessions.COOKIE_ROUTE, "scheme": scheme, "headers": [],
+             "query_string": b"", "server": ("127.0.0.1", 8501)}
+    response = asyncio.run(session_cookie(Request(scope, receive)))
+    return response.status_code, [v.decode() for k, v in response.raw_headers if k == b"set-cookie"]
+
+
+def test_the_page_never_sees_the_token_and_the_server_sets_it_httponly_once():
+    script = sessions.cookie_script("the-token")
+    assert "the-token" not in script and sessions.COOKIE_ROUTE in script
+    code = script.split('body:"')[1].split('"')[0]
+    status, cookies = post_to_cookie_route(code)
+    assert status == 204 and len(cookies) == 1
+    parts = {p.strip().lower() for p in cookies[0].split(";")}
+    assert {"studio_session=the-token", "httponly", "samesite=strict", "max-age=604800", "path=/"} <= parts
+    assert "secure" not in parts
+    _status, over_https = post_to_cookie_route(sessions.claim_code("t2"), scheme="https")
+    assert "secure" in {p.strip().lower() for p in over_https[0].split(";")}
+    assert post_to_cookie_route(code) == (403, [])  # spent
+    assert post_to_cookie_route(sessions.claim_code("t3", now=0.0)) == (403, [])  # expired long ago
+
+
+def test_signing_out_deletes_the_cookie():
+    assert sessions.COOKIE_ROUTE in sessions.cookie_script(None) and 'body:""' in sessions.cookie_script(None)
+    status, cookies = post_to_cookie_route("")
+    assert status == 204 and "studio_session=" in cookies[0] and "max-age=0" in cookies[0].lower()
 
 
 def test_an_admin_change_through_the_users_api_ends_the_ui_sessions_at_once(store):

@@ -1,0 +1,79 @@
+"""The shared live-job panel when Redis is gone: the page says so in one sentence, never with a traceback.
+
+The panel is drawn the way the Augment page draws its generation job (status line, progress bar, Cancel),
+against a catalog whose job is running and a Redis address where nothing listens.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from services.store import open_store
+from tests.harness import free_port
+
+JOB_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+
+
+def augment_like_panel() -> None:
+    """A page script (AppTest runs its source alone, so it imports what it uses)."""
+    import streamlit as st
+
+    from services.ui import get_config, get_store
+    from services.ui_jobs import cancel_button, is_live, job_state, live_panel, progress_bar, status_line
+
+    config, store = get_config(), get_store()
+    job_id = st.session_state["job"]
+
+    def panel() -> str:
+        record = job_state(config, store, job_id)
+        progress_bar(record, status_line("Job", record, "samples"))
+        if is_live(record["status"]):
+            cancel_button(config, store, job_id, key="augment_cancel")
+        return record["status"]
+
+    live_panel("augment_job_panel", job_state(config, store, job_id, warn=False)["status"], panel, every=1)
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch):
+    """The panel over a catalog with one started generation job, and Redis unreachable."""
+    data_dir = tmp_path / "data"
+    store = open_store(data_dir)
+    store.create_job(JOB_ID, "generate", {}, "operator")
+    store.update_job(JOB_ID, status="started", progress={"done": 40, "total": 100, "fraction": 0.4})
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    st.cache_resource.clear()  # the config and catalog are cached per process: read this DATA_DIR
+    at = AppTest.from_function(augment_like_panel, default_timeout=30)
+    at.session_state["job"] = JOB_ID
+    yield at
+    st.cache_resource.clear()
+
+
+def test_the_panel_shows_the_recorded_state_while_redis_is_unreachable(page):
+    page.run()
+    assert not page.exception
+    assert page.get("progress")[0].proto.text == f"Job {JOB_ID[:8]}: started · 40 / 100 samples"
+    assert page.button(key="augment_cancel").label == "Cancel job"
+
+
+def test_cancel_says_the_queue_is_unreachable_instead_of_raising(page):
+    page.run()
+    page.button(key="augment_cancel").click().run()
+    assert not page.exception
+    assert [e.value for e in page.error] == ["The job queue (Redis) is unreachable; try again shortly."]
+    assert page.get("progress")[0].proto.text.endswith("started · 40 / 100 samples")  # the panel is still there
+    assert open_store(os.environ["DATA_DIR"]).get_job(JOB_ID)["status"] == "started"  # nothing was half-done
+
+
+def test_an_ended_job_is_still_shown_without_polling(page):
+    open_store(os.environ["DATA_DIR"]).update_job(JOB_ID, status="finished",
+                                                  progress={"done": 100, "total": 100, "fraction": 1.0})
+    page.run()
+    assert not page.exception
+    assert page.get("progress")[0].proto.text == f"Job {JOB_ID[:8]}: finished · 100 / 100 samples"
+    assert not page.button  # nothing left to cancel
