@@ -1,11 +1,12 @@
 """Signing in and out, and the pages each role can reach, in a real browser."""
 
 import re
+import time
 
 import pytest
 from playwright.sync_api import expect
 
-from services import jobs
+from services import jobs, sign_in
 from services.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
 
@@ -26,16 +27,27 @@ def test_wrong_password_is_refused(page, stack):
     shot(page, "login-refused")
 
 
+def failures_counted(stack, username: str) -> int:
+    """The failed sign-ins the UI has recorded against ``username`` in the current window (read from Redis)."""
+    item, key = sign_in._budgets(stack.config, username, None)[0]
+    return item.amount - sign_in._window(stack.config.effective_redis_url).get_window_stats(item, key).remaining
+
+
 def test_guessing_passwords_in_the_form_is_throttled_and_locks_only_that_username(page, stack):
     open_store(stack.data_dir).create_user("guessed", "the-right-password-1", "annotator")
     page.goto(stack.ui_url)
-    for attempt in range(stack.config.auth_failures_per_user + 1):
+    limit = stack.config.auth_failures_per_user
+    for attempt in range(limit + 1):
         page.get_by_label("Username", exact=True).fill("guessed")
-        page.get_by_label("Password", exact=True).fill(
-            "the-right-password-1" if attempt == stack.config.auth_failures_per_user else f"guess-{attempt}")
+        guess = "the-right-password-1" if attempt == limit else f"guess-{attempt}"
+        page.get_by_label("Password", exact=True).fill(guess)
         page.get_by_role("button", name="Sign in").click()
         page.get_by_test_id("stAlert").last.wait_for()
-        page.wait_for_timeout(300)
+        # Each wrong answer looks like the last one, so wait for the server to have counted this guess.
+        deadline = time.monotonic() + 30
+        while attempt < limit and failures_counted(stack, "guessed") < attempt + 1:
+            assert time.monotonic() < deadline, f"guess {attempt + 1} was never counted"
+            page.wait_for_timeout(100)
     # Even the right password now waits: a guesser cannot tell it from a wrong one.
     page.get_by_text(re.compile(r"Too many failed sign-ins; try again in \d+ s")).wait_for()
     assert page.get_by_test_id("stSidebarUserContent").count() == 0
