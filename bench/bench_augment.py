@@ -1,6 +1,6 @@
-"""Augmentation benchmark: samples/s written to HDF5 for the seed's /generate body, ours vs albumentations.
+"""Augmentation benchmark: samples/s written to HDF5 for the legacy API's /generate body, ours vs albumentations.
 
-Work: the seed's example body (2 backgrounds, brightness+color for training, gaussian+contrast for
+Work: the legacy API's example body (2 backgrounds, brightness+color for training, gaussian+contrast for
 testing, scales 500/490, all three flips, 4 training and 6 test angles) on three RGBA cut-outs made
 from ``skimage.data`` photos (coffee, chelsea, rocket in the shape of ``skimage.data.horse()``), the
 shipped ``bgs/`` backgrounds, at image_size 224 and 512: 576 samples per run.
@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from engine.augment.backgrounds import list_backgrounds  # noqa: E402
 from engine.augment.generate import GenerationConfig, count_samples, generate_dataset  # noqa: E402
-from tests.engine.test_generate import SEED_BODY  # noqa: E402  (the seed's example body, engine spelling)
+from tests.engine.test_generate import LEGACY_BODY  # noqa: E402  (the legacy API's example body, engine spelling)
 
 RUNNERS = ("ours", "albumentations", "albumentations-cached")
 BUFFER = 64
@@ -182,7 +182,7 @@ def child(args: argparse.Namespace) -> None:
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         sys.path.insert(0, args.albumentations_path)
         import albumentations  # noqa: F401  (imported before the baseline is taken, like ours)
-    config = GenerationConfig(**SEED_BODY, image_size=args.size)
+    config = GenerationConfig(**LEGACY_BODY, image_size=args.size)
     backgrounds = list_backgrounds(REPO / "bgs")
     with tempfile.TemporaryDirectory() as tmp:
         objects = make_objects(Path(tmp), args.copies)
@@ -263,9 +263,9 @@ def main() -> None:
         print(
             "Install it for the benchmark only (see this file's docstring) and pass --albumentations-path.\n"
         )
-    samples = sum(count_samples(GenerationConfig(**SEED_BODY), 3).values())
+    samples = sum(count_samples(GenerationConfig(**LEGACY_BODY), 3).values())
     print(
-        f"seed /generate body, 3 objects -> {samples} samples; albumentations {version or 'missing'}; "
+        f"legacy /generate body, 3 objects -> {samples} samples; albumentations {version or 'missing'}; "
         f"{os.cpu_count()} CPUs; medians of {args.repeats} runs, each in a fresh process\n"
     )
     for size in args.sizes:

@@ -3,7 +3,7 @@ the catalog's query methods (filter, order and page in SQL, indexed) against the
 decode it, filter in Python).
 
 Work, on a catalog filled in a temporary DATA_DIR (seeded: about half the images labelled with 1-3 of the
-seed's 34 labels; jobs of four kinds by five users, train jobs with a 10-epoch history):
+legacy pipeline's 34 labels; jobs of four kinds by five users, train jobs with a 10-epoch history):
 
 * ``queue`` — the Annotate page's unlabelled queue: the 10 oldest unlabelled images and how many wait.
 * ``label filter`` — the Annotate page's Browse tab filtered by one label (up to 1,000 newest).

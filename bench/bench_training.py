@@ -179,7 +179,7 @@ def print_scaling(scaling: dict) -> None:
 
 
 def write_image_stores(root: Path, images: np.ndarray, targets: np.ndarray) -> tuple[Path, Path]:
-    """The same images as an HDF5 file (seed layout) and as PNG class folders."""
+    """The same images as an HDF5 file (legacy layout) and as PNG class folders."""
     hdf5 = root / "digits.hdf5"
     with h5py.File(hdf5, "w") as f:
         f["X_train"], f["y_train"] = images, targets

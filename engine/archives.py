@@ -285,7 +285,7 @@ def common_shape(shapes: Iterable[tuple[int, int] | None], fallback: int) -> tup
 class Hdf5Writer:
     """Write ``X_<split>`` (N x H x W x 3 uint8, grown as images come) and ``y_<split>`` to one file.
 
-    The file has the seed's layout plus the ``class_names`` attribute (JSON), as the reader expects.
+    The file has the legacy API's layout plus the ``class_names`` attribute (JSON), as the reader expects.
     """
 
     def __init__(self, path: str | os.PathLike, class_names: list[str], shape: tuple[int, int],
@@ -391,7 +391,7 @@ def _counts(path: str | os.PathLike, class_names: list[str]) -> dict[str, dict[s
 
 
 def split_counts(path: str | os.PathLike, class_names: list[str]) -> dict[str, dict[str, int]]:
-    """Images per split and class of an HDF5 dataset in the seed's layout (reads only the labels)."""
+    """Images per split and class of an HDF5 dataset in the legacy API's layout (reads only the labels)."""
     return _counts(path, class_names)
 
 

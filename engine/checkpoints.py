@@ -220,7 +220,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise InvalidInput(f"{path.name!r} is not a loadable state_dict: {exc}", field="weights_path") from exc
     if _is_ours(loaded):
         loaded = parse(loaded, path.name).state_dict
-    for key in ("state_dict", "model"):  # others' whole checkpoints (the seed's .tar) nest the weights
+    for key in ("state_dict", "model"):  # others' whole checkpoints (the legacy API's .tar) nest the weights
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

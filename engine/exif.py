@@ -3,8 +3,8 @@
 GPS coordinates are stored in EXIF as three unsigned rationals (degrees, minutes, seconds) plus a
 hemisphere reference. They are summed as exact fractions and rounded to a float once, so a value such
 as 28° 50' 6.539154" N reads back as exactly ``28.835149765``. The hemisphere is applied to the signed
-``latitude`` / ``longitude`` (south and west are negative); the seed-compatible ``gps`` dict keeps the
-unsigned values next to their reference letters, as the seed's ``/imginfo`` did.
+``latitude`` / ``longitude`` (south and west are negative); the legacy-compatible ``gps`` dict keeps the
+unsigned values next to their reference letters, as the legacy API's ``/imginfo`` did.
 
 Reading never fails: an image without EXIF, without GPS, or with broken EXIF gives ``None`` fields.
 """
@@ -38,7 +38,7 @@ class ExifInfo:
 
     Attributes:
         date: ``"YYYY:MM:DD HH:MM:SS"`` from DateTimeOriginal, else DateTimeDigitized, else DateTime.
-        gps: the seed's ``GPS_information`` dict (keys GPSAltitude, GPSAltitudeRef, GPSLatitude,
+        gps: the legacy API's ``GPS_information`` dict (keys GPSAltitude, GPSAltitudeRef, GPSLatitude,
             GPSLatitudeRef, GPSLongitude, GPSLongitudeRef; unsigned degrees as floats, altitude and its
             ref as strings, a missing one as None), or None when the image carries no usable GPS.
         latitude: signed decimal degrees (south negative), or None.
@@ -53,7 +53,7 @@ class ExifInfo:
     altitude: float | None = None
 
     def to_imginfo(self) -> dict[str, Any]:
-        """Return the EXIF part of the seed's ``/imginfo`` answer plus signed coordinates for maps."""
+        """Return the EXIF part of the legacy API's ``/imginfo`` answer plus signed coordinates for maps."""
         return {
             "data_information": self.date,
             "GPS_information": dict(self.gps) if self.gps is not None else None,
@@ -256,7 +256,7 @@ def _altitude_ref(value: Any) -> int | None:
 
 
 def _number_text(value: Fraction) -> str:
-    """Format an unsigned rational as the seed did: ``"0"`` for whole numbers, else the float."""
+    """Format an unsigned rational as the legacy API did: ``"0"`` for whole numbers, else the float."""
     return str(value.numerator) if value.denominator == 1 else repr(float(value))
 
 

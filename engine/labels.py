@@ -30,8 +30,8 @@ from PIL import Image
 from engine.exceptions import InvalidInput, StudioError
 from engine.files import atomic_write_bytes
 
-# The 34 labels of the seed's pretrained ResNet18 (its select.pkl), in the seed's order: the model's
-# output columns follow this order, so it must not be sorted.
+# The 34 labels of the legacy pipeline's pretrained ResNet18 (its select.pkl), in its order: the model's output
+# columns follow this order, so it must not be sorted.
 DEFAULT_LABELS: tuple[str, ...] = (
     "sea", "ground-other", "platform", "building-other", "branch", "grass", "hill", "fog", "snow",
     "leaves", "river", "road", "bush", "tree", "bridge", "flower", "railroad", "pavement", "mountain",
@@ -68,7 +68,7 @@ def validate_id_name(value: Any, field: str = "id_name") -> str:
     """Check an image id before it becomes a file name.
 
     Args:
-        value: the id as received (the seed's examples: ``"1"``, ``"a_1"``).
+        value: the id as received (the legacy API's examples: ``"1"``, ``"a_1"``).
         field: the name reported in the error.
 
     Returns:

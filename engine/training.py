@@ -68,9 +68,9 @@ class TrainConfig:
         learning_rate: learning rate (of the classifier when ``lr_pretrained`` is set).
         optimizer: ``"sgd"`` (with momentum) or ``"adam"``.
         momentum: SGD momentum.
-        weight_decay: L2 penalty (the seed's ``l2_reg``).
+        weight_decay: L2 penalty (the legacy API's ``l2_reg``).
         lr_schedule: ``"none"``, ``"plateau"`` (divide by 1/``lr_gamma`` when the monitored metric stalls
-            for ``plateau_patience`` epochs) or ``"step"`` (every ``epoch_step`` epochs). The seed's
+            for ``plateau_patience`` epochs) or ``"step"`` (every ``epoch_step`` epochs). The legacy API's
             ``lr_decay=1`` means ``"step"`` when ``epoch_step`` is given, else ``"plateau"``.
         epoch_step: epochs between learning-rate steps (``"step"`` schedule).
         lr_gamma: learning-rate factor of a schedule step.
@@ -78,13 +78,13 @@ class TrainConfig:
         patience: early stopping: stop after this many epochs without improvement (None: never).
         seed: seeds model initialisation, shuffling, dropout and augmentation.
         image_size: input side in pixels (None: the model's default).
-        grey: train on grey images (the seed's ``convert_grey``).
+        grey: train on grey images (the legacy API's ``convert_grey``).
         multi_label: independent sigmoid outputs and BCE loss instead of softmax + cross-entropy.
         pretrained: start from torchvision's ImageNet weights (must be in the local cache).
         weights_path: start from this local state_dict file instead.
         lr_pretrained: learning rate of every layer but the classifier (0 freezes them; None: same lr).
         num_workers: DataLoader worker processes.
-        augment: light train-time augmentation (the seed's ``is_transform``).
+        augment: light train-time augmentation (the legacy API's ``is_transform``).
         head_only: train only the classifier, on backbone features computed once and cached
             (:func:`fit_head`); needs ``pretrained`` or ``weights_path``.
         augment_copies: head-only with ``augment``: augmented copies of each training image whose

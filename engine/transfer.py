@@ -1,8 +1,8 @@
-"""Transfer learning command line (the seed's ``main_coco.py``): a pretrained backbone, multi-label, on ``newdata/``.
+"""Transfer learning command line (the legacy pipeline's ``main_coco.py``): a pretrained backbone, multi-label.
 
 Usage: ``python -m engine.transfer [OPTIONS]``. The backbone is ResNet-18 when ``--weights`` (a local
-ResNet-18 file, as the seed's) is given, the model of the ``--resume`` checkpoint when that is, else
-EfficientNet-Lite0 with the ImageNet weights installed with the package: the seed's example runs on a
+ResNet-18 file, as the legacy pipeline's) is given, the model of the ``--resume`` checkpoint when that is, else
+EfficientNet-Lite0 with the ImageNet weights installed with the package: the legacy pipeline's example runs on a
 fresh, offline install. With ``--lrp 0`` (the default) only the output layer trains, on backbone
 features computed once and cached in ``<data-dir>/features``; with ``--lrp`` > 0 the pretrained layers
 train too, at that rate. It trains on the annotated images of
@@ -30,13 +30,13 @@ from engine.exceptions import Cancelled, StudioError
 from engine.inference import Predictor
 from engine.training import TrainConfig, fit_head
 
-WEIGHTS_MODEL = "resnet18"  # what the seed's --weights / --resume files hold
+WEIGHTS_MODEL = "resnet18"  # what the legacy pipeline's --weights / --resume files hold
 BUNDLED_MODEL = "efficientnet-lite0"
 TAG_SEPARATOR = ";"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the parser: the seed's options with the seed's meanings, plus data and weights locations."""
+    """Return the parser: the legacy pipeline's options with their meanings, plus data and weights locations."""
     p = argparse.ArgumentParser(
         prog="python -m engine.transfer",
         description=(
@@ -171,7 +171,7 @@ def processes_for(device_ids: Sequence[int] | None) -> int:
 
 
 def print_epoch(record: dict) -> None:
-    """One line per epoch, as the seed printed its validation summary."""
+    """One line per epoch, as the legacy pipeline printed its validation summary."""
     print(
         f"Epoch [{record['epoch']}/{record['epochs']}] train loss {record['train_loss']:.4f} "
         f"test loss {record['test_loss']:.4f} mAP {record['test_map']:.2f} "

@@ -16,7 +16,7 @@ from services.ui_jobs import cancel_button, is_live, job_state, live_panel, prog
 
 PREVIEW_COUNT = 12
 HUGE_PLAN = 50_000  # samples: past this a plan takes hours and gigabytes, so it is confirmed first
-# Request fields (the seed's spellings and the engine's) in the words of this page's widgets.
+# Request fields (the legacy API's spellings and the engine's) in the words of this page's widgets.
 LABELS = {"classes": "Classes", "image_size": "Image size (px)", "number_backgrounds": "Backgrounds per variant",
           "seed": "Seed", "training_transforms": "Training transforms", "testing_transforms": "Test transforms",
           "scales": "Object sizes", "angels": "Training angles (°)", "angles": "Training angles (°)",
@@ -68,7 +68,7 @@ def backgrounds_section() -> None:
 
 
 def options(classes: dict[str, int]) -> dict:
-    """Every option of the seed's /generate body, as the request body the API would receive."""
+    """Every option of the legacy API's /generate body, as the request body the API would receive."""
     chosen = st.multiselect("Classes", list(classes), default=list(classes), key="augment_classes",
                             format_func=lambda c: f"{c} ({classes[c]})")
     a, b, c = st.columns(3)
@@ -100,7 +100,7 @@ def options(classes: dict[str, int]) -> dict:
 
 
 def crop_options(a, b, c) -> dict:
-    """Centre crops, sliding windows (the seed's "occlusion"), random erasing, test share, name, export."""
+    """Centre crops, sliding windows (the legacy API's "occlusion"), random erasing, test share, name, export."""
     body = {"apply_center_crop": a.checkbox("Centre crops", DEFAULTS.apply_center_crop, key="augment_center")}
     body["center_crop_windows"] = numbers(a.text_input("Centre crop windows (px)",
                                                        joined(DEFAULTS.center_crop_windows) or "112, 56",

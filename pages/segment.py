@@ -194,7 +194,7 @@ def save_section(result, source: str) -> None:
                             placeholder="Choose a class", key="segment_class",
                             format_func=lambda c: c if c == NEW_CLASS else f"{c} ({counts[c]} objects)")
     name = right.text_input("New class name", key="segment_new_class", disabled=choice != NEW_CLASS,
-                            help="Letters, digits, '_', '-', '.' and spaces (the seed's EAN codes fit).")
+                            help="Letters, digits, '_', '-', '.' and spaces (the legacy API's EAN codes fit).")
     class_name = name.strip() if choice == NEW_CLASS else choice
     if st.button("Save object", key="segment_save", type="primary", disabled=not class_name):
         cutout = result.cutout

@@ -60,7 +60,7 @@ def pick(label: str, options: list[str], preferred: str, key: str) -> str | None
 
 
 def hyperparameters(info) -> dict:
-    """The training settings, with the seed's defaults; returns request fields."""
+    """The training settings, with the legacy API's defaults; returns request fields."""
     c1, c2, c3, c4 = st.columns(4)
     limits = functools.partial(field_limits, training.TrainRequest)
     # Fields whose "none" the page spells 0 keep the model's ceiling; floats keep one numeric type.
@@ -125,7 +125,7 @@ def data_ready(fields: dict) -> bool:
 
 def launch_form() -> None:
     """Model, data, hyperparameters and the Launch button (which selects the new run below)."""
-    name = pick("Model", list(MODELS), "convnetj", "train_model")  # the seed's example model first
+    name = pick("Model", list(MODELS), "convnetj", "train_model")  # the legacy API's example model first
     info = MODELS[name]
     st.caption(f"{info.description} · default input {info.default_input_size} px")
     with st.expander("Upload a dataset (a zip of class folders, or an HDF5 file)"):

@@ -1,4 +1,4 @@
-"""The annotation platform: uploads, ``/imginfo``, labels, label sets and exports (issue 5).
+"""The annotation platform: uploads, ``/imginfo``, labels, label sets and exports.
 
 Shared by the API (``services/routes/annotate.py``) and the Annotate page, so both behave the same.
 An image's catalog row is written after its file is in place, so a crash can leave a file without a row but
@@ -196,7 +196,7 @@ def get_image(store: Store, id_name: str) -> ImageRow:
 
 
 def imginfo(store: Store, id_name: str) -> dict:
-    """Return the seed's ``/imginfo`` answer plus confirmed ``labels`` and signed ``latitude``/``longitude``."""
+    """Return the legacy API's ``/imginfo`` answer plus confirmed ``labels`` and signed ``latitude``/``longitude``."""
     row = get_image(store, id_name)
     return {"image_id": row.id_name, "predict_tags": row.predict_tags or [], "data_information": row.exif_date,
             "GPS_information": row.gps, "labels": row.labels, "latitude": row.latitude, "longitude": row.longitude}
@@ -274,7 +274,7 @@ def export_labels(config: Config, row: ImageRow) -> None:
 
 
 def read_labels(config: Config) -> list[str]:
-    """Return the current label set (the seed's 34 labels until an admin edits it)."""
+    """Return the current label set (the legacy API's 34 labels until an admin edits it)."""
     return labelsets.read_label_set(newdata_dir(config))
 
 

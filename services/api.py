@@ -55,7 +55,7 @@ JOB_READERS = ("operator", "client")  # clients read only their own jobs
 
 
 class LegacyJwtHeader:
-    """WSGI middleware: accept the seed's ``Authorization: JWT <token>`` as well as ``Bearer <token>``."""
+    """WSGI middleware: accept the legacy API's ``Authorization: JWT <token>`` as well as ``Bearer <token>``."""
 
     def __init__(self, wsgi_app):
         self.wsgi_app = wsgi_app
@@ -259,9 +259,9 @@ def get_job(job_id: str):
     return ok(readable_job(job_id))
 
 
-@endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), roles=JOB_READERS, summary="Seed-style job metrics")
-def seed_job_metrics(job_id: str):
-    """The seed's view of a training job: loss and accuracy lists per epoch."""
+@endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), roles=JOB_READERS, summary="Legacy job metrics")
+def legacy_job_metrics(job_id: str):
+    """The legacy API's view of a training job: loss and accuracy lists per epoch."""
     record = readable_job(job_id)
     history = record["history"] or []
     return ok({"job_id": job_id, "job_status": record["status"],
@@ -386,8 +386,8 @@ def root_connect(auth=None):
 
 
 @socketio.on("connect", namespace="/test")
-def seed_connect(auth=None):
-    """The seed's namespace: every ``my_response`` of the jobs the user may read."""
+def legacy_connect(auth=None):
+    """The legacy API's namespace: every ``my_response`` of the jobs the user may read."""
     _join_job_rooms(_socket_user(auth))
 
 

@@ -1,6 +1,6 @@
-"""Augmented datasets (issue 3): backgrounds, the seed's ``/api/v1/generate``, its job, and the catalog.
+"""Augmented datasets: backgrounds, the legacy API's ``/api/v1/generate``, its job, and the catalog.
 
-The request model accepts the seed's body as it was written, misspellings included (``angels``,
+The request model accepts the legacy API's body as it was written, misspellings included (``angels``,
 ``apply_occulsion``, ...), with the correct spellings as aliases. It is the only parser of the body's
 text; each number is held to the engine's range (``OPTION_RANGES``), and the typed values then go to the
 engine's :class:`~engine.augment.generate.GenerationConfig`, which owns the defaults and checks what
@@ -99,12 +99,12 @@ class BackgroundExists(Conflict):
 
 
 class GenerateBody(BaseModel):
-    """The seed's ``/api/v1/generate`` body. Omitted (or null) options take the engine's defaults.
+    """The legacy API's ``/api/v1/generate`` body. Omitted (or null) options take the engine's defaults.
 
     Numbers and booleans may arrive as strings (``"2"``, ``"1"``): this model is their only parser, and
     each number is held to the engine's range (``OPTION_RANGES``). What depends on other options (a
     window within ``image_size``) and the transform names are checked by the engine's
-    ``GenerationConfig``, which takes the typed values. An option the seed misspelled is declared under
+    ``GenerationConfig``, which takes the typed values. An option the legacy API misspelled is declared under
     the engine's name with ``validation_alias=AliasChoices(<first: shown in the OpenAPI document>,
     <other>)``; those aliases are the only table of spellings (:meth:`spelled` reads them).
     """
@@ -187,7 +187,7 @@ def generation_config(body: GenerateBody) -> GenerationConfig:
 def dataset_name(config: Config, store: Store, requested: str | None, image_size: int, field: str = "name") -> str:
     """A new dataset's name: the requested one (validated, never an existing one) or a fresh unique one.
 
-    ``hdf5_path`` in the seed's training body names a file (``dataset-512x512.hdf5``); the suffix is
+    ``hdf5_path`` in the legacy API's training body names a file (``dataset-512x512.hdf5``); the suffix is
     dropped, and nothing that could be a path (``/``, ``..``) is accepted.
 
     Raises:

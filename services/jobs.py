@@ -155,19 +155,19 @@ def _emitter(url: str):
 
 
 def emit_job_event(config: Config, job: dict, event: str, payload: dict) -> None:
-    """Send ``event`` to the ``/jobs`` subscribers of the job and the seed's ``/test`` ``my_response``."""
+    """Send ``event`` to the ``/jobs`` subscribers of the job and the legacy API's ``/test`` ``my_response``."""
     try:
         sio = _emitter(config.effective_redis_url)
         sio.emit(event, {"job_id": job["id"], "kind": job["kind"], **payload}, namespace="/jobs",
                  to=f"job:{job['id']}")
-        sio.emit("my_response", seed_payload(job, payload.get("status", event)), namespace="/test",
+        sio.emit("my_response", legacy_payload(job, payload.get("status", event)), namespace="/test",
                  to=["jobs:all", f"jobs:user:{job['created_by']}"])
     except Exception:  # events are best effort: the catalog keeps the truth
         log.warning("could not emit %s for job %s", event, job["id"], exc_info=True)
 
 
-def seed_payload(job: dict, status: str) -> dict:
-    """The seed's ``my_response`` shape, from the job's latest epoch metrics."""
+def legacy_payload(job: dict, status: str) -> dict:
+    """The legacy API's ``my_response`` shape, from the job's latest epoch metrics."""
     last = (job.get("history") or [{}])[-1]
     return {"job_id": job["id"], "job_status": status, "job_progress": {
         "epoch": last.get("epoch"),

@@ -1,4 +1,4 @@
-"""GrabCut cut-outs and the object library (issue 3): the seed's ``/api/v1/segment`` and the Segment page.
+"""GrabCut cut-outs and the object library: the legacy API's ``/api/v1/segment`` and the Segment page.
 
 A cut-out is an RGBA PNG under ``DATA_DIR/objects/<class>/<object_id>.png`` with a row in the catalog's
 ``objects`` table. The file is written under a temporary name and moved into place before the row is
@@ -87,7 +87,7 @@ def validate_class_name(name: object, field: str = "ean") -> str:
     """Return a class label that is safe as a folder name, or raise naming ``field``.
 
     Args:
-        name: the label as sent (the seed calls it ``ean``).
+        name: the label as sent (the legacy API calls it ``ean``).
         field: the request field to name in the error.
 
     Raises:
@@ -105,7 +105,7 @@ def validate_class_name(name: object, field: str = "ean") -> str:
 
 
 class SegmentBody(BaseModel):
-    """The seed's ``/api/v1/segment`` body; numbers may arrive as strings (``"37"``)."""
+    """The legacy API's ``/api/v1/segment`` body; numbers may arrive as strings (``"37"``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -185,7 +185,7 @@ def segment(config: Config, store: Store, body: SegmentBody, username: str | Non
     refines that cut (its mask and colour models) instead of starting over; the answer has the same shape.
 
     Returns:
-        The seed's response fields: ``output_image`` (base64 PNG of the RGBA cut-out), ``object_id``,
+        The legacy API's response fields: ``output_image`` (base64 PNG of the RGBA cut-out), ``object_id``,
         ``ean`` and ``bbox`` (``[x1, y1, x2, y2]`` of the cut-out in image pixels, x2/y2 exclusive).
     """
     digest = hashlib.sha256(body.image.encode()).hexdigest()

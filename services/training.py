@@ -1,8 +1,8 @@
-"""Training as a service (issue 4): the ``/train`` request, its checks against DATA_DIR, the ``train`` job,
+"""Training as a service: the ``/train`` request, its checks against DATA_DIR, the ``train`` job,
 resume, and the catalog of trained models (list, activate, export, delete).
 
 Shared by ``services/routes/train.py`` and the Train / Models pages, so both accept exactly the same
-requests. The request keeps the seed's field names; :func:`to_train_config` maps them onto the engine's
+requests. The request keeps the legacy API's field names; :func:`to_train_config` maps them onto the engine's
 :class:`~engine.training.TrainConfig`. Every path a client sends is relative to DATA_DIR (``hdf5_path``:
 to ``DATA_DIR/datasets``) and may never lead outside it.
 """
@@ -51,7 +51,7 @@ from services.quotas import check_training_size
 from services.rows import Model
 from services.store import Store
 
-# Long runs are the point of this job (the seed asks for 4000 epochs): three days, and a run that
+# Long runs are the point of this job (the legacy API asks for 4000 epochs): three days, and a run that
 # outlives it is resumed from its last.pt. Results stay a week, like the catalog's other jobs.
 TRAIN_TIMEOUT = 3 * 24 * 3600
 TRAIN_RESULT_TTL = 7 * 24 * 3600
@@ -77,7 +77,7 @@ METRIC_KEYS = ("best_accuracy", "test_accuracy", "test_loss", "train_accuracy", 
 
 # ------------------------------------------------------------------------------------------ request
 class TrainRequest(BaseModel):
-    """The body of ``POST /api/v1/train``: the seed's fields (numbers and booleans may be strings).
+    """The body of ``POST /api/v1/train``: the legacy API's fields (numbers and booleans may be strings).
 
     Each field is declared once, here, with its bound and default; pages read them through
     :func:`services.ui.field_limits`. A field that sets a :class:`TrainConfig` field of another name
@@ -119,7 +119,7 @@ class TrainRequest(BaseModel):
         description="head-only (frozen backbone, cached features), fine-tune (pretrained layers at lrp) "
                     "or scratch; None: head-only with weights (fine-tune when lrp > 0), else scratch")
     lrp: float | None = Field(None, ge=0, le=MAX_LEARNING_RATE, serialization_alias="lr_pretrained",
-                              description="learning rate of the pretrained layers (the seed's --lrp; 0 freezes "
+                              description="learning rate of the pretrained layers (the legacy API's --lrp; 0 freezes "
                                           "them); fine-tune default: lr/10")
     weights: str | None = Field(None, max_length=1024, serialization_alias="weights_path",
                                 description="a .pth/.safetensors state_dict to start from, relative to DATA_DIR")
@@ -349,7 +349,7 @@ def _probe(path: Path, test) -> bool:
 
 def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
                     weights_path: str | None = None) -> TrainConfig:
-    """Map the seed's fields onto the engine's TrainConfig (errors name the request's field).
+    """Map the legacy API's fields onto the engine's TrainConfig (errors name the request's field).
 
     Args:
         weights_path: the request's ``weights`` file, already resolved inside DATA_DIR.

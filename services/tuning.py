@@ -1,4 +1,4 @@
-"""Hyperparameter search (issue 4): Optuna studies whose trials are RQ jobs.
+"""Hyperparameter search: Optuna studies whose trials are RQ jobs.
 
 A *study* searches learning rate, batch size, weight decay, optimizer and model around a fixed
 ``/train`` request (:class:`TuneRequest` extends :class:`services.training.TrainRequest`; each trial is

@@ -67,7 +67,7 @@ class ApiError(Exception):
 
 
 def ok(body: Mapping | list | None = None, status: int = 200):
-    """A success answer; dict bodies carry ``"status_code": "200"`` because the seed's clients read it."""
+    """A success answer; dict bodies carry ``"status_code": "200"`` because the legacy API's clients read it."""
     if isinstance(body, Mapping) or body is None:
         body = {**(body or {}), "status_code": "200"}
     resp = jsonify(body)

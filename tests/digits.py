@@ -33,7 +33,7 @@ def digit_images(scale: int = 1, rgb: bool = False) -> tuple[np.ndarray, np.ndar
 
 def write_digits_hdf5(path: Path, train: slice = slice(0, 1400), test: slice = slice(1400, None),
                       scale: int = 1) -> None:
-    """The digits in the seed's HDF5 layout (RGB ``X``/``y`` per split, ``class_names`` attribute as JSON)."""
+    """The digits in the legacy API's HDF5 layout (RGB ``X``/``y`` per split, ``class_names`` attribute as JSON)."""
     images, labels = digit_images(scale, rgb=True)
     tmp = path.with_suffix(".tmp")
     with h5py.File(tmp, "w") as f:

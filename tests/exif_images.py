@@ -8,7 +8,7 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 GPS = ExifTags.GPS
-SEED_GPS = {  # the seed's /imginfo example, as a reader must answer it
+LEGACY_GPS = {  # the legacy API's /imginfo example, as a reader must answer it
     "GPSAltitude": "0",
     "GPSAltitudeRef": "1",
     "GPSLatitude": 28.835149765,
@@ -28,8 +28,8 @@ def dms(degrees: str | int, minutes: str | int, seconds: str | int) -> tuple[IFD
     return rational(degrees), rational(minutes), rational(seconds)
 
 
-def seed_gps() -> dict[int, object]:
-    """28° 50' 6.539154" N, 106° 56' 7.556762" E, 0 m with ref 1: the seed's /imginfo example."""
+def legacy_gps() -> dict[int, object]:
+    """28° 50' 6.539154" N, 106° 56' 7.556762" E, 0 m with ref 1: the legacy API's /imginfo example."""
     return {
         GPS.GPSLatitudeRef: "N",
         GPS.GPSLatitude: dms(28, 50, "6.539154"),

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# The seed's own box, around a disc that sits wholly inside it.
-SEED_BOX = {"x1": "37", "x2": "220", "y1": "35", "y2": "179"}
+# The legacy API's own box, around a disc that sits wholly inside it.
+LEGACY_BOX = {"x1": "37", "x2": "220", "y1": "35", "y2": "179"}
 CENTRE, RADIUS = (128, 107), 55
 SIZE = (320, 240)  # width, height
 

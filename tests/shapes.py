@@ -41,7 +41,7 @@ def data_url(img: np.ndarray) -> str:
 
 def write_folder_dataset(data_dir: Path, train: str = "TRAIN_data_224", test: str = "TEST_data_224",
                          n_train: int = 6, n_test: int = 2, side: int = 32) -> None:
-    """The seed's custom layout: ``<train>/<class>/*.png`` and ``<test>/<class>/*.png`` under DATA_DIR."""
+    """The legacy API's custom layout: ``<train>/<class>/*.png`` and ``<test>/<class>/*.png`` under DATA_DIR."""
     for split, n, offset in ((train, n_train, 0), (test, n_test, 1000)):
         for c, shape in enumerate(SHAPES):
             folder = data_dir / split / shape

@@ -1,4 +1,4 @@
-"""Expand RGBA cut-outs into an augmented HDF5 dataset (the seed's ``/api/v1/generate``).
+"""Expand RGBA cut-outs into an augmented HDF5 dataset (the legacy API's ``/api/v1/generate``).
 
 How a configuration becomes samples
 -----------------------------------
@@ -19,7 +19,7 @@ of the class, and then:
 
 and every composite gives **views**: the whole frame, plus one per ``center_crop_windows`` window
 when ``apply_center_crop``, plus one per ``occlusion_window``-square crop every ``occlusion_stride``
-pixels when ``apply_occlusion`` (the seed's name for sliding-window crops). Window sizes are measured
+pixels when ``apply_occlusion`` (the legacy API's name for sliding-window crops). Window sizes are measured
 on the ``image_size`` frame; crops are cut from a sharper, larger render, then resized to
 ``image_size``. Finally the split's photometric **transforms** (``training_transforms`` or
 ``testing_transforms``, by registry name, plus ``random_erasing`` on training samples when
@@ -88,7 +88,7 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Options of a generation job (the seed's ``/generate`` body, correctly spelled), validated on creation.
+    """Options of a generation job (the legacy API's ``/generate`` body, correctly spelled), validated on creation.
 
     Values are typed (text is parsed at the edge, by the request model); lists may be any sequence and
     become tuples, whole numbers become floats where a float is expected. Invalid values raise

@@ -326,7 +326,7 @@ class CenterCrop(GeometricTransform):
 class SlidingWindow(GeometricTransform):
     """Keep one ``window``-square crop picked from the grid of crops every ``stride`` pixels.
 
-    This is what the seed's ``apply_occulsion`` / ``occulsion_window`` / ``occulsion_stride`` describe.
+    This is what the legacy API's ``apply_occulsion`` / ``occulsion_window`` / ``occulsion_stride`` describe.
     """
 
     window: int = 112

@@ -2,7 +2,7 @@
 
 Each is a distinct, classic design scaled down so that it trains on a CPU. All end in global (adaptive)
 pooling, so any input side from 16 pixels upwards works; downsampling uses padded pooling or strided
-convolutions, which stay defined on a 1x1 map. ``convnetj`` is the seed's example model.
+convolutions, which stay defined on a 1x1 map. ``convnetj`` is the legacy API's example model.
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def convneti(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Modul
 
 
 @register_model(
-    "convnetj", DEFAULT_SIZE, "Seed default: five conv-BN-ReLU stages (32-256), avg+max pooled head"
+    "convnetj", DEFAULT_SIZE, "Legacy default: five conv-BN-ReLU stages (32-256), avg+max pooled head"
 )
 def convnetj(num_classes: int, in_chans: int = 3, drop: float = 0.3) -> nn.Module:
     widths = [32, 64, 128, 256, 256]

@@ -3,7 +3,7 @@
 The head is one linear layer in both cases; ``multi_label`` (set by ``create_model``) changes the loss
 and the decision, not the layer. For transfer learning the training loop gives the classifier
 (``get_classifier()``, here ``fc``) the main learning rate and every other, pretrained, layer
-``lr_pretrained`` (0 freezes them), as the seed's ``--lr`` / ``--lrp`` did.
+``lr_pretrained`` (0 freezes them), as the legacy pipeline's ``--lr`` / ``--lrp`` did.
 """
 
 from __future__ import annotations

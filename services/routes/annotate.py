@@ -1,4 +1,4 @@
-"""Annotation routes (issue 5): the seed's ``/imgup`` and ``/imginfo``, labels, label sets, exports."""
+"""Annotation routes: the legacy API's ``/imgup`` and ``/imginfo``, labels, label sets, exports."""
 
 from __future__ import annotations
 
@@ -74,13 +74,13 @@ def _may_overwrite(id_name: str) -> None:
 
 @endpoint(bp, "/imginfo", roles=READERS, query=ImgInfoQuery)
 def imginfo_by_query(query: ImgInfoQuery):
-    """The seed's image info: suggested tags, EXIF date, GPS, confirmed labels, signed coordinates."""
+    """The legacy API's image info: suggested tags, EXIF date, GPS, confirmed labels, signed coordinates."""
     return ok(annotation.imginfo(studio().store, query.id_name))
 
 
 @endpoint(bp, "/imginfo/<id_name>", roles=READERS)
 def imginfo_by_path(id_name: str):
-    """The seed's image info, with the id in the path."""
+    """The legacy API's image info, with the id in the path."""
     return ok(annotation.imginfo(studio().store, id_name))
 
 

@@ -1,4 +1,4 @@
-"""Augmentation routes (issue 3): the seed's ``/api/v1/generate``, backgrounds.
+"""Augmentation routes: the legacy API's ``/api/v1/generate``, backgrounds.
 
 The dataset catalog (``/api/v1/datasets``) is served by ``services/routes/datasets.py``.
 """

@@ -1,4 +1,4 @@
-"""Segmentation routes (issue 3): the seed's ``/api/v1/segment`` and the object library it fills."""
+"""Segmentation routes: the legacy API's ``/api/v1/segment`` and the object library it fills."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training and inference routes (issue 4): the seed's ``/api/v1/train`` and ``/api/v1/predict``, resume,
+"""Training and inference routes: the legacy API's ``/api/v1/train`` and ``/api/v1/predict``, resume,
 the model zoo, and the trained models (list, activate, export, delete)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ExportQuery(BaseModel):
 
 
 class PredictBody(BaseModel):
-    """The seed's ``/predict`` body, plus an optional model id (default: the active, else the best model)."""
+    """The legacy API's ``/predict`` body, plus an optional model id (default: the active, else the best model)."""
 
     image: str = Field(description="base64 or a data URL")
     model: str | None = None
@@ -38,7 +38,7 @@ class PredictBody(BaseModel):
 
 @endpoint(bp, "/api/v1/train", ("POST",), roles=OPERATORS, body=TrainRequest, submits_job=True)
 def train(body: TrainRequest):
-    """Start a training job (the seed's body); answers 202 with the job id."""
+    """Start a training job (the legacy API's body); answers 202 with the job id."""
     job_id = training.submit_training(studio().config, studio().store, body, g.user["username"])
     return ok({"jobs": job_id, "job_id": job_id}, 202)
 
@@ -89,7 +89,7 @@ def delete(model_id: str):
 
 @endpoint(bp, "/api/v1/predict", ("POST",), roles=PREDICTORS, body=PredictBody, heavy=True)
 def predict(body: PredictBody):
-    """Classify one image (the seed's body); single-label ``results``, multi-label ``predict_tags``."""
+    """Classify one image (the legacy API's body); single-label ``results``, multi-label ``predict_tags``."""
     config, store = studio().config, studio().store
     row = predictions.choose_model(store, body.model)
     if row is None and body.model is not None:  # a catalog look-up: cheaper than any decode
@@ -100,11 +100,11 @@ def predict(body: PredictBody):
     if row is None:
         raise ApiError(409, "no_model", "no trained model yet: train one with POST /api/v1/train", "model")
     answer = predictions.predict(config, row, image)
-    return ok(seed_answer(answer))
+    return ok(legacy_answer(answer))
 
 
-def seed_answer(answer: dict) -> dict:
-    """The engine's prediction in the seed's shape."""
+def legacy_answer(answer: dict) -> dict:
+    """The engine's prediction in the legacy API's shape."""
     if "tags" in answer:
         return {"predict_tags": answer["tags"], "scores": answer["scores"], "model": answer["model"]}
     return {"results": answer["label"], "confidence": answer["confidence"],

@@ -1,4 +1,4 @@
-"""Hyperparameter search routes (issue 4): launch a study, read it, stop it, train its best configuration."""
+"""Hyperparameter search routes: launch a study, read it, stop it, train its best configuration."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from engine.augment.backgrounds import make_background
 from services import generate
 from tests.browser.conftest import assert_no_traceback, login, set_number, shot
 from tests.harness import Stack, stop
-from tests.scenes import SEED_BOX, encode, scene
+from tests.scenes import LEGACY_BOX, encode, scene
 
 pytestmark = pytest.mark.browser
 
@@ -27,7 +27,7 @@ def own_stack(tmp_path_factory, browser):
     studio = Stack.in_own_folder(tmp_path_factory, "redis_down").start()
     try:
         image, _ = scene((30, 90, 200), seed=7)
-        r = requests.post(studio.url + "/api/v1/segment", json={**SEED_BOX, "ean": "redis_down_blue",
+        r = requests.post(studio.url + "/api/v1/segment", json={**LEGACY_BOX, "ean": "redis_down_blue",
                           "image": encode(image)}, headers=studio.headers("operator"), timeout=60)
         assert r.status_code == 200, r.text
         for seed, split in ((1, "train"), (2, "test")):

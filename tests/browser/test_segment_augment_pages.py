@@ -13,7 +13,7 @@ from PIL import Image
 from engine.augment.backgrounds import make_background
 from services.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
-from tests.scenes import CENTRE, RADIUS, SEED_BOX, encode, scene
+from tests.scenes import CENTRE, LEGACY_BOX, RADIUS, encode, scene
 
 pytestmark = pytest.mark.browser
 ZOOM = 5  # the 320×240 scene becomes a 1600×1200 photo, shown downscaled on the canvas
@@ -46,7 +46,7 @@ def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
 def save_an_object(stack, ean: str, colour) -> None:
     """Put an object in the library through the API (so the class list is not empty)."""
     image, _ = scene(colour, seed=5)
-    r = requests.post(stack.url + "/api/v1/segment", json={**SEED_BOX, "ean": ean, "image": encode(image)},
+    r = requests.post(stack.url + "/api/v1/segment", json={**LEGACY_BOX, "ean": ean, "image": encode(image)},
                       headers=stack.headers("operator"), timeout=60)
     assert r.status_code == 200, r.text
 

@@ -54,7 +54,7 @@ def red(image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the registry, as a whole
 
 
-def test_registry_holds_the_seeds_names_and_the_required_transforms():
+def test_registry_holds_the_legacy_names_and_the_required_transforms():
     required = {
         "brightness",
         "color",

@@ -88,9 +88,9 @@ def test_weights_files_of_every_kind_load_through_the_same_module(digits_run, tm
     expected = checkpoints.load(result.best_path).state_dict
     torch.save(expected, tmp_path / "plain.pth")
     save_file(expected, tmp_path / "plain.safetensors")
-    torch.save({"epoch": 4, "state_dict": expected}, tmp_path / "seed.pth.tar")
+    torch.save({"epoch": 4, "state_dict": expected}, tmp_path / "legacy.pth.tar")
     for path in (result.best_path, old / "best.pt", tmp_path / "plain.pth", tmp_path / "plain.safetensors",
-                 tmp_path / "seed.pth.tar"):
+                 tmp_path / "legacy.pth.tar"):
         got = checkpoints.read_weights_file(path)
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), path
     model = create_model("convnetb", 10, in_chans=1, weights_path=tmp_path / "plain.safetensors")

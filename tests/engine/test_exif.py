@@ -10,7 +10,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 from engine.exif import ExifInfo, exif_summary, read_exif, read_exif_from_image
 from engine.images import open_image
-from tests.exif_images import GPS, SEED_GPS, dms, make_exif, rational, seed_gps
+from tests.exif_images import GPS, LEGACY_GPS, dms, legacy_gps, make_exif, rational
 
 
 def encode(exif: Image.Exif | bytes | None, fmt: str = "JPEG") -> bytes:
@@ -24,13 +24,13 @@ def gps_info(gps: dict[int, object]) -> ExifInfo:
     return read_exif(encode(make_exif(gps)))
 
 
-def test_seed_example_reads_back_exactly():
-    info = read_exif(encode(make_exif(seed_gps(), DateTimeOriginal="2019:08:03 14:41:10")))
-    assert info.gps == SEED_GPS
+def test_legacy_example_reads_back_exactly():
+    info = read_exif(encode(make_exif(legacy_gps(), DateTimeOriginal="2019:08:03 14:41:10")))
+    assert info.gps == LEGACY_GPS
     assert (info.latitude, info.longitude, info.altitude) == (28.835149765, 106.93543243388889, 0.0)
     assert info.to_imginfo() == {
         "data_information": "2019:08:03 14:41:10",
-        "GPS_information": SEED_GPS,
+        "GPS_information": LEGACY_GPS,
         "latitude": 28.835149765,
         "longitude": 106.93543243388889,
     }
@@ -42,8 +42,8 @@ FORMATS = ["JPEG", "PNG", "TIFF", pytest.param("WEBP", marks=pytest.mark.skipif(
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_with_exif_reads_the_same(fmt):
-    info = read_exif(encode(make_exif(seed_gps(), DateTime="2020:01:02 03:04:05"), fmt))
-    assert info.gps == SEED_GPS
+    info = read_exif(encode(make_exif(legacy_gps(), DateTime="2020:01:02 03:04:05"), fmt))
+    assert info.gps == LEGACY_GPS
     assert info.date == "2020:01:02 03:04:05"
 
 
@@ -168,12 +168,12 @@ def test_not_an_image_gives_nones():
 
 
 def test_transposed_image_keeps_gps_and_date():
-    exif = make_exif(seed_gps(), DateTimeOriginal="2019:08:03 14:41:10")
+    exif = make_exif(legacy_gps(), DateTimeOriginal="2019:08:03 14:41:10")
     exif[ExifTags.Base.Orientation] = 6  # rotated: open_image() transposes it
     img = open_image(encode(exif))
     assert img.size == (6, 8)
     info = read_exif_from_image(img)
-    assert (info.date, info.gps) == ("2019:08:03 14:41:10", SEED_GPS)
+    assert (info.date, info.gps) == ("2019:08:03 14:41:10", LEGACY_GPS)
 
 
 def test_summary_and_dict():

@@ -1,4 +1,4 @@
-"""HDF5 dataset generation: the seed's /generate body, layout, counts, determinism, safety."""
+"""HDF5 dataset generation: the legacy API's /generate body, layout, counts, determinism, safety."""
 
 import hashlib
 import json
@@ -19,7 +19,7 @@ from engine.augment.generate import (
 )
 from engine.exceptions import Cancelled, InvalidInput
 
-SEED_BODY = {  # the seed's example body, correctly spelled, as the request model hands it over (typed)
+LEGACY_BODY = {  # the legacy API's example body, correctly spelled, as the request model hands it over (typed)
     "number_backgrounds": 2,
     "training_transforms": ["brightness", "color"],
     "testing_transforms": ["gaussian", "contrast"],
@@ -63,7 +63,7 @@ def library(tmp_path_factory):
 
 
 def small(**overrides) -> GenerationConfig:
-    return GenerationConfig(**{**SEED_BODY, "image_size": 32, **overrides})
+    return GenerationConfig(**{**LEGACY_BODY, "image_size": 32, **overrides})
 
 
 def generate(library, out: Path, config=None, **kwargs):
@@ -71,8 +71,8 @@ def generate(library, out: Path, config=None, **kwargs):
     return generate_dataset(config or small(), objects, train, test, out, **kwargs)
 
 
-def test_the_seed_body_expands_as_documented():
-    config = GenerationConfig(**SEED_BODY)
+def test_the_legacy_body_expands_as_documented():
+    config = GenerationConfig(**LEGACY_BODY)
     # per object: angles {0, ±15, ±30} x flips {none, h, v, both} x 2 scales x 2 backgrounds
     assert count_samples(config, 1) == {"train": 5 * 4 * 2 * 2, "test": 7 * 4 * 2 * 2}
     assert config.flip_both and not config.apply_occlusion and config.image_size == 224

@@ -16,7 +16,7 @@ from PIL import Image
 from engine import labels as lb
 from engine.exceptions import InvalidInput, StudioError
 
-SEED_LABELS = [
+LEGACY_LABELS = [
     "sea", "ground-other", "platform", "building-other", "branch", "grass", "hill", "fog", "snow", "leaves",
     "river", "road", "bush", "tree", "bridge", "flower", "railroad", "pavement", "mountain", "playingfield",
     "house", "boat", "fire hydrant", "person", "motorcycle", "stop sign", "bicycle", "bench",
@@ -35,10 +35,10 @@ def all_files(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
 
-def test_default_labels_are_the_seeds_34_in_order(tmp_path):
-    assert list(lb.DEFAULT_LABELS) == SEED_LABELS
+def test_default_labels_are_the_legacy_34_in_order(tmp_path):
+    assert list(lb.DEFAULT_LABELS) == LEGACY_LABELS
     assert len(lb.DEFAULT_LABELS) == 34
-    assert lb.read_label_set(tmp_path) == SEED_LABELS
+    assert lb.read_label_set(tmp_path) == LEGACY_LABELS
 
 
 # ---------------------------------------------------------------------------------------------- ids
@@ -91,24 +91,24 @@ def test_image_and_annotation_paths(tmp_path):
 
 def test_validate_labels_names_the_unknown_label():
     with pytest.raises(InvalidInput, match="'unicorn'") as err:
-        lb.validate_labels(["tree", "unicorn"], SEED_LABELS, field="tags")
+        lb.validate_labels(["tree", "unicorn"], LEGACY_LABELS, field="tags")
     assert err.value.field == "tags"
     assert "'tree'" not in str(err.value).split(";")[0]
 
 
 def test_validate_labels_orders_and_deduplicates():
-    assert lb.validate_labels(["car", "sea", "car", "fire hydrant"], SEED_LABELS) == [
+    assert lb.validate_labels(["car", "sea", "car", "fire hydrant"], LEGACY_LABELS) == [
         "sea",
         "fire hydrant",
         "car",
     ]
-    assert lb.validate_labels([], SEED_LABELS) == []
+    assert lb.validate_labels([], LEGACY_LABELS) == []
 
 
 @pytest.mark.parametrize("value", ["tree", None, ["tree", 3]])
 def test_validate_labels_refuses_non_lists(value):
     with pytest.raises(InvalidInput):
-        lb.validate_labels(value, SEED_LABELS)
+        lb.validate_labels(value, LEGACY_LABELS)
 
 
 def test_label_set_round_trip(tmp_path):
@@ -130,13 +130,13 @@ def test_label_set_refuses_bad_sets(tmp_path, labels, message):
 
 
 def test_label_set_refuses_dropping_used_labels(tmp_path):
-    lb.write_annotation(tmp_path, "1", ["tree", "car"], SEED_LABELS)
-    lb.write_annotation(tmp_path, "2", ["bus"], SEED_LABELS)
+    lb.write_annotation(tmp_path, "1", ["tree", "car"], LEGACY_LABELS)
+    lb.write_annotation(tmp_path, "2", ["bus"], LEGACY_LABELS)
     assert lb.labels_in_use(tmp_path) == {"tree", "car", "bus"}
     with pytest.raises(InvalidInput, match="still used by images: 'bus', 'car'") as err:
         lb.write_label_set(tmp_path, ["tree", "sea"])
     assert err.value.field == "labels"
-    assert lb.read_label_set(tmp_path) == SEED_LABELS  # unchanged
+    assert lb.read_label_set(tmp_path) == LEGACY_LABELS  # unchanged
     assert lb.write_label_set(tmp_path, ["tree", "car", "bus", "kite"]) == ["tree", "car", "bus", "kite"]
     with pytest.raises(InvalidInput, match="'kite'"):
         lb.write_label_set(tmp_path, ["tree"], in_use={"kite", "tree"})
@@ -152,7 +152,7 @@ def test_corrupt_label_set_is_an_error_not_a_silent_default(tmp_path):
 
 
 def test_annotation_file_format(tmp_path):
-    record = lb.write_annotation(tmp_path, "a_1", ["car", "tree"], SEED_LABELS, labelled_by="ann", now=NOW)
+    record = lb.write_annotation(tmp_path, "a_1", ["car", "tree"], LEGACY_LABELS, labelled_by="ann", now=NOW)
     expected = {
         "id_name": "a_1",
         "labels": ["tree", "car"],
@@ -167,7 +167,7 @@ def test_annotation_file_format(tmp_path):
 
 def test_annotation_with_unknown_label_writes_nothing(tmp_path):
     with pytest.raises(InvalidInput, match="'unicorn'"):
-        lb.write_annotation(tmp_path, "1", ["unicorn"], SEED_LABELS)
+        lb.write_annotation(tmp_path, "1", ["unicorn"], LEGACY_LABELS)
     assert all_files(tmp_path) == []
 
 
@@ -183,20 +183,20 @@ def test_corrupt_annotation_is_reported(tmp_path):
 
 def test_writes_leave_no_temporary_files(tmp_path):
     lb.save_image_atomic(tmp_path, "1", png_bytes(), "png")
-    lb.write_annotation(tmp_path, "1", ["sea"], SEED_LABELS)
-    lb.write_label_set(tmp_path, SEED_LABELS)
+    lb.write_annotation(tmp_path, "1", ["sea"], LEGACY_LABELS)
+    lb.write_label_set(tmp_path, LEGACY_LABELS)
     assert all_files(tmp_path) == ["images/1.png", "labels/1.json", "labelset.json"]
 
 
 def test_failed_replace_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
-    lb.write_annotation(tmp_path, "1", ["sea"], SEED_LABELS, now=NOW)
+    lb.write_annotation(tmp_path, "1", ["sea"], LEGACY_LABELS, now=NOW)
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        lb.write_annotation(tmp_path, "1", ["car"], SEED_LABELS)
+        lb.write_annotation(tmp_path, "1", ["car"], LEGACY_LABELS)
     assert lb.read_annotation(tmp_path, "1")["labels"] == ["sea"]
     assert all_files(tmp_path) == ["labels/1.json"]
 
@@ -232,9 +232,9 @@ def test_find_image_matches_exact_ids_only(tmp_path):
 def test_labelled_images_sorted_and_only_complete_pairs(tmp_path):
     for id_name in ("b", "a", "c"):
         lb.save_image_atomic(tmp_path, id_name, png_bytes(), "png")
-    lb.write_annotation(tmp_path, "b", ["car"], SEED_LABELS)
-    lb.write_annotation(tmp_path, "a", ["sea", "tree"], SEED_LABELS)
-    lb.write_annotation(tmp_path, "orphan", ["bus"], SEED_LABELS)  # label file, no image
+    lb.write_annotation(tmp_path, "b", ["car"], LEGACY_LABELS)
+    lb.write_annotation(tmp_path, "a", ["sea", "tree"], LEGACY_LABELS)
+    lb.write_annotation(tmp_path, "orphan", ["bus"], LEGACY_LABELS)  # label file, no image
     assert lb.labelled_images(tmp_path) == [
         (tmp_path / "images" / "a.png", ["sea", "tree"]),
         (tmp_path / "images" / "b.png", ["car"]),

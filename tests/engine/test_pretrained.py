@@ -243,8 +243,8 @@ def test_head_only_needs_weights_and_fine_tune_trains_the_backbone_slower(tmp_pa
     assert torch.load(result.last_path, weights_only=True)["optimizer"]["param_groups"][1]["lr"] == 1e-4
 
 
-def test_the_seeds_transfer_example_runs_on_the_bundled_backbone(data_dir, capsys):  # noqa: F811
-    # The seed's example (python main.py -b 4 --resume ... --epochs 10 --result ...) on a fresh install:
+def test_the_legacy_transfer_example_runs_on_the_bundled_backbone(data_dir, capsys):  # noqa: F811
+    # The legacy pipeline's example (python main.py -b 4 --resume ... --epochs 10 --result ...) on a fresh install:
     # nobody has its checkpoint, so no --resume; nothing is downloaded.
     out = data_dir / "output" / "coco.csv"
     assert transfer_main(["--data-dir", str(data_dir), "-b", "4", "--epochs", "10", "--result", str(out)]) == 0

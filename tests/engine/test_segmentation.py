@@ -88,7 +88,7 @@ def test_cutout_is_the_object_cropped_with_alpha(bottle):
     assert np.array_equal(result.cutout[:, :, :3], image[y1:y2, x1:x2])
 
 
-def test_box_given_as_text_is_refused_the_request_model_parses_the_seed_strings(bottle):
+def test_box_given_as_text_is_refused_the_request_model_parses_the_legacy_strings(bottle):
     image, _, box = bottle
     with pytest.raises(InvalidInput) as err:
         grabcut(image, tuple(str(v) for v in box))

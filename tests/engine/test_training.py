@@ -108,7 +108,7 @@ def test_checkpoints_are_self_describing_and_load_weights_only(digits_run):
         assert ckpt["preprocessing"] == config.preprocessing() and ckpt["preprocessing"]["channels"] == 1
         assert {"optimizer", "scheduler", "history", "epoch", "best", "rng"} <= set(ckpt)
         assert ckpt["optimizer"]["state"], "optimizer momentum buffers are saved"
-        # Each fact once: the seed is the config's, the metrics the epoch's record, multi-label a model argument.
+        # Each fact once: the legacy API is the config's, the metrics the epoch's record, multi-label a model argument.
         assert not {"seed", "metrics", "multi_label", "thresholds"} & set(ckpt)
         loaded = checkpoints.load(path)
         assert loaded.seed == config.seed and loaded.metrics == ckpt["history"][-1] and loaded.multi_label is False

@@ -1,4 +1,4 @@
-"""``python -m engine.transfer``: the seed's transfer-learning command line on a tiny newdata/ folder."""
+"""``python -m engine.transfer``: the legacy pipeline's transfer-learning command line on a tiny newdata/ folder."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def test_runs_as_a_module_with_data_dir_from_the_environment(data_dir, weights):
     assert "Epoch [1/1]" in done.stdout
 
 
-def test_help_lists_the_seed_options():
+def test_help_lists_the_legacy_options():
     text = build_parser().format_help()
     for option in (
         "--workers",

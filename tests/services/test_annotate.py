@@ -1,4 +1,4 @@
-"""The annotation platform (issue 5) against the running API, plus the Annotate page under AppTest.
+"""The annotation platform against the running API, plus the Annotate page under AppTest.
 
 Every image is made here, with EXIF the test writes itself, so the expected values are known exactly.
 """
@@ -21,7 +21,7 @@ from engine.labels import DEFAULT_LABELS
 from services import annotation
 from services.config import REPO_ROOT, Config
 from services.store import open_store
-from tests.exif_images import GPS, SEED_GPS, dms, make_exif, rational, seed_gps
+from tests.exif_images import GPS, LEGACY_GPS, dms, legacy_gps, make_exif, rational
 
 
 # --- images with known EXIF -----------------------------------------------------------------------
@@ -56,10 +56,10 @@ def images_dir(stack):
     return stack.data_dir / "newdata" / "images"
 
 
-# --- the seed's client, unchanged -----------------------------------------------------------------
-def test_seed_client_uploads_and_reads_imginfo(stack, tmp_path):
+# --- the legacy API's client, unchanged -----------------------------------------------------------------
+def test_legacy_client_uploads_and_reads_imginfo(stack, tmp_path):
     path = tmp_path / "IMG_0001.jpg"
-    path.write_bytes(jpeg(seed_gps(), DateTimeOriginal="2019:08:03 14:41:10", DateTime="2020:01:01 00:00:00"))
+    path.write_bytes(jpeg(legacy_gps(), DateTimeOriginal="2019:08:03 14:41:10", DateTime="2020:01:01 00:00:00"))
     headers = {"Authorization": f"JWT {stack.token('annotator')}"}
     with open(path, "rb") as f:
         r = requests.post(stack.url + "/imgup", files={"file": f}, data={"id_name": "1"}, headers=headers, timeout=30)
@@ -68,7 +68,7 @@ def test_seed_client_uploads_and_reads_imginfo(stack, tmp_path):
 
     r = requests.get(stack.url + "/imginfo", params={"id_name": "1"}, headers=headers, timeout=10)
     assert r.json() == {"image_id": "1", "predict_tags": [], "data_information": "2019:08:03 14:41:10",
-                        "GPS_information": SEED_GPS, "labels": None, "latitude": 28.835149765,
+                        "GPS_information": LEGACY_GPS, "labels": None, "latitude": 28.835149765,
                         "longitude": 106.93543243388889, "status_code": "200"}
     assert requests.get(stack.url + "/imginfo/1", headers=headers, timeout=10).json() == r.json()
     # The bytes are kept exactly as uploaded (EXIF included), under the detected format's extension.
@@ -307,7 +307,7 @@ def test_page_upload_queue_and_map(page, tmp_path):
     page.run()
     assert not page.exception and page.title[0].value == "Annotate"
     assert "Every image is labelled." in [i.value for i in page.info]
-    seed = jpeg(seed_gps(), DateTimeOriginal="2019:08:03 14:41:10")
+    seed = jpeg(legacy_gps(), DateTimeOriginal="2019:08:03 14:41:10")
     page.file_uploader(key="annotate_files").set_value([
         ("my photo (1).jpg", seed, "image/jpeg"), ("plain.png", jpeg(fmt="PNG"), "image/png"),
         ("notes.jpg", b"not an image", "image/jpeg")]).run()

@@ -30,8 +30,8 @@ from tests.zips import (
     symlink_zip,
 )
 
-# The seed's /train body; only dataset/hdf5_path point at the upload and num_epochs is shortened.
-SEED_TRAIN = {"model_name": "convnetj", "dataset": "hdf5", "num_classes": 3, "batch_size": 16, "is_transform": 1,
+# The legacy API's /train body; only dataset/hdf5_path point at the upload and num_epochs is shortened.
+LEGACY_TRAIN = {"model_name": "convnetj", "dataset": "hdf5", "num_classes": 3, "batch_size": 16, "is_transform": 1,
               "num_workers": 2, "lr_decay": 1, "l2_reg": 0.0001, "hdf5_path": "dataset-512x512.hdf5",
               "trainset_dir": "TRAIN_data_224", "testset_dir": "TEST_data_224", "convert_grey": 0,
               "learning_rate": 0.01, "num_epochs": "3"}
@@ -103,7 +103,7 @@ def test_a_finder_zip_becomes_a_dataset_with_counts_thumbnails_and_size(stack, t
     assert upload(stack, path, name).status_code == 409  # never overwritten
 
 
-def test_an_hdf5_file_in_the_seed_layout_is_taken_as_it_is(stack, tmp_path):
+def test_an_hdf5_file_in_the_legacy_layout_is_taken_as_it_is(stack, tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.h5"
     with h5py.File(path, "w") as h5:  # written the way a user writes one with plain h5py
@@ -247,10 +247,10 @@ def test_delete_removes_file_and_row_and_unknown_is_404(stack, tmp_path):
 
 # ---------------------------------------------------------------------------- zip -> train -> predict
 @pytest.mark.slow
-def test_upload_a_zip_train_with_the_seed_body_then_predict(stack, tmp_path):
+def test_upload_a_zip_train_with_the_legacy_body_then_predict(stack, tmp_path):
     name = unique("digits")
     imported(stack, digits_zip(tmp_path / "digits.zip"), name)
-    r = requests.post(stack.url + "/api/v1/train", json={**SEED_TRAIN, "hdf5_path": f"{name}.hdf5"},
+    r = requests.post(stack.url + "/api/v1/train", json={**LEGACY_TRAIN, "hdf5_path": f"{name}.hdf5"},
                       headers=stack.headers("operator"), timeout=60)
     assert r.status_code == 202, r.text
     record = stack.wait_job(r.json()["job_id"], timeout=300)

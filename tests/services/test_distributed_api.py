@@ -2,7 +2,7 @@
 a run over two workers that meet through Redis, as two machines would.
 
 Against the real stack (Redis, a forking RQ worker whose work horse launches the ranks, gunicorn), on
-scikit-learn's real digits written as the seed's HDF5 file.
+scikit-learn's real digits written as the legacy API's HDF5 file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``POST /api/v1/generate``, its job, backgrounds and the dataset catalog against the running studio (issue 3)."""
+"""``POST /api/v1/generate``, its job, backgrounds and the dataset catalog against the running studio."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from services.config import Config
 from services.generate import GenerateBody, generation_config
 from services.store import open_store
 from services.validation import invalid_input_from
-from tests.scenes import SEED_BOX, encode, scene
+from tests.scenes import LEGACY_BOX, encode, scene
 
-# The seed's /generate body, key for key and value for value.
-SEED = {
+# The legacy API's /generate body, key for key and value for value.
+LEGACY = {
     "number_backgrounds": "2",
     "training_transforms": ["brightness", "color"],
     "testing_transforms": ["gaussian", "contrast"],
@@ -67,15 +67,15 @@ def library(stack):
         assert r.status_code in (200, 409), r.text  # 409: an earlier module added the same picture
     for name, colour in zip(CLASSES, ((210, 40, 40), (40, 60, 210)), strict=True):
         image, _ = scene(colour)
-        r = post(stack, "/api/v1/segment", {**SEED_BOX, "ean": name, "image": encode(image)})
+        r = post(stack, "/api/v1/segment", {**LEGACY_BOX, "ean": name, "image": encode(image)})
         assert r.status_code == 200, r.text
     return stack
 
 
-def test_seed_spellings_and_correct_spellings_mean_the_same_engine_options():
-    seed = generation_config(GenerateBody.model_validate(SEED))
+def test_legacy_spellings_and_correct_spellings_mean_the_same_engine_options():
+    seed = generation_config(GenerateBody.model_validate(LEGACY))
     correct = {"angles" if k == "angels" else "test_angles" if k == "test_angels" else
-               k.replace("occulsion", "occlusion"): v for k, v in SEED.items()}
+               k.replace("occulsion", "occlusion"): v for k, v in LEGACY.items()}
     assert generation_config(GenerateBody.model_validate(correct)) == seed
     assert seed == GenerationConfig(number_backgrounds=2, training_transforms=("brightness", "color"),
                                     testing_transforms=("gaussian", "contrast"), scales=(500, 490),
@@ -85,9 +85,9 @@ def test_seed_spellings_and_correct_spellings_mean_the_same_engine_options():
                                     apply_center_crop=False, center_crop_windows=(112, 56), image_size=224)
 
 
-def test_seed_body_makes_a_dataset_with_the_seed_layout(library):
+def test_legacy_body_makes_a_dataset_with_the_legacy_layout(library):
     stack = library
-    r = post(stack, "/api/v1/generate", {**SEED, "image_size": 32, "classes": list(CLASSES)})
+    r = post(stack, "/api/v1/generate", {**LEGACY, "image_size": 32, "classes": list(CLASSES)})
     assert r.status_code == 202, r.text
     answer = r.json()
     assert answer["jobs"] == [answer["job_id"]] and answer["status_code"] == "200"
@@ -158,7 +158,7 @@ def test_two_identical_requests_make_two_files_with_the_same_samples(library):
     ({"angle": ["15"]}, "angle", []),
 ])
 def test_bad_options_are_400_naming_the_field_and_the_allowed_values(library, change, field, words):
-    body = {**SEED, **change}
+    body = {**LEGACY, **change}
     if "angles" in change:  # one spelling per option: both at once is refused as ambiguous
         body.pop("angels")
     r = post(library, "/api/v1/generate", body)
@@ -174,7 +174,7 @@ def test_an_empty_object_library_is_400(stack, tmp_path):
     open_store(tmp_path).create_user("op", "password123", "operator")
     client = app.test_client()
     token = client.post("/auth", json={"username": "op", "password": "password123"}).get_json()["access_token"]
-    r = client.post("/api/v1/generate", json=SEED, headers={"Authorization": f"JWT {token}"})
+    r = client.post("/api/v1/generate", json=LEGACY, headers={"Authorization": f"JWT {token}"})
     assert r.status_code == 400 and r.get_json()["field"] == "classes"
     assert "empty" in r.get_json()["message"] and open_store(tmp_path).count_rows("jobs") == 0
 
@@ -182,7 +182,7 @@ def test_an_empty_object_library_is_400(stack, tmp_path):
 def test_cancel_mid_generation_leaves_no_file_and_no_row(library):
     stack = library
     many = [str(a) for a in range(-170, 180, 10)]
-    body = {**SEED, "image_size": 128, "number_backgrounds": 30, "angels": many, "test_angels": many,
+    body = {**LEGACY, "image_size": 128, "number_backgrounds": 30, "angels": many, "test_angels": many,
             "classes": list(CLASSES), "name": "cancelled_" + secrets.token_hex(3)}
     job_id = post(stack, "/api/v1/generate", body).json()["job_id"]
     headers = stack.headers("operator")

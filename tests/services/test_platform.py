@@ -88,8 +88,8 @@ def test_job_runs_with_progress_and_a_durable_record(stack):
     assert record["status"] == "finished" and record["result"] == {"counted": 5}
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5]
     assert record["progress"]["done"] == 5 and record["started_at"] <= record["ended_at"]
-    seed = requests.post(f"{stack.url}/api/v1/jobs/{job_id}", headers=stack.headers("operator"), timeout=10).json()
-    assert seed["training_loss"] == [1.0, 0.5, 1 / 3, 0.25, 0.2] and seed["testing_accuracy"][-1] == 0.5
+    legacy = requests.post(f"{stack.url}/api/v1/jobs/{job_id}", headers=stack.headers("operator"), timeout=10).json()
+    assert legacy["training_loss"] == [1.0, 0.5, 1 / 3, 0.25, 0.2] and legacy["testing_accuracy"][-1] == 0.5
 
 
 def test_client_reads_only_its_own_jobs(stack):
@@ -130,9 +130,9 @@ def _client(stack, role: str, namespace: str, events: list, names: tuple) -> soc
 
 
 def test_socketio_client_receives_events_emitted_by_the_worker(stack):
-    job_events, seed_events = [], []
+    job_events, legacy_events = [], []
     jobs_client = _client(stack, "operator", "/jobs", job_events, ("epoch", "finished", "started"))
-    seed_client = _client(stack, "operator", "/test", seed_events, ("my_response",))
+    legacy_client = _client(stack, "operator", "/test", legacy_events, ("my_response",))
     try:
         job_id = submit(stack, n=3, delay=0.3)
         ack = jobs_client.call("subscribe", {"job_id": job_id}, namespace="/jobs", timeout=10)
@@ -143,11 +143,11 @@ def test_socketio_client_receives_events_emitted_by_the_worker(stack):
             time.sleep(0.1)
     finally:
         jobs_client.disconnect()
-        seed_client.disconnect()
+        legacy_client.disconnect()
     epochs = [d["metrics"]["epoch"] for n, d in job_events if n == "epoch" and d["job_id"] == job_id]
     assert epochs[-1] == 3 and epochs == sorted(epochs)
     assert any(n == "finished" and d["result"] == {"counted": 3} for n, d in job_events)
-    mine = [d for _, d in seed_events if d["job_id"] == job_id]
+    mine = [d for _, d in legacy_events if d["job_id"] == job_id]
     assert mine and set(mine[-1]) == {"job_id", "job_status", "job_progress"}
     assert set(mine[-1]["job_progress"]) == {"epoch", "training", "testing", "best_accuracy"}
     assert mine[-1]["job_progress"]["epoch"] == 3

@@ -1,4 +1,4 @@
-"""``POST /api/v1/segment`` and the object library against the running API (issue 3).
+"""``POST /api/v1/segment`` and the object library against the running API.
 
 Every picture is made here: a coloured disc on a textured background, so the true mask is known and the
 cut-out can be scored by its IoU with it.
@@ -16,13 +16,13 @@ from PIL import Image
 
 from engine.segmentation import grabcut, mask_iou
 from services.segment import SegmentBody
-from tests.scenes import CENTRE, RADIUS, SEED_BOX, SIZE, encode, scene
+from tests.scenes import CENTRE, LEGACY_BOX, RADIUS, SIZE, encode, scene
 
 
-def seed_body(ean: str = "0601472600", colour=(200, 40, 40)) -> dict:
-    """The seed's body, key for key, values as strings."""
+def legacy_body(ean: str = "0601472600", colour=(200, 40, 40)) -> dict:
+    """The legacy API's body, key for key, values as strings."""
     image, _ = scene(colour)
-    return {**SEED_BOX, "ean": ean, "image": encode(image)}
+    return {**LEGACY_BOX, "ean": ean, "image": encode(image)}
 
 
 def post_segment(stack, body: dict, role: str = "operator") -> requests.Response:
@@ -38,15 +38,15 @@ def alpha_on_canvas(png: bytes, bbox: list[int]) -> np.ndarray:
     return full
 
 
-def test_the_seed_box_of_strings_is_parsed_by_the_request_model_into_numbers_the_engine_cuts_with():
+def test_the_legacy_box_of_strings_is_parsed_by_the_request_model_into_numbers_the_engine_cuts_with():
     image, truth = scene()
-    body = SegmentBody.model_validate({**SEED_BOX, "ean": "0601472600", "image": encode(image, "PNG")})
+    body = SegmentBody.model_validate({**LEGACY_BOX, "ean": "0601472600", "image": encode(image, "PNG")})
     assert body.box() == (37, 35, 220, 179)
     assert mask_iou(grabcut(image, body.box()).mask, truth) >= 0.95
 
 
-def test_seed_body_gives_the_disc_as_an_rgba_cutout_and_saves_it(stack):
-    body = seed_body()
+def test_legacy_body_gives_the_disc_as_an_rgba_cutout_and_saves_it(stack):
+    body = legacy_body()
     r = post_segment(stack, body, role="annotator")
     assert r.status_code == 200, r.text
     answer = r.json()
@@ -111,7 +111,7 @@ BAD = [
 def test_bad_input_is_400_naming_the_field_and_writes_nothing(stack, change, field):
     before = sorted(p.relative_to(stack.data_dir) for p in (stack.data_dir / "objects").rglob("*"))
     outside = sorted(stack.data_dir.parent.iterdir())
-    r = post_segment(stack, {**seed_body(ean="bad_inputs"), **change})
+    r = post_segment(stack, {**legacy_body(ean="bad_inputs"), **change})
     assert r.status_code == 400, r.text
     assert r.json()["field"].split(".")[0] == field and r.json()["error"]
     assert sorted(p.relative_to(stack.data_dir) for p in (stack.data_dir / "objects").rglob("*")) == before
@@ -120,21 +120,21 @@ def test_bad_input_is_400_naming_the_field_and_writes_nothing(stack, change, fie
 
 def test_box_with_nothing_in_it_is_400(stack):
     image = np.full((SIZE[1], SIZE[0], 3), 128, np.uint8)  # flat grey: GrabCut has nothing to find
-    r = post_segment(stack, {**SEED_BOX, "ean": "nothing", "image": encode(image, "PNG")})
+    r = post_segment(stack, {**LEGACY_BOX, "ean": "nothing", "image": encode(image, "PNG")})
     assert r.status_code == 400 and r.json()["field"] in ("box", "image")
 
 
 def test_more_pixels_than_the_limit_is_413(stack):
     buf = io.BytesIO()
     Image.new("L", (8000, 7000)).save(buf, "PNG")  # 56 MP > the 50 MP default; a few hundred KB
-    r = post_segment(stack, {**SEED_BOX, "ean": "huge", "image": base64.b64encode(buf.getvalue()).decode()})
+    r = post_segment(stack, {**LEGACY_BOX, "ean": "huge", "image": base64.b64encode(buf.getvalue()).decode()})
     assert r.status_code == 413 and r.json()["field"] == "image"
 
 
 def test_roles_listing_and_delete(stack):
-    r = post_segment(stack, seed_body(ean="to_delete"), role="client")
+    r = post_segment(stack, legacy_body(ean="to_delete"), role="client")
     assert r.status_code == 403
-    object_id = post_segment(stack, seed_body(ean="to_delete")).json()["object_id"]
+    object_id = post_segment(stack, legacy_body(ean="to_delete")).json()["object_id"]
     path = stack.data_dir / "objects" / "to_delete" / f"{object_id}.png"
     assert path.is_file()
     listing = requests.get(stack.url + "/api/v1/objects", headers=stack.headers("annotator"), timeout=10).json()

@@ -1,4 +1,4 @@
-"""Training and inference over HTTP (issue 4): the seed's /train and /predict, resume, export, roles.
+"""Training and inference over HTTP: the legacy API's /train and /predict, resume, export, roles.
 
 Against the real stack (Redis, a forking RQ worker, gunicorn). Data is synthetic (drawn shapes in class
 folders) for the fast tests and scikit-learn's real digits, written as an HDF5 file, for the slow ones.
@@ -30,8 +30,8 @@ from tests.digits import digits_body, digits_test_images, ensure_digits_hdf5
 from tests.harness import get, job_events_socket, post
 from tests.shapes import SHAPES, data_url, png_bytes, shape_image, write_folder_dataset
 
-# The seed's /train body, exactly as documented (only num_epochs is shortened, and sent as a string).
-SEED_TRAIN = {"model_name": "convnetj", "dataset": "custom", "num_classes": 3, "batch_size": 16, "is_transform": 1,
+# The legacy API's /train body, exactly as documented (only num_epochs is shortened, and sent as a string).
+LEGACY_TRAIN = {"model_name": "convnetj", "dataset": "custom", "num_classes": 3, "batch_size": 16, "is_transform": 1,
               "num_workers": 2, "lr_decay": 1, "l2_reg": 0.0001, "hdf5_path": "dataset-512x512.hdf5",
               "trainset_dir": "TRAIN_data_224", "testset_dir": "TEST_data_224", "convert_grey": 0,
               "learning_rate": 0.01, "num_epochs": "2"}
@@ -50,16 +50,16 @@ def folders(stack):
 
 
 @pytest.fixture(scope="module")
-def seed_run(stack, folders):
-    """The seed's body, trained for two epochs: (the 202 answer, the finished job record)."""
-    answer = post(stack, "/api/v1/train", SEED_TRAIN)
+def legacy_run(stack, folders):
+    """The legacy API's body, trained for two epochs: (the 202 answer, the finished job record)."""
+    answer = post(stack, "/api/v1/train", LEGACY_TRAIN)
     assert answer.status_code == 202, answer.text
     return answer, stack.wait_job(answer.json()["job_id"], timeout=120)
 
 
 # ------------------------------------------------------------------------------------- fast tests
-def test_seed_train_body_runs_a_job_with_history_and_registers_a_model(stack, seed_run):
-    answer, record = seed_run
+def test_legacy_train_body_runs_a_job_with_history_and_registers_a_model(stack, legacy_run):
+    answer, record = legacy_run
     job_id = answer.json()["job_id"]
     assert answer.json() == {"jobs": job_id, "job_id": job_id, "status_code": "200"}
     assert record["status"] == "finished", record["error"]
@@ -75,15 +75,15 @@ def test_seed_train_body_runs_a_job_with_history_and_registers_a_model(stack, se
     assert row["job_id"] == job_id and row["model_name"] == "convnetj" and row["class_names"] == list(SHAPES)
     assert row["path"] == f"checkpoints/{job_id}/best.pt" and row["created_by"] == "operator"
     assert row["metrics"]["best_accuracy"] == result["best_accuracy"] and row["active"] is False
-    # The seed's metrics view of the same job lists both epochs.
+    # The legacy API's metrics view of the same job lists both epochs.
     seed = post(stack, f"/api/v1/jobs/{job_id}").json()
     assert len(seed["training_loss"]) == 2 and len(seed["testing_accuracy"]) == 2
 
 
 @pytest.mark.parametrize("role", ["operator", "annotator", "client"])
-def test_predict_with_the_seed_body_answers_the_seed_keys(stack, seed_run, role):
-    model_id = seed_run[1]["result"]["model_id"]
-    # The seed's body names no model: the active one answers. Other modules train models in this stack too,
+def test_predict_with_the_legacy_body_answers_the_legacy_keys(stack, legacy_run, role):
+    model_id = legacy_run[1]["result"]["model_id"]
+    # The legacy API's body names no model: the active one answers. Other modules train models in this stack too,
     # so this run's model is made the active one, as an operator would.
     assert post(stack, f"/api/v1/models/{model_id}/activate").status_code == 200
     r = post(stack, "/api/v1/predict", {"image": data_url(shape_image("circle", 7))}, role)
@@ -106,7 +106,7 @@ def test_predict_with_the_seed_body_answers_the_seed_keys(stack, seed_run, role)
     ({}, 400, "image"),
     ({"image": "AAAA", "model": "no-such-model"}, 404, "model"),
 ])
-def test_predict_refuses_bad_input_naming_the_field(stack, seed_run, body, status, field):
+def test_predict_refuses_bad_input_naming_the_field(stack, legacy_run, body, status, field):
     r = post(stack, "/api/v1/predict", body, "client")
     assert r.status_code == status and r.json()["field"] == field, r.text
 
@@ -141,7 +141,7 @@ def test_predict_without_any_trained_model_is_a_409_that_says_what_to_do(stack, 
     ({"learning_rat": 0.1}, "learning_rat", []),
 ])
 def test_bad_train_bodies_are_400_naming_the_field(stack, folders, change, field, words):
-    r = post(stack, "/api/v1/train", {**SEED_TRAIN, **change})
+    r = post(stack, "/api/v1/train", {**LEGACY_TRAIN, **change})
     assert r.status_code == 400 and r.json()["field"] == field, r.text
     assert all(w in r.json()["message"] for w in words), r.json()["message"]
     assert str(stack.data_dir) not in r.json()["message"]  # server paths stay on the server
@@ -152,15 +152,15 @@ def test_a_symlink_leading_outside_data_dir_is_refused(stack, folders, tmp_path)
     link = stack.data_dir / "escape_link"
     if not link.exists():
         link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    r = post(stack, "/api/v1/train", {**SEED_TRAIN, "trainset_dir": "escape_link"})
+    r = post(stack, "/api/v1/train", {**LEGACY_TRAIN, "trainset_dir": "escape_link"})
     assert r.status_code == 400 and r.json()["field"] == "trainset_dir" and "outside" in r.json()["message"]
 
 
 def test_roles_on_the_training_routes(stack, folders):
     for role in ("annotator", "client"):
-        assert post(stack, "/api/v1/train", SEED_TRAIN, role).status_code == 403
+        assert post(stack, "/api/v1/train", LEGACY_TRAIN, role).status_code == 403
     assert get(stack, "/api/v1/models/trained", "annotator").status_code == 403
-    assert requests.post(stack.url + "/api/v1/train", json=SEED_TRAIN, timeout=10).status_code == 401
+    assert requests.post(stack.url + "/api/v1/train", json=LEGACY_TRAIN, timeout=10).status_code == 401
     assert requests.post(stack.url + "/api/v1/predict", json={"image": "x"}, timeout=10).status_code == 401
 
 
@@ -172,8 +172,8 @@ def test_the_model_zoo_needs_a_token_and_is_read_from_the_registry(stack):
     assert j["default_input_size"] == 128 and j["description"]
 
 
-def test_resume_extends_a_finished_run_continuing_its_history(stack, seed_run):
-    job_id = seed_run[1]["id"]
+def test_resume_extends_a_finished_run_continuing_its_history(stack, legacy_run):
+    job_id = legacy_run[1]["id"]
     done = post(stack, f"/api/v1/jobs/{job_id}/resume")
     assert done.status_code == 409 and done.json()["field"] == "num_epochs"  # every epoch already ran
     r = post(stack, f"/api/v1/jobs/{job_id}/resume?num_epochs=3")
@@ -181,7 +181,7 @@ def test_resume_extends_a_finished_run_continuing_its_history(stack, seed_run):
     record = stack.wait_job(r.json()["job_id"], timeout=120)
     assert record["status"] == "finished", record["error"]
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
-    assert record["history"][:2] == seed_run[1]["history"]
+    assert record["history"][:2] == legacy_run[1]["history"]
     assert record["params"]["resumed_from"] == job_id and record["params"]["num_epochs"] == 3
     assert trained_rows(stack)[record["result"]["model_id"]]["metrics"]["epochs_completed"] == 3
 
@@ -194,10 +194,10 @@ def test_resume_refuses_unknown_and_non_training_jobs(stack):
     assert post(stack, "/api/v1/jobs/nope/resume", role="client").status_code == 403
 
 
-def test_export_downloads_loadable_torchscript_and_onnx_once_per_checkpoint(stack, seed_run, tmp_path):
+def test_export_downloads_loadable_torchscript_and_onnx_once_per_checkpoint(stack, legacy_run, tmp_path):
     import onnx
 
-    model_id = seed_run[1]["result"]["model_id"]
+    model_id = legacy_run[1]["result"]["model_id"]
     r = get(stack, f"/api/v1/models/{model_id}/export?format=torchscript")
     assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"], r.text
     (tmp_path / "m.pt").write_bytes(r.content)
@@ -217,8 +217,8 @@ def test_export_downloads_loadable_torchscript_and_onnx_once_per_checkpoint(stac
     assert get(stack, "/api/v1/models/nope/export").status_code == 404
 
 
-def test_activate_chooses_the_default_model_and_delete_removes_it(stack, seed_run, tmp_path):
-    model_id = seed_run[1]["result"]["model_id"]
+def test_activate_chooses_the_default_model_and_delete_removes_it(stack, legacy_run, tmp_path):
+    model_id = legacy_run[1]["result"]["model_id"]
     extra = _register_copy(stack, model_id)
     assert post(stack, f"/api/v1/models/{extra}/activate").json()["active"] is True
     image = {"image": data_url(shape_image("triangle", 3))}
@@ -245,7 +245,7 @@ def _register_copy(stack, model_id: str) -> str:
 
 
 def test_multi_label_models_answer_predict_tags_and_scores(stack, tmp_path):
-    """A multi-label run (trained here, registered as the job would) answers the seed's multi-label keys."""
+    """A multi-label run (trained here, registered as the job would) answers the legacy API's multi-label keys."""
     config = TrainConfig("convnetb", num_classes=3, epochs=1, batch_size=8, image_size=16, multi_label=True)
     rng = np.random.default_rng(0)
     images, targets = rng.integers(0, 255, (16, 16, 16, 3), dtype=np.uint8), rng.integers(0, 2, (16, 3))

@@ -1,4 +1,4 @@
-"""Transfer learning over HTTP: the seed's /train body on a pretrained backbone, then /predict, offline.
+"""Transfer learning over HTTP: the legacy API's /train body on a pretrained backbone, then /predict, offline.
 
 Against the real stack (Redis, a forking RQ worker, gunicorn). The photos are real: scikit-image's LFW
 subset (faces and non-faces), written as JPEG class folders the way a camera or a file manager would.
@@ -19,7 +19,7 @@ from skimage import data
 
 from engine.models import create_model
 
-SEED_BODY = {"model_name": "efficientnet-lite0", "dataset": "custom", "num_classes": 2, "batch_size": 16,
+LEGACY_BODY = {"model_name": "efficientnet-lite0", "dataset": "custom", "num_classes": 2, "batch_size": 16,
              "is_transform": 0, "num_workers": 2, "lr_decay": 0, "l2_reg": 0.0001,
              "hdf5_path": "dataset-512x512.hdf5", "trainset_dir": "FACES_train", "testset_dir": "FACES_test",
              "convert_grey": 0, "learning_rate": 0.01, "num_epochs": "15", "image_size": 96}
@@ -75,8 +75,8 @@ def predict(stack, img, model_id):
 
 
 @pytest.mark.slow
-def test_seed_body_on_efficientnet_trains_head_only_offline_and_predicts(stack, photos):
-    answer = post(stack, "/api/v1/train", SEED_BODY)
+def test_legacy_body_on_efficientnet_trains_head_only_offline_and_predicts(stack, photos):
+    answer = post(stack, "/api/v1/train", LEGACY_BODY)
     assert answer.status_code == 202, answer.text
     record = stack.wait_job(answer.json()["job_id"], timeout=300)
     assert record["status"] == "finished", record["error"]
@@ -100,7 +100,7 @@ def test_pretrained_one_on_resnet18_uses_the_weights_cache_under_data_dir(stack,
     cache.mkdir(parents=True, exist_ok=True)
     state = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(state, cache / "resnet18-f37072fd.pth")  # torchvision's own file name: no download
-    body = {**SEED_BODY, "model_name": "resnet18", "pretrained": 1, "num_epochs": "2", "image_size": 64}
+    body = {**LEGACY_BODY, "model_name": "resnet18", "pretrained": 1, "num_epochs": "2", "image_size": 64}
     answer = post(stack, "/api/v1/train", body)
     assert answer.status_code == 202, answer.text
     record = stack.wait_job(answer.json()["job_id"], timeout=300)
@@ -115,7 +115,7 @@ def test_a_weights_file_that_does_not_fit_is_refused_with_its_keys(stack, photos
     folder = stack.data_dir / "weights"
     folder.mkdir(exist_ok=True)
     torch.save(create_model("convnetj", 2).state_dict(), folder / "convnetj.pth")
-    r = post(stack, "/api/v1/train", {**SEED_BODY, "model_name": "resnet18", "weights": "weights/convnetj.pth"})
+    r = post(stack, "/api/v1/train", {**LEGACY_BODY, "model_name": "resnet18", "weights": "weights/convnetj.pth"})
     assert r.status_code == 400 and r.json()["field"] == "weights", r.text
     assert "missing" in r.json()["message"] and "conv1.weight" in r.json()["message"]
 
@@ -130,7 +130,7 @@ def test_a_weights_file_that_does_not_fit_is_refused_with_its_keys(stack, photos
     ({"weights": "notes.txt"}, "weights"),
 ])
 def test_transfer_fields_are_checked_naming_the_field(stack, photos, extra, field):
-    r = post(stack, "/api/v1/train", {**SEED_BODY, **extra})
+    r = post(stack, "/api/v1/train", {**LEGACY_BODY, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field, r.text
 

@@ -1,6 +1,6 @@
-"""Hyperparameter search (issue 4) against the running stack: real Redis, ONE worker, the API under gunicorn.
+"""Hyperparameter search against the running stack: real Redis, ONE worker, the API under gunicorn.
 
-The data is scikit-learn's digits at 16 x 16 written as an HDF5 file in the seed's layout, so a trial
+The data is scikit-learn's digits at 16 x 16 written as an HDF5 file in the legacy API's layout, so a trial
 trains in about a second and the studies below finish with the single worker of the ``stack`` fixture.
 """
 

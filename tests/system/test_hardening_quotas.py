@@ -15,7 +15,7 @@ from services.quotas import InsufficientStorage, check_disk_reservation, remove_
 from services.store import open_store
 from services.web import from_invalid_input
 
-SEED_TRAIN = {"model_name": "convnetj", "dataset": "hdf5", "hdf5_path": "no-such-file.h5", "num_classes": 2,
+LEGACY_TRAIN = {"model_name": "convnetj", "dataset": "hdf5", "hdf5_path": "no-such-file.h5", "num_classes": 2,
               "num_epochs": 1}
 
 
@@ -30,14 +30,14 @@ def test_a_user_with_too_many_active_jobs_gets_429_naming_the_limit(stack):
     token = requests.post(stack.url + "/auth", json={"username": name, "password": password},
                           timeout=10).json()["access_token"]
     headers = {"Authorization": f"JWT {token}"}
-    r = requests.post(stack.url + "/api/v1/train", json=SEED_TRAIN, headers=headers, timeout=30)
+    r = requests.post(stack.url + "/api/v1/train", json=LEGACY_TRAIN, headers=headers, timeout=30)
     assert r.status_code == 429 and r.json()["error"] == "too_many_jobs"
     assert "limit is 20" in r.json()["message"] and "MAX_ACTIVE_JOBS_PER_USER" in r.json()["message"]
     for job_id in ids:
         store.update_job(job_id, status="finished")
-    r = requests.post(stack.url + "/api/v1/train", json=SEED_TRAIN, headers=headers, timeout=30)
+    r = requests.post(stack.url + "/api/v1/train", json=LEGACY_TRAIN, headers=headers, timeout=30)
     assert r.status_code != 429 and r.json()["field"] == "hdf5_path"  # past the quota, on to the dataset check
-    r = requests.post(stack.url + "/api/v1/train", json=SEED_TRAIN, headers=stack.headers("admin"), timeout=30)
+    r = requests.post(stack.url + "/api/v1/train", json=LEGACY_TRAIN, headers=stack.headers("admin"), timeout=30)
     assert r.status_code != 429
 
 
