@@ -112,10 +112,6 @@ class Config:
         return self.data_dir.joinpath(*parts)
 
     @property
-    def catalog_path(self) -> Path:
-        return self.path("catalog.sqlite3")
-
-    @property
     def shipped_bgs_dir(self) -> Path:
         """Backgrounds that ship with the project (``bgs/`` in the repository)."""
         return REPO_ROOT / "bgs"
