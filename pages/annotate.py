@@ -195,6 +195,13 @@ def queue_section() -> None:
         label_editor(row, "annotate_queue")
 
 
+def where_taken(placed: list, shown: int = 5) -> str:
+    """A sentence naming where the first ``shown`` located photos were taken (the map's dots, in words)."""
+    spots = "; ".join(f"{r['id_name']} at {r['latitude']:.4f}, {r['longitude']:.4f}" for r in placed[:shown])
+    more = f" and {len(placed) - shown} more" if len(placed) > shown else ""
+    return f"{len(placed)} of these photos carry a GPS position: {spots}{more}."
+
+
 def browse_section() -> None:
     choice = st.selectbox("Filter by label", [ALL, UNLABELLED, *label_set], key="annotate_filter")
     label = None if choice in (ALL, UNLABELLED) else choice
@@ -206,13 +213,14 @@ def browse_section() -> None:
                            "labelled": r["labels"] is not None, "exif date": r["exif_date"],
                            "uploaded by": r["uploaded_by"]} for r in rows])
     st.dataframe(table, key="annotate_table", hide_index=True)
-    located = pd.DataFrame([{"lat": r["latitude"], "lon": r["longitude"]} for r in rows
-                            if r["latitude"] is not None and r["longitude"] is not None])
-    if located.empty:
+    placed = [r for r in rows if r["latitude"] is not None and r["longitude"] is not None]
+    if not placed:
         st.caption("None of these images carries a GPS position.")
     else:
-        st.map(located, latitude="lat", longitude="lon")
-        st.caption("The map's background is fetched from the internet (CARTO); offline, only the dots show.")
+        st.map(pd.DataFrame([{"lat": r["latitude"], "lon": r["longitude"]} for r in placed]),
+               latitude="lat", longitude="lon")
+        st.caption(f"{where_taken(placed)} The map's background is fetched from the internet (CARTO); "
+                   "offline, only the dots show.")
     picked = st.selectbox("Edit the labels of", [r["id_name"] for r in rows], key="annotate_pick")
     label_editor(next(r for r in rows if r["id_name"] == picked), "annotate_edit")
 

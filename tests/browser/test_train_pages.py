@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from engine.datasets import ArrayDataset
+from engine.inference import Predictor
 from engine.training import TrainConfig, fit
 from services import training
 from services.store import open_store
@@ -99,13 +100,17 @@ def shapes_model(stack):
 
 
 def test_predict_page_labels_an_upload_with_a_probability_chart(page, stack, shapes_model, tmp_path):
+    picture = shape_image("square", 42, side=48)
     image = tmp_path / "square.png"
-    image.write_bytes(png_bytes(shape_image("square", 42, side=48)))
+    image.write_bytes(png_bytes(picture))
+    expected = Predictor(stack.data_dir / shapes_model["path"]).predict(picture)  # the model itself, no page
     open_page(page, stack, "client", "Predict")
     page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(image))
     page.get_by_text("Confidence").wait_for()
-    label = page.locator("h3").first.inner_text().strip()
-    assert label in SHAPES
+    # The page shows the active model's own answer for these pixels: its label and its confidence.
+    assert page.locator("h3").first.inner_text().strip() == expected["label"]
+    confidence = page.locator("[data-testid='stMetricValue']").first.inner_text().strip()
+    assert confidence == f"{expected['confidence']:.1f} %"
     page.locator("[data-testid='stVegaLiteChart']").wait_for()
     assert_no_traceback(page)
     shot(page, "predict-upload")

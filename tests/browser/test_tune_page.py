@@ -4,6 +4,7 @@ import pytest
 
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, set_number, shot, wait_idle
 from tests.digits import DIGITS_FILE, write_digits_hdf5
+from tests.harness import get
 
 pytestmark = pytest.mark.browser
 
@@ -31,5 +32,13 @@ def test_launch_a_tiny_study_and_see_it_finish(page, stack):
     page.get_by_text("Status: finished").first.wait_for(timeout=60_000)
     page.get_by_text("Best: trial").first.wait_for()
     page.locator("[data-testid='stDataFrame']").first.wait_for()
+    # The page's best is the study's best as the API reports it: the same trial, value and parameters.
+    study_id = get(stack, "/api/v1/tune").json()["studies"][0]["study_id"]
+    study = get(stack, f"/api/v1/tune/{study_id}").json()
+    assert study["status"] == "finished" and study["progress"]["done"] == 2
+    best = study["best"]
+    shown = page.get_by_text("Best: trial").first.inner_text()
+    assert f"trial {best['trial']} · {best['value']:.4g} · " in shown, (shown, best)
+    assert all(f"{name} = " in shown for name in best["params"]), (shown, best)
     assert_no_traceback(page)
     shot(page, "tune-finished")
