@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
@@ -514,11 +515,7 @@ def train(ctx: JobContext, params: dict) -> dict:
     try:
         fetch_pretrained(ctx, run.config)
         if run.config.head_only:
-            result = fit_head(run.config, run.data.train, run.data.test, run.data.class_names, directory,
-                              ctx.config.path("features"), on_epoch=ctx.epoch, should_stop=ctx.should_stop,
-                              resume_from=resume_from,
-                              on_progress=lambda done, total: ctx.progress(done, total, unit="image",
-                                                                           stage="computing features"))
+            result = fit_head_on_cached_features(ctx, run, directory, ctx.epoch, ctx.should_stop, resume_from)
         else:
             # Polling the stop flag every few batches lets a cancel land within the platform's grace period.
             # Several processes: this work horse launches them and relays rank 0's epochs to ctx.
@@ -532,6 +529,19 @@ def train(ctx: JobContext, params: dict) -> dict:
         raise
     row = register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
     return _summary(ctx.config, result, row)
+
+
+def fit_head_on_cached_features(ctx: JobContext, run: PreparedRun, directory: Path,
+                                on_epoch: Callable[[dict], None], should_stop: Callable[[], bool],
+                                resume_from: Path | None = None):
+    """Train only the head of a head-only run, on backbone features cached under ``DATA_DIR/features``.
+
+    The features are computed once per model, weights, preprocessing and dataset contents (the job's
+    progress says so while they are), so later runs and tune trials on the same data skip the backbone.
+    """
+    return fit_head(run.config, run.data.train, run.data.test, run.data.class_names, directory,
+                    ctx.config.path("features"), on_epoch=on_epoch, should_stop=should_stop, resume_from=resume_from,
+                    on_progress=lambda done, total: ctx.progress(done, total, unit="image", stage="computing features"))
 
 
 def use_weights_cache(config: Config) -> Path:

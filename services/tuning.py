@@ -446,8 +446,11 @@ def train_trial(ctx: JobContext, req: TuneRequest, choice: dict, trial: optuna.T
 
     directory = training.checkpoint_dir(ctx.config, ctx.job_id)
     try:
-        result = fit(run.config, run.data.train, run.data.test, run.data.class_names, directory,
-                     on_epoch=on_epoch, should_stop=should_stop)
+        if run.config.head_only:  # a frozen backbone: every trial reuses the same cached features
+            result = training.fit_head_on_cached_features(ctx, run, directory, on_epoch, should_stop)
+        else:
+            result = fit(run.config, run.data.train, run.data.test, run.data.class_names, directory,
+                         on_epoch=on_epoch, should_stop=should_stop)
     finally:
         # Trials only explore: "train best" retrains the winner in full, so their checkpoints would only
         # fill the disk.

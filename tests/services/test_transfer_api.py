@@ -152,3 +152,27 @@ def test_an_uploaded_weights_file_is_kept_under_data_dir_and_checked(tmp_path):
             save_weights_upload(config, name, payload)
         assert err.value.field == "weights" and words in str(err.value)
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["lenet.pth"]
+
+
+@pytest.mark.slow
+def test_head_only_tune_trials_share_one_computation_of_the_features(stack, photos):
+    """A study over the frozen bundled backbone computes the photos' features once; each trial trains a head."""
+    features = stack.data_dir / "features"
+    before = set(features.glob("*.h5"))
+    body = {"model_name": "efficientnet-lite0", "dataset": "custom", "trainset_dir": "FACES_train",
+            "testset_dir": "FACES_test", "num_classes": 2, "image_size": 64, "transfer_mode": "head-only",
+            "batch_size": 16, "num_epochs": 2, "seed": 0, "n_trials": 2, "epochs_per_trial": 3, "parallel": 1,
+            "space": {"learning_rate": [0.001, 0.05]}}
+    answer = post(stack, "/api/v1/tune", body)
+    assert answer.status_code == 202, answer.text
+    record = stack.wait_job(answer.json()["job_id"], timeout=300)
+    assert record["status"] == "finished", record["error"]
+    trials = record["result"]["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete"], trials
+    assert all(t["value"] >= 80 for t in trials), trials  # faces vs non-faces: the backbone's features suffice
+    new = set(features.glob("*.h5")) - before
+    assert len(new) == 2, new  # one backbone, one preprocessing: the training and the test photos' features
+    second = requests.get(f"{stack.url}/api/v1/jobs/{trials[1]['job_id']}", headers=stack.headers("operator"),
+                          timeout=30).json()
+    # Written while the first trial ran and never again: the second trained its head on the cached copy.
+    assert all(path.stat().st_mtime < second["started_at"] for path in new)
