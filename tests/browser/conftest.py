@@ -80,6 +80,29 @@ def choose_option(page, widget, option: str, attempts: int = 4) -> None:
     raise AssertionError(f"could not pick {option!r}: {widget.inner_text()!r}")
 
 
+def choose_tags(page, box, labels: list[str], attempts: int = 3) -> None:
+    """Pick ``labels`` in the multiselect ``box`` until it shows exactly them.
+
+    A rerun that starts while a pick lands can redraw the box without it (Streamlit keeps the widget's
+    last state the server saw), so a person would pick again: so does this, a few times at most.
+    """
+    for _ in range(attempts):
+        wait_idle(page, 300)  # never start a pick while the last one's rerun is still drawing
+        for label in labels:
+            if label not in tags_in(box):
+                choose_option(page, box, label)
+        wait_idle(page, 300)
+        if tags_in(box) == labels:
+            return
+    shot(page, "choose-tags-failed")
+    raise AssertionError(f"the box shows {tags_in(box)!r}, not {labels!r}")
+
+
+def tags_in(box) -> list[str]:
+    """The tags a multiselect shows, in order."""
+    return box.locator("[data-testid='stMultiSelectTagsContainer']").inner_text().split()
+
+
 def select_box(page, label: str):
     """The selectbox labelled ``label``."""
     return page.locator("[data-testid='stSelectbox']").filter(has_text=label)

@@ -50,6 +50,7 @@ def test_a_deleted_or_re_roled_user_is_signed_out(store):
 def post_to_cookie_route(body: str, scheme: str = "http") -> tuple[int, list[str]]:
     """POST ``body`` to the UI server's cookie route as the browser would; (status, Set-Cookie headers)."""
     import asyncio
+    import concurrent.futures
 
     from starlette.requests import Request
 
@@ -60,7 +61,9 @@ def post_to_cookie_route(body: str, scheme: str = "http") -> tuple[int, list[str
 
     scope = {"type": "http", "method": "POST", "path": sessions.COOKIE_ROUTE, "scheme": scheme, "headers": [],
              "query_string": b"", "server": ("127.0.0.1", 8501)}
-    response = asyncio.run(session_cookie(Request(scope, receive)))
+    # On a thread of its own: asyncio.run() refuses a thread whose loop is running (Playwright's, in a full run).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        response = pool.submit(asyncio.run, session_cookie(Request(scope, receive))).result()
     return response.status_code, [v.decode() for k, v in response.raw_headers if k == b"set-cookie"]
 
 
