@@ -18,7 +18,7 @@ from services import datasets
 from services.config import Config
 from services.store import Store
 from services.ui_jobs import job_state, live_panel, progress_bar, queue_action, status_line
-from services.web import invalid_input_from
+from services.validation import invalid_input_from
 
 # Streamlit keeps an uploaded file in the UI process's memory; bigger datasets go through the API.
 UI_UPLOAD_LIMIT_MB = 1024
