@@ -31,7 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.browser.conftest import CHROMIUM, wait_for_session_cookie  # noqa: E402
+from tests.browser.conftest import CHROMIUM, to_screen, trace, wait_for_session_cookie  # noqa: E402
 from tests.harness import Stack  # noqa: E402
 
 WIDTH, HEIGHT = 2000, 1500  # the Segment figures' photo: 3 MP
@@ -97,7 +97,7 @@ def segment_figures(page, stack, rounds: int, tmp: Path) -> dict:
     page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(photo))
     page.get_by_text(f"{WIDTH}×{HEIGHT} px").wait_for()
     page.wait_for_function(RUN_ENDED)
-    trace(page, to_screen(page, [(box[0], box[1]), (box[2], box[3])]))
+    trace(page, to_screen(page, [(box[0], box[1]), (box[2], box[3])], WIDTH))
     page.get_by_text("0 background strokes").wait_for()
     page.wait_for_function(RUN_ENDED)
     run = page.get_by_role("button", name="Run GrabCut").click
@@ -107,28 +107,11 @@ def segment_figures(page, stack, rounds: int, tmp: Path) -> dict:
     page.get_by_text("Mark background", exact=True).click()
     page.get_by_text("Paint red strokes").wait_for()
     page.wait_for_function(RUN_ENDED)
-    trace(page, to_screen(page, stroke))
+    trace(page, to_screen(page, stroke, WIDTH))
     page.get_by_text("1 background strokes").wait_for()
     page.wait_for_function(RUN_ENDED)
     strokes = [rerun_seconds(page, run) for _ in range(rounds)]
     return {"first": statistics.median(first), "stroke": statistics.median(strokes), "rerun": rerun[0]}
-
-
-def to_screen(page, points) -> list[tuple[float, float]]:
-    canvas = page.locator("canvas.upper-canvas").first
-    canvas.evaluate("c => c.scrollIntoView({block: 'center'})")
-    page.wait_for_timeout(200)
-    box = canvas.bounding_box()
-    per_pixel = box["width"] / WIDTH
-    return [(box["x"] + x * per_pixel, box["y"] + y * per_pixel) for x, y in points]
-
-
-def trace(page, points) -> None:
-    page.mouse.move(*points[0])
-    page.mouse.down()
-    for point in points[1:]:
-        page.mouse.move(*point, steps=2)
-    page.mouse.up()
 
 
 def cpu_seconds(pid: int) -> float:

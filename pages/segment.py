@@ -155,11 +155,12 @@ def draw(photo: Photo, digest: str):
 def cut(rgb: np.ndarray, key: tuple, box, fg, bg, brush: int, iterations: int, scale: float) -> None:
     """Run GrabCut at full resolution and keep the result for this photo and box.
 
-    With strokes and a cut of this photo and box already made, the strokes refine that cut (only the
-    pixels near them are cut again) instead of starting over: a stroke's effect shows at once.
+    When the strokes only add to those of the last cut of this photo and box, with the same iterations,
+    they refine that cut (only the pixels near them are cut again) instead of starting over: a stroke's
+    effect shows at once. A stroke undone, or other iterations, cut again from the start.
     """
     kept = st.session_state.get("segment_result")
-    previous = kept["result"] if kept is not None and kept["key"] == key and (fg or bg) else None
+    previous = kept["result"] if _only_adds_strokes(kept, key, fg, bg, iterations) else None
     width = max(1, round(brush / scale))
     started = time.perf_counter()
     try:
@@ -175,8 +176,19 @@ def cut(rgb: np.ndarray, key: tuple, box, fg, bg, brush: int, iterations: int, s
     seconds = time.perf_counter() - started
     preview = segment.cutout_preview(result.cutout)
     st.session_state["segment_result"] = {"key": key, "result": result, "refined": previous is not None,
+                                          "fg": list(fg or []), "bg": list(bg or []), "iterations": iterations,
                                           "seconds": seconds, "preview": preview_png(preview),
                                           "preview_width": int(preview.shape[1])}
+
+
+def _only_adds_strokes(kept: dict | None, key: tuple, fg, bg, iterations: int) -> bool:
+    """Whether this cut only adds strokes to the last one of the same photo, box and iterations."""
+    if kept is None or kept["key"] != key or kept.get("iterations") != iterations:
+        return False
+    fg, bg = list(fg or []), list(bg or [])
+    old_fg, old_bg = kept.get("fg", []), kept.get("bg", [])
+    grows = fg[:len(old_fg)] == old_fg and bg[:len(old_bg)] == old_bg
+    return grows and len(fg) + len(bg) > len(old_fg) + len(old_bg)
 
 
 def preview_png(preview: np.ndarray) -> bytes:

@@ -165,8 +165,8 @@ def store_upload(config: Config, store: Store, id_name: str, data: bytes, upload
     except FileExistsError:  # another upload took the id between the check and the write
         raise ImageExists(f"an image with id_name '{id_name}' exists; send overwrite=1 to replace it") from None
     row = _image_row(config, id_name, path, inspection, uploaded_by)
-    store.put_image(row)  # an overwrite replaces the whole row: its labels are gone with the old pixels
-    labelsets.annotation_path(folder, id_name).unlink(missing_ok=True)  # and so is their export
+    # An overwrite replaces the whole row: its labels are gone with the old pixels, and so is their export.
+    store.put_image(row, then=lambda: labelsets.annotation_path(folder, id_name).unlink(missing_ok=True))
     return row
 
 

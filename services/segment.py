@@ -57,10 +57,12 @@ OUTLINE_RGB = (255, 0, 255)  # magenta: visible on skin, sky, foliage and the gr
 LAST_CUT_TTL_S = 15 * 60
 _LAST_CUT_KEY = "segment:last-cut:{user}:{digest}"
 # Decoded request images, newest last: a stroke re-sends the photo it refines, and decoding a 3 MP JPEG
-# again costs 15-40 ms of a stroke's budget. Two photos (a 12 MP one is 36 MB) cover one editing user per
-# heavy slot.
+# again costs 15-40 ms of a stroke's budget. At most two photos and 72 MB (two 12 MP ones; a bigger photo
+# is decoded again for each stroke), each for LAST_CUT_TTL_S at most: the cache never holds the API's
+# image budget hostage.
 _DECODED_KEPT = 2
-_decoded: OrderedDict[str, np.ndarray] = OrderedDict()
+_DECODED_BYTES = 72 * 2**20
+_decoded: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
 _decoded_lock = threading.Lock()
 # zlib level 1 and one fixed filter: 0.13 s for a 0.8 MP cut-out, where Pillow's defaults (level 6,
 # a filter chosen per row) take 0.8 s for 15 % fewer bytes
@@ -152,16 +154,20 @@ def decode(config: Config, data: str | bytes, field: str = "image") -> np.ndarra
 
 def decode_kept(config: Config, data: str, digest: str) -> np.ndarray:
     """:func:`decode`, reusing the pixels of the last few images (by content digest); read-only."""
+    now = time.monotonic()
     with _decoded_lock:
-        image = _decoded.get(digest)
-        if image is not None:
+        for key in [k for k, (kept_at, _) in _decoded.items() if now - kept_at > LAST_CUT_TTL_S]:
+            del _decoded[key]
+        if digest in _decoded:
             _decoded.move_to_end(digest)
-            return image
+            return _decoded[digest][1]
     image = decode(config, data)
     image.flags.writeable = False  # shared by requests: nobody may draw on it
+    if image.nbytes > _DECODED_BYTES:
+        return image
     with _decoded_lock:
-        _decoded[digest] = image
-        while len(_decoded) > _DECODED_KEPT:
+        _decoded[digest] = (now, image)
+        while len(_decoded) > _DECODED_KEPT or sum(kept.nbytes for _, kept in _decoded.values()) > _DECODED_BYTES:
             _decoded.popitem(last=False)
     return image
 

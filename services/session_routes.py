@@ -7,6 +7,8 @@ so no script on the page can read the token. An empty body deletes the cookie (s
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,11 +18,32 @@ from services import sessions
 MAX_CODE_BYTES = 256
 
 
+def same_origin(request: Request) -> bool:
+    """Whether the page that sent the request is the UI's own (a cross-site form must not sign anyone out).
+
+    Browsers say so in ``Sec-Fetch-Site``; an older one sends ``Origin``, compared with the address asked.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    origin = request.headers.get("origin")
+    return origin is not None and urlparse(origin).netloc == request.headers.get("host")
+
+
+def over_https(request: Request) -> bool:
+    """Whether the browser reached the UI over HTTPS (its ``Origin``; a TLS proxy in front hides the scheme)."""
+    origin = request.headers.get("origin") or ""
+    return request.url.scheme == "https" or origin.startswith("https://")
+
+
 async def session_cookie(request: Request) -> Response:
     """Set the session cookie for a claim code (403 when unknown, spent or expired); empty: delete it."""
+    if not same_origin(request):
+        return Response("only the UI's own pages may set its cookie", status_code=403,
+                        headers={"Cache-Control": "no-store"})
     code = (await request.body())[:MAX_CODE_BYTES].decode("ascii", errors="replace").strip()
     response = Response(status_code=204, headers={"Cache-Control": "no-store"})
-    secure = request.url.scheme == "https"
+    secure = over_https(request)
     if not code:
         response.delete_cookie(sessions.COOKIE, path="/", secure=secure, httponly=True, samesite="strict")
         return response

@@ -427,6 +427,14 @@ class Store:
                                    "multi_label": None if multi_label is None else int(multi_label)})
         return self._select(Model, where, args, "created_at DESC, id", limit, offset)
 
+    def list_models_trained_by(self, job_kind: str, multi_label: bool | None = None,
+                               limit: int = 1000) -> list[Model]:
+        """Models whose training job was of ``job_kind``, newest first (the job filter is a subquery)."""
+        where, args = self._equal({"multi_label": None if multi_label is None else int(multi_label)})
+        owned = "job_id IN (SELECT id FROM jobs WHERE kind = ?)"
+        return self._select(Model, f"{where} AND {owned}" if where else owned, (*args, job_kind),
+                            "created_at DESC, id", limit)
+
     def set_active_model(self, model_id: str) -> None:
         """Mark one model active; the others of the same kind (single/multi-label) become inactive."""
         with self.connect() as conn:
@@ -440,13 +448,18 @@ class Store:
     def get_image(self, id_name: str) -> Image | None:
         return self._get(Image, id_name)
 
-    def put_image(self, image: Image) -> None:
-        """Insert an image, or replace every field of the one stored under its id (an overwrite)."""
+    def put_image(self, image: Image, then: Callable[[], None] = lambda: None) -> None:
+        """Insert an image, or replace every field of the one stored under its id (an overwrite).
+
+        ``then`` (which may remove a copy derived from the old row) runs inside the transaction, under the
+        catalog's write lock, so no label save (:meth:`label_image`) lands between the two.
+        """
         names = image.columns()
         sql = (f"INSERT OR REPLACE INTO images ({', '.join(names)}) "
                f"VALUES ({', '.join('?' for _ in names)})")
         with self.connect() as conn:
             conn.execute(sql, [image.encode(k, getattr(image, k)) for k in names])
+            then()
 
     def update_image(self, id_name: str, **fields: Any) -> None:
         self._update(Image, id_name, fields)

@@ -14,13 +14,10 @@ Policy, in one place:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,7 @@ import numpy as np
 from engine import labels as labelsets
 from services import jobs
 from services.config import Config
-from services.jobs import JobContext, job_kind
+from services.jobs import JobContext, job_kind, redis_connection
 from services.predictions import predict
 from services.store import ImageQuery, Store
 
@@ -42,8 +39,7 @@ SUGGEST_MIN_MAP = 0.5
 MIN_IMAGES_PER_LABEL = 2
 KEEP_HEADS = 3  # older heads are deleted: each is a whole network's checkpoint (~18 MB)
 HEAD_EPOCHS = 60  # epochs of a linear head on cached features take milliseconds
-LOCK_FILE = ".suggestions.lock"
-_LIST_ALL = 1_000_000
+LOCK_KEY = "studio:suggestions:retrain:lock"
 
 
 # ------------------------------------------------------------------------------------- which model
@@ -119,8 +115,7 @@ def latest_head(store: Store) -> dict | None:
 
 def _heads(store: Store) -> list[dict]:
     """Suggestion heads, newest first: the multi-label models whose job is a retrain."""
-    ids = {j["id"] for j in store.list_jobs(kind=RETRAIN_KIND, limit=_LIST_ALL)}
-    return [r for r in store.list_models(multi_label=True, limit=_LIST_ALL) if r["job_id"] in ids]
+    return store.list_models_trained_by(RETRAIN_KIND, multi_label=True)
 
 
 def suggest(config: Config, store: Store, image_rgb: np.ndarray) -> dict:
@@ -153,13 +148,14 @@ def labels_saved(config: Config, store: Store) -> str | None:
 def maybe_retrain(config: Config, store: Store) -> str | None:
     """Queue a ``suggestion_head`` job when ``suggest_retrain_every`` labels were saved since the last one.
 
-    Serialised by a file lock (the API's threads and the UI are separate processes), so two saves never
-    queue two retrains; none is queued while another is queued or running.
+    Serialised by a lock in Redis (the API, the UI and workers may be processes on several machines; a
+    Redis lock also yields to gevent while it waits, where a file lock would block the API's event loop),
+    so two saves never queue two retrains; none is queued while another is queued or running.
     """
     every = config.suggest_retrain_every
     if every <= 0:
         return None
-    with _lock(config):
+    with redis_connection(config.effective_redis_url).lock(LOCK_KEY, timeout=60, blocking_timeout=30):
         previous = store.list_jobs(kind=RETRAIN_KIND, limit=1)
         if previous and jobs.read_job(config, store, previous[0])["status"] not in jobs.TERMINAL:
             return None
@@ -175,25 +171,7 @@ def labels_saved_since(store: Store, since: float) -> int:
     return store.count_images(ImageQuery(labelled_after=since))
 
 
-@contextlib.contextmanager
-def _lock(config: Config) -> Iterator[None]:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.path(LOCK_FILE), "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --------------------------------------------------------------------------------------- the retrain
-
-
-def labelled_items(config: Config, store: Store) -> list[tuple[Path, list[str]]]:
-    """``(file, labels)`` of every labelled image in the catalog whose file exists, sorted by id."""
-    rows = store.list_images(ImageQuery(labelled=True, order="id", limit=None))
-    items = [(config.path(r.path), list(r.labels)) for r in rows]
-    return [(path, labels) for path, labels in items if path.is_file()]
 
 
 def head_labels(items: list[tuple[Path, list[str]]], label_set: list[str]) -> list[str]:
@@ -211,6 +189,7 @@ def retrain_head(ctx: JobContext, params: dict) -> dict:
     backbone. The model's per-label thresholds and validation mAP come from :func:`engine.training.fit_head`.
     """
     from services import training  # torch is imported only by the workers that run this
+    from services.annotation import labelled_items  # annotation calls this module after each save
 
     items = labelled_items(ctx.config, ctx.store)
     names = head_labels(items, labelsets.read_label_set(ctx.config.path("newdata")))

@@ -101,12 +101,14 @@ class EndpointMeta:
 
 def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), roles: tuple[str, ...] | None = None,
              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None, summary: str = "",
-             form: bool = False, heavy: bool = False, submits_job: bool = False):
+             form: bool = False, heavy: bool = False, submits_job: bool = False, name: str | None = None):
     """Register a view on ``bp`` with its roles (None = public; admin may always call) and schemas.
 
     The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared. A
     ``heavy`` route (one that decodes images) runs only while a slot of :func:`heavy_slot` is free; a
     route that ``submits_job`` is refused (429) when the user has too many queued or running jobs.
+    ``name`` (default: the view's) is the endpoint's name and so its OpenAPI ``operationId``: give the
+    published one when a view is renamed, so clients generated from the document keep working.
     """
 
     def decorate(view: Callable[..., Any]):
@@ -132,7 +134,7 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
             return view(*args, **kwargs)
 
         wrapper.endpoint_meta = meta
-        bp.add_url_rule(rule, view.__name__, wrapper, methods=list(methods))
+        bp.add_url_rule(rule, name or view.__name__, wrapper, methods=list(methods))
         return wrapper
 
     return decorate

@@ -103,6 +103,32 @@ def tags_in(box) -> list[str]:
     return box.locator("[data-testid='stMultiSelectTagsContainer']").inner_text().split()
 
 
+def canvas_box(page) -> dict:
+    """The drawing surface (Fabric.js puts its mouse-catching canvas on top of the one it paints)."""
+    upper = page.locator("canvas.upper-canvas")
+    target = upper.first if upper.count() else page.locator("canvas").last
+    target.wait_for()
+    target.evaluate("canvas => canvas.scrollIntoView({block: 'center'})")  # the mouse only acts in the viewport
+    page.wait_for_timeout(200)
+    return target.bounding_box()
+
+
+def to_screen(page, points, photo_width: int) -> list[tuple[float, float]]:
+    """Photo pixels to screen pixels, wherever the canvas is now (reruns can move it)."""
+    box = canvas_box(page)
+    per_pixel = box["width"] / photo_width
+    return [(box["x"] + x * per_pixel, box["y"] + y * per_pixel) for x, y in points]
+
+
+def trace(page, points) -> None:
+    """Drag the mouse through ``points`` (screen pixels), as a brush stroke."""
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point, steps=2)
+    page.mouse.up()
+
+
 def select_box(page, label: str):
     """The selectbox labelled ``label``."""
     return page.locator("[data-testid='stSelectbox']").filter(has_text=label)

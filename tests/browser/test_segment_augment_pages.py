@@ -12,7 +12,15 @@ from PIL import Image
 
 from engine.augment.backgrounds import make_background
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
+from tests.browser.conftest import (
+    assert_no_traceback,
+    canvas_box,
+    choose_option,
+    login,
+    select_box,
+    shot,
+    wait_idle,
+)
 from tests.scenes import CENTRE, LEGACY_BOX, RADIUS, encode, scene
 
 pytestmark = pytest.mark.browser
@@ -23,16 +31,6 @@ def open_page(page, stack, role: str, title: str) -> None:
     login(page, stack, role)
     page.locator("[data-testid='stSidebarNav'] a", has_text=title).click()
     page.locator("h1", has_text=title).wait_for()
-
-
-def canvas_box(page) -> dict:
-    """The drawing surface (Fabric.js puts its mouse-catching canvas on top of the one it paints)."""
-    upper = page.locator("canvas.upper-canvas")
-    target = upper.first if upper.count() else page.locator("canvas").last
-    target.wait_for()
-    target.evaluate("canvas => canvas.scrollIntoView({block: 'center'})")  # the mouse only acts in the viewport
-    page.wait_for_timeout(200)
-    return target.bounding_box()
 
 
 def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:

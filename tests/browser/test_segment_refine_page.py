@@ -14,35 +14,20 @@ from PIL import Image
 
 from engine.segmentation import mask_iou
 from services.store import open_store
-from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
+from tests.browser.conftest import (
+    assert_no_traceback,
+    choose_option,
+    login,
+    select_box,
+    shot,
+    to_screen,
+    trace,
+    wait_idle,
+)
 from tests.photo_scenes import with_shadow
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 WIDTH, HEIGHT = 2000, 1500  # 3 MP, shown at 40 % on the canvas
-
-
-def canvas_box(page) -> dict:
-    upper = page.locator("canvas.upper-canvas")
-    target = upper.first if upper.count() else page.locator("canvas").last
-    target.wait_for()
-    target.evaluate("canvas => canvas.scrollIntoView({block: 'center'})")  # the mouse only acts in the viewport
-    page.wait_for_timeout(200)
-    return target.bounding_box()
-
-
-def to_screen(page, points) -> list[tuple[float, float]]:
-    """Photo pixels to screen pixels, wherever the canvas is now (reruns can move it)."""
-    box = canvas_box(page)
-    per_pixel = box["width"] / WIDTH
-    return [(box["x"] + x * per_pixel, box["y"] + y * per_pixel) for x, y in points]
-
-
-def trace(page, points) -> None:
-    page.mouse.move(*points[0])
-    page.mouse.down()
-    for point in points[1:]:
-        page.mouse.move(*point, steps=2)
-    page.mouse.up()
 
 
 def run_grabcut(page, caption: str) -> float:
@@ -82,7 +67,8 @@ def test_a_background_stroke_on_the_halo_raises_the_saved_cut_outs_iou(page, sta
     page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(photo))
     page.get_by_text(f"{WIDTH}×{HEIGHT} px, shown at 40%").wait_for()
     wait_idle(page)
-    corners = to_screen(page, [(box[0], box[1]), ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), (box[2], box[3])])
+    corners = to_screen(page, [(box[0], box[1]), ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), (box[2], box[3])],
+                        WIDTH)
     trace(page, corners)
     page.get_by_text("0 background strokes").wait_for()
     first_seconds = run_grabcut(page, "cut in")
@@ -98,7 +84,7 @@ def test_a_background_stroke_on_the_halo_raises_the_saved_cut_outs_iou(page, sta
     page.get_by_text("Mark background", exact=True).click()
     page.get_by_text("Paint red strokes").wait_for()
     wait_idle(page)
-    trace(page, to_screen(page, stroke))  # through the middle of the ring's left half
+    trace(page, to_screen(page, stroke, WIDTH))  # through the middle of the ring's left half
     page.get_by_text("1 background strokes").wait_for()
     wait_idle(page)
     stroke_seconds = run_grabcut(page, "strokes applied to the last cut")

@@ -47,8 +47,11 @@ def test_a_deleted_or_re_roled_user_is_signed_out(store):
     assert sessions.resume(store, token) is None
 
 
-def post_to_cookie_route(body: str, scheme: str = "http") -> tuple[int, list[str]]:
-    """POST ``body`` to the UI server's cookie route as the browser would; (status, Set-Cookie headers)."""
+def post_to_cookie_route(body: str, scheme: str = "http",
+                         headers: tuple[tuple[bytes, bytes], ...] = ((b"sec-fetch-site", b"same-origin"),),
+                         ) -> tuple[int, list[str]]:
+    """POST ``body`` to the UI server's cookie route as the browser would from the UI's own page (its
+    ``headers``); (status, Set-Cookie headers)."""
     import asyncio
     import concurrent.futures
 
@@ -59,8 +62,8 @@ def post_to_cookie_route(body: str, scheme: str = "http") -> tuple[int, list[str
     async def receive() -> dict:
         return {"type": "http.request", "body": body.encode(), "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": sessions.COOKIE_ROUTE, "scheme": scheme, "headers": [],
-             "query_string": b"", "server": ("127.0.0.1", 8501)}
+    scope = {"type": "http", "method": "POST", "path": sessions.COOKIE_ROUTE, "scheme": scheme,
+             "headers": list(headers), "query_string": b"", "server": ("127.0.0.1", 8501)}
     # On a thread of its own: asyncio.run() refuses a thread whose loop is running (Playwright's, in a full run).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         response = pool.submit(asyncio.run, session_cookie(Request(scope, receive))).result()
@@ -86,6 +89,19 @@ def test_signing_out_deletes_the_cookie():
     assert sessions.COOKIE_ROUTE in sessions.cookie_script(None) and 'body:""' in sessions.cookie_script(None)
     status, cookies = post_to_cookie_route("")
     assert status == 204 and "studio_session=" in cookies[0] and "max-age=0" in cookies[0].lower()
+
+
+def test_another_site_cannot_set_or_delete_the_cookie():
+    """A cross-site form posting here (to sign a victim out, or in as someone else) gets 403 and no cookie."""
+    code = sessions.claim_code("victim-token")
+    for headers in (((b"sec-fetch-site", b"cross-site"),), ((b"origin", b"https://evil.example"),
+                                                             (b"host", b"127.0.0.1:8501")), ()):
+        assert post_to_cookie_route("", headers=headers) == (403, [])
+        assert post_to_cookie_route(code, headers=headers) == (403, [])
+    # Without Sec-Fetch-Site, an Origin naming the UI's own address is the UI's page; https there means Secure.
+    own = ((b"origin", b"https://studio.example"), (b"host", b"studio.example"))
+    status, cookies = post_to_cookie_route(code, headers=own)
+    assert status == 204 and "secure" in {p.strip().lower() for p in cookies[0].split(";")}
 
 
 def test_an_admin_change_through_the_users_api_ends_the_ui_sessions_at_once(store):
