@@ -32,8 +32,9 @@ def test_move_an_object_to_another_class_then_delete_one(page, stack):
     move_to.locator("input").click()
     page.keyboard.type("browser_mug")
     page.keyboard.press("Enter")
+    wait_idle(page)  # the new class name reaches the server in a rerun, which enables Move
     move = page.get_by_role("button", name="Move", exact=True)
-    expect(move).to_be_enabled()
+    expect(move).to_be_enabled(timeout=30_000)
     move.click()
     page.get_by_text(f"Moved object {rows[0]['id'][:8]} to 'browser_mug'.").wait_for()
     moved = store.get_object(rows[0]["id"])
