@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,3 +247,22 @@ def peak_rss_during(process, work) -> tuple[int, int, object]:
         done.set()
         sampler.join()
     return baseline, peak[0], result
+
+
+@contextmanager
+def app_page(page: str, user: dict, data_dir: Path, monkeypatch, **env: str):
+    """A page under Streamlit's AppTest, reading ``data_dir`` (and ``env``), signed in as ``user``."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    st.cache_resource.clear()  # the config is cached per process: make the page read this DATA_DIR
+    st.cache_data.clear()
+    at = AppTest.from_file(str(REPO_ROOT / "pages" / page), default_timeout=30)
+    at.session_state["user"] = user
+    try:
+        yield at
+    finally:
+        st.cache_resource.clear()

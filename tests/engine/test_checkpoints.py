@@ -16,26 +16,21 @@ from engine.inference import Predictor
 from engine.models import create_model
 from engine.training import TrainConfig, fit
 from tests.digits import digit_images
-from tests.old_checkpoints import write_version_1
+from tests.old_checkpoints import DIGIT_CLASSES, digits_training, rewrite_as_version_1, write_version_1
 
 torch.set_num_threads(1)
-CLASSES = [f"digit-{d}" for d in range(10)]
+CLASSES = DIGIT_CLASSES
 TAGS = ["sea", "boat", "person"]
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A digits run of 1 epoch (of 2), and the same files rewritten in the version 1 layout."""
-    rgb, labels = digit_images(rgb=True)
-    config = TrainConfig("convnetb", num_classes=10, epochs=2, batch_size=64, learning_rate=0.05, image_size=16,
-                         grey=True, seed=3)
-    pre = config.preprocessing()
-    data = (ArrayDataset(rgb[:1400], labels[:1400], pre, True), ArrayDataset(rgb[1400:], labels[1400:], pre))
+    config, data = digits_training(epochs=2, seed=3)
     one_epoch = dataclasses.replace(config, epochs=1)
     result = fit(one_epoch, *data, CLASSES, tmp_path_factory.mktemp("new"))
     old = tmp_path_factory.mktemp("old")
-    for path in (result.best_path, result.last_path):
-        write_version_1(torch.load(path, weights_only=True), old / path.name)
+    rewrite_as_version_1(result, old)
     return config, data, result, old
 
 

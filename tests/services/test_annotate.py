@@ -13,15 +13,14 @@ from fractions import Fraction
 
 import pytest
 import requests
-import streamlit as st
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from engine.labels import DEFAULT_LABELS
 from services import annotation
-from services.config import REPO_ROOT, Config
+from services.config import Config
 from services.store import open_store
 from tests.exif_images import GPS, LEGACY_GPS, dms, legacy_gps, make_exif, rational
+from tests.harness import app_page
 
 
 # --- images with known EXIF -----------------------------------------------------------------------
@@ -288,13 +287,8 @@ def test_default_id_name_is_always_valid(filename, expected):
 @pytest.fixture
 def page(tmp_path, monkeypatch):
     """The Annotate page on an empty DATA_DIR, signed in as an annotator."""
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    st.cache_resource.clear()  # the config is cached per process: make the page read this DATA_DIR
-    st.cache_data.clear()
-    at = AppTest.from_file(str(REPO_ROOT / "pages" / "annotate.py"), default_timeout=30)
-    at.session_state["user"] = {"username": "ann", "role": "annotator"}
-    yield at
-    st.cache_resource.clear()
+    with app_page("annotate.py", {"username": "ann", "role": "annotator"}, tmp_path, monkeypatch) as at:
+        yield at
 
 
 def test_page_refuses_other_roles(page):

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
-from services.config import REPO_ROOT
 from services.store import open_store
+from tests.harness import app_page
 
 
 @pytest.fixture
 def page(tmp_path, monkeypatch):
     """The Jobs page over a catalog of finished jobs by two users, signed in as the client ``c1``."""
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
     store = open_store(tmp_path)
     for i, (kind, owner) in enumerate([("train", "c1"), ("generate", "c2"), ("train", "c2"), ("tune", "c1"),
                                        ("train", "c1")]):
         store.create_job(f"job{i}", kind, {}, owner)
         store.update_job(f"job{i}", status="finished", created_at=1000.0 + i, result={"n": i})
-    st.cache_resource.clear()  # the config is cached per process: make the page read this DATA_DIR
-    st.cache_data.clear()
-    at = AppTest.from_file(str(REPO_ROOT / "pages" / "jobs.py"), default_timeout=30)
-    at.session_state["user"] = {"username": "c1", "role": "client"}
-    yield at
-    st.cache_resource.clear()
+    with app_page("jobs.py", {"username": "c1", "role": "client"}, tmp_path, monkeypatch) as at:
+        yield at
 
 
 def test_a_client_lists_their_own_jobs_newest_first_and_filters_by_kind(page):

@@ -8,36 +8,31 @@ import numpy as np
 import pytest
 import torch
 
-from engine.datasets import ArrayDataset
 from engine.inference import Predictor
-from engine.training import TrainConfig, fit
+from engine.training import fit
 from services import training
 from services.store import open_store
 from tests.digits import digit_images
 from tests.harness import post
-from tests.old_checkpoints import write_version_1
+from tests.old_checkpoints import DIGIT_CLASSES, digits_training, rewrite_as_version_1
 from tests.shapes import data_url
 
 pytestmark = pytest.mark.slow  # a real training run, then tens of requests
-CLASSES = [f"digit-{d}" for d in range(10)]
+CLASSES = DIGIT_CLASSES
 
 
 @pytest.fixture(scope="module")
 def old_model(stack):
     """A digits run whose best.pt and last.pt are in the version 1 layout, catalogued as a training job leaves it."""
-    rgb, labels = digit_images(rgb=True)
-    config = TrainConfig("convnetb", num_classes=10, epochs=1, batch_size=64, learning_rate=0.05, image_size=16,
-                         grey=True, seed=1)
-    pre = config.preprocessing()
+    config, (train, test) = digits_training(epochs=1, seed=1)
     job_id = f"old-format-{uuid.uuid4().hex[:12]}"
     folder = stack.data_dir / "checkpoints" / job_id
-    train, test = ArrayDataset(rgb[:1400], labels[:1400], pre, True), ArrayDataset(rgb[1400:], labels[1400:], pre)
     result = fit(config, train, test, CLASSES, folder)
-    for path in (result.best_path, result.last_path):
-        write_version_1(torch.load(path, weights_only=True), path)
+    rewrite_as_version_1(result, folder)
     assert "seed" in torch.load(result.best_path, weights_only=True), "the files are in the old layout"
     store = open_store(stack.data_dir)
     row = training.register_model(stack.config, store, job_id, "operator")
+    rgb, labels = digit_images(rgb=True)
     yield row, result, rgb[1400:], labels[1400:]
     training.delete_model(stack.config, store, row["id"])
 

@@ -16,14 +16,12 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import requests
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from services import tuning
-from services.config import REPO_ROOT
 from services.jobs import TERMINAL
 from services.store import open_store
 from tests.digits import write_digits_hdf5
+from tests.harness import app_page
 
 DIGITS = "tune_digits.h5"
 OMIT = object()  # a field left out of the body
@@ -259,13 +257,9 @@ def test_a_trial_far_below_the_median_is_pruned_after_its_first_epoch(stack, dig
 @pytest.fixture
 def page(stack, monkeypatch):
     """The Tune page against the running stack, signed in as an operator."""
-    monkeypatch.setenv("DATA_DIR", str(stack.data_dir))
-    monkeypatch.setenv("REDIS_URL", stack.redis_url)
-    st.cache_resource.clear()  # the config is cached per process: make the page read this DATA_DIR
-    at = AppTest.from_file(str(REPO_ROOT / "pages" / "tune.py"), default_timeout=30)
-    at.session_state["user"] = {"username": "operator", "role": "operator"}
-    yield at
-    st.cache_resource.clear()
+    user = {"username": "operator", "role": "operator"}
+    with app_page("tune.py", user, stack.data_dir, monkeypatch, REDIS_URL=stack.redis_url) as at:
+        yield at
 
 
 @pytest.mark.slow
