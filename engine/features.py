@@ -15,14 +15,20 @@ A dataset of files that grows (the annotation set) names its items instead: ``it
 each item's input file) and ``target(i)``. Without augmentation its features are then cached
 per item (``items/<backbone and preprocessing key>/<item key>.npy``), so a dataset that gained 20 images
 costs 20 backbone passes, not a pass over all of them.
+
+Jobs that need the same features at the same time (a study's parallel head-only trials, on one machine
+or on several sharing DATA_DIR) compute them once: the first holds a lock file beside the entry while it
+computes, and the others wait for it, then read what it wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,12 +181,42 @@ def cached_features(
                                   should_stop)
     key = dataset_key(model_name, model, dataset, copies, seed, batch_size)
     path = Path(cache_dir) / f"{key}.h5"
-    if path.is_file():
-        with h5py.File(path, "r") as handle:
-            return FeatureSet(handle["features"][()], handle["targets"][()], path, True)
-    features, targets = compute_features(model, dataset, copies, seed, batch_size, device, on_progress, should_stop)
-    _write(path, features, targets, {"model": model_name, "copies": copies, "seed": seed, "key": key})
-    return FeatureSet(features, targets, path, False)
+    if not path.is_file():
+        with _computing_alone(path.with_name(f".{key}.lock"), should_stop):
+            if not path.is_file():  # nobody wrote it while this job waited
+                features, targets = compute_features(model, dataset, copies, seed, batch_size, device, on_progress,
+                                                     should_stop)
+                _write(path, features, targets, {"model": model_name, "copies": copies, "seed": seed, "key": key})
+                return FeatureSet(features, targets, path, False)
+    with h5py.File(path, "r") as handle:
+        return FeatureSet(handle["features"][()], handle["targets"][()], path, True)
+
+
+def _pause() -> None:
+    time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _computing_alone(lock_path: Path, should_stop: Callable[[], bool] | None) -> Iterator[None]:
+    """Hold ``lock_path`` (an advisory lock, released if the process dies) while computing a cache entry.
+
+    Raises:
+        Cancelled: ``should_stop()`` turned true while another job held the lock.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if should_stop is not None and should_stop():
+                    raise Cancelled("stopped while another job computed the same features") from None
+                _pause()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write(path: Path, features: np.ndarray, targets: np.ndarray, attrs: dict[str, Any]) -> None:
@@ -212,11 +248,14 @@ def _per_item_features(model_name: str, model: nn.Module, dataset: Dataset, cach
     keys = list(dataset.item_keys())
     missing = [i for i, key in enumerate(keys) if not (folder / f"{key}.npy").is_file()]
     if missing:
-        computed, _ = compute_features(model, Subset(dataset, missing), 1, 0, batch_size, device, on_progress,
-                                       should_stop)
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, row in zip(missing, computed, strict=True):
-            _save_row(folder / f"{keys[index]}.npy", row)
+        with _computing_alone(folder.with_name(f".{folder.name}.lock"), should_stop):
+            missing = [i for i in missing if not (folder / f"{keys[i]}.npy").is_file()]
+            if missing:
+                computed, _ = compute_features(model, Subset(dataset, missing), 1, 0, batch_size, device,
+                                               on_progress, should_stop)
+                folder.mkdir(parents=True, exist_ok=True)
+                for index, row in zip(missing, computed, strict=True):
+                    _save_row(folder / f"{keys[index]}.npy", row)
     features = np.stack([np.load(folder / f"{key}.npy") for key in keys]).astype(np.float32)
     targets = np.stack([torch.as_tensor(dataset.target(i)).numpy() for i in range(len(keys))])
     return FeatureSet(features, targets, folder, not missing)
