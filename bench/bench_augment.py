@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from engine.augment.backgrounds import list_backgrounds  # noqa: E402
 from engine.augment.generate import GenerationConfig, count_samples, generate_dataset  # noqa: E402
-from tests.engine.test_generate import LEGACY_BODY  # noqa: E402  (the legacy API's example body, engine spelling)
+from tests.legacy_generation import LEGACY_BODY  # noqa: E402
 
 RUNNERS = ("ours", "albumentations", "albumentations-cached")
 BUFFER = 64

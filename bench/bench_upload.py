@@ -16,8 +16,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Stack, peak_rss_during  # noqa: E402
-from tests.services.test_datasets_api import stored_zip, stream_multipart, unique  # noqa: E402
+from tests.harness import Stack, peak_rss_during, stream_multipart, unique  # noqa: E402
+from tests.zips import stored_zip  # noqa: E402
 
 
 def main(megabytes: int) -> None:

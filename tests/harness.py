@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import shutil
@@ -266,3 +267,31 @@ def app_page(page: str, user: dict, data_dir: Path, monkeypatch, **env: str):
         yield at
     finally:
         st.cache_resource.clear()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(3)}"
+
+
+def stream_multipart(stack, path: Path, name: str) -> tuple[int, bytes]:
+    """POST the file as multipart/form-data, sent from disk in 1 MB pieces with a Content-Length."""
+    boundary = secrets.token_hex(16)
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+            f"Content-Type: application/zip\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=600)
+    conn.putrequest("POST", "/api/v1/datasets")
+    conn.putheader("Authorization", stack.headers("operator")["Authorization"])
+    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    conn.putheader("Content-Length", str(len(head) + path.stat().st_size + len(tail)))
+    conn.endheaders()
+    conn.send(head)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            conn.send(chunk)
+    conn.send(tail)
+    answer = conn.getresponse()
+    body = answer.read()
+    conn.close()
+    return answer.status, body

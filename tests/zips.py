@@ -101,3 +101,14 @@ def annotated_zip(path: Path, annotation_name: str, annotation_text: str, names=
         for i, name in enumerate(names):
             zf.writestr(f"shoot/images/{name}.jpg", jpeg(np.full((16, 16, 3), 40 * i, np.uint8)))
     return path
+
+
+def stored_zip(path: Path, megabytes: int, entry_mb: int = 8) -> Path:
+    """A big zip of two class folders whose 'images' are random bytes (stored, so it cannot be a bomb)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(megabytes // entry_mb):
+            with zf.open(f"big/{'ab'[i % 2]}/{i:04d}.jpg", "w", force_zip64=True) as fh:
+                for _ in range(entry_mb):
+                    fh.write(rng.bytes(1024 * 1024))
+    return path

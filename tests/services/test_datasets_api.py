@@ -7,7 +7,6 @@ import http.client
 import io
 import json
 import os
-import secrets
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import requests
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tests.harness import peak_rss_during
+from tests.harness import peak_rss_during, stream_multipart, unique
 from tests.zips import (
     annotated_zip,
     class_images,
@@ -27,6 +26,7 @@ from tests.zips import (
     file_manager_zip,
     named_entry_zip,
     ratio_bomb_zip,
+    stored_zip,
     symlink_zip,
 )
 
@@ -35,10 +35,6 @@ LEGACY_TRAIN = {"model_name": "convnetj", "dataset": "hdf5", "num_classes": 3, "
               "num_workers": 2, "lr_decay": 1, "l2_reg": 0.0001, "hdf5_path": "dataset-512x512.hdf5",
               "trainset_dir": "TRAIN_data_224", "testset_dir": "TEST_data_224", "convert_grey": 0,
               "learning_rate": 0.01, "num_epochs": "3"}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(3)}"
 
 
 def upload(stack, path: Path, name: str, role: str = "operator", **form) -> requests.Response:
@@ -306,41 +302,6 @@ def test_coco_json_with_images_imports_labels(stack, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- memory
-def stored_zip(path: Path, megabytes: int, entry_mb: int = 8) -> Path:
-    """A big zip of two class folders whose 'images' are random bytes (stored, so it cannot be a bomb)."""
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(megabytes // entry_mb):
-            with zf.open(f"big/{'ab'[i % 2]}/{i:04d}.jpg", "w", force_zip64=True) as fh:
-                for _ in range(entry_mb):
-                    fh.write(rng.bytes(1024 * 1024))
-    return path
-
-
-def stream_multipart(stack, path: Path, name: str) -> tuple[int, bytes]:
-    """POST the file as multipart/form-data, sent from disk in 1 MB pieces with a Content-Length."""
-    boundary = secrets.token_hex(16)
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-            f"Content-Type: application/zip\r\n\r\n").encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    conn = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=600)
-    conn.putrequest("POST", "/api/v1/datasets")
-    conn.putheader("Authorization", stack.headers("operator")["Authorization"])
-    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
-    conn.putheader("Content-Length", str(len(head) + path.stat().st_size + len(tail)))
-    conn.endheaders()
-    conn.send(head)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            conn.send(chunk)
-    conn.send(tail)
-    answer = conn.getresponse()
-    body = answer.read()
-    conn.close()
-    return answer.status, body
-
-
 @pytest.mark.slow
 def test_a_large_upload_streams_to_disk_with_flat_api_memory(stack, tmp_path):
     import psutil
