@@ -72,9 +72,9 @@ def delete(row: dict) -> None:
 
 
 def main() -> None:
-    rows = datasets.list_datasets(config, store)
     st.subheader("Upload a dataset")
     made = upload_dataset_widget(config, store, user, key="datasets_upload")
+    rows = datasets.list_datasets(config, store)  # read after the widget, so an import that just ended is listed
     if not rows:
         st.info("No datasets yet: upload one, or generate one on the Augment page.")
         return
