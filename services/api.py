@@ -259,7 +259,7 @@ def get_job(job_id: str):
     return ok(readable_job(job_id))
 
 
-@endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), roles=JOB_READERS, summary="Seed-style job metrics",
+@endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), roles=JOB_READERS, summary="Legacy job metrics",
           name="seed_job_metrics")  # the operationId published before the view was renamed
 def legacy_job_metrics(job_id: str):
     """The legacy API's view of a training job: loss and accuracy lists per epoch."""

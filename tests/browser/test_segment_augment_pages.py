@@ -14,11 +14,12 @@ from engine.augment.backgrounds import make_background
 from services.store import open_store
 from tests.browser.conftest import (
     assert_no_traceback,
-    canvas_box,
     choose_option,
     login,
     select_box,
     shot,
+    to_screen,
+    trace,
     wait_idle,
 )
 from tests.scenes import CENTRE, LEGACY_BOX, RADIUS, encode, scene
@@ -31,14 +32,6 @@ def open_page(page, stack, role: str, title: str) -> None:
     login(page, stack, role)
     page.locator("[data-testid='stSidebarNav'] a", has_text=title).click()
     page.locator("h1", has_text=title).wait_for()
-
-
-def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
-    page.mouse.move(*start)
-    page.mouse.down()
-    page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=4)
-    page.mouse.move(*end, steps=4)
-    page.mouse.up()
 
 
 def save_an_object(stack, ean: str, colour) -> None:
@@ -59,14 +52,12 @@ def test_segment_draw_a_box_with_the_mouse_cut_out_and_save(page, stack, tmp_pat
     page.get_by_text("1600×1200 px, shown at 50%").wait_for()
     cx, cy, margin = CENTRE[0] * ZOOM, CENTRE[1] * ZOOM, (RADIUS + 12) * ZOOM
 
-    def screen(x: float, y: float) -> tuple[float, float]:
-        """Photo pixels to screen pixels, wherever the canvas is now (reruns can move it)."""
-        box = canvas_box(page)
-        per_pixel = box["width"] / (320 * ZOOM)
-        return box["x"] + x * per_pixel, box["y"] + y * per_pixel
+    def drag(start: tuple[float, float], end: tuple[float, float]) -> None:
+        """Drag the mouse from ``start`` to ``end`` (photo pixels) through their midpoint."""
+        middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+        trace(page, to_screen(page, [start, middle, end], 320 * ZOOM))
 
-    start = screen(cx - margin, cy - margin)
-    drag(page, start, screen(cx + margin, cy + margin))
+    drag((cx - margin, cy - margin), (cx + margin, cy + margin))
     page.get_by_text("0 background strokes").wait_for()
     caption = page.get_by_text("Box: x1=").inner_text()
     drawn = [int(caption.split(f"{k}=")[1].split(",")[0].split(" ")[0]) for k in ("x1", "y1", "x2", "y2")]
@@ -75,8 +66,7 @@ def test_segment_draw_a_box_with_the_mouse_cut_out_and_save(page, stack, tmp_pat
     page.get_by_text("Mark background", exact=True).click()
     page.get_by_text("Paint red strokes").wait_for()  # the rerun has reached the canvas...
     wait_idle(page)  # ...and finished, so the canvas has its new tool
-    start = screen(cx - margin + 10, cy - margin + 10)
-    drag(page, start, screen(cx - margin + 120, cy - margin + 10))
+    drag((cx - margin + 10, cy - margin + 10), (cx - margin + 120, cy - margin + 10))
     page.get_by_text("1 background strokes").wait_for()
     shot(page, "segment-box")
     page.get_by_role("button", name="Run GrabCut").click()
