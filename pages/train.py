@@ -22,7 +22,7 @@ from services.ui import (
     page_message,
     require_page,
 )
-from services.ui_jobs import cancel_button, is_live, job_state, live_panel, queue_action
+from services.ui_jobs import action_button, cancel_button, is_live, job_state, live_panel, queue_action
 
 RUNS_SHOWN = 50
 CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds
@@ -168,8 +168,9 @@ def run_controls(record: dict) -> None:
     if is_live(record["status"]):
         cancel_button(config, store, record["id"], key="train_cancel", label="Cancel run")
         return
-    if record["status"] != "finished" and st.button("Resume from the last checkpoint", key="train_resume"):
-        resumed, job_id = queue_action(lambda: training.resume(config, store, record["id"], user["username"]))
+    if record["status"] != "finished":
+        resumed, job_id = action_button("Resume from the last checkpoint", "train_resume", about=record["id"],
+                                        action=lambda: training.resume(config, store, record["id"], user["username"]))
         if resumed:
             st.session_state["train_next"] = job_id
             st.rerun(scope="app")

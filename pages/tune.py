@@ -22,7 +22,7 @@ from services.ui import (
     page_message,
     require_page,
 )
-from services.ui_jobs import is_live, job_state, live_panel, queue_action, queue_down
+from services.ui_jobs import action_button, is_live, job_state, live_panel, queue_action, queue_down
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 
@@ -142,14 +142,19 @@ def charts(view: dict) -> None:
 def controls(view: dict) -> None:
     """Stop a running study; train the best configuration found so far."""
     left, right = st.columns(2)
-    if is_live(view["status"]) and left.button("Stop study", key="tune_stop"):
-        if queue_action(lambda: tuning.stop(config, store, view["study_id"]))[0]:
+    study = view["study_id"]
+    if is_live(view["status"]):
+        stopped, _ = action_button("Stop study", "tune_stop", lambda: tuning.stop(config, store, study), about=study,
+                                   where=left)
+        if stopped:
             st.rerun(scope="app")
-    if view["best"] and right.button("Train best in full", type="primary", key="tune_train_best"):
-        trained, started = queue_action(lambda: tuning.train_best(config, store, view["study_id"], user["username"]))
+    if view["best"]:
+        trained, started = action_button("Train best in full", "tune_train_best", about=study, where=right,
+                                         action=lambda: tuning.train_best(config, store, study, user["username"]),
+                                         type="primary")
         if trained:
-            st.session_state.setdefault("tune_trained", {})[view["study_id"]] = started["job_id"]
-    trained = st.session_state.get("tune_trained", {}).get(view["study_id"])
+            st.session_state.setdefault("tune_trained", {})[study] = started["job_id"]
+    trained = st.session_state.get("tune_trained", {}).get(study)
     if trained:
         st.success(f"Training job {trained} queued with the best parameters: follow it on the Train page.")
 

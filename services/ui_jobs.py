@@ -2,8 +2,8 @@
 
 A page reads the job's state with :func:`job_state`, shows it inside :func:`live_panel` (a fragment that
 re-reads it every few seconds while the job runs and re-runs the whole page once when it ends), and offers
-Cancel with :func:`cancel_button`. Every read and every queue action turns an unreachable Redis into one
-readable message (:func:`queue_down`), never a traceback.
+Cancel with :func:`cancel_button` (any other queue action with :func:`action_button`). Every read and every
+queue action turns an unreachable Redis into one readable message (:func:`queue_down`), never a traceback.
 """
 
 from __future__ import annotations
@@ -71,20 +71,47 @@ def queue_action(action: Callable[[], Any], labels: Mapping[str, str] | None = N
     """Run a page's queue action (submit, cancel, resume, stop); a failure is shown in the page's words.
 
     Returns:
-        ``(True, result)``, or ``(False, None)`` once the failure is on the page.
+        ``(True, result)``, or ``(False, message)`` once the failure's message is on the page.
     """
     try:
         return True, action()
     except RedisError:
-        st.error(queue_down())
+        message = queue_down()
     except StudioError as exc:
-        st.error(page_message(exc, labels))
+        message = page_message(exc, labels)
+    st.error(message)
+    return False, message
+
+
+def action_button(label: str, key: str, action: Callable[[], Any], about: str = "",
+                  labels: Mapping[str, str] | None = None, where: Any = st, **button: Any) -> tuple[bool, Any]:
+    """A button that runs a queue action; a failure stays on the page until the button is pressed again.
+
+    A live panel redraws every few seconds: a message that only the click's own run draws is gone with the
+    next redraw, before anyone has read it (or never drawn at all, when a redraw interrupts that run).
+
+    Args:
+        about: what the action acts on (a job id): a failure is shown again only while it is the same.
+        where: the column or container the button goes in.
+        button: further ``st.button`` options (``type``).
+
+    Returns:
+        as :func:`queue_action`; ``(False, None)`` while the button is not pressed.
+    """
+    failure = f"{key}__failure"
+    if where.button(label, key=key, **button):
+        done, result = queue_action(action, labels)
+        st.session_state[failure] = (about, None if done else result)
+        return done, result
+    remembered, message = st.session_state.get(failure, (about, None))
+    if message and remembered == about:
+        st.error(message)
     return False, None
 
 
 def cancel_button(config: Config, store: Store, job_id: str, key: str, label: str = "Cancel job") -> None:
     """Cancel the job; the whole page re-runs to show it ended (Redis down: a message, nothing else)."""
-    if st.button(label, key=key) and queue_action(lambda: jobs.cancel(config, store, job_id))[0]:
+    if action_button(label, key, lambda: jobs.cancel(config, store, job_id), about=job_id)[0]:
         st.rerun(scope="app")
 
 

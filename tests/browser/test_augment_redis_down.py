@@ -58,7 +58,7 @@ def test_cancel_with_redis_gone_shows_the_queue_message_not_a_traceback(browser,
         page.get_by_text("queued").first.wait_for()
         own_stack.stop_redis()
         message = page.get_by_text("The job queue (Redis) is unreachable; try again shortly.")
-        for _ in range(3):  # the live panel redraws every 2 s: a click landing on a redraw is lost, click again
+        for _ in range(3):  # the panel redraws every second: a click landing on a redraw is lost, click again
             page.get_by_role("button", name="Cancel job").click()
             try:
                 message.wait_for(timeout=20_000)

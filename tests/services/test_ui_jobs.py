@@ -70,6 +70,20 @@ def test_cancel_says_the_queue_is_unreachable_instead_of_raising(page):
     assert open_store(os.environ["DATA_DIR"]).get_job(JOB_ID)["status"] == "started"  # nothing was half-done
 
 
+def test_the_message_outlives_the_panels_redraws_until_cancel_is_pressed_again(page):
+    page.run()
+    page.button(key="augment_cancel").click().run()
+    for _ in range(3):  # what the live panel's redraws every second do: run again, no click
+        page.run()
+        assert [e.value for e in page.error] == ["The job queue (Redis) is unreachable; try again shortly."]
+    store = open_store(os.environ["DATA_DIR"])
+    store.create_job("f" * 32, "generate", {}, "operator")
+    page.session_state["job"] = "f" * 32  # the panel now shows another job: the old failure is not about it
+    page.run()
+    assert not page.error
+    assert page.button(key="augment_cancel").label == "Cancel job"
+
+
 def test_an_ended_job_is_still_shown_without_polling(page):
     open_store(os.environ["DATA_DIR"]).update_job(JOB_ID, status="finished",
                                                   progress={"done": 100, "total": 100, "fraction": 1.0})
