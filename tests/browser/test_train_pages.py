@@ -34,7 +34,7 @@ def open_page(page, stack, role: str, title: str) -> None:
     page.locator("h1", has_text=title).wait_for()
 
 
-def testset_box(page):
+def box_of_the_test_folder(page):
     """The Test folder box once it stands alone: it is keyed by the training folder, so after a pick there the
     old box stands beside the new one until the rerun has cleared it."""
     box = select_box(page, "Test folder")
@@ -49,7 +49,7 @@ def pick_folders(page, train: str, test: str) -> None:
     wait_idle(page)
     choose_option(page, select_box(page, "Training folder"), train)
     wait_idle(page)
-    choose_option(page, testset_box(page), test)
+    choose_option(page, box_of_the_test_folder(page), test)
     wait_idle(page)
 
 
@@ -148,7 +148,7 @@ def test_train_page_refuses_the_training_folder_as_test_folder_and_says_why(page
     wait_idle(page)
     choose_option(page, select_box(page, "Training folder"), "SAME_train")
     wait_idle(page)
-    test_box = testset_box(page)
+    test_box = box_of_the_test_folder(page)
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     shown = test_box.inner_text() + " " + test_box.locator("input").input_value()
     assert "SAME_test" in shown, shown  # the default test folder is never the training folder
