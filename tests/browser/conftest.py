@@ -129,9 +129,16 @@ def trace(page, points) -> None:
     page.mouse.up()
 
 
+LIVE = "[data-testid='stElementContainer']:not([data-stale='true'])"  # drawn by the current run, not a stale copy
+
+
 def select_box(page, label: str):
-    """The selectbox labelled ``label``."""
-    return page.locator("[data-testid='stSelectbox']").filter(has_text=label)
+    """The selectbox labelled ``label`` that the current run drew.
+
+    A widget whose key changed (Train's test folder is keyed by the training folder, Objects' target class by
+    the object) stands beside its stale old copy until the rerun ends.
+    """
+    return page.locator(f"{LIVE} [data-testid='stSelectbox']").filter(has_text=label)
 
 
 def login(page, stack, role: str) -> None:
@@ -155,9 +162,12 @@ def wait_for_session_cookie(page, timeout: float = 10.0) -> None:
 
 
 def wait_idle(page, settle_ms: int = 500) -> None:
-    """Wait for Streamlit's script run to end, then a moment for the page to drop the previous run's
-    elements (during a rerun the old and the new stand side by side)."""
+    """Wait for Streamlit's script run to end and for the page to drop the previous run's elements (during a
+    rerun the old and the new stand side by side, the old marked stale), then a moment more."""
+    from playwright.sync_api import expect
+
     page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
+    expect(page.locator("[data-stale='true']")).to_have_count(0, timeout=30_000)
     page.wait_for_timeout(settle_ms)
 
 

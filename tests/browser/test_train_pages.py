@@ -34,14 +34,6 @@ def open_page(page, stack, role: str, title: str) -> None:
     page.locator("h1", has_text=title).wait_for()
 
 
-def box_of_the_test_folder(page):
-    """The Test folder box once it stands alone: it is keyed by the training folder, so after a pick there the
-    old box stands beside the new one until the rerun has cleared it."""
-    box = select_box(page, "Test folder")
-    expect(box).to_have_count(1, timeout=30_000)
-    return box
-
-
 def pick_folders(page, train: str, test: str) -> None:
     """Class folders as the dataset (HDF5 files, when any exist, are the default), then both trees; each
     pick reruns the page, so every step waits for the run to end before the next."""
@@ -49,7 +41,7 @@ def pick_folders(page, train: str, test: str) -> None:
     wait_idle(page)
     choose_option(page, select_box(page, "Training folder"), train)
     wait_idle(page)
-    choose_option(page, box_of_the_test_folder(page), test)
+    choose_option(page, select_box(page, "Test folder"), test)
     wait_idle(page)
 
 
@@ -148,7 +140,7 @@ def test_train_page_refuses_the_training_folder_as_test_folder_and_says_why(page
     wait_idle(page)
     choose_option(page, select_box(page, "Training folder"), "SAME_train")
     wait_idle(page)
-    test_box = box_of_the_test_folder(page)
+    test_box = select_box(page, "Test folder")
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     shown = test_box.inner_text() + " " + test_box.locator("input").input_value()
     assert "SAME_test" in shown, shown  # the default test folder is never the training folder
