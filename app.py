@@ -10,25 +10,12 @@ import threading
 from pathlib import Path
 
 import streamlit as st
-from redis.exceptions import RedisError
 
 from services import sessions, sign_in
-from services.ui import PAGES, get_config, get_store
+from services.ui import PAGES, get_config, get_store, signed_in_user
 
 HERE = Path(__file__).parent
 WARM_MODULES = ("services.training", "services.tuning", "services.generate", "altair", "pandas")
-
-
-def signed_in_user() -> dict | None:
-    """The user of this browser's session (this tab's token, else the cookie's), or None."""
-    token = st.session_state.get("session_token") or st.context.cookies.get(sessions.COOKIE)
-    user = sessions.resume(get_store(), token)
-    if user is None:
-        for key in ("session_token", "user"):
-            st.session_state.pop(key, None)
-        return None
-    st.session_state["session_token"], st.session_state["user"] = token, user
-    return user
 
 
 def login_page() -> None:
@@ -37,21 +24,13 @@ def login_page() -> None:
         username = st.text_input("Username", key="login_username")
         password = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Sign in")
-    if submitted:
-        address = st.context.ip_address
-        try:
-            wait = sign_in.seconds_to_wait(get_config(), username, address)
-        except RedisError:  # the counts live in Redis; without it, sign-in still checks the password
-            wait = 0
-        if wait:
-            st.error(f"Too many failed sign-ins; try again in {wait} s.")
-            return
-        user = get_store().check_password(username, password)
-        if user is None:
-            try:
-                sign_in.record_failure(get_config(), username, address)
-            except RedisError:
-                pass
+    if submitted:  # the API's POST /auth asks the same throttle (Redis down: it counts in this process)
+        outcome = sign_in.attempt(get_config(), username, st.context.ip_address,
+                                  lambda: get_store().check_password(username, password))
+        user = outcome.user
+        if outcome.wait:
+            st.error(f"Too many failed sign-ins; try again in {outcome.wait} s.")
+        elif user is None:
             st.error("Wrong username or password.")
         else:
             st.session_state["session_token"] = sessions.create(get_store(), user)

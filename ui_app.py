@@ -1,10 +1,13 @@
 """The UI server: Streamlit's own server running ``app.py``, plus the route that sets the HttpOnly sign-in
-cookie (``streamlit run ui_app.py``; ``make run`` and the test stack start it so)."""
+cookie and the guard in front of every request (``streamlit run ui_app.py``; ``make run`` and the test stack
+start it so)."""
 
 from pathlib import Path
 
 import streamlit as st
+from starlette.middleware import Middleware
 
 from services.session_routes import ROUTES
+from services.ui_guard import UiGuard
 
-app = st.App(Path(__file__).with_name("app.py"), routes=ROUTES)
+app = st.App(Path(__file__).with_name("app.py"), routes=ROUTES, middleware=[Middleware(UiGuard)])

@@ -3,8 +3,9 @@
 A zip is read from its central directory without extracting anything to disk, and refused (naming the
 field) when it holds what no honest dataset needs: entries that climb out (``..``) or are absolute
 (zip-slip), symbolic links, encrypted entries, or more uncompressed bytes than the limits allow (zip
-bombs, by total size and by per-entry ratio). What file managers add (``__MACOSX/``, ``.DS_Store``,
-``Thumbs.db``, other hidden files) is ignored.
+bombs, by total size and by per-entry ratio). Before the directory is parsed, the entry count and the
+directory's size its end record declares are bounded (:func:`check_directory`, which reads only the file's
+tail). What file managers add (``__MACOSX/``, ``.DS_Store``, ``Thumbs.db``, other hidden files) is ignored.
 
 Two layouts are understood, under any number of wrapping folders:
 
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import stat
+import struct
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from engine.exceptions import Cancelled, InvalidInput
+from engine.hdf5 import open_hdf5
 from engine.images import encode_png, open_image, to_rgb_array
 
 ARCHIVE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -43,6 +46,9 @@ JUNK_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_CLASS_NAME = 100
+# A central-directory record is 46 bytes plus the entry's path and extra fields (timestamps, zip64 sizes):
+# a generous average, so that a directory bigger than max_entries of these lists more than its count says.
+DIRECTORY_BYTES_PER_ENTRY = 256
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,18 @@ class ZipLimits:
         max_total_bytes: the sum of the entries' uncompressed sizes.
         max_ratio: uncompressed / compressed size of one entry (only entries above ``ratio_floor``).
         ratio_floor: entries smaller than this are never refused by ratio (tiny files compress oddly).
-        max_entries: how many entries the zip may list.
+        max_entries: how many entries the zip may list (its end record's count, then the directory's).
     """
 
     max_total_bytes: int = 16 * 1024**3
     max_ratio: float = 100.0
     ratio_floor: int = 1024 * 1024
     max_entries: int = 500_000
+
+    @property
+    def max_directory_bytes(self) -> int:
+        """The largest central directory ``max_entries`` honest entries need (the count alone can lie)."""
+        return self.max_entries * DIRECTORY_BYTES_PER_ENTRY
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,47 @@ def open_zip(path: str | os.PathLike, field: str = "file") -> zipfile.ZipFile:
         raise InvalidInput(f"'{field}' is not a readable zip file ({exc})", field) from None
 
 
+def declared_directory(path: str | os.PathLike, field: str = "file") -> tuple[int, int]:
+    """``(entries, central directory bytes)`` as the zip's end record declares them.
+
+    Only the file's tail is read (the end record and, for zip64, its locator), whatever the zip holds, so a
+    request can afford it. The stdlib's own reader of that record does the parsing (zip64 and comments
+    included); ``ZipFile`` itself reads the directory through it.
+
+    Raises:
+        InvalidInput: no end record (not a zip, or a truncated one), naming ``field``.
+    """
+    try:
+        with open(path, "rb") as fh:
+            end = zipfile._EndRecData(fh)
+    except (OSError, ValueError, struct.error, zipfile.BadZipFile) as exc:
+        raise InvalidInput(f"'{field}' is not a readable zip file ({exc})", field) from None
+    if end is None:
+        raise InvalidInput(f"'{field}' is not a readable zip file (it has no end-of-central-directory record; "
+                           "truncated?)", field)
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]), int(end[zipfile._ECD_SIZE])
+
+
+def check_directory(path: str | os.PathLike, limits: ZipLimits, field: str = "file") -> int:
+    """Refuse, from its end record alone, a zip listing more entries than ``limits`` allow; its entry count.
+
+    The declared count can lie (``ZipFile`` reads the directory by its size, not its count), so the
+    directory's size is bounded too, by :attr:`ZipLimits.max_directory_bytes`.
+
+    Raises:
+        InvalidInput: naming ``field``, the declared figures and the limit.
+    """
+    entries, size = declared_directory(path, field)
+    if entries > limits.max_entries:
+        raise InvalidInput(f"'{field}': the zip lists {entries:,} entries; the limit is {limits.max_entries:,} "
+                           f"(split the dataset into several zips)", field)
+    if size > limits.max_directory_bytes:
+        raise InvalidInput(f"'{field}': the zip's directory takes {size:,} bytes, more than "
+                           f"{limits.max_entries:,} entries need ({limits.max_directory_bytes:,} bytes); refused",
+                           field)
+    return entries
+
+
 # ------------------------------------------------------------------------------------------- layouts
 
 
@@ -174,8 +226,10 @@ def read_class_folders(path: str | os.PathLike, limits: ZipLimits | None = None,
         InvalidInput: not a zip, an unsafe entry, a bomb, images outside class folders, an unclear layout,
             a bad class name or fewer than two classes (all naming ``field``).
     """
+    limits = limits or ZipLimits()
+    check_directory(path, limits, field)
     with open_zip(path, field) as zf:
-        infos = safe_members(zf, limits or ZipLimits(), field)
+        infos = safe_members(zf, limits, field)
     files = [i.filename for i in infos if not i.is_dir()]
     kept = [f for f in files if not _is_junk(PurePosixPath(f).parts)]
     images = [f for f in kept if PurePosixPath(f).suffix.lower() in ARCHIVE_IMAGE_SUFFIXES]
@@ -275,7 +329,12 @@ def fit_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def common_shape(shapes: Iterable[tuple[int, int] | None], fallback: int) -> tuple[int, int]:
     """The one shape all images share, else a ``fallback`` square (the images are then resized)."""
-    found = {s for s in shapes if s is not None}
+    found: set[tuple[int, int]] = set()
+    for shape in shapes:
+        if shape is not None:
+            found.add(shape)
+            if len(found) > 1:  # no need to read the other headers
+                break
     return next(iter(found)) if len(found) == 1 else (fallback, fallback)
 
 
@@ -326,11 +385,18 @@ def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, 
                       max_pixels: int = 50_000_000, skip_bad_images: bool = False,
                       attrs: dict[str, Any] | None = None, free_bytes: int | None = None,
                       on_progress: Callable[[int, int], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> ImportReport:
+                      should_stop: Callable[[], bool] | None = None,
+                      before_write: Callable[[int, tuple[int, int]], None] | None = None) -> ImportReport:
     """Decode the images of ``splits`` and write them to ``out_path`` (the caller publishes the file).
 
     Images keep their size when they all share one and ``image_size`` is None; otherwise every image is
-    resized to an ``image_size`` square (224 by default).
+    resized to an ``image_size`` square (224 by default). The output's size (:func:`hdf5_bytes`) is known
+    before any image is decoded (with ``image_size``, before any is read at all) and checked first.
+
+    Args:
+        free_bytes: refuse output that would not fit in this much disk.
+        before_write: called with ``(images, (height, width))`` once the output's size is known and
+            before anything is written; it raises to refuse (a budget, a disk reservation).
 
     Raises:
         InvalidInput: images that do not decode (all named, field ``file``) unless ``skip_bad_images``;
@@ -340,9 +406,10 @@ def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, 
     total = sum(len(v) for v in splits.values())
     index = {name: i for i, name in enumerate(archive.class_names)}
     with open_zip(zip_path) as zf:
-        shapes = [image_size_of(zf, e.member) for entries in splits.values() for e in entries]
-        shape = (image_size, image_size) if image_size else common_shape(shapes, 224)
-        _check_space(total * shape[0] * shape[1] * 3, free_bytes, shape)
+        shape = (image_size, image_size) if image_size else common_shape(_header_sizes(zf, splits, should_stop), 224)
+        _check_space(hdf5_bytes(total, shape), free_bytes, shape)
+        if before_write is not None:
+            before_write(total, shape)
         bad: list[str] = []
         writer = Hdf5Writer(out_path, archive.class_names, shape, attrs)
         try:
@@ -361,6 +428,19 @@ def write_zip_as_hdf5(zip_path: str | os.PathLike, out_path: str | os.PathLike, 
             writer.close()
     refuse_bad_images(bad, skip_bad_images, total)
     return ImportReport(_counts(out_path, archive.class_names), bad, shape)
+
+
+def _header_sizes(zf: zipfile.ZipFile, splits: dict[str, list[ImageEntry]],
+                  should_stop: Callable[[], bool] | None) -> Iterator[tuple[int, int] | None]:
+    for n, (_split, entry) in enumerate(_walk(splits)):
+        if should_stop is not None and n % 256 == 0 and should_stop():  # headers are cheap: ask now and then
+            raise Cancelled("the import was stopped")
+        yield image_size_of(zf, entry.member)
+
+
+def hdf5_bytes(images: int, shape: tuple[int, int]) -> int:
+    """What :class:`Hdf5Writer` stores for ``images`` images of ``shape``: RGB pixels and int64 labels."""
+    return images * (shape[0] * shape[1] * 3 + 8)
 
 
 def _check_space(needed: int, free: int | None, shape: tuple[int, int]) -> None:
@@ -385,7 +465,7 @@ def refuse_bad_images(bad: list[str], skip: bool, total: int) -> None:
 
 
 def _counts(path: str | os.PathLike, class_names: list[str]) -> dict[str, dict[str, int]]:
-    with h5py.File(path, "r") as h5:
+    with open_hdf5(path) as h5:
         return {s: dict(zip(class_names, np.bincount(h5[f"y_{s}"][:], minlength=len(class_names)).tolist(),
                             strict=True)) for s in SPLITS}
 
@@ -402,22 +482,29 @@ def write_hdf5_as_zip(h5_path: str | os.PathLike, out_path: str | os.PathLike, c
                       root: str, on_progress: Callable[[int, int], None] | None = None) -> int:
     """Write ``<root>/train|test/<class>/<index>.png`` for every image of an HDF5 dataset; returns the count.
 
-    PNG is lossless, so importing the zip again gives the same pixels, labels and split.
+    PNG is lossless, so importing the zip again gives the same pixels, labels and split (greyscale images,
+    written as grey PNGs, come back as RGB: the zip importer decodes every image to three channels).
     """
     written = 0
-    with h5py.File(h5_path, "r") as h5, zipfile.ZipFile(out_path, "w", zipfile.ZIP_STORED) as zf:
+    with open_hdf5(h5_path) as h5, zipfile.ZipFile(out_path, "w", zipfile.ZIP_STORED) as zf:
         total = sum(len(h5[f"y_{s}"]) for s in SPLITS if f"y_{s}" in h5)
         for split in SPLITS:
             if f"X_{split}" not in h5:
                 continue
             images, labels = h5[f"X_{split}"], h5[f"y_{split}"][:]
             for i, label in enumerate(labels):
-                zf.writestr(f"{root}/{split}/{class_names[int(label)]}/{i:06d}.png",
-                            encode_png(np.asarray(images[i])))
+                zf.writestr(f"{root}/{split}/{class_names[int(label)]}/{i:06d}.png", _png(np.asarray(images[i])))
                 written += 1
                 if on_progress is not None:
                     on_progress(written, total)
     return written
+
+
+def _png(image: np.ndarray) -> bytes:
+    """One stored image as PNG: greyscale (H x W, or H x W x 1 as imported HDF5 keeps it) as an 8-bit grey PNG."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]  # Pillow has no mode for H x W x 1
+    return encode_png(image)
 
 
 def thumbnail_picks(labels: np.ndarray, class_names: list[str], per_class: int = 4,
@@ -464,8 +551,10 @@ class AnnotatedZip:
 def find_annotation_file(path: str | os.PathLike, limits: ZipLimits | None = None,
                          field: str = "file") -> str | None:
     """The one ``.csv`` or ``.json`` at the top of a zip (under wrapping folders), or None."""
+    limits = limits or ZipLimits()
+    check_directory(path, limits, field)
     with open_zip(path, field) as zf:
-        infos = safe_members(zf, limits or ZipLimits(), field)
+        infos = safe_members(zf, limits, field)
     files = [i.filename for i in infos if not i.is_dir() and not _is_junk(PurePosixPath(i.filename).parts)]
     top = min((len(PurePosixPath(f).parts) for f in files), default=0)
     found = [f for f in files if len(PurePosixPath(f).parts) == top

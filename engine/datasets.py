@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from torch.utils.data import Dataset
 
 from engine import labels as labelsets
 from engine.exceptions import Cancelled, InvalidInput
+from engine.hdf5 import chunk_bytes, declared_values, open_hdf5
 from engine.images import DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE, open_image, to_rgb_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -179,6 +182,15 @@ MAX_CLASS_NAME = 200
 # request stays quick on a file of any size; stray values elsewhere are clipped when the item is read.
 SAMPLE_IMAGES, SAMPLE_BYTES = 256, 64 << 20
 HDF5_READ_SECONDS = 60.0  # checking a file's header, labels and sample; far more means a damaged file
+# Bounds on what a file declares, checked before anything is read: a few KB of HDF5 can declare arrays of
+# any size (chunks never written read as zeros). Labels are read whole: 20 M values are ~0.5 GB at the
+# peak of their conversion. One image, and one chunk of images (reading any element decodes its whole
+# chunk), may take 256 MB: a 50 M pixel RGBA uint8 image is 200 MB.
+MAX_LABEL_VALUES = 20_000_000
+MAX_IMAGE_READ_BYTES = 256 << 20
+# Memory for the images write_canonical_hdf5 copies at a time.
+COPY_BUFFER_BYTES = 64 << 20
+LABEL_BYTES = 8  # the int64 label per image of the canonical layout
 _HOW_TO_SAVE = (
     "Write it with h5py as X_train, y_train, X_test (or X_val), y_test (or y_val): images N x H x W (x C) "
     "uint8, labels integer class indices, and the class names as an attribute, "
@@ -201,6 +213,8 @@ class Hdf5Summary:
         sources: the image dataset read for each split, e.g. ``{"train": "X_train", "test": "X_val"}``.
         class_names_from: where the names came from: ``"attribute 'class_names'"``,
             ``"dataset 'classes'"``, ... or ``"labels"`` when the file names no classes.
+        canonical_bytes: the size of the file :func:`write_canonical_hdf5` writes from it (uint8 pixels
+            and an int64 label per image), computed from the declared shapes.
     """
 
     class_names: list[str]
@@ -212,6 +226,7 @@ class Hdf5Summary:
     channels_first: bool
     sources: dict[str, str]
     class_names_from: str
+    canonical_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -237,7 +252,7 @@ class _Hdf5Layout:
     splits: dict[str, _Hdf5Split]
 
 
-def inspect_hdf5(path: str | os.PathLike) -> Hdf5Summary:
+def inspect_hdf5(path: str | os.PathLike, max_bytes: int | None = None) -> Hdf5Summary:
     """Read and check an HDF5 dataset file, as written by this project or by hand with h5py/numpy.
 
     Accepted, per split (``X_train``/``y_train`` and ``X_test``/``y_test``, or ``X_val``/``y_val`` as the
@@ -260,19 +275,29 @@ def inspect_hdf5(path: str | os.PathLike) -> Hdf5Summary:
     file is read in a forked child within ``HDF5_READ_SECONDS``: libhdf5 can loop forever on a damaged
     file, and must not hang the caller.
 
+    Nothing is read from a file that would make the reader open other files (external links, external
+    storage, virtual datasets: :func:`engine.hdf5.open_hdf5`), and the declared shapes are bounded before
+    any read: labels by ``MAX_LABEL_VALUES``, one image and one chunk of images by ``MAX_IMAGE_READ_BYTES``,
+    and the whole, as this studio stores it (``canonical_bytes``), by ``max_bytes`` when given.
+
     Args:
         path: the ``.hdf5``/``.h5`` file.
+        max_bytes: refuse a file whose images and labels take more than this once decoded (the importer's
+            budget); None: no such bound (training reads one image at a time).
 
     Returns:
         The file's summary: classes, splits, counts, image shape and label kind.
 
     Raises:
-        InvalidInput: (field ``hdf5_path``) the file is missing or unreadable, a split or a class name is
-            missing or malformed, images and labels disagree in number, labels are NaN, negative,
-            fractional or beyond the class names, pixels are out of range, or fewer than two classes
-            are present; the message says what is wrong and how to fix it.
+        InvalidInput: (field ``hdf5_path``) the file is missing or unreadable, refers to other files,
+            declares more than the bounds, a split or a class name is missing or malformed, images and
+            labels disagree in number, labels are NaN, negative, fractional or beyond the class names,
+            pixels are out of range, or fewer than two classes are present; the message says what is
+            wrong and how to fix it.
     """
-    return _open_hdf5(path).summary
+    layout = _open_hdf5(path)
+    _check_budget(Path(path), layout, max_bytes)
+    return layout.summary
 
 
 def _refusal(path: Path, problem: str, fix: str = _HOW_TO_SAVE) -> InvalidInput:
@@ -306,8 +331,15 @@ def _read_isolated(path: Path, seconds: float) -> tuple[str, Any]:
 
     libhdf5 can spin forever or crash on a damaged file (seen: a flipped byte in a string attribute's
     heap), holding h5py's global lock; in a child neither the caller nor its other threads are stuck.
+
+    Only a process's main thread forks (a worker's job, a command). Elsewhere the file is read here: a fork
+    copies one thread of many, and under an event loop (the API's gevent worker, whose request handlers
+    are greenlets or pool threads) the child would resume the loop's other greenlets, which exit on seeing
+    a new parent (seen: the child quit before answering). The web processes read only files that an import
+    job already checked this way, or that this studio wrote.
     """
-    if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+    forkable = threading.current_thread() is threading.main_thread() and not multiprocessing.current_process().daemon
+    if "fork" not in multiprocessing.get_all_start_methods() or not forkable:
         return _read_outcome(path)
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
@@ -335,24 +367,33 @@ def _send_outcome(path: Path, send: Any) -> None:
     send.close()
 
 
+# h5py reports damaged files, unknown compression filters and odd types in all of these.
+_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
+
 def _read_outcome(path: Path) -> tuple[str, Any]:
     """``("ok", layout)``, ``("refused", message)`` or ``("failed", problem)``: plain values that pickle."""
     try:
-        handle = h5py.File(path, "r")
+        handle = open_hdf5(path)  # refuses files that would make it read other files
+    except InvalidInput as exc:
+        return "refused", str(exc)
     except (OSError, ValueError) as exc:
         return "refused", str(_refusal(path, f"is not an HDF5 file ({exc})"))
+    except _READ_ERRORS as exc:
+        return "failed", f"could not be read ({type(exc).__name__}: {exc})"
     try:
         with handle as f:
             return "ok", _read_layout(f, path)
     except InvalidInput as exc:
         return "refused", str(exc)
-    # h5py reports damaged files, unknown compression filters and odd types in all of these.
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+    except _READ_ERRORS as exc:
         return "failed", f"could not be read ({type(exc).__name__}: {exc})"
 
 
 def _read_layout(f: h5py.File, path: Path) -> _Hdf5Layout:
     names = _find_splits(f, path)
+    for x, y in names.values():
+        _check_declared(f[x], f[y], path, x, y)
     formats = {split: _image_format(f[x], path, x) for split, (x, _) in names.items()}
     labels = {split: _read_labels(f[y], path, y, len(f[x])) for split, (x, y) in names.items()}
     given, names_from = _read_class_names(f, path)
@@ -368,8 +409,34 @@ def _read_layout(f: h5py.File, path: Path) -> _Hdf5Layout:
         channels_first=formats["train"].channels_first,
         sources={split: names[split][0] for split in names},
         class_names_from=names_from,
+        canonical_bytes=sum(len(s.targets) * (math.prod(s.image_format.shape) + LABEL_BYTES)
+                            for s in splits.values()),
     )
     return _Hdf5Layout(summary, splits)
+
+
+def _check_declared(images: h5py.Dataset, labels: h5py.Dataset, path: Path, x: str, y: str) -> None:
+    """Refuse declared shapes that reading would turn into gigabytes of memory (before anything is read)."""
+    if declared_values(labels) > MAX_LABEL_VALUES:
+        raise _refusal(path, f"{y} declares {declared_values(labels):,} label values (shape {labels.shape}); "
+                       f"a file may hold at most {MAX_LABEL_VALUES:,}", "Store one class index per image")
+    per_image = math.prod(images.shape[1:]) * images.dtype.itemsize
+    for what, size in (("one image", per_image), ("one chunk", chunk_bytes(images))):
+        if size > MAX_IMAGE_READ_BYTES:
+            raise _refusal(path, f"{what} of {x} declares {size / 2**20:,.0f} MB (shape {images.shape}, chunks "
+                           f"{images.chunks}, {images.dtype}); the reader takes at most "
+                           f"{MAX_IMAGE_READ_BYTES >> 20} MB", "Store smaller uint8 images, chunked a few at a time")
+
+
+def _check_budget(path: Path, layout: _Hdf5Layout, max_bytes: int | None) -> None:
+    """Refuse a file whose declared images and labels, decoded, exceed ``max_bytes``."""
+    if max_bytes is None or layout.summary.canonical_bytes <= max_bytes:
+        return
+    shapes = " and ".join(f"{split.images} as {len(split.targets):,} x {' x '.join(map(str, split.image_format.shape))}"
+                          for split in layout.splits.values())
+    raise _refusal(path, f"it declares {shapes} pixels, {layout.summary.canonical_bytes / 2**20:,.0f} MB once decoded, "
+                   f"over the limit of {max_bytes / 2**20:,.0f} MB",
+                   "Import fewer or smaller images (the limit is the server's dataset size limit)")
 
 
 def _find_splits(f: h5py.File, path: Path) -> dict[str, tuple[str, str]]:
@@ -498,6 +565,8 @@ def _read_class_names(f: h5py.File, path: Path) -> tuple[list[str] | None, str]:
             return _class_names(f.attrs[key], path, f"attribute {key!r}"), f"attribute {key!r}"
     for key in HDF5_NAME_KEYS:
         if key in f and isinstance(f[key], h5py.Dataset):
+            if declared_values(f[key]) > MAX_LABEL_VALUES:
+                raise _refusal(path, f"dataset {key!r} declares {declared_values(f[key]):,} class names")
             return _class_names(f[key][()], path, f"dataset {key!r}"), f"dataset {key!r}"
     return None, "labels"
 
@@ -693,7 +762,7 @@ class HDF5Dataset(_Preprocessed):
 
     def _images(self) -> h5py.Dataset:
         if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._file, self._pid = open_hdf5(self.path), os.getpid()
         return self._file[self._source.images]
 
     def __len__(self) -> int:
@@ -714,19 +783,32 @@ def write_canonical_hdf5(
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     chunk: int = 256,
+    max_bytes: int | None = None,
 ) -> Hdf5Summary:
     """Rewrite a single-label HDF5 dataset that :func:`inspect_hdf5` reads in this project's own layout.
 
     The result holds ``X_train``/``X_test`` as uint8 N x H x W x C (channels last), ``y_train``/``y_test``
     as int64 class indices and ``class_names`` as a JSON attribute, whatever the source used (floats,
-    channels first, one-hot rows, ``X_val``, names in a dataset...). Images are copied ``chunk`` at a time.
+    channels first, one-hot rows, ``X_val``, names in a dataset...). Images are copied ``chunk`` at a time,
+    fewer when they would take more than ``COPY_BUFFER_BYTES``. The result's size is the summary's
+    ``canonical_bytes``: check it against the free disk first.
+
+    Args:
+        source: the file to read (checked as :func:`inspect_hdf5` checks it).
+        target: the file to write.
+        on_progress: ``(images done, images total)``.
+        should_stop: polled between chunks.
+        chunk: the most images copied at a time.
+        max_bytes: refuse, before writing anything, a source whose result would exceed it.
 
     Raises:
-        InvalidInput: (field ``hdf5_path``) the source is unreadable, or multi-label (multi-hot rows).
+        InvalidInput: (field ``hdf5_path``) the source is unreadable or over ``max_bytes``, or multi-label
+            (multi-hot rows).
         Cancelled: ``should_stop()`` turned true; ``target`` may then be incomplete (the caller removes it).
     """
     layout = _open_hdf5(source)
     summary = layout.summary
+    _check_budget(Path(source), layout, max_bytes)
     if summary.multi_label:
         raise _refusal(Path(source), "holds multi-hot labels (a multi-label dataset), which only the annotated "
                        "images take", "Import multi-label data as a zip of images with a CSV or COCO JSON")
@@ -737,10 +819,11 @@ def write_canonical_hdf5(
             height, width, channels = data._source.image_format.shape
             images = out.create_dataset(f"X_{split}", (len(data), height, width, channels), np.uint8)
             out[f"y_{split}"] = data.targets.astype(np.int64)
-            for start in range(0, len(data), chunk):
+            step = max(1, min(chunk, COPY_BUFFER_BYTES // (height * width * channels)))
+            for start in range(0, len(data), step):
                 if should_stop is not None and should_stop():
                     raise Cancelled()
-                stop = min(start + chunk, len(data))
+                stop = min(start + step, len(data))
                 images[start:stop] = np.stack([data.image(i).reshape(height, width, channels)
                                                for i in range(start, stop)])
                 done += stop - start

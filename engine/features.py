@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine.exceptions import Cancelled
+from engine.hdf5 import open_hdf5
 from engine.models import head_parameter_names
 
 CACHE_FORMAT = "pytorch-automation-studio/features"
@@ -188,7 +189,7 @@ def cached_features(
                                                      should_stop)
                 _write(path, features, targets, {"model": model_name, "copies": copies, "seed": seed, "key": key})
                 return FeatureSet(features, targets, path, False)
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path, field=None) as handle:
         return FeatureSet(handle["features"][()], handle["targets"][()], path, True)
 
 

@@ -63,6 +63,8 @@ def save_upload(upload, id_name: str, labels: list[str], inspection, overwrite: 
             annotation.set_labels(config, store, id_name, labels, user["username"])
     except annotation.ImageExists:
         return f"{upload.name}: an image with id '{id_name}' exists; change the id or tick 'Replace images'."
+    except annotation.NotYourImage:
+        return f"{upload.name}: the image '{id_name}' was uploaded by another user; you may replace only your own."
     except InvalidInput as exc:
         return f"{upload.name}: {exc}"
     st.session_state["annotate_saved"][upload.file_id] = id_name

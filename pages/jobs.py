@@ -5,6 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from services.permissions import JOB_CANCELLERS, allows
 from services.ui import get_config, get_store, require_page
 from services.ui_jobs import cancel_button, is_live, job_state, live_panel, progress_bar
 
@@ -28,7 +29,7 @@ def job_details(job_id: str) -> str:
         st.error(record["error"])
     if record["result"] is not None:
         st.json(record["result"], expanded=1)
-    if user["role"] != "client" and is_live(record["status"]):
+    if allows(JOB_CANCELLERS, user) and is_live(record["status"]):
         cancel_button(config, store, job_id, key="jobs_cancel")
     return record["status"]
 

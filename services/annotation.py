@@ -27,6 +27,7 @@ from engine.exif import ExifInfo, read_exif
 from engine.images import encode_png, open_image, to_rgb_array
 from services import suggestions
 from services.config import Config
+from services.permissions import Forbidden, allows
 from services.rows import Image as ImageRow
 from services.store import ImageQuery, Store
 
@@ -48,6 +49,16 @@ class ImageExists(Conflict):
     """An image with this id is already stored and overwriting was not asked for (the API answers 409)."""
 
     field = "id_name"
+
+
+class NotYourImage(Forbidden):
+    """An annotator tried to replace an image another user uploaded (the API answers 403)."""
+
+    field = "id_name"
+
+
+# Roles that may replace anyone's image; an annotator replaces only their own uploads (admin may do anything).
+REPLACERS = ("operator",)
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,9 @@ def store_upload(config: Config, store: Store, id_name: str, data: bytes, upload
         store: the catalog.
         id_name: the image id (validated before it becomes a file name).
         data: the file's bytes, stored exactly as uploaded (EXIF kept).
-        uploaded_by: the uploader's user name.
+        uploaded_by: the uploader's user name; replacing an image another user uploaded needs a role of
+            :data:`REPLACERS` (every door that stores images, the API, the Annotate page and the annotated-zip
+            import, holds this rule because it lives here).
         overwrite: replace an image stored under the same id.
         inspection: a previous :func:`inspect_image` of ``data`` (the page has one already).
 
@@ -154,8 +167,11 @@ def store_upload(config: Config, store: Store, id_name: str, data: bytes, upload
     Raises:
         InvalidInput: a bad id (field ``id_name``) or a bad file (field ``file``).
         ImageExists: the id is taken and ``overwrite`` is false.
+        NotYourImage: ``overwrite`` of another user's image by an annotator.
     """
     id_name = labelsets.validate_id_name(id_name)
+    if overwrite:
+        check_may_replace(store, id_name, uploaded_by)
     folder = newdata_dir(config)
     if not overwrite and (labelsets.find_image(folder, id_name) or store.get_image(id_name)):
         raise ImageExists(f"an image with id_name '{id_name}' exists; send overwrite=1 to replace it")
@@ -168,6 +184,23 @@ def store_upload(config: Config, store: Store, id_name: str, data: bytes, upload
     # An overwrite replaces the whole row: its labels are gone with the old pixels, and so is their export.
     store.put_image(row, then=lambda: labelsets.annotation_path(folder, id_name).unlink(missing_ok=True))
     return row
+
+
+def check_may_replace(store: Store, id_name: str, username: str | None) -> None:
+    """Refuse to replace another user's image unless ``username``'s role is one of :data:`REPLACERS`.
+
+    The role is read from the catalog, so a user demoted since their page opened is held to their new role.
+
+    Raises:
+        NotYourImage: naming ``id_name``.
+    """
+    existing = store.get_image(id_name)
+    if existing is None or existing["uploaded_by"] == username:
+        return
+    user = store.get_user(username) if username is not None else None
+    if not allows(REPLACERS, user):
+        raise NotYourImage(f"image '{id_name}' was uploaded by another user; an annotator may overwrite only "
+                           "their own uploads")
 
 
 def _image_row(config: Config, id_name: str, path: Path, inspection: Inspection,

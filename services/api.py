@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from html import escape
 from typing import Literal
@@ -20,17 +20,17 @@ import click
 import redis
 from flask import Blueprint, Flask, current_app, g, request
 from flask_jwt_extended import JWTManager, create_access_token, decode_token, get_jwt
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
-from flask_socketio import SocketIO, disconnect, join_room
+from flask_socketio import SocketIO, disconnect, join_room, leave_room, rooms
 from pydantic import BaseModel, Field
+from socketio.exceptions import ConnectionRefusedError as ConnectionRefused
 from werkzeug.exceptions import HTTPException
 
 import services
 from engine.exceptions import Conflict, InvalidInput, NotFound
-from services import jobs
+from services import jobs, sign_in
 from services.config import ROLES, Config
 from services.kinds import load_job_kinds
+from services.permissions import JOB_CANCELLERS
 from services.routes import BLUEPRINTS
 from services.routes.users import bp as users_bp
 from services.store import open_store
@@ -49,8 +49,9 @@ from services.web import (
 
 log = logging.getLogger(__name__)
 jwt = JWTManager()
-socketio = SocketIO()
-limiter = Limiter(key_func=get_remote_address)
+# The largest Socket.IO message (or long-polling body) a client may send; the clients send tiny JSON events.
+SOCKET_MAX_MESSAGE_BYTES = 16 * 1024
+socketio = SocketIO(max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES)
 JOB_READERS = ("operator", "client")  # clients read only their own jobs
 
 
@@ -84,17 +85,14 @@ def create_app(config: Config | None = None) -> Flask:
     app.config.update(
         JWT_SECRET_KEY=config.secret_key(), JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=config.token_minutes),
         JWT_TOKEN_LOCATION=["headers"], MAX_CONTENT_LENGTH=config.max_upload_mb * 1024 * 1024,
-        JSON_SORT_KEYS=False, RATELIMIT_STORAGE_URI=config.effective_redis_url, RATELIMIT_HEADERS_ENABLED=True,
-        RATELIMIT_KEY_PREFIX="studio-limits", RATELIMIT_STRATEGY="moving-window",
-        # While Redis is down, counts are kept in this process rather than letting every guess through.
-        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True, RATELIMIT_SWALLOW_ERRORS=True)
+        JSON_SORT_KEYS=False)
     app.extensions["studio"] = Studio(config, open_store(config.data_dir))
     load_job_kinds(config)
     app.wsgi_app = LegacyJwtHeader(app.wsgi_app)
     jwt.init_app(app)
-    limiter.init_app(app)
     socketio.init_app(app, async_mode=socket_async_mode(), message_queue=config.effective_redis_url,
                       cors_allowed_origins=config.allowed_origins, logger=False, engineio_logger=False)
+    SocketBudget.install(socketio.server)
     app.register_blueprint(core)
     app.register_blueprint(users_bp)
     for bp in BLUEPRINTS:
@@ -155,33 +153,16 @@ class AuthBody(BaseModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
-def _failed_sign_in(response) -> bool:
-    return response.status_code == 401
-
-
-def _auth_username() -> str:
-    try:
-        data = request.get_json(silent=True)
-    except RecursionError:  # the endpoint answers 400 for it
-        return ""
-    name = data.get("username") if isinstance(data, dict) else None
-    return f"user:{name[:64]}" if isinstance(name, str) and name else ""
-
-
-def _per_user_limit() -> str:
-    return f"{studio().config.auth_failures_per_user}/minute"
-
-
-def _per_address_limit() -> str:
-    return f"{studio().config.auth_failures_per_address}/minute"
-
-
 @endpoint(core, "/auth", ("POST",), roles=None, body=AuthBody)
-@limiter.limit(_per_user_limit, key_func=_auth_username, deduct_when=_failed_sign_in)
-@limiter.limit(_per_address_limit, deduct_when=_failed_sign_in)
 def auth(body: AuthBody):
-    """Exchange a username and password for an access token (failed attempts are rate-limited: 429)."""
-    user = run_blocking(studio().store.check_password, body.username, body.password)  # scrypt holds the CPU
+    """Exchange a username and password for an access token (repeated failures wait longer and longer: 429)."""
+    # One throttle for this door and the UI's form; scrypt holds the CPU, so the check runs off the event loop.
+    outcome = sign_in.attempt(studio().config, body.username, request.remote_addr,
+                              lambda: run_blocking(studio().store.check_password, body.username, body.password))
+    if outcome.wait:
+        raise ApiError(429, "too_many_requests", f"too many failed sign-ins; try again in {outcome.wait} s",
+                       headers={"Retry-After": str(outcome.wait)})
+    user = outcome.user
     if user is None:
         raise ApiError(401, "bad_credentials", "wrong username or password")
     token = create_access_token(identity=user["username"],
@@ -272,7 +253,7 @@ def legacy_job_metrics(job_id: str):
                "testing_accuracy": [h.get("test_accuracy") for h in history]})
 
 
-@endpoint(core, "/api/v1/jobs/<job_id>/cancel", ("POST",), roles=("operator",))
+@endpoint(core, "/api/v1/jobs/<job_id>/cancel", ("POST",), roles=JOB_CANCELLERS)
 def cancel_job(job_id: str):
     """Cancel a queued or running job."""
     record = readable_job(job_id)
@@ -343,20 +324,208 @@ class LiveSockets:
 SOCKET_SWEEP_SECONDS = 2.0
 live_sockets = LiveSockets()
 
+# What one Socket.IO connection (an Engine.IO session, with every namespace it opens) may send: each packet
+# (an event, a namespace connect, an acknowledgement, a ping) spends a token, refilled at a steady rate.
+SOCKET_EVENTS_PER_SECOND = 10.0  # sustained rate
+SOCKET_EVENT_BURST = 30  # at once, e.g. a page subscribing to each job it lists
+SOCKET_MAX_JOB_ROOMS = 30  # jobs one connection follows at a time (``subscribe``; ``unsubscribe`` frees one)
+JOB_ID_MAX_CHARS = 64  # job ids are 32 hex digits
+
+
+@dataclass
+class TokenBucket:
+    """``capacity`` tokens, refilled at ``rate`` tokens a second; each packet takes one."""
+
+    capacity: float
+    rate: float
+    tokens: float = field(init=False)
+    stamp: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self):
+        self.tokens = self.capacity
+
+    def take(self) -> bool:
+        """Spend a token; False when none is left."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class SocketBudget:
+    """Holds every Socket.IO connection to its budget before any packet is parsed or run.
+
+    A websocket pays for each frame as it is read, whatever its Engine.IO type; a long-polling client for
+    each message of its POSTs. Either way a packet over budget reaches neither Socket.IO's parser nor a
+    greenlet of its own (Socket.IO starts one per event). A connection over budget, or one that sends
+    what Engine.IO or Socket.IO cannot decode, is told once (a ``refused`` event on each namespace it
+    joined), closed and logged in one line; what it still had in flight is dropped unread. A bucket lives
+    and dies with its connection (``limits``' memory storage would scan every key on a timer).
+    """
+
+    def __init__(self, server):
+        self._server = server
+        self._buckets: dict[str, TokenBucket] = {}
+        self._dispatch = server.eio.handlers["message"]
+        self._forget = server.eio.handlers["disconnect"]
+
+    @classmethod
+    def install(cls, server) -> SocketBudget:
+        """Put a budget in front of ``server`` (a ``socketio.Server``) for every connection."""
+        budget, eio = cls(server), server.eio
+        eio.on("message", budget.on_message)
+        eio.on("disconnect", budget.on_disconnect)
+        eio.disconnect = budget.close
+        eio.logger.addFilter(_one_line_for_client_faults)
+        _guard_websocket_transport(eio, budget)
+        return budget
+
+    def spend(self, connection) -> bool:
+        """Take one of the connection's tokens; one over budget is refused and closed (False)."""
+        if connection.closing or connection.closed:
+            return False  # in flight when it was closed
+        bucket = self._buckets.get(connection.sid)
+        if bucket is None:
+            bucket = self._buckets[connection.sid] = TokenBucket(SOCKET_EVENT_BURST, SOCKET_EVENTS_PER_SECOND)
+        if bucket.take():
+            return True
+        self.refuse(connection, f"too many events: a connection may send {SOCKET_EVENTS_PER_SECOND:g} a second, "
+                                f"{SOCKET_EVENT_BURST} at once")
+        return False
+
+    def on_message(self, eio_sid: str, data) -> None:
+        """Pass one message to Socket.IO if its connection is open and within its budget."""
+        connection = self._server.eio.sockets.get(eio_sid)
+        if connection is None or connection.closing or connection.closed:
+            return
+        if not connection.upgraded and not self.spend(connection):  # a websocket paid as the frame arrived
+            return
+        try:
+            self._dispatch(eio_sid, data)
+        except Exception as exc:  # noqa: BLE001 - a malformed packet: one log line, never a traceback per packet
+            self.refuse(connection, f"a packet the server cannot decode ({type(exc).__name__})")
+
+    def on_disconnect(self, eio_sid: str, *reason) -> None:
+        """Forget the connection's budget, then let Socket.IO end its namespaces."""
+        self._buckets.pop(eio_sid, None)
+        self._forget(eio_sid, *reason)
+
+    def refuse(self, connection, reason: str) -> None:
+        """Tell the connection why on each namespace it joined, then close it."""
+        if connection.closing or connection.closed:
+            return
+        log.warning("Socket.IO connection %s from %s closed: %s", connection.sid,
+                    self._server.environ.get(connection.sid, {}).get("REMOTE_ADDR", "?"), reason)
+        manager, told = self._server.manager, {"error": f"{reason}; the connection is closed"}
+        for namespace in list(manager.get_namespaces()):
+            sid = manager.sid_from_eio_sid(connection.sid, namespace)
+            if sid is not None:
+                self._server.emit("refused", told, to=sid, namespace=namespace, ignore_queue=True)
+        self.close(connection.sid)
+
+    def close(self, sid: str | None = None) -> None:
+        """Engine.IO's ``disconnect``, without waiting until the client has read the close packet.
+
+        Engine.IO waits (it calls it for an oversized or undecodable long-polling POST), and a client that
+        never polls again held that request's greenlet and socket for good, before any sign-in. A
+        websocket's writer still sends the close packet; a polling client's next poll finds no session.
+        """
+        eio = self._server.eio
+        for connection in [eio.sockets.get(sid)] if sid is not None else list(eio.sockets.values()):
+            if connection is not None:
+                connection.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+                eio.sockets.pop(connection.sid, None)
+
+
+def _one_line_for_client_faults(record: logging.LogRecord) -> bool:
+    """Log what a client's bad input raised inside Engine.IO (a POST of too many packets) without a traceback."""
+    if record.exc_info and isinstance(record.exc_info[1], ValueError):
+        record.msg, record.args = f"{record.getMessage()}: {record.exc_info[1]}", ()
+        record.exc_info = record.exc_text = None
+    return True
+
+
+class _TakingTurns:
+    """A client socket whose every read first lets the other greenlets run.
+
+    simple-websocket reads and decodes a connection's frames in a loop that, while the client has data
+    waiting, never yields: 10,000 events sent at once held the event loop for 0.25 s before the budget saw
+    the first. Taking turns lets the budget close a flooding connection after its first few kilobytes.
+    """
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        socketio.sleep(0)
+        return self._sock.recv(size)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def _guard_websocket_transport(eio, budget: SocketBudget) -> None:
+    """Make the websocket transport bound each message as it arrives, charge each frame and read in turns.
+
+    Engine.IO compares a websocket message with ``max_http_buffer_size`` only once it has been read whole,
+    and its gevent and threading transports (simple-websocket) set no limit of their own: one 200 MB frame,
+    sent before any sign-in, held 400 MB for 10 s. simple-websocket's ``max_message_size`` stops reading at
+    the limit (close code 1009). Engine.IO also answers each ``upgrade`` frame, budget or not, and a frame
+    it cannot decode escaped its read loop as a traceback. Engine.IO offers no option for any of these,
+    hence the subclass of its transport.
+    """
+    from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
+
+    transport = eio._async.get("websocket")
+    if not (isinstance(transport, type) and issubclass(transport, SimpleWebSocketWSGI)):
+        return  # another websocket server, with limits of its own
+
+    class GuardedWebSocket(transport):
+        def __init__(self, handler, server):
+            self.connection = handler.__self__  # the Engine.IO socket whose read loop this is
+
+            def read_loop(ws):
+                try:
+                    return handler(ws)
+                except Exception as exc:  # noqa: BLE001 - an undecodable frame: one log line, not a traceback
+                    budget.refuse(self.connection, f"a frame the server cannot decode ({type(exc).__name__})")
+                    return []
+
+            super().__init__(read_loop, server)
+            self.server_args["max_message_size"] = server.max_http_buffer_size
+
+        def __call__(self, environ, start_response):
+            if "gunicorn.socket" in environ:  # where simple-websocket finds the client's socket under gunicorn
+                environ = {**environ, "gunicorn.socket": _TakingTurns(environ["gunicorn.socket"])}
+            return super().__call__(environ, start_response)
+
+        def wait(self):
+            frame = super().wait()
+            return frame if frame is None or budget.spend(self.connection) else None
+
+    eio._async = {**eio._async, "websocket": GuardedWebSocket}  # this server only; the driver's table is shared
+
 
 def _socket_user(auth) -> dict:
-    """Authenticate a connecting socket and remember it; refuse it without a valid, unrevoked token."""
+    """Authenticate a connecting socket and remember it; refuse it without a valid, unrevoked token.
+
+    Socket.IO's own ``ConnectionRefusedError`` hands its message to the client (the built-in one is
+    answered with a bare "Connection refused by server").
+    """
     token = (auth or {}).get("token") if isinstance(auth, dict) else None
     token = token or request.args.get("token")
     if not token or not isinstance(token, str):
-        raise ConnectionRefusedError("a token is required: connect with auth={'token': ...} or ?token=")
+        raise ConnectionRefused("a token is required: connect with auth={'token': ...} or ?token=")
     try:
         claims = decode_token(token)
     except Exception:
-        raise ConnectionRefusedError("the token is invalid or expired") from None
+        raise ConnectionRefused("the token is invalid or expired") from None
     user, problem = token_problem(studio().store, claims)
     if user is None:
-        raise ConnectionRefusedError(problem)
+        raise ConnectionRefused(problem)
     live_sockets.add(LiveSocket(request.sid, request.namespace, user["username"], str(claims.get("jti", "")),
                                 float(claims["exp"]), claims), current_app._get_current_object())
     return user
@@ -401,18 +570,59 @@ for _namespace in ("/", "/test", "/jobs"):
     socketio.on("disconnect", namespace=_namespace)(lambda *args: live_sockets.remove(request.sid, request.namespace))
 
 
+@socketio.on_error_default
+def socket_event_failed(exc: Exception):
+    """An event handler that failed: logged, and answered like any refusal; a connect that failed is refused.
+
+    (Flask-SocketIO would otherwise accept a connection whose handler raised, taking this answer for a yes.)
+    """
+    log.error("Socket.IO %s on %s failed: %r", request.event["message"], request.namespace, exc, exc_info=exc)
+    if request.event["message"] == "connect":
+        raise ConnectionRefused("the server could not check the token; try again shortly") from exc
+    return {"ok": False, "error": "internal error; the server log has the details"}
+
+
+def _job_id(data) -> str | None:
+    """The job id of a ``subscribe``/``unsubscribe`` payload (``{"job_id": ...}`` or the id alone), else None."""
+    job_id = data.get("job_id") if isinstance(data, dict) else data
+    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= JOB_ID_MAX_CHARS else None
+
+
+def _bad_job_id() -> dict:
+    return {"ok": False, "field": "job_id",
+            "error": f"job_id must be a job id: a string of 1 to {JOB_ID_MAX_CHARS} characters"}
+
+
 @socketio.on("subscribe", namespace="/jobs")
-def jobs_subscribe(data):
+def jobs_subscribe(data=None):
     """Receive the events of one job (``progress``, ``epoch``, ``finished``, ``failed``, ``cancelled``)."""
     user = _current_socket_user()
     if user is None:
         return {"ok": False, "error": "not authenticated"}
-    job_id = str((data or {}).get("job_id", "")) if isinstance(data, dict) else str(data)
+    job_id = _job_id(data)
+    if job_id is None:
+        return _bad_job_id()
+    following = [room for room in rooms(namespace="/jobs") if room.startswith("job:")]
+    if f"job:{job_id}" not in following and len(following) >= SOCKET_MAX_JOB_ROOMS:
+        return {"ok": False, "field": "job_id",
+                "error": f"a connection follows at most {SOCKET_MAX_JOB_ROOMS} jobs: unsubscribe from one first"}
     record = studio().store.get_job(job_id)
     if record is None or not _may_read(user, record):
-        return {"ok": False, "error": f"no job '{job_id}'"}
+        return {"ok": False, "error": f"no job '{job_id}'", "field": "job_id"}
     join_room(f"job:{job_id}")
     return {"ok": True, "job_id": job_id, "status": record["status"]}
+
+
+@socketio.on("unsubscribe", namespace="/jobs")
+def jobs_unsubscribe(data=None):
+    """Stop receiving the events of one job (which frees a place among the jobs a connection may follow)."""
+    if _current_socket_user() is None:
+        return {"ok": False, "error": "not authenticated"}
+    job_id = _job_id(data)
+    if job_id is None:
+        return _bad_job_id()
+    leave_room(f"job:{job_id}")
+    return {"ok": True, "job_id": job_id}
 
 
 def _may_read(user: dict, record: dict) -> bool:

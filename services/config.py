@@ -47,12 +47,16 @@ class Config:
     token_minutes: int = 30
     max_upload_mb: int = 32
     max_dataset_mb: int = 4096
+    max_zip_entries: int = 500_000  # entries an uploaded zip may declare; more are refused before the import job
     max_image_pixels: int = 50_000_000
     workers: int = 1
     queue_name: str = "studio"
     job_modules: tuple[str, ...] = ()
-    auth_failures_per_user: int = 10  # wrong passwords per username per minute before 429
-    auth_failures_per_address: int = 60  # wrong passwords per client address per minute before 429
+    # Sign-in throttle (services/sign_in.py): wrong passwords let by before waits that double from 1 s.
+    sign_in_free_failures: int = 5  # from one address for one account (typos)
+    sign_in_address_free_failures: int = 50  # from one address over all accounts (one password, many names)
+    sign_in_account_free_failures: int = 20  # for one account from the addresses it does not know
+    sign_in_max_wait_seconds: int = 900  # the longest wait (the doubling stops there)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed on Socket.IO; () means the UI's own
     max_active_jobs_per_user: int = 20  # queued + running jobs one non-admin may have
     heavy_requests: int = 4  # image-decoding requests served at once; more wait briefly, then 503
@@ -75,11 +79,14 @@ class Config:
             token_minutes=_int(env, "TOKEN_MINUTES", 30),
             max_upload_mb=_int(env, "MAX_UPLOAD_MB", 32),
             max_dataset_mb=_int(env, "MAX_DATASET_MB", 4096),
+            max_zip_entries=_int(env, "MAX_ZIP_ENTRIES", 500_000),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
             workers=_int(env, "WORKERS", 1),
             job_modules=_names(env, "JOB_MODULES"),
-            auth_failures_per_user=_int(env, "AUTH_FAILURES_PER_USER", 10),
-            auth_failures_per_address=_int(env, "AUTH_FAILURES_PER_ADDRESS", 60),
+            sign_in_free_failures=_int(env, "SIGN_IN_FREE_FAILURES", 5),
+            sign_in_address_free_failures=_int(env, "SIGN_IN_ADDRESS_FREE_FAILURES", 50),
+            sign_in_account_free_failures=_int(env, "SIGN_IN_ACCOUNT_FREE_FAILURES", 20),
+            sign_in_max_wait_seconds=_int(env, "SIGN_IN_MAX_WAIT_SECONDS", 900),
             cors_origins=_names(env, "CORS_ORIGINS"),
             max_active_jobs_per_user=_int(env, "MAX_ACTIVE_JOBS_PER_USER", 20),
             heavy_requests=_int(env, "HEAVY_REQUESTS", 4),

@@ -1,10 +1,13 @@
 """Datasets that users bring: upload (class-folder zips, HDF5, images with CSV/COCO labels), import, catalog, export.
 
 Shared by ``services/routes/datasets.py`` and the Datasets page. An upload is streamed to a hidden file
-in ``DATA_DIR/uploads`` (:class:`UploadSink`), checked at once from its headers and the zip's central
-directory (every refusal names the field), then imported by an ``import_dataset`` job that decodes the
-images into ``DATA_DIR/datasets/<name>.hdf5``. The file is written under a temporary name and linked
-into place only when complete, and the catalog row comes last; the upload itself is removed either way.
+in ``DATA_DIR/uploads`` (:class:`UploadSink`), checked at once from its size, first bytes and a zip's end
+record only (the request's work never grows with the upload), then inspected and imported by an
+``import_dataset`` job that decodes the images into ``DATA_DIR/datasets/<name>.hdf5``; its refusals name
+the field, as the request's do. Before writing, the job bounds the output by ``MAX_DATASET_MB`` and reserves
+its bytes on the disk (:func:`services.quotas.reserve_disk`). The file is written under a temporary name and
+linked into place only when complete, and the catalog row comes last; the upload itself is removed either
+way, also when the job is cancelled before it runs.
 """
 
 from __future__ import annotations
@@ -12,14 +15,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import tempfile
 import time
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import h5py
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,8 +30,9 @@ from engine import datasets as engine_datasets
 from engine import labels as labelsets
 from engine.exceptions import Cancelled, Conflict, InvalidInput, StudioError
 from engine.exif import read_exif
+from engine.hdf5 import open_hdf5
 from engine.images import open_image
-from services import annotation, jobs
+from services import annotation, jobs, quotas
 from services.config import Config
 from services.generate import DatasetExists, clean_dataset_name, dataset_file, dataset_view, get_dataset
 from services.jobs import JobContext, job_kind
@@ -111,51 +113,62 @@ class UploadSink:
 
 
 def zip_limits(config: Config) -> archives.ZipLimits:
-    return archives.ZipLimits(max_total_bytes=EXPANSION_ALLOWANCE * config.max_dataset_mb * 1024 * 1024)
-
-
-def inspect_hdf5(path: Path) -> list[str]:
-    """Check an uploaded HDF5 file with the engine's reader; its class names, or InvalidInput on ``file``.
-
-    The reader names ``hdf5_path`` (a training request's field); an upload's field is ``file``.
-    """
-    try:
-        summary = engine_datasets.inspect_hdf5(path)
-    except InvalidInput as exc:
-        raise InvalidInput(f"'file': {exc}", "file") from None
-    if summary.multi_label:
-        raise InvalidInput("'file' holds multi-hot labels (a multi-label dataset); import multi-label data as "
-                           "a zip of images with a CSV or COCO JSON of labels", "file")
-    return summary.class_names
+    return archives.ZipLimits(max_total_bytes=EXPANSION_ALLOWANCE * config.max_dataset_mb * 1024 * 1024,
+                              max_entries=config.max_zip_entries)
 
 
 def check_upload(config: Config, path: Path) -> dict[str, Any]:
-    """What an uploaded file is, checked cheaply (headers, the zip's directory); InvalidInput on ``file``."""
+    """What an uploaded file is, from its size, its first bytes and (a zip) its end record; InvalidInput on ``file``.
+
+    This is all a request reads, the same whatever the file holds. What grows with the upload (a zip's
+    directory, its images' headers, an HDF5 file's shapes and labels) is read by the import job.
+    """
+    size, budget = path.stat().st_size, config.max_dataset_mb * 1024 * 1024
+    if size > budget:
+        raise InvalidInput(f"'file' takes {size / 2**20:.0f} MB; the limit is MAX_DATASET_MB "
+                           f"({config.max_dataset_mb} MB)", "file")
     fmt = archives.sniff_format(path)
-    if fmt == "zip" and archives.find_annotation_file(path, zip_limits(config)):
-        annotated = archives.read_annotated_zip(path, zip_limits(config))
-        return {"format": "annotations", "layout": "annotations", "annotation_file": annotated.annotation_file,
-                "images": len(annotated.items), "labels": annotated.labels,
-                "missing_images": annotated.missing[:100], "unannotated_images": annotated.unannotated[:100]}
     if fmt == "zip":
-        archive = archives.read_class_folders(path, zip_limits(config))
-        return {"format": "zip", "layout": archive.layout, "class_names": archive.class_names,
-                "images": len(archive.entries), "ignored": len(archive.ignored)}
+        try:
+            return {"format": "zip", "entries": archives.check_directory(path, zip_limits(config))}
+        except InvalidInput as exc:
+            raise InvalidInput(f"{exc} (MAX_ZIP_ENTRIES)", "file") from None
     if fmt == "hdf5":
-        return {"format": "hdf5", "layout": "hdf5", "class_names": inspect_hdf5(path)}
+        return {"format": "hdf5"}
     raise InvalidInput("'file' is neither a zip (of class folders) nor an HDF5 file", "file")
 
 
-def _required_name(form: UploadForm) -> str:
-    if form.name is None:
+def _required_name(name: str | None) -> str:
+    if name is None:
         raise InvalidInput("'name' is required: the dataset becomes datasets/<name>.hdf5", "name")
-    return form.name
+    return name
+
+
+def check_form(config: Config, store: Store, fmt: str, form: UploadForm, role: str | None) -> None:
+    """What the request checks of the form without reading the file: roles and the name.
+
+    An annotated zip ignores ``name``, and only its job knows a zip is one: a zip's name is required by the
+    job, and checked here when given.
+
+    Raises:
+        AdminOnly: ``unknown_labels=add`` by a non-admin. InvalidInput: an HDF5 file without ``name``.
+        DatasetExists: the name is taken.
+    """
+    if form.unknown_labels == "add" and role != "admin":
+        raise AdminOnly("only an admin may add labels to the label set (unknown_labels=add)")
+    if fmt == "hdf5" or form.name is not None:
+        check_name_free(config, store, _required_name(form.name))
+
+
+def check_name_unused(config: Config, store: Store, name: str) -> None:
+    """Refuse a name a dataset already has (its catalog row or its file)."""
+    if store.get_dataset(name) or dataset_file(config, name).exists():
+        raise DatasetExists(f"a dataset named '{name}' exists; datasets are never overwritten")
 
 
 def check_name_free(config: Config, store: Store, name: str) -> None:
     """Refuse a name already used by a dataset or by an import still queued or running."""
-    if store.get_dataset(name) or dataset_file(config, name).exists():
-        raise DatasetExists(f"a dataset named '{name}' exists; datasets are never overwritten")
+    check_name_unused(config, store, name)
     for status in ACTIVE_STATUSES:
         for job in store.list_jobs(kind="import_dataset", status=status, limit=1000):
             if job["params"].get("name") == name:
@@ -164,19 +177,22 @@ def check_name_free(config: Config, store: Store, name: str) -> None:
 
 def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, username: str | None,
                   filename: str | None = None, role: str | None = None) -> tuple[str, dict]:
-    """Check an uploaded file, keep it in ``DATA_DIR/uploads`` and queue its import; ``(job id, what it is)``.
+    """Check an uploaded file cheaply, keep it in ``DATA_DIR/uploads`` and queue its import.
 
-    ``upload`` is moved (not copied) and removed by the job when it ends, or here when refused.
+    The request's work is the same whatever the file holds (:func:`check_upload`, :func:`check_form`); the
+    job inspects the rest and fails, naming the field, on what it refuses. ``upload`` is moved (not copied)
+    and removed by the job when it ends (or is cancelled before it runs), or here when refused.
+
+    Returns:
+        ``(job id, what is known of the file: its format, and a zip's declared entry count)``.
 
     Raises:
-        InvalidInput: a bad file (field ``file``). DatasetExists: the name is taken.
+        InvalidInput: a bad file (field ``file``). DatasetExists: the name is taken. AdminOnly: see
+            :func:`check_form`.
     """
     try:
         found = check_upload(config, upload)
-        if found["format"] == "annotations":
-            found.update(check_annotations(config, store, upload, form, role))
-        else:
-            check_name_free(config, store, _required_name(form))
+        check_form(config, store, found["format"], form, role)
         kept = config.path("uploads", f"{uuid.uuid4().hex}.{found['format']}")
         os.replace(upload, kept)
     except BaseException:
@@ -197,7 +213,8 @@ def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, 
 
 
 def _clean_after_death(config: Config, store: Store, record: dict) -> None:
-    """An import whose worker died (or that RQ stopped) leaves its upload and temporary file: remove them."""
+    """An import whose worker died, that RQ stopped, or that was cancelled before it ran leaves its upload (and
+    maybe a temporary file): remove them."""
     params = record["params"]
     config.path(params["upload"]).unlink(missing_ok=True)
     if params.get("name"):
@@ -207,41 +224,51 @@ def _clean_after_death(config: Config, store: Store, record: dict) -> None:
 
 @job_kind("import_dataset", timeout=IMPORT_TIMEOUT, result_ttl=IMPORT_RESULT_TTL,
           description="an uploaded zip of class folders or HDF5 file, into datasets/<name>.hdf5",
-          on_ended_elsewhere=_clean_after_death)
+          on_ended_elsewhere=_clean_after_death, on_discarded=_clean_after_death)
 def import_dataset(ctx: JobContext, params: dict) -> dict:
-    """Write the dataset file, publish it, catalog it; the upload is removed whatever happens."""
+    """Inspect the upload, then write, publish and catalog the dataset file (or store the annotated images).
+
+    Everything that grows with the upload is read here, never in the request; refusals name the field
+    (``file``, ``name``, ``image_size``, ``unknown_labels``). The upload is removed whatever happens.
+    """
     upload = ctx.config.path(params["upload"])
-    if params["format"] == "annotations":
-        try:
-            return _import_annotations(ctx, upload, params)
-        finally:
-            upload.unlink(missing_ok=True)
-    target = dataset_file(ctx.config, params["name"])
     try:
-        if params["format"] == "zip":
-            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                info = _import_zip(ctx, upload, temp, params)
-                _publish(temp, target)
-            finally:
-                temp.unlink(missing_ok=True)
-        else:
-            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                info = _import_hdf5(ctx, upload, temp)
-                _publish(temp, target)
-            finally:
-                temp.unlink(missing_ok=True)
+        if _is_annotated(ctx.config, upload, params["format"]):
+            return _import_annotations(ctx, upload, params)
+        return _import_dataset_file(ctx, upload, params)
     finally:
         upload.unlink(missing_ok=True)
+
+
+def _is_annotated(config: Config, upload: Path, fmt: str) -> bool:
+    # "annotations": a job queued while the request still told the two kinds of zip apart.
+    return fmt == "annotations" or (fmt == "zip" and archives.find_annotation_file(upload, zip_limits(config))
+                                    is not None)
+
+
+def _import_dataset_file(ctx: JobContext, upload: Path, params: dict) -> dict:
+    """A zip of class folders or an HDF5 file into ``datasets/<name>.hdf5``; the job's result."""
+    name = _required_name(params.get("name"))
+    check_name_unused(ctx.config, ctx.store, name)
+    target = dataset_file(ctx.config, name)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        if params["format"] == "zip":
+            info = _import_zip(ctx, upload, temp, params)
+        else:
+            info = _import_hdf5(ctx, upload, temp)
+        _publish(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
     try:
         row = catalog_row(ctx.config, params, target, info, ctx.job_id, ctx.record().get("created_by"))
         ctx.store.add_dataset(Dataset(**row))
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return {"dataset_id": row["id"], "path": row["path"], "class_names": row["class_names"],
-            "counts": row["counts"], "skipped_images": info.get("bad_images", []),
+    return {"dataset_id": row["id"], "path": row["path"], "format": params["format"], "layout": info["layout"],
+            "class_names": row["class_names"], "counts": row["counts"], "images": info.get("images"),
+            "ignored": info.get("ignored_total", 0), "skipped_images": info.get("bad_images", []),
             "image_shape": info["shape"]}
 
 
@@ -252,19 +279,49 @@ def _import_zip(ctx: JobContext, upload: Path, temp: Path, params: dict) -> dict
                         "test_fraction": params["test_fraction"], "seed": params["seed"]}}
     report = archives.write_zip_as_hdf5(
         upload, temp, archive, splits, params["image_size"], ctx.config.max_image_pixels,
-        params["skip_bad_images"], attrs, shutil.disk_usage(temp.parent).free,
-        on_progress=lambda d, t: ctx.progress(d, t, unit="image"),
-        should_stop=ctx.should_stop)
+        params["skip_bad_images"], attrs, on_progress=lambda d, t: ctx.progress(d, t, unit="image"),
+        should_stop=ctx.should_stop, before_write=lambda images, shape: reserve_output(ctx, images, shape))
     return {"class_names": archive.class_names, "counts": report.counts, "bad_images": report.bad_images,
-            "shape": list(report.shape), "layout": archive.layout, "ignored": archive.ignored[:100]}
+            "shape": list(report.shape), "layout": archive.layout, "ignored": archive.ignored[:100],
+            "ignored_total": len(archive.ignored), "images": len(archive.entries)}
+
+
+def reserve_output(ctx: JobContext, images: int, shape: tuple[int, int]) -> None:
+    """Before an import writes: refuse a dataset over ``MAX_DATASET_MB``, and reserve its bytes on the disk.
+
+    Raises:
+        InvalidInput: over the budget, naming ``image_size`` and the sizes. InsufficientStorage: the disk,
+            less what other jobs reserved, cannot hold it.
+    """
+    needed = archives.hdf5_bytes(images, shape)
+    what = (f"{images:,} images at {shape[0]}x{shape[1]} pixels (image_size) make a dataset of about "
+            f"{needed / 2**20:,.0f} MB")
+    if needed > ctx.config.max_dataset_mb * 2**20:
+        raise InvalidInput(f"'image_size': {what}; the limit is MAX_DATASET_MB ({ctx.config.max_dataset_mb:,} MB): "
+                           "choose a smaller image_size or split the dataset", "image_size")
+    quotas.reserve_disk(ctx.config, ctx.store, ctx.job_id, needed, "image_size", what,
+                        "wait for them, or choose a smaller image_size")
 
 
 def _import_hdf5(ctx: JobContext, upload: Path, temp: Path) -> dict:
     """Rewrite an uploaded HDF5 file in the project's own layout (whatever layout the reader accepted), so
-    everything downstream (counts, thumbnails, export, training) reads one format."""
+    everything downstream (counts, thumbnails, export, training) reads one format.
+
+    Before a byte is written, the engine refuses a file that points at other files or whose declared shapes
+    decode to more than ``MAX_DATASET_MB``, and the output's bytes are reserved on the disk.
+    """
+    budget = ctx.config.max_dataset_mb * 2**20
+    try:
+        summary = engine_datasets.inspect_hdf5(upload, max_bytes=budget)
+    except InvalidInput as exc:
+        raise InvalidInput(f"'file': {exc}", "file") from None
+    quotas.reserve_disk(ctx.config, ctx.store, ctx.job_id, summary.canonical_bytes, "file",
+                        f"its {sum(summary.split_sizes.values()):,} images make a dataset of about "
+                        f"{summary.canonical_bytes / 2**20:,.0f} MB", "wait for them, or import fewer images")
     try:
         summary = engine_datasets.write_canonical_hdf5(
-            upload, temp, on_progress=lambda d, t: ctx.progress(d, t, unit="image"), should_stop=ctx.should_stop)
+            upload, temp, on_progress=lambda d, t: ctx.progress(d, t, unit="image"), should_stop=ctx.should_stop,
+            max_bytes=budget)
     except InvalidInput as exc:
         raise InvalidInput(f"'file': {exc}", "file") from None
     names = summary.class_names
@@ -283,7 +340,7 @@ def _publish(temp: Path, target: Path) -> None:
 def catalog_row(config: Config, params: dict, path: Path, info: dict, job_id: str | None,
                 created_by: str | None) -> dict:
     """The ``datasets`` row of an imported file (with a few thumbnail picks from its training split)."""
-    with h5py.File(path, "r") as h5:
+    with open_hdf5(path, field="file") as h5:
         labels = np.asarray(h5["y_train"][:]).reshape(-1).astype(np.int64)
     shape = info["shape"]
     return {"id": params["name"], "path": str(path.relative_to(config.data_dir)), "job_id": job_id,
@@ -300,27 +357,28 @@ def catalog_row(config: Config, params: dict, path: Path, info: dict, job_id: st
 # ------------------------------------------------------------------------------- annotated images
 
 
-def check_annotations(config: Config, store: Store, upload: Path, form: UploadForm, role: str | None) -> dict:
-    """Check an annotated zip against the label set and the stored images; what the answer lists.
+def check_annotations(config: Config, store: Store, annotated: archives.AnnotatedZip, params: dict,
+                      role: str | None) -> tuple[list[str], dict[str, str]]:
+    """Check an annotated zip against the label set and the stored images; ``(unknown labels, ids)``.
 
     Raises:
         InvalidInput: unknown labels (named) when ``unknown_labels`` is ``refuse``, ids taken without
-            ``overwrite``, two images with one id (field ``file``). Forbidden: ``add`` by a non-admin.
+            ``overwrite``, two images with one id (field ``file``). AdminOnly: ``add`` by one who is no
+            admin (any more).
     """
-    annotated = archives.read_annotated_zip(upload, zip_limits(config))
     known = annotation.read_labels(config)
     unknown = [label for label in annotated.labels if label not in known]
-    if unknown and form.unknown_labels == "refuse":
+    if unknown and params["unknown_labels"] == "refuse":
         raise InvalidInput(f"'file': labels not in the label set: {', '.join(unknown[:50])}; send "
                            f"unknown_labels=drop to import without them, or =add (admin) to add them", "file")
-    if unknown and form.unknown_labels == "add" and role != "admin":
-        raise AdminOnly("only an admin may add labels to the label set (unknown_labels=add)")
+    if unknown and params["unknown_labels"] == "add" and role != "admin":
+        raise AdminOnly("'unknown_labels': only an admin may add labels to the label set (unknown_labels=add)")
     ids = image_ids(annotated)
     taken = [i for i in ids.values() if store.get_image(i) is not None]
-    if taken and not form.overwrite:
-        raise annotation.ImageExists(f"images with these ids exist: {', '.join(taken[:20])}; send "
+    if taken and not params["overwrite"]:
+        raise annotation.ImageExists(f"'file': images with these ids exist: {', '.join(taken[:20])}; send "
                                      f"overwrite=true to replace them")
-    return {"unknown_labels": unknown, "unknown_labels_policy": form.unknown_labels}
+    return unknown, ids
 
 
 def image_ids(annotated: archives.AnnotatedZip) -> dict[str, str]:
@@ -346,10 +404,10 @@ def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
     """Check every image first (nothing is stored if one is bad and not skipped), then store and label."""
     config, store = ctx.config, ctx.store
     annotated = archives.read_annotated_zip(upload, zip_limits(config))
-    ids = image_ids(annotated)
-    known = annotation.read_labels(config)
-    unknown = [label for label in annotated.labels if label not in known]
     user = ctx.record().get("created_by")
+    creator = store.get_user(user) if user else None
+    unknown, ids = check_annotations(config, store, annotated, params, creator["role"] if creator else None)
+    known = annotation.read_labels(config)
     with archives.open_zip(upload) as zf:
         bad = []
         for member, _labels in annotated.items:
@@ -372,7 +430,9 @@ def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
                 annotation.set_labels(config, store, ids[member], [x for x in labels if x in keep], user)
                 stored.append(ids[member])
             ctx.progress(done, len(annotated.items), unit="image")
-    return {"imported": len(stored), "id_names": stored[:1000], "unknown_labels": unknown,
+    return {"format": "zip", "layout": "annotations", "annotation_file": annotated.annotation_file,
+            "images": len(annotated.items), "labels": annotated.labels, "imported": len(stored),
+            "id_names": stored[:1000], "unknown_labels": unknown,
             "unknown_labels_policy": params["unknown_labels"], "skipped_images": bad,
             "missing_images": annotated.missing[:1000], "unannotated_images": annotated.unannotated[:1000]}
 
@@ -396,7 +456,7 @@ def view(config: Config, row: dict) -> dict:
 
 def thumbnails(config: Config, row: dict, per_class: int = THUMBNAILS_PER_CLASS) -> dict[str, list[np.ndarray]]:
     """A few training images per class (the catalog's picks, or seeded picks for older rows)."""
-    with h5py.File(config.path(row["path"]), "r") as h5:
+    with open_hdf5(config.path(row["path"]), field="name") as h5:
         images = h5["X_train"]
         picks = row.get("thumbnails") or archives.thumbnail_picks(
             np.asarray(h5["y_train"][:]).reshape(-1), row["class_names"], per_class)

@@ -17,11 +17,10 @@ from pydantic import ValidationError
 from services import datasets
 from services.config import Config
 from services.store import Store
+from services.ui_guard import UI_DATASET_UPLOAD_MB as UI_UPLOAD_LIMIT_MB  # the UI server's guard enforces it
 from services.ui_jobs import job_state, live_panel, progress_bar, queue_action, status_line
 from services.validation import invalid_input_from
 
-# Streamlit keeps an uploaded file in the UI process's memory; bigger datasets go through the API.
-UI_UPLOAD_LIMIT_MB = 1024
 UPLOAD_TYPES = ["zip", "h5", "hdf5"]
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import h5py
 import numpy as np
 from PIL import Image
 from pydantic import (
@@ -51,6 +50,7 @@ from engine.augment.generate import (
 )
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound
 from engine.files import atomic_write_bytes
+from engine.hdf5 import open_hdf5
 from engine.images import encode_png, open_image
 from services import jobs
 from services.config import Config
@@ -362,7 +362,7 @@ def dataset_view(config: Config, row: dict) -> dict:
 
 def dataset_sample(config: Config, row: dict, split: str, count: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
     """A seeded random sample of a written dataset's images with their class names (read lazily)."""
-    with h5py.File(config.path(row["path"]), "r") as h5:
+    with open_hdf5(config.path(row["path"]), field="name") as h5:
         names = json.loads(h5.attrs["class_names"])
         labels = h5[f"y_{split}"]
         picked = np.random.default_rng(seed).choice(len(labels), size=min(count, len(labels)), replace=False)

@@ -33,6 +33,7 @@ from rq.serializers import JSONSerializer
 
 from engine.exceptions import Cancelled
 from services.config import Config
+from services.quotas import check_job_quota
 from services.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class JobKind:
     description: str
     on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None
     runs_while_started: bool = True
+    on_discarded: Callable[[Config, Store, dict], None] | None = None
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -60,7 +62,7 @@ _FUNCS: dict[str, Callable] = {}  # "module.function" as RQ names it -> the regi
 
 def job_kind(name: str, timeout: int, result_ttl: int = 7 * 24 * 3600, description: str = "",
              on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None,
-             runs_while_started: bool = True):
+             runs_while_started: bool = True, on_discarded: Callable[[Config, Store, dict], None] | None = None):
     """Register a job function under ``name`` (the only list of job kinds).
 
     Args:
@@ -69,13 +71,15 @@ def job_kind(name: str, timeout: int, result_ttl: int = 7 * 24 * 3600, descripti
             epilogue never ran.
         runs_while_started: False for a kind whose catalog row says started while its RQ job waits
             (a study, started at launch, runs only at its end): no worker holding it is then no sign of death.
+        on_discarded: called with ``(config, store, record)`` when a job of this kind is cancelled before it
+            ran, so that its function (and the clean-up in it) never runs: e.g. remove the files its params name.
     """
 
     def decorate(func):
         # The wrapped function replaces the original under the same module-level name, so RQ can import it.
         run = _run_with_context(func)
         JOB_KINDS[name] = JobKind(name, run, timeout, result_ttl, description, on_ended_elsewhere,
-                                  runs_while_started)
+                                  runs_while_started, on_discarded)
         _FUNCS[f"{run.__module__}.{run.__qualname__}"] = run
         return run
 
@@ -178,8 +182,24 @@ def legacy_payload(job: dict, status: str) -> dict:
 
 
 # --- API side ------------------------------------------------------------------------------------
-def submit(config: Config, store: Store, kind: str, params: dict, user: str | None) -> str:
-    """Record and enqueue a job; returns its id. Raises redis errors when Redis is unreachable."""
+def submit(config: Config, store: Store, kind: str, params: dict, user: str | None, reserve: int = 1) -> str:
+    """Record and enqueue a job; returns its id.
+
+    Every job of a user passes through here, whichever door it came in by (a route, a page, a job), so the
+    per-user quota of active jobs is held here (:func:`services.quotas.check_job_quota`).
+
+    Args:
+        user: the submitting user's name (None: the studio itself).
+        reserve: quota slots this submission takes: 1; more when the follow-up jobs it brings are counted now
+            (the other machines of a multi-machine run); 0 for a follow-up whose slot its parent counted (a
+            study's trials, kept within the ``parallel`` counted at the study's launch).
+
+    Raises:
+        TooManyJobs: the user already has as many queued or running jobs as allowed (nothing is recorded).
+        redis.RedisError: Redis is unreachable (the job is recorded as failed).
+    """
+    if reserve:
+        check_job_quota(config, store, user, slots=reserve)
     spec = JOB_KINDS[kind]
     job_id = uuid.uuid4().hex
     store.create_job(job_id, kind, params, user)
@@ -213,6 +233,7 @@ def cancel(config: Config, store: Store, job_id: str, grace: float = 5.0) -> dic
         status = rq_job.get_status(refresh=True)
     except NoSuchJobError:
         rq_job, status = None, None
+    killed = False
     if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
         try:
             rq_job.cancel()
@@ -223,13 +244,20 @@ def cancel(config: Config, store: Store, job_id: str, grace: float = 5.0) -> dic
         if store.get_job(job_id)["status"] not in TERMINAL:
             try:
                 send_stop_job_command(conn, job_id)
+                killed = True
             except InvalidJobOperation:
                 pass
     record = store.get_job(job_id)
     if record["status"] not in TERMINAL:
+        never_ran = record["status"] == "queued"
         store.update_job(job_id, status="cancelled", ended_at=time.time())
         record = store.get_job(job_id)
         emit_job_event(config, record, "cancelled", {"status": "cancelled"})
+        # Ended here, the job's own clean-up never runs (RQ's stopped callback finds the job ended already).
+        if never_ran:
+            _discarded(config, store, record)
+        elif killed:
+            _ended_elsewhere(config, store, record)
     return record
 
 
@@ -332,6 +360,16 @@ def _ended_elsewhere(config: Config, store: Store, record: dict) -> None:
             log.exception("the follow-up of %s job %s failed", record["kind"], record["id"])
 
 
+def _discarded(config: Config, store: Store, record: dict) -> None:
+    """Run the kind's clean-up for a job cancelled before it ran (best effort, logged)."""
+    kind = JOB_KINDS.get(record["kind"])
+    if kind is not None and kind.on_discarded is not None:
+        try:
+            kind.on_discarded(config, store, record)
+        except Exception:
+            log.exception("the clean-up of discarded %s job %s failed", record["kind"], record["id"])
+
+
 def _has_live_worker(conn: redis.Redis, job_id: str) -> bool:
     return any(w.get_current_job_id() == job_id and worker_alive(w) for w in Worker.all(connection=conn))
 
@@ -408,6 +446,7 @@ def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:
         store = open_store(config.data_dir)
         ctx = JobContext(job_id, config, store)
         if ctx.should_stop():
+            _discarded(config, store, ctx.record())
             return _finish(ctx, "cancelled", None)
         store.update_job(job_id, status="started", started_at=time.time())
         emit_job_event(config, ctx.record(), "started", {"status": "started"})

@@ -20,6 +20,13 @@ from services.redis_server import redis_argv, wait_for_redis
 from services.store import open_store
 
 MAX_RESTARTS_PER_MINUTE = 3
+# What gunicorn reads of a request's head before the API sees it. Unbounded, reading a long request line is
+# quadratic: a 16 MB line froze the API for 35 s. 8190 bytes is gunicorn's ceiling, over twice the longest
+# URL the API serves (ids and query values are a few hundred characters; a 3,000-character id still gets
+# the API's JSON 404). Past it, gunicorn answers 400 itself.
+MAX_REQUEST_LINE_BYTES = 8190
+MAX_HEADER_FIELDS = 100  # a browser sends about 20, a proxy adds a few
+MAX_HEADER_FIELD_BYTES = 8190  # a token is under 1 KB; cookies of the UI on the same host are smaller
 
 
 @dataclass
@@ -52,12 +59,15 @@ def gunicorn_argv(config: Config, connections: int = 2000) -> list[str]:
     An idle websocket or a client that sends its headers slowly then costs a greenlet, not one of a few
     dozen threads, so none of them can stall ``/health``. Work that holds the CPU (image decoding,
     predictions, GrabCut, password hashing) runs in real threads (see ``services.web``). One worker
-    process, because Socket.IO keeps its sessions in memory. The request line is not limited by gunicorn
-    (whose own 414 page is HTML): query values have declared maximum lengths, so an over-long one gets
-    the API's JSON 400 naming the field.
+    process, because Socket.IO keeps its sessions in memory. The request line and the headers are bounded
+    (:data:`MAX_REQUEST_LINE_BYTES`, :data:`MAX_HEADER_FIELDS`, :data:`MAX_HEADER_FIELD_BYTES`): within them a
+    query value over its declared maximum length gets the API's JSON 400 naming the field; past them,
+    gunicorn's own 400 (a short HTML page) comes before any of the API's code runs.
     """
     return [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gevent", "--worker-connections", str(connections),
-            "--timeout", "120", "--graceful-timeout", "10", "--keep-alive", "5", "--limit-request-line", "0",
+            "--timeout", "120", "--graceful-timeout", "10", "--keep-alive", "5",
+            "--limit-request-line", str(MAX_REQUEST_LINE_BYTES), "--limit-request-fields", str(MAX_HEADER_FIELDS),
+            "--limit-request-field_size", str(MAX_HEADER_FIELD_BYTES),
             "-b", f"{config.api_host}:{config.api_port}", "services.wsgi:app"]
 
 

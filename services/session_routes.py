@@ -14,8 +14,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services import sessions
+from services.ui_guard import read_at_most, refusal
 
-MAX_CODE_BYTES = 256
+MAX_CODE_BYTES = 256  # a claim code is 43 characters; a longer body is refused unread
 
 
 def same_origin(request: Request) -> bool:
@@ -39,9 +40,11 @@ def over_https(request: Request) -> bool:
 async def session_cookie(request: Request) -> Response:
     """Set the session cookie for a claim code (403 when unknown, spent or expired); empty: delete it."""
     if not same_origin(request):
-        return Response("only the UI's own pages may set its cookie", status_code=403,
-                        headers={"Cache-Control": "no-store"})
-    code = (await request.body())[:MAX_CODE_BYTES].decode("ascii", errors="replace").strip()
+        return refusal(403, "only the UI's own pages may set its cookie")
+    body = await read_at_most(request, MAX_CODE_BYTES)
+    if body is None:
+        return refusal(413, f"a claim code is at most {MAX_CODE_BYTES} bytes")
+    code = body.decode("ascii", errors="replace").strip()
     response = Response(status_code=204, headers={"Cache-Control": "no-store"})
     secure = over_https(request)
     if not code:

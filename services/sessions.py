@@ -41,7 +41,7 @@ def resume(store: Store, token: str | None, now: float | None = None) -> dict | 
     """The user of a live session, read afresh from the catalog; None (and the session revoked) otherwise.
 
     A session is dead when unknown, revoked, idle or past its absolute lifetime, or when its user was
-    deleted or given another role since sign-in.
+    deleted or given another role since sign-in, or when the account of that name was made after it.
     """
     if not isinstance(token, str) or not token or len(token) > 256:
         return None
@@ -52,7 +52,9 @@ def resume(store: Store, token: str | None, now: float | None = None) -> dict | 
         return None
     user = store.get_user(session.username)
     expired = now - session.last_seen > IDLE_SECONDS or now - session.created_at > ABSOLUTE_SECONDS
-    if expired or user is None or user.role != session.role:
+    # A session older than its account belongs to a deleted account of the same name (deletion also ends
+    # its sessions; this holds even for a row removed some other way).
+    if expired or user is None or user.role != session.role or session.created_at < user.created_at:
         revoke(store, token, now)
         return None
     if now - session.last_seen > TOUCH_EVERY:

@@ -138,7 +138,7 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._local = _os_thread_local()
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened once (and again in a forked child, which must not share it)."""
@@ -240,8 +240,9 @@ class Store:
         if self.get_user(username):
             raise ValueError(f"user {username!r} exists")
         with self.connect() as conn:  # the hash is no field of User: readers never see it
-            conn.execute("INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-                         (username, generate_password_hash(password), role, time.time()))
+            conn.execute("INSERT INTO users (username, password_hash, role, created_at, token_version) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (username, generate_password_hash(password), role, time.time(), first_token_version()))
 
     def get_user(self, username: str) -> User | None:
         """The user's name, role, creation time and token version (None if there is no such user)."""
@@ -290,7 +291,11 @@ class Store:
         return self._change_user(username, "", ())
 
     def delete_user(self, username: str) -> bool:
-        """Remove a user (their tokens die with the row, their UI sessions end); False if there was none."""
+        """Remove a user (their tokens die with the row, their UI sessions end); False if there was none.
+
+        An account made later under the same name starts at another random token version
+        (:func:`first_token_version`), so these tokens do not come back to life with it.
+        """
         with self.connect() as conn:
             _end_sessions(conn, username)
             return conn.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 1
@@ -505,6 +510,38 @@ class Store:
         """Number of rows of a table (the home page's figures)."""
         assert table in {"objects", "datasets", "models", "images", "jobs"}, table
         return self._count(table)
+
+
+TOKEN_VERSION_FLOOR = 2**32  # above any version an account that counted up from 0 (before random starts) reached
+TOKEN_VERSION_SPAN = 2**52  # FLOOR + SPAN < 2**53: the claim stays an exact number in any JSON reader
+
+
+def first_token_version() -> int:
+    """A new account's first token version: random, so no token of an earlier account of the same name matches.
+
+    A deleted account's tokens carry its versions: counted up from 0 by accounts made before versions
+    started at random (all below :data:`TOKEN_VERSION_FLOOR`), or from another random start. Two random
+    starts within a few thousand bumps of each other have odds of about one in 2**40.
+    """
+    return TOKEN_VERSION_FLOOR + secrets.randbelow(TOKEN_VERSION_SPAN)
+
+
+def _os_thread_local() -> threading.local:
+    """Storage per operating-system thread, also where gevent made ``threading.local`` per greenlet.
+
+    The API runs under gevent, where a greenlet serves each request and each Socket.IO event: a connection
+    per greenlet opened one for every request and event, and SQLite keeps a closed connection's files open
+    while another connection of the process holds locks on them, so a burst of events ran the process out of
+    file descriptors. The greenlets of one thread may share its connection: a call into SQLite never yields
+    to another greenlet, and no transaction of this module does anything that yields inside ``connect()``.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:
+        return threading.local()
+    if monkey.is_module_patched("threading"):
+        return monkey.get_original("threading", "local")()
+    return threading.local()
 
 
 @functools.lru_cache(maxsize=1)

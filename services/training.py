@@ -29,6 +29,7 @@ from engine import checkpoints
 from engine.datasets import IMAGE_SUFFIXES, DatasetBundle, DatasetSpec, build_datasets, inspect_hdf5, list_dataset_kinds
 from engine.distributed import MAX_PROCESSES, Rendezvous, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, Conflict, InvalidInput, NotFound, StudioError
+from engine.hdf5 import open_hdf5
 from engine.images import MAX_IMAGE_SIDE
 from engine.inference import EXPORT_FORMATS, export_model
 from engine.models import download_pretrained, get_model_info, list_models
@@ -292,10 +293,8 @@ def _file_hashes(root: Path) -> set[str]:
 
 
 def _hdf5_hashes(path: Path, images_name: str, chunk: int = 1024) -> set[str]:
-    import h5py  # only the hdf5 kind pays for it
-
     found: set[str] = set()
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         images = f[images_name]
         for start in range(0, len(images), chunk):
             found.update(hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest()
@@ -425,9 +424,11 @@ def submit_training(config: Config, store: Store, req: TrainRequest, username: s
 def _submit_run(config: Config, store: Store, params: dict, username: str | None) -> str:
     """Enqueue the run's ``train`` job and, for a run over several machines, one ``train_node`` job per
     other machine (each taken by another worker); returns the ``train`` job's id."""
-    job_id = jobs.submit(config, store, "train", params, username)
+    # The run's quota slots (one per machine) are counted at once, so a run is never left half-submitted.
+    job_id = jobs.submit(config, store, "train", params, username, reserve=params.get("nodes", 1))
     for node in range(1, params.get("nodes", 1)):
-        jobs.submit(config, store, "train_node", {**params, "run_id": job_id, "node_rank": node}, username)
+        jobs.submit(config, store, "train_node", {**params, "run_id": job_id, "node_rank": node}, username,
+                    reserve=0)
     return job_id
 
 

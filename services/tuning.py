@@ -21,6 +21,11 @@ sees every trial finished so far; they report the test metric each epoch to the 
 killed without running its epilogue (a dead worker) is noticed when the study is read
 (:func:`study_view`), which repairs the chain.
 
+Budget. A non-admin's study is checked at launch (:func:`check_budget`): its job and the ``parallel`` trials
+it keeps in flight count as that many of its owner's active jobs (``MAX_ACTIVE_JOBS_PER_USER``), and all its
+trials together may make at most ``MAX_SAMPLE_EPOCHS`` image passes, the budget of one training run. Trials
+are bounded by the study's declared ``parallel`` and ``n_trials``, not checked one by one.
+
 Stopping a study raises its stop flag and cancels its queued trials; running ones stop at their next
 check, and no trial is enqueued any more. Cancelling its ``tune`` job from the jobs API raises the same
 flag; queued trials then end as cancelled as soon as a worker picks them up.
@@ -49,6 +54,7 @@ from engine.training import OPTIMIZERS
 from services import jobs, training
 from services.config import Config
 from services.jobs import JobContext, job_kind, redis_connection
+from services.quotas import check_job_quota, check_study_size
 from services.store import Store
 from services.training import Conflict, NotFound, TrainRequest
 from services.validation import field_limits, invalid_input_from, open_floor
@@ -208,19 +214,41 @@ def trial_request(req: TuneRequest, choice: dict, num_epochs: int) -> TrainReque
         raise invalid_input_from(exc) from None
 
 
-def check_against_data(config: Config, req: TuneRequest) -> None:
+def check_against_data(config: Config, req: TuneRequest) -> int:
     """Check every model of the space against the data (classes, smallest input size); cheap.
+
+    Returns:
+        The number of training images a trial trains on.
 
     Raises:
         InvalidInput: the field names the request's field, ``space.<dimension>`` for a searched one.
     """
+    images = 0
     for model in req.models():
         # Only the model meets the data (input size, classes); the other dimensions are checked by SearchSpace.
         choice = {"model_name": model} if req.space.model_name else {}
         try:
-            training.prepare(config, trial_request(req, choice, req.epochs_per_trial))
+            run = training.prepare(config, trial_request(req, choice, req.epochs_per_trial))
         except InvalidInput as exc:
             raise _in_space_terms(exc, req, model) from None
+        images = max(images, len(run.data.train))
+    return images
+
+
+def check_budget(config: Config, store: Store, req: TuneRequest, username: str | None, images: int) -> None:
+    """Hold a non-admin's study to the user's job quota and to one training run's work, before anything starts.
+
+    The study's own job and the ``parallel`` trials it keeps in flight all count as the user's active jobs,
+    reserved here at once: the trials are then submitted without a check of their own (``reserve=0``), so a
+    study is never stopped half-way by a quota it passed at launch; its trials never exceed that ``parallel``.
+
+    Raises:
+        InvalidInput: the study's trials together are too much work (``n_trials`` / ``epochs_per_trial``), or
+            ``parallel`` alone exceeds the quota.
+        TooManyJobs: the user's other jobs leave too few slots (field ``parallel``).
+    """
+    check_study_size(config, store, username, req.n_trials, req.epochs_per_trial, images)
+    check_job_quota(config, store, username, slots=1 + min(req.parallel, req.n_trials), field="parallel")
 
 
 def _in_space_terms(exc: InvalidInput, req: TuneRequest, model: str) -> InvalidInput:
@@ -281,10 +309,11 @@ def launch(config: Config, store: Store, req: TuneRequest, username: str | None)
         ``{"study_id", "job_id", "trial_jobs"}`` (the study id is its ``tune`` job's id).
 
     Raises:
-        InvalidInput: the request does not fit the data (field named).
+        InvalidInput: the request does not fit the data, or the user's budget (field named).
+        TooManyJobs: the user's quota of active jobs has no room for the study and its parallel trials.
         redis.RedisError: Redis is unreachable (the study is then recorded as failed).
     """
-    check_against_data(config, req)
+    check_budget(config, store, req, username, check_against_data(config, req))
     study_id = uuid.uuid4().hex
     store.create_job(study_id, TUNE_KIND, req.model_dump(mode="json"), username)
     try:
@@ -326,8 +355,9 @@ def advance(config: Config, store: Store, study_id: str, ended_job_id: str | Non
         if not is_stopped(config, study_id, row):
             free = min(req.parallel - len(running), req.n_trials - len(launched))
             for _ in range(max(free, 0)):
+                # Within the study's parallel, counted against its owner's quota at launch (check_budget).
                 job_id = jobs.submit(config, store, TRIAL_KIND, {"study_id": study_id, "index": len(launched)},
-                                     row["created_by"])
+                                     row["created_by"], reserve=0)
                 conn.rpush(TRIALS_KEY.format(study_id), job_id)
                 launched.append(job_id)
                 running.append(job_id)

@@ -9,7 +9,9 @@ from pathlib import Path
 import streamlit as st
 from pydantic import ValidationError
 
+from services import sessions
 from services.config import Config
+from services.permissions import Forbidden, allows
 from services.store import Store, open_store
 from services.validation import field_limits as field_limits  # pages read request bounds through here
 
@@ -45,25 +47,77 @@ def get_store() -> Store:
     return open_store(get_config().data_dir)
 
 
+PAGE_KEY = "page_script"  # session state: the script of the page this session shows (set by require_page)
+
+
 def current_user() -> dict | None:
+    """The user this run of the app signed in (``app.py`` re-reads it at the start of every full run)."""
     return st.session_state.get("user")
+
+
+def signed_in_user() -> dict | None:
+    """The user of this browser's session (this tab's token, else the cookie's), read afresh from the catalog.
+
+    A deleted or re-roled user's session is over: None, and the session state forgets them.
+    """
+    token = st.session_state.get("session_token") or st.context.cookies.get(sessions.COOKIE)
+    user = sessions.resume(get_store(), token)
+    if user is None:
+        for key in ("session_token", "user"):
+            st.session_state.pop(key, None)
+        return None
+    st.session_state["session_token"], st.session_state["user"] = token, user
+    return user
+
+
+def refusal(user: dict | None, roles: tuple[str, ...]) -> str | None:
+    """Why ``user`` may not use a page for ``roles``, in the page's words; None when they may."""
+    if user is None:
+        return "Please sign in first."
+    if not allows(roles, user):
+        return f"Your role ({user['role']}) may not use this page."
+    return None
 
 
 def require_role(*roles: str) -> dict:
     """The signed-in user if their role may see this page; otherwise an error and a stop."""
     user = current_user()
-    if user is None:
-        st.error("Please sign in first.")
-        st.stop()
-    if user["role"] != "admin" and user["role"] not in roles:
-        st.error(f"Your role ({user['role']}) may not use this page.")
-        st.stop()
+    problem = refusal(user, roles)
+    if problem:
+        fail(problem)
     return user
 
 
 def require_page(script: str) -> dict:
-    """The signed-in user if their role may use the page ``script`` (its ``__file__``), as ``PAGES`` says."""
+    """The signed-in user if their role may use the page ``script`` (its ``__file__``), as ``PAGES`` says.
+
+    The page is remembered: its live panels and buttons, which re-run without the rest of the app
+    (:func:`acting_user`), check against the same roles.
+    """
+    st.session_state[PAGE_KEY] = script
     return require_role(*page_roles(script))
+
+
+def page_refusal_now() -> str | None:
+    """Why the session may not act on its page any more (signed out, deleted, re-roled); None when it may.
+
+    For the parts of a page that run without ``app.py`` re-checking the sign-in (a fragment's redraws and
+    the buttons inside it): the session is resumed from the catalog and the page's roles read from ``PAGES``.
+    """
+    script = st.session_state.get(PAGE_KEY)
+    return refusal(signed_in_user(), page_roles(script) if script else ())
+
+
+def acting_user() -> dict:
+    """The user, re-read now, if they may still use their page (for an action about to run).
+
+    Raises:
+        Forbidden: with the page's message (signed out, or the role may not use the page).
+    """
+    problem = page_refusal_now()
+    if problem:
+        raise Forbidden(problem)
+    return current_user()
 
 
 def fail(message: str) -> None:

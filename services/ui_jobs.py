@@ -4,6 +4,10 @@ A page reads the job's state with :func:`job_state`, shows it inside :func:`live
 re-reads it every few seconds while the job runs and re-runs the whole page once when it ends), and offers
 Cancel with :func:`cancel_button` (any other queue action with :func:`action_button`). Every read and every
 queue action turns an unreachable Redis into one readable message (:func:`queue_down`), never a traceback.
+
+A panel's redraws, and the buttons inside it, re-run without ``app.py`` and so without its sign-in check: the
+panel and every action re-read the user from the catalog first (:func:`services.ui.acting_user`), so a page
+left open by a user since signed out, deleted or given another role can neither show nor do anything more.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from redis.exceptions import RedisError
 from engine.exceptions import StudioError
 from services import jobs
 from services.config import Config
+from services.permissions import check_may_cancel
 from services.store import Store
-from services.ui import page_message
+from services.ui import acting_user, page_message, page_refusal_now
 
 LIVE_SECONDS = 2  # how often an open page re-reads a running job
 QUEUE_DOWN = "The job queue (Redis) is unreachable"
@@ -60,6 +65,8 @@ def live_panel(key: str, status: str, render: Callable[[], str], every: float = 
     was_live = is_live(status)
 
     def panel() -> None:
+        if page_refusal_now():  # signed out, deleted or re-roled since the page was drawn: app.py takes over
+            st.rerun(scope="app")
         shown = render()
         if was_live and not is_live(shown):
             st.rerun(scope="app")
@@ -100,7 +107,8 @@ def action_button(label: str, key: str, action: Callable[[], Any], about: str = 
     """
     failure = f"{key}__failure"
     if where.button(label, key=key, **button):
-        done, result = queue_action(action, labels)
+        # The button may sit in a panel that redraws without app.py's sign-in check: the action checks itself.
+        done, result = queue_action(_as_signed_in(action), labels)
         st.session_state[failure] = (about, None if done else result)
         return done, result
     remembered, message = st.session_state.get(failure, (about, None))
@@ -109,10 +117,30 @@ def action_button(label: str, key: str, action: Callable[[], Any], about: str = 
     return False, None
 
 
+def _as_signed_in(action: Callable[[], Any]) -> Callable[[], Any]:
+    """``action``, run only once the user is re-read and may still use the page (else ``Forbidden``)."""
+
+    def run() -> Any:
+        acting_user()
+        return action()
+
+    return run
+
+
 def cancel_button(config: Config, store: Store, job_id: str, key: str, label: str = "Cancel job") -> None:
     """Cancel the job; the whole page re-runs to show it ended (Redis down: a message, nothing else)."""
-    if action_button(label, key, lambda: jobs.cancel(config, store, job_id), about=job_id)[0]:
+    if action_button(label, key, lambda: cancel(config, store, job_id), about=job_id)[0]:
         st.rerun(scope="app")
+
+
+def cancel(config: Config, store: Store, job_id: str) -> dict:
+    """Cancel ``job_id`` for the user signed in now, if their role may cancel jobs (as the API's cancel).
+
+    Raises:
+        Forbidden: signed out, or a role that may not cancel (or use the page).
+    """
+    check_may_cancel(acting_user())
+    return jobs.cancel(config, store, job_id)
 
 
 def progress_bar(record: dict, text: str, hide_unknown: bool = False) -> None:

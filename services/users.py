@@ -2,7 +2,9 @@
 
 A token carries its user's ``tv`` (token version) when it was issued. A role change, a password reset or a
 deletion bumps the version (or removes the row), which revokes every token issued before; a logout revokes
-one token by its ``jti``. Both are checked on every request and on every live socket.
+one token by its ``jti``. Both are checked on every request and on every live socket. A new account starts
+at a random version (``store.first_token_version``), so the tokens of a deleted account of the same name
+never match it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def token_problem(store: Store, claims: dict) -> tuple[dict | None, str | None]:
     if user is None:
         return None, "the token's user no longer exists"
     if claims.get("tv", 0) != user["token_version"]:
-        return None, "the token was revoked (the user's role or password changed): get a new one from POST /auth"
+        return None, ("the token was revoked (the user's role or password changed, or the account was deleted "
+                      "and made again): get a new one from POST /auth")
     if claims.get("jti") and store.is_token_revoked(claims["jti"]):
         return None, "the token was revoked by a logout: get a new one from POST /auth"
     return user, None

@@ -106,7 +106,8 @@ def endpoint(bp: Blueprint, rule: str, methods: tuple[str, ...] = ("GET",), role
 
     The view receives the parsed ``body`` / ``query`` models as keyword arguments when declared. A
     ``heavy`` route (one that decodes images) runs only while a slot of :func:`heavy_slot` is free; a
-    route that ``submits_job`` is refused (429) when the user has too many queued or running jobs.
+    route that ``submits_job`` is refused (429) early when the user has too many queued or running jobs (every
+    job is checked again where it is submitted, ``jobs.submit``, whichever door it came by).
     ``name`` (default: the view's) is the endpoint's name and so its OpenAPI ``operationId``: give the
     published one when a view is renamed, so clients generated from the document keep working.
     """
@@ -224,8 +225,9 @@ def _give_memory_back() -> None:
 
 
 def _check_job_quota() -> None:
+    # A cheap early answer, before the body's checks read any data; the rule itself is held by jobs.submit.
     try:
-        check_job_quota(studio().config, studio().store, g.user)
+        check_job_quota(studio().config, studio().store, g.user["username"])
     except InvalidInput as exc:
         raise from_invalid_input(exc) from None
 

@@ -252,7 +252,11 @@ def peak_rss_during(process, work) -> tuple[int, int, object]:
 
 @contextmanager
 def app_page(page: str, user: dict, data_dir: Path, monkeypatch, **env: str):
-    """A page under Streamlit's AppTest, reading ``data_dir`` (and ``env``), signed in as ``user``."""
+    """A page under Streamlit's AppTest, reading ``data_dir`` (and ``env``), signed in as ``user``.
+
+    Signed in as ``app.py`` signs in: a session in the catalog (the user is created there when missing), its
+    token in the session state, because a page's live panels and buttons re-read the user through it.
+    """
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
@@ -262,11 +266,21 @@ def app_page(page: str, user: dict, data_dir: Path, monkeypatch, **env: str):
     st.cache_resource.clear()  # the config is cached per process: make the page read this DATA_DIR
     st.cache_data.clear()
     at = AppTest.from_file(str(REPO_ROOT / "pages" / page), default_timeout=30)
+    at.session_state["session_token"] = signed_in_session(open_store(data_dir), user)
     at.session_state["user"] = user
     try:
         yield at
     finally:
         st.cache_resource.clear()
+
+
+def signed_in_session(store, user: dict) -> str:
+    """A UI session token for ``user`` (created in the catalog, with a random password, when missing)."""
+    from services import sessions
+
+    if store.get_user(user["username"]) is None:
+        store.create_user(user["username"], secrets.token_urlsafe(16), user["role"])
+    return sessions.create(store, store.get_user(user["username"]).to_dict())
 
 
 def unique(prefix: str) -> str:

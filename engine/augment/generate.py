@@ -60,6 +60,7 @@ from engine.augment import functional as F
 from engine.augment.compositing import crop_to_alpha, random_position, scale_object
 from engine.augment.transforms import Compose, create_transform, list_transforms
 from engine.exceptions import Cancelled, InvalidInput
+from engine.hdf5 import open_hdf5
 from engine.images import MAX_IMAGE_SIDE, open_image
 
 SPLITS = ("train", "test")
@@ -698,7 +699,7 @@ def export_image_folders(h5_path: Path, out_dir: Path) -> dict[str, dict[str, in
 
 def _export(h5_path: Path, root: Path) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
-    with h5py.File(h5_path, "r") as h5:
+    with open_hdf5(h5_path) as h5:
         names = json.loads(h5.attrs["class_names"])
         for split in SPLITS:
             counts[split] = dict.fromkeys(names, 0)

@@ -1,7 +1,8 @@
 """Dataset routes: upload and import (``POST /api/v1/datasets``), the catalog, export and delete.
 
 The upload route reads its body under ``MAX_DATASET_MB`` instead of the JSON limit ``MAX_UPLOAD_MB``, and
-its file part is streamed to ``DATA_DIR/uploads`` (never held in memory).
+its file part is streamed to ``DATA_DIR/uploads`` (never held in memory). The request reads no more of the
+file than its first bytes and a zip's end record; the ``import_dataset`` job inspects the rest.
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def _dataset_too_large(_exc):
 
 @endpoint(bp, "/api/v1/datasets", ("POST",), roles=OPERATORS, body=datasets.UploadForm, form=True)
 def upload_dataset(body: datasets.UploadForm):
-    """Upload a zip of class folders, an HDF5 file, or a zip of images with a CSV/COCO file of labels (202)."""
+    """Upload a zip of class folders, an HDF5 file, or a zip of images with a CSV/COCO file of labels (202).
+
+    The request only sniffs the file and reads a zip's end record (its declared entry count); the import job
+    reads the rest, and its result (``GET /api/v1/jobs/<job_id>``) says what the file held or why it failed.
+    """
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise ApiError(400, "missing_file", "send the zip or HDF5 file as the multipart field 'file'", "file")

@@ -13,7 +13,7 @@ from engine.images import decode_image
 from engine.models import list_models
 from services import predictions, training
 from services.training import TrainRequest
-from services.web import ApiError, endpoint, ok, studio
+from services.web import ApiError, endpoint, ok, run_blocking, studio
 
 bp = Blueprint("train", __name__)
 OPERATORS = ("operator",)
@@ -39,14 +39,16 @@ class PredictBody(BaseModel):
 @endpoint(bp, "/api/v1/train", ("POST",), roles=OPERATORS, body=TrainRequest, submits_job=True)
 def train(body: TrainRequest):
     """Start a training job (the legacy API's body); answers 202 with the job id."""
-    job_id = training.submit_training(studio().config, studio().store, body, g.user["username"])
+    # The checks read the dataset (every image, for the split check): never on the event loop.
+    job_id = run_blocking(training.submit_training, studio().config, studio().store, body, g.user["username"])
     return ok({"jobs": job_id, "job_id": job_id}, 202)
 
 
 @endpoint(bp, "/api/v1/jobs/<job_id>/resume", ("POST",), roles=OPERATORS, query=ResumeQuery, submits_job=True)
 def resume(job_id: str, query: ResumeQuery):
     """Continue a stopped training job from its last checkpoint, as a new job (202)."""
-    new_id = training.resume(studio().config, studio().store, job_id, g.user["username"], query.num_epochs)
+    new_id = run_blocking(training.resume, studio().config, studio().store, job_id, g.user["username"],
+                          query.num_epochs)
     return ok({"jobs": new_id, "job_id": new_id, "resumed_from": job_id}, 202)
 
 

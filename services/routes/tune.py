@@ -6,7 +6,7 @@ from flask import Blueprint, g
 
 from services import tuning  # importing tuning registers the "tune" and "tune-trial" job kinds
 from services.tuning import TuneRequest
-from services.web import endpoint, ok, studio
+from services.web import endpoint, ok, run_blocking, studio
 
 bp = Blueprint("tune", __name__)
 OPERATORS = ("operator",)
@@ -15,7 +15,8 @@ OPERATORS = ("operator",)
 @endpoint(bp, "/api/v1/tune", ("POST",), roles=OPERATORS, body=TuneRequest, submits_job=True)
 def launch_study(body: TuneRequest):
     """Start a hyperparameter study (Optuna; each trial an RQ job); answers 202 with the study id."""
-    launched = tuning.launch(studio().config, studio().store, body, g.user["username"])
+    # Checking the study's data reads the dataset: never on the event loop.
+    launched = run_blocking(tuning.launch, studio().config, studio().store, body, g.user["username"])
     return ok({**launched, "jobs": launched["job_id"]}, 202)
 
 
@@ -40,5 +41,5 @@ def stop_study(study_id: str):
 @endpoint(bp, "/api/v1/tune/<study_id>/train-best", ("POST",), roles=OPERATORS, submits_job=True)
 def train_best(study_id: str):
     """Train the best configuration found so far in full (``num_epochs``); answers 202 with the job id."""
-    started = tuning.train_best(studio().config, studio().store, study_id, g.user["username"])
+    started = run_blocking(tuning.train_best, studio().config, studio().store, study_id, g.user["username"])
     return ok({**started, "jobs": started["job_id"]}, 202)

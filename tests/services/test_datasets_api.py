@@ -81,10 +81,13 @@ def test_a_finder_zip_becomes_a_dataset_with_counts_thumbnails_and_size(stack, t
     path = file_manager_zip(tmp_path / "pets.zip", class_images({"cat": 10, "dog": 5}))
     r = upload(stack, path, name, test_fraction="0.2", seed="3")
     assert r.status_code == 202, r.text
-    answer = r.json()
-    assert answer["class_names"] == ["cat", "dog"] and answer["layout"] == "class_folders" and answer["images"] == 15
+    answer = r.json()  # what the request knows without reading the zip's directory
+    assert answer["format"] == "zip" and answer["name"] == name and answer["jobs"] == [answer["job_id"]]
     record = stack.wait_job(answer["job_id"])
     assert record["status"] == "finished", record
+    result = record["result"]  # what the job found in the zip
+    assert result["class_names"] == ["cat", "dog"] and result["layout"] == "class_folders" and result["images"] == 15
+    assert result["dataset_id"] == name
     assert record["progress"]["done"] == record["progress"]["total"] == 15
     row = get(stack, f"/api/v1/datasets/{name}").json()
     assert row["counts"] == {"train": {"cat": 8, "dog": 4}, "test": {"cat": 2, "dog": 1}}
@@ -153,27 +156,44 @@ def test_bad_images_fail_the_import_by_name_unless_skipped(stack, tmp_path):
     assert record["result"]["skipped_images"] == ["photos/b/half.jpg"]
 
 
+# What each hostile upload is, and the words its refusal must say.
 HOSTILE = {
-    "zip-slip": lambda p: named_entry_zip(p, "../../../../evil.png"),
-    "absolute": lambda p: named_entry_zip(p, "/tmp/evil.png"),
-    "symlink": symlink_zip,
-    "ratio-bomb": ratio_bomb_zip,
-    "renamed-text": lambda p: p.write_text("notes.txt renamed to notes.zip") or p,
-    "one-class": lambda p: file_manager_zip(p, class_images({"only": 3})),
+    "zip-slip": (lambda p: named_entry_zip(p, "../../../../evil.png"), "climbs out"),
+    "absolute": (lambda p: named_entry_zip(p, "/tmp/evil.png"), "absolute path"),
+    "symlink": (symlink_zip, "symbolic link"),
+    "ratio-bomb": (ratio_bomb_zip, "zip bomb"),
+    "renamed-text": (lambda p: p.write_text("notes.txt renamed to notes.zip") or p, "neither a zip"),
+    "one-class": (lambda p: file_manager_zip(p, class_images({"only": 3})), "at least two classes"),
 }
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
 def test_hostile_uploads_are_refused_naming_file_and_write_nothing(stack, tmp_path, outside, kind):
+    """Refused by the request when its first bytes tell (not a zip), else by the import job, which reads the
+    zip's directory: its error names ``file`` and the upload is gone when it ends."""
+    make, words = HOSTILE[kind]
     path = tmp_path / "upload.zip"
-    HOSTILE[kind](path)
+    make(path)
     r = upload(stack, path, unique("hostile"))
-    assert r.status_code == 400, r.text
-    assert r.json()["field"] == "file", r.json()
+    if kind == "renamed-text":
+        assert r.status_code == 400 and r.json()["field"] == "file" and words in r.json()["message"], r.text
+        return
+    assert r.status_code == 202, r.text
+    record = stack.wait_job(r.json()["job_id"])
+    assert record["status"] == "failed" and "'file'" in record["error"] and words in record["error"], record
+
+
+def test_a_class_folder_zip_without_a_name_fails_its_import_naming_name(stack, tmp_path, outside):
+    """Only the job knows a zip holds class folders (annotated images need no name): it names the field."""
+    path = file_manager_zip(tmp_path / "p.zip", class_images({"a": 2, "b": 2}))
+    r = upload(stack, path, "")
+    assert r.status_code == 202, r.text
+    record = stack.wait_job(r.json()["job_id"])
+    assert record["status"] == "failed" and "'name' is required" in record["error"], record
 
 
 @pytest.mark.parametrize("form, field", [
-    ({"name": "../escape"}, "name"), ({"name": "/etc/x"}, "name"), ({"name": ""}, "name"),
+    ({"name": "../escape"}, "name"), ({"name": "/etc/x"}, "name"),
     ({"name": "ok", "test_fraction": "1.5"}, "test_fraction"), ({"name": "ok", "test_fraction": "x"}, "test_fraction"),
     ({"name": "ok", "seed": "-1"}, "seed"),
 ])
@@ -275,20 +295,26 @@ def test_a_csv_of_multi_labels_imports_images_into_the_annotated_set(stack, tmp_
     text = f"Id,sea,tree,car,unicorn\n{a},1,0,0,1\n{b},0,1,1,0\nnot_in_zip,1,0,0,0\n"
     path = annotated_zip(tmp_path / "a.zip", "labels.csv", text, (a, b))
     r = upload(stack, path, "")
-    assert r.status_code == 400 and r.json()["field"] == "file" and "unicorn" in r.json()["message"], r.text
-    r = upload(stack, path, "", unknown_labels="add")
+    assert r.status_code == 202, r.text  # the request reads no labels: the job refuses them, naming them
+    record = stack.wait_job(r.json()["job_id"])
+    assert record["status"] == "failed" and "'file'" in record["error"] and "unicorn" in record["error"], record
+    assert requests.get(f"{stack.url}/imginfo/{a}", headers=stack.headers("operator"), timeout=30).status_code == 404
+    r = upload(stack, path, "", unknown_labels="add")  # a role: refused at once, nothing read
     assert r.status_code == 403 and r.json()["field"] == "unknown_labels"
     r = upload(stack, path, "", unknown_labels="drop")
     assert r.status_code == 202, r.text
-    assert r.json()["unknown_labels"] == ["unicorn"] and r.json()["missing_images"] == ["not_in_zip"]
     record = stack.wait_job(r.json()["job_id"])
     assert record["status"] == "finished", record
-    assert record["result"]["imported"] == 2 and record["result"]["unknown_labels"] == ["unicorn"]
+    result = record["result"]
+    assert result["imported"] == 2 and result["unknown_labels"] == ["unicorn"]
+    assert result["missing_images"] == ["not_in_zip"] and result["annotation_file"] == "shoot/labels.csv"
     info = {n: requests.get(f"{stack.url}/imginfo/{n}", headers=stack.headers("operator"), timeout=30).json()
             for n in (a, b)}
     assert info[a]["labels"] == ["sea"] and sorted(info[b]["labels"]) == ["car", "tree"]
     assert (stack.data_dir / "newdata" / "labels" / f"{a}.json").is_file()
-    assert upload(stack, path, "", unknown_labels="drop").status_code == 409  # ids taken, no overwrite
+    r = upload(stack, path, "", unknown_labels="drop")  # ids taken, no overwrite
+    record = stack.wait_job(r.json()["job_id"])
+    assert record["status"] == "failed" and a in record["error"] and "overwrite=true" in record["error"], record
 
 
 def test_coco_json_with_images_imports_labels(stack, tmp_path):

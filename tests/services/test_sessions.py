@@ -16,24 +16,26 @@ def store(tmp_path):
 
 
 def test_a_token_signs_in_until_revoked_and_only_its_hash_is_kept(store):
-    token = sessions.create(store, store.get_user("ann"), now=1000.0)
-    assert sessions.resume(store, token, now=1010.0)["username"] == "ann"
+    t0 = store.get_user("ann").created_at  # sessions begin after their account
+    token = sessions.create(store, store.get_user("ann"), now=t0 + 1000.0)
+    assert sessions.resume(store, token, now=t0 + 1010.0)["username"] == "ann"
     assert token.encode() not in store.path.read_bytes() + store.path.with_name("catalog.sqlite3-wal").read_bytes()
     sessions.revoke(store, token)
-    assert sessions.resume(store, token, now=1020.0) is None
+    assert sessions.resume(store, token, now=t0 + 1020.0) is None
     assert sessions.resume(store, "not-a-token") is None and sessions.resume(store, None) is None
 
 
 def test_idle_and_absolute_expiry(store):
     user = store.get_user("ann")
-    idle = sessions.create(store, user, now=0.0)
-    assert sessions.resume(store, idle, now=sessions.IDLE_SECONDS + 1) is None
-    busy = sessions.create(store, user, now=0.0)
+    t0 = user.created_at
+    idle = sessions.create(store, user, now=t0)
+    assert sessions.resume(store, idle, now=t0 + sessions.IDLE_SECONDS + 1) is None
+    busy = sessions.create(store, user, now=t0)
     t = 0.0
     while t + sessions.IDLE_SECONDS / 2 < sessions.ABSOLUTE_SECONDS:  # a click every half idle period
         t += sessions.IDLE_SECONDS / 2
-        assert sessions.resume(store, busy, now=t) is not None
-    assert sessions.resume(store, busy, now=sessions.ABSOLUTE_SECONDS + 1) is None
+        assert sessions.resume(store, busy, now=t0 + t) is not None
+    assert sessions.resume(store, busy, now=t0 + sessions.ABSOLUTE_SECONDS + 1) is None
 
 
 def test_a_deleted_or_re_roled_user_is_signed_out(store):
@@ -44,6 +46,14 @@ def test_a_deleted_or_re_roled_user_is_signed_out(store):
     token = sessions.create(store, store.get_user("ann"))
     with store.connect() as conn:
         conn.execute("DELETE FROM users WHERE username = 'ann'")
+    assert sessions.resume(store, token) is None
+
+
+def test_a_session_of_a_deleted_account_does_not_sign_in_a_new_account_of_that_name(store):
+    token = sessions.create(store, store.get_user("ann"))
+    with store.connect() as conn:  # a row removed without the store's delete_user (which also ends sessions)
+        conn.execute("DELETE FROM users WHERE username = 'ann'")
+    store.create_user("ann", "password-2", "annotator")  # the same name and role, made later
     assert sessions.resume(store, token) is None
 
 

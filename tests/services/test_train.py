@@ -113,9 +113,10 @@ def test_predict_refuses_bad_input_naming_the_field(stack, legacy_run, body, sta
 
 def test_predict_without_any_trained_model_is_a_409_that_says_what_to_do(stack, tmp_path):
     app = create_app(Config(data_dir=tmp_path, redis_url=stack.redis_url))
-    app.extensions["studio"].store.create_user("someone", "a-long-password", "client")
-    with app.app_context():
-        token = create_access_token("someone")
+    store = app.extensions["studio"].store
+    store.create_user("someone", "a-long-password", "client")
+    with app.app_context():  # a token carries its account's version, as POST /auth signs it
+        token = create_access_token("someone", additional_claims={"tv": store.get_user("someone").token_version})
     r = app.test_client().post("/api/v1/predict", json={"image": data_url(shape_image("circle", 1))},
                                headers={"Authorization": f"JWT {token}"})
     assert r.status_code == 409 and r.json["field"] == "model" and "POST /api/v1/train" in r.json["message"]

@@ -13,7 +13,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from services.store import open_store
-from tests.harness import free_port
+from tests.harness import free_port, signed_in_session
 
 JOB_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 
@@ -22,9 +22,10 @@ def augment_like_panel() -> None:
     """A page script (AppTest runs its source alone, so it imports what it uses)."""
     import streamlit as st
 
-    from services.ui import get_config, get_store
+    from services.ui import get_config, get_store, require_page
     from services.ui_jobs import cancel_button, is_live, job_state, live_panel, progress_bar, status_line
 
+    require_page("pages/augment.py")
     config, store = get_config(), get_store()
     job_id = st.session_state["job"]
 
@@ -40,7 +41,7 @@ def augment_like_panel() -> None:
 
 @pytest.fixture
 def page(tmp_path, monkeypatch):
-    """The panel over a catalog with one started generation job, and Redis unreachable."""
+    """The panel over a catalog with one started generation job, and Redis unreachable; an operator signed in."""
     data_dir = tmp_path / "data"
     store = open_store(data_dir)
     store.create_job(JOB_ID, "generate", {}, "operator")
@@ -50,6 +51,8 @@ def page(tmp_path, monkeypatch):
     st.cache_resource.clear()  # the config and catalog are cached per process: read this DATA_DIR
     at = AppTest.from_function(augment_like_panel, default_timeout=30)
     at.session_state["job"] = JOB_ID
+    operator = {"username": "operator", "role": "operator"}
+    at.session_state["session_token"], at.session_state["user"] = signed_in_session(store, operator), operator
     yield at
     st.cache_resource.clear()
 

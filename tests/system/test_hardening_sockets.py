@@ -59,7 +59,8 @@ def test_a_role_change_reset_or_deletion_drops_live_sockets(stack, change):
 def test_a_socket_whose_token_expires_is_dropped(stack):
     def short_token(name):
         now = datetime.now(UTC)
-        claims = {"sub": name, "role": "operator", "tv": 0, "jti": secrets.token_hex(8), "type": "access",
+        tv = open_store(stack.data_dir).get_user(name).token_version  # a token carries its account's version
+        claims = {"sub": name, "role": "operator", "tv": tv, "jti": secrets.token_hex(8), "type": "access",
                   "fresh": False, "iat": now, "nbf": now, "exp": now + timedelta(seconds=3)}
         return jwt.encode(claims, stack.config.secret_key(), algorithm="HS256")
 
