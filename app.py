@@ -33,14 +33,14 @@ def login_page() -> None:
         elif user is None:
             st.error("Wrong username or password.")
         else:
-            st.session_state["session_token"] = sessions.create(get_store(), user)
+            st.session_state[sessions.STATE_KEY] = sessions.create(get_store(), user)
             st.session_state["write_cookie"] = True
             st.rerun()  # the same address now opens the page it names
 
 
 def sign_out() -> None:
-    sessions.revoke(get_store(), st.session_state.get("session_token"))
-    for key in ("session_token", "user"):
+    sessions.revoke(get_store(), st.session_state.get(sessions.STATE_KEY))
+    for key in (sessions.STATE_KEY, "user"):
         st.session_state.pop(key, None)
     st.session_state["clear_cookie"] = True
 
@@ -80,7 +80,7 @@ if user is None:
 else:
     st.set_page_config(page_title="PyTorch Automation Studio", layout="wide")
     if st.session_state.pop("write_cookie", False):
-        write_cookie(st.session_state["session_token"])
+        write_cookie(st.session_state[sessions.STATE_KEY])
     st.sidebar.markdown(f"Signed in as **{user['username']}** ({user['role']})")
     st.sidebar.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
     warm_up()

@@ -1,6 +1,7 @@
 """The UI server: Streamlit's own server running ``app.py``, plus the route that sets the HttpOnly sign-in
-cookie and the guard in front of every request (``streamlit run ui_app.py``; ``make run`` and the test stack
-start it so)."""
+cookie and the guard in front of every request and websocket message (``services/ui_guard.py``); its limits
+beside it in ``.streamlit/config.toml``, read from this folder (``streamlit run ui_app.py``; ``make run`` and
+the test stack start it so)."""
 
 from pathlib import Path
 

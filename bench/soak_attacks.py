@@ -83,6 +83,31 @@ def rss_mb(pid: int) -> float:
         return float("nan")
 
 
+class Tokens:
+    """One token per role, renewed before it expires: a script signs in once, not at every request (a burst of
+    parallel sign-ins of one account from one address counts against the sign-in throttle while in flight)."""
+
+    def __init__(self, stack: Stack):
+        self._stack, self._lock, self._held = stack, threading.Lock(), {}
+
+    def headers(self, role: str) -> dict:
+        with self._lock:
+            held = self._held.get(role)
+            if held is None or time.monotonic() - held[1] > 20 * 60:
+                held = self._held[role] = (self._stack.headers(role), time.monotonic())
+            return held[0]
+
+
+def wait_job(stack: Stack, tokens: Tokens, job_id: str, timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = requests.get(f"{stack.url}/api/v1/jobs/{job_id}", headers=tokens.headers("admin"), timeout=10).json()
+        if record.get("status") in ("finished", "failed", "cancelled", "interrupted"):
+            return record
+        time.sleep(0.5)
+    return {"status": "did not end", "id": job_id}
+
+
 # ------------------------------------------------------------------------------------------ normal use
 def probe_health(stack: Stack, stop: threading.Event, out: list) -> None:
     while not stop.is_set():
@@ -95,34 +120,33 @@ def probe_health(stack: Stack, stop: threading.Event, out: list) -> None:
         stop.wait(0.1)
 
 
-def train_forever(stack: Stack, stop: threading.Event, tally: Tally, models: list) -> None:
-    token_at, headers = 0.0, {}
+def train_forever(stack: Stack, tokens: Tokens, stop: threading.Event, tally: Tally, models: list) -> None:
     while not stop.is_set():
-        if time.monotonic() - token_at > 600:
-            headers, token_at = stack.headers("operator"), time.monotonic()
-        r = requests.post(stack.url + "/api/v1/train", json=digits_body(num_epochs="3"), headers=headers, timeout=60)
+        r = requests.post(stack.url + "/api/v1/train", json=digits_body(num_epochs="3"),
+                          headers=tokens.headers("operator"), timeout=60)
         if r.status_code != 202:
             tally.add("training", f"refused {r.status_code}")
             stop.wait(5)
             continue
-        record = stack.wait_job(r.json()["job_id"], timeout=900)
+        record = wait_job(stack, tokens, r.json()["job_id"])
         tally.add("training", record["status"])
         if record["status"] == "finished":
             models.append(record["id"])
 
 
-def predict_forever(stack: Stack, stop: threading.Event, tally: Tally, models: list, latencies: list) -> None:
+def predict_forever(stack: Stack, tokens: Tokens, stop: threading.Event, tally: Tally, models: list,
+                    latencies: list) -> None:
     images, _ = digits_test_images()
     buf = io.BytesIO()
     Image.fromarray(np.kron(images[0], np.ones((4, 4, 1), np.uint8))).save(buf, "JPEG", quality=90)
     image = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    headers = stack.headers("client")
     while not stop.is_set() and not models:
         stop.wait(1)
     while not stop.is_set():
         start = time.perf_counter()
         try:
-            r = requests.post(stack.url + "/api/v1/predict", json={"image": image}, headers=headers, timeout=30)
+            r = requests.post(stack.url + "/api/v1/predict", json={"image": image}, headers=tokens.headers("client"),
+                              timeout=30)
             tally.add("prediction", r.status_code)
             if r.ok:
                 latencies.append(time.perf_counter() - start)
@@ -210,14 +234,14 @@ def tiny_images_zip(folder: Path) -> Path:
     return path
 
 
-def upload(stack: Stack, headers: dict, path: Path, **form) -> str:
+def upload(stack: Stack, tokens: Tokens, path: Path, **form) -> str:
     with open(path, "rb") as fh:
-        r = requests.post(stack.url + "/api/v1/datasets", headers=headers, files={"file": (path.name, fh)},
+        r = requests.post(stack.url + "/api/v1/datasets", headers=tokens.headers("operator"),
+                          files={"file": (path.name, fh)},
                           data={"name": f"soak{time.monotonic_ns()}", **form}, timeout=60)
     if r.status_code != 202:
         return str(r.status_code)
-    record = stack.wait_job(r.json()["job_id"], timeout=300)
-    return f"202 then {record['status']}"
+    return f"202 then {wait_job(stack, tokens, r.json()['job_id'], timeout=300)['status']}"
 
 
 def long_request_line(stack: Stack) -> str:
@@ -274,13 +298,14 @@ def socketio_flood(stack: Stack, token: str) -> str:
         client.disconnect()
 
 
-def study_over_budget(stack: Stack, headers: dict) -> str:
+def study_over_budget(stack: Stack, tokens: Tokens) -> str:
     body = {**digits_body(), "n_trials": 1000, "epochs_per_trial": 100_000, "parallel": 64,
             "space": {"learning_rate": [0.001, 0.1]}}
-    return str(requests.post(stack.url + "/api/v1/tune", json=body, headers=headers, timeout=30).status_code)
+    return str(requests.post(stack.url + "/api/v1/tune", json=body, headers=tokens.headers("operator"),
+                             timeout=30).status_code)
 
 
-def resurrected_token(stack: Stack, admin: dict, old_token: str) -> str:
+def resurrected_token(stack: Stack, old_token: str) -> str:
     return str(requests.get(stack.url + "/api/v1/jobs", headers={"Authorization": f"JWT {old_token}"},
                             timeout=10).status_code)
 
@@ -306,9 +331,9 @@ def attack_forever(name: str, fn, stop: threading.Event, tally: Tally, pause: fl
         stop.wait(pause)
 
 
-def start_attacks(stack: Stack, folder: Path, stop: threading.Event, tally: Tally) -> list[threading.Thread]:
-    operator = stack.headers("operator")
-    admin = stack.headers("admin")
+def start_attacks(stack: Stack, tokens: Tokens, folder: Path, stop: threading.Event,
+                  tally: Tally) -> list[threading.Thread]:
+    admin = tokens.headers("admin")
     victim = f"victim{int(time.time())}"
     requests.post(stack.url + "/api/v1/users", headers=admin, timeout=30,
                   json={"username": victim, "password": "pw-" + victim, "role": "operator"})
@@ -319,20 +344,20 @@ def start_attacks(stack: Stack, folder: Path, stop: threading.Event, tally: Tall
                   json={"username": victim, "password": "pw2-" + victim, "role": "admin"})
     pointing = hdf5_pointing_elsewhere(folder, stack.data_dir / "jwt_secret.key")
     sparse, many, tiny = sparse_hdf5(folder), many_entries_zip(folder), tiny_images_zip(folder)
-    token = stack.token("operator")
+    token = tokens.headers("operator")["Authorization"].split()[1]
     plan = {
-        "1 hdf5 external storage": (lambda: upload(stack, operator, pointing[0]), 2),
-        "1 hdf5 external link": (lambda: upload(stack, operator, pointing[1]), 2),
+        "1 hdf5 external storage": (lambda: upload(stack, tokens, pointing[0]), 2),
+        "1 hdf5 external link": (lambda: upload(stack, tokens, pointing[1]), 2),
         "2 16 MB request line": (lambda: long_request_line(stack), 2),
         "2 1,000 headers": (lambda: many_headers(stack), 1),
         "3 UI upload, not signed in": (lambda: ui_upload_unsigned(stack), 1),
         "3 64 MB cookie body": (lambda: cookie_route_big_body(stack), 1),
         "4 10,000 subscribes": (lambda: socketio_flood(stack, token), 3),
-        "5 100,000-entry zip": (lambda: upload(stack, operator, many), 3),
-        "6 sparse 12 GB hdf5": (lambda: upload(stack, operator, sparse), 3),
-        "6 1x1 zip to 1024 px": (lambda: upload(stack, operator, tiny, image_size="1024"), 3),
-        "7 study over budget": (lambda: study_over_budget(stack, operator), 2),
-        "8 resurrected token": (lambda: resurrected_token(stack, admin, old_token), 1),
+        "5 100,000-entry zip": (lambda: upload(stack, tokens, many), 3),
+        "6 sparse 12 GB hdf5": (lambda: upload(stack, tokens, sparse), 3),
+        "6 1x1 zip to 1024 px": (lambda: upload(stack, tokens, tiny, image_size="1024"), 3),
+        "7 study over budget": (lambda: study_over_budget(stack, tokens), 2),
+        "8 resurrected token": (lambda: resurrected_token(stack, old_token), 1),
         "9 wrong password, other address": (lambda: wrong_password_from_elsewhere(stack), 0.2),
         "9 owner signs in meanwhile": (lambda: owner_signs_in(stack), 5),
     }
@@ -355,17 +380,17 @@ def watch_memory(stack: Stack, stop: threading.Event, peak: dict) -> None:
         stop.wait(0.5)
 
 
-def phase(stack: Stack, minutes: float, folder: Path | None) -> dict:
+def phase(stack: Stack, tokens: Tokens, minutes: float, folder: Path | None) -> dict:
     stop, tally, health, models, predict_times, peak = threading.Event(), Tally(), [], [], [], {}
     workers = [threading.Thread(target=probe_health, args=(stack, stop, health)),
-               threading.Thread(target=train_forever, args=(stack, stop, tally, models)),
-               threading.Thread(target=predict_forever, args=(stack, stop, tally, models, predict_times)),
+               threading.Thread(target=train_forever, args=(stack, tokens, stop, tally, models)),
+               threading.Thread(target=predict_forever, args=(stack, tokens, stop, tally, models, predict_times)),
                threading.Thread(target=browse_forever, args=(stack, stop, tally)),
                threading.Thread(target=watch_memory, args=(stack, stop, peak))]
     start_mem = memory(stack)
     for thread in workers:
         thread.start()
-    attackers = start_attacks(stack, folder, stop, tally) if folder else []
+    attackers = start_attacks(stack, tokens, folder, stop, tally) if folder else []
     time.sleep(minutes * 60)
     stop.set()
     for thread in workers + attackers:
@@ -401,16 +426,17 @@ def main() -> int:
         try:
             stack.start_ui()
             ensure_digits_hdf5(stack.data_dir)
-            quiet = phase(stack, args.quiet, None)
+            tokens = Tokens(stack)
+            quiet = phase(stack, tokens, args.quiet, None)
             report(f"normal use alone, {args.quiet:g} min (the peer)", quiet)
             folder = Path(tmp) / "attacks"
             folder.mkdir()
-            attacked = phase(stack, args.minutes, folder)
+            attacked = phase(stack, tokens, args.minutes, folder)
             report(f"normal use beside the attacks, {args.minutes:g} min", attacked)
             time.sleep(args.settle)
             after = memory(stack)
             print(f"\nRSS MB after {args.settle:g} s idle: " + ", ".join(
-                f"{k} {v:.0f} (quiet start {quiet['start_mem'][k]:.0f})" for k, v in after.items()))
+                f"{k} {v:.0f} (before the attacks, warm: {attacked['start_mem'][k]:.0f})" for k, v in after.items()))
         finally:
             stack.close()
     return 0

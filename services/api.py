@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from html import escape
 from typing import Literal
@@ -34,6 +34,7 @@ from services.permissions import JOB_CANCELLERS
 from services.routes import BLUEPRINTS
 from services.routes.users import bp as users_bp
 from services.store import open_store
+from services.throttle import TokenBucket
 from services.users import password_problem, token_problem
 from services.web import (
     ALL_ROLES,
@@ -330,29 +331,6 @@ SOCKET_EVENTS_PER_SECOND = 10.0  # sustained rate
 SOCKET_EVENT_BURST = 30  # at once, e.g. a page subscribing to each job it lists
 SOCKET_MAX_JOB_ROOMS = 30  # jobs one connection follows at a time (``subscribe``; ``unsubscribe`` frees one)
 JOB_ID_MAX_CHARS = 64  # job ids are 32 hex digits
-
-
-@dataclass
-class TokenBucket:
-    """``capacity`` tokens, refilled at ``rate`` tokens a second; each packet takes one."""
-
-    capacity: float
-    rate: float
-    tokens: float = field(init=False)
-    stamp: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self):
-        self.tokens = self.capacity
-
-    def take(self) -> bool:
-        """Spend a token; False when none is left."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class SocketBudget:

@@ -19,6 +19,7 @@ from services.rows import Session
 from services.store import Store
 
 COOKIE = "studio_session"
+STATE_KEY = "session_token"  # where a Streamlit session keeps its token (st.session_state), beside the cookie
 IDLE_SECONDS = 8 * 3600  # a working day without a click ends the session
 ABSOLUTE_SECONDS = 7 * 24 * 3600  # a stolen cookie is worth a week at most
 TOUCH_EVERY = 60  # seconds between last_seen writes: not one write per widget click

@@ -60,13 +60,13 @@ def signed_in_user() -> dict | None:
 
     A deleted or re-roled user's session is over: None, and the session state forgets them.
     """
-    token = st.session_state.get("session_token") or st.context.cookies.get(sessions.COOKIE)
+    token = st.session_state.get(sessions.STATE_KEY) or st.context.cookies.get(sessions.COOKIE)
     user = sessions.resume(get_store(), token)
     if user is None:
-        for key in ("session_token", "user"):
+        for key in (sessions.STATE_KEY, "user"):
             st.session_state.pop(key, None)
         return None
-    st.session_state["session_token"], st.session_state["user"] = token, user
+    st.session_state[sessions.STATE_KEY], st.session_state["user"] = token, user
     return user
 
 

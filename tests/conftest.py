@@ -15,6 +15,21 @@ def stack(tmp_path_factory):
     s.close()
 
 
+@pytest.fixture(scope="session")
+def browser():
+    """One Chromium for the whole run (Playwright's sync API allows one at a time in a thread)."""
+    if chromium() is None:
+        pytest.skip("Chromium is not installed (CI installs it with apt: see .ci/run)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium(), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync", "--disable-quic"])
+        yield b
+        b.close()
+
+
 def pytest_report_header(config) -> str:
     found = chromium()
     if found:

@@ -21,20 +21,6 @@ def ui(stack):
     return stack
 
 
-@pytest.fixture(scope="session")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (CI installs it with apt: see .ci/run)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync", "--disable-quic"])
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser, ui):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})

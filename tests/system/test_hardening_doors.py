@@ -22,7 +22,7 @@ import websocket
 
 from services import launcher, sessions, ui_guard
 from services.store import open_store
-from tests.harness import peak_rss_during
+from tests.harness import Stack, peak_rss_during
 
 MB = 1024 * 1024
 XSRF_COOKIE = "_streamlit_xsrf"
@@ -32,9 +32,13 @@ HELD_AT_MOST = 24 * MB
 
 
 @pytest.fixture(scope="module")
-def ui(stack):
-    stack.start_ui()
-    return stack
+def ui(tmp_path_factory):
+    """A studio of its own with its UI: the memory and stall figures are read off a UI that only these tests use
+    (the session's UI carries every browser test's sessions and caches)."""
+    own = Stack.in_own_folder(tmp_path_factory, "doors").start()
+    own.start_ui()
+    yield own
+    own.close()
 
 
 # --- raw HTTP ----------------------------------------------------------------------------------------
@@ -284,17 +288,18 @@ def test_the_cookie_route_still_signs_out_and_refuses_unknown_codes(ui):
 
 # --- the UI's websocket -------------------------------------------------------------------------------
 def stream_frame(ws: websocket.WebSocket, size: int, piece: int = MB, wait: float = 10) -> tuple[int, float]:
-    """Send one binary frame whose header declares ``size`` bytes, then its payload, stopping as soon as
-    the server answers or closes; returns how much of the payload went out, and how long that took.
+    """Send one binary frame whose header declares ``size`` bytes, then its payload, until the server
+    closes the connection; returns how much of the payload went out, and how long that took.
 
     Masked with a zero key (RFC 6455 requires a mask, not a secret one), so the payload goes out as it is.
+    (The page's own messages keep arriving meanwhile, so only a closed socket says the server refused.)
     """
     sock = ws.sock
     sock.settimeout(wait)
     started, sent = time.perf_counter(), 0
     try:
         sock.sendall(bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big") + bytes(4))
-        while sent < size and not select.select([sock], [], [], 0)[0]:
+        while sent < size:
             chunk = min(piece, size - sent)
             sock.sendall(b"\0" * chunk)
             sent += chunk
@@ -444,7 +449,8 @@ def test_a_flood_of_messages_closes_the_connection_and_the_ui_stays_fast(ui, ui_
     attacker.join()
     code, seconds = answer["it"]
     assert code == ui_guard.CLOSE_TOO_MANY and seconds < 5, answer
-    # The burst's reruns still run (~50 ms each, more on a busy machine); unbounded, the UI stalls for minutes.
+    # The burst's reruns still run (~50 ms of the event loop each, more on a busy machine); unbounded, the UI
+    # stalls as long as the flood lasts (5,000 reruns: minutes).
     assert max(waits) < 2.0, f"/_stcore/health took up to {max(waits):.2f} s during the flood"
     assert is_open(other)  # the other tab was not closed with it
     other.socket.close()
@@ -452,6 +458,23 @@ def test_a_flood_of_messages_closes_the_connection_and_the_ui_stays_fast(ui, ui_
     growth, (code, _seconds) = rss_growth(ui.ui, lambda: flood(open_ui_session(ui)))
     assert code == ui_guard.CLOSE_TOO_MANY
     assert growth < HELD_AT_MOST, f"the UI grew by {growth / MB:.0f} MB"
+
+
+def test_text_and_malformed_messages_close_the_connection_with_one_log_line_each(ui):
+    """Streamlit would log a traceback for each (a reconnecting attacker fills the disk): one line instead."""
+    log = ui.data_dir / "logs" / "ui.log"
+    start = log.stat().st_size
+    text, garbage = open_ui_session(ui), open_ui_session(ui)
+    text.socket.send("hello")
+    garbage.socket.send_binary(b"\xff\xff\xff\xff not a BackMsg")
+    assert close_code(text.socket) == ui_guard.CLOSE_TEXT
+    assert close_code(garbage.socket) == ui_guard.CLOSE_NOT_STREAMLIT
+    time.sleep(0.5)  # the UI's log is written by its own process
+    with log.open("rb") as f:
+        f.seek(start)
+        written = f.read().decode(errors="replace")
+    assert "Traceback" not in written, written[-2000:]
+    assert written.count("UI websocket from") == 2, written[-2000:]
 
 
 def test_a_burst_within_the_budget_is_served(ui, ui_session):

@@ -39,7 +39,9 @@ from tests.harness import Stack, unique
 ENTRY_BUDGET = 60_000  # MAX_ZIP_ENTRIES of this stack
 DATASET_MB = 256  # MAX_DATASET_MB of this stack
 UPLOAD_ANSWER_S = 2.0
-HEALTH_P99_S = 0.2
+# Unfixed, /health waited 5.4 s (p99). A few dozen probes on a busy 2-core CI machine see an occasional
+# 0.2 s scheduling hiccup, so the bound here is 1 s; the 200 ms p99 is the soak's (bench/soak_attacks.py).
+HEALTH_P99_S = 1.0
 
 
 @pytest.fixture(scope="module")

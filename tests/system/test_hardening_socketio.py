@@ -28,7 +28,9 @@ from tests.harness import peak_rss_during
 
 pytestmark = pytest.mark.slow
 FLOOD = 10_000  # events the attack of issue 21 sent on one socket in 0.4 s
-HEALTH_P99_SECONDS = 0.2
+# Before the fix /health took up to 14 s. A few dozen probes on a busy 2-core CI machine see an occasional
+# 0.2 s scheduling hiccup, so the bound here is 1 s; the 200 ms p99 is the soak's (bench/soak_attacks.py).
+HEALTH_P99_SECONDS = 1.0
 HELD_BYTES = 64e6  # the API's RSS may move this much (it went from 0.9 to 2.6 GB)
 PASSWORD = "socketio-flood-passphrase-7"
 

@@ -38,7 +38,7 @@ from services import datasets, generate, jobs, training, tuning
 from services.quotas import TooManyJobs
 from services.store import open_store
 from tests.digits import DIGITS_FILE, digits_body, ensure_digits_hdf5
-from tests.harness import Stack, app_page, chromium, signed_in_session, stop
+from tests.harness import Stack, app_page, signed_in_session, stop
 from tests.scenes import LEGACY_BOX, encode, scene
 
 LIMIT = 3
@@ -311,23 +311,16 @@ def test_cancel_by_a_user_changed_after_the_page_loaded(studio, how, expected, d
 
 
 @pytest.fixture(scope="module")
-def browser(studio):
-    """Chromium (Debian's, as the browser tests use) and the studio's UI, started as ``make run`` starts it."""
-    if chromium() is None:
-        pytest.skip("Chromium is not installed (CI installs it with apt: see .ci/run)")
-    from playwright.sync_api import sync_playwright
-
+def studio_ui(studio):
+    """The studio's UI, started as ``make run`` starts it."""
     studio.start_ui()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
+    return studio
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize("how", ["demoted", "deleted"])
-def test_cancel_in_the_live_panel_of_a_real_browser_after_the_user_changed(studio, browser, how):
+def test_cancel_in_the_live_panel_of_a_real_browser_after_the_user_changed(studio, studio_ui, browser, how):
     """The real door: in a browser, a click inside the self-refreshing panel re-runs only the panel, and
     app.py's sign-in check does not run before it."""
     from tests.browser.conftest import choose_option, login, select_box
