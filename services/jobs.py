@@ -352,22 +352,23 @@ def _repair(config: Config, store: Store, conn: redis.Redis, record: dict) -> No
 
 def _ended_elsewhere(config: Config, store: Store, record: dict) -> None:
     """Run the kind's follow-up for a job the platform ended on its behalf (best effort, logged)."""
-    kind = JOB_KINDS.get(record["kind"])
-    if kind is not None and kind.on_ended_elsewhere is not None:
-        try:
-            kind.on_ended_elsewhere(config, store, record)
-        except Exception:
-            log.exception("the follow-up of %s job %s failed", record["kind"], record["id"])
+    _run_hook("on_ended_elsewhere", config, store, record)
 
 
 def _discarded(config: Config, store: Store, record: dict) -> None:
     """Run the kind's clean-up for a job cancelled before it ran (best effort, logged)."""
+    _run_hook("on_discarded", config, store, record)
+
+
+def _run_hook(hook: str, config: Config, store: Store, record: dict) -> None:
     kind = JOB_KINDS.get(record["kind"])
-    if kind is not None and kind.on_discarded is not None:
-        try:
-            kind.on_discarded(config, store, record)
-        except Exception:
-            log.exception("the clean-up of discarded %s job %s failed", record["kind"], record["id"])
+    run = getattr(kind, hook, None) if kind is not None else None
+    if run is None:
+        return
+    try:
+        run(config, store, record)
+    except Exception:
+        log.exception("the %s hook of %s job %s failed", hook, record["kind"], record["id"])
 
 
 def _has_live_worker(conn: redis.Redis, job_id: str) -> bool:
