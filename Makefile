@@ -12,10 +12,10 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: $(STAMP)  ## Redis (embedded unless REDIS_URL), workers, API on :5000, UI on :8501
-	$(PY) -m services.launcher all
+	$(PY) -m services.platform.launcher all
 
 worker: $(STAMP)  ## only RQ workers, joining REDIS_URL (scale-out)
-	$(PY) -m services.launcher worker
+	$(PY) -m services.platform.launcher worker
 
 test: $(STAMP)  ## the whole suite
 	$(PY) -m pytest

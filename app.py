@@ -1,6 +1,6 @@
 """Streamlit entry: sign in, then the pages the user's role may use (st.navigation over pages/).
 
-The sign-in survives a reload or a typed address: a session token in a cookie (services/sessions.py). Every
+The sign-in survives a reload or a typed address: a session token in a cookie (services/ui/sessions.py). Every
 run re-reads the user from the catalog, so a deleted or re-roled user is signed out at their next click.
 Signed out, every page's address shows the sign-in form, and signing in opens the page that was asked for.
 """
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from services import sessions, sign_in
-from services.ui import PAGES, get_config, get_store, signed_in_user
+from services.app import sign_in
+from services.ui.page import PAGES, get_config, get_store, sessions, signed_in_user
 
 HERE = Path(__file__).parent
-WARM_MODULES = ("services.training", "services.tuning", "services.generate", "altair", "pandas")
+WARM_MODULES = ("services.app.training", "services.app.tuning", "services.app.generate", "altair", "pandas")
 
 
 def login_page() -> None:
@@ -62,14 +62,14 @@ def warm_up() -> threading.Thread:
 
 
 def pages_for(role: str) -> list:
-    return [st.Page(path, title=title, icon=icon) for path, title, icon, roles in PAGES
-            if (role == "admin" or role in roles) and (HERE / path).exists()]
+    return [st.Page(page.path, title=page.title, icon=page.icon) for page in PAGES
+            if page.open_to({"role": role}) and (HERE / page.path).exists()]
 
 
 def sign_in_pages() -> list:
     """The sign-in form at every page's address, so a deep link or reload keeps its address until signed in."""
     return [st.Page(login_page, title="Sign in", icon=":material/login:", url_path=Path(path).stem,
-                    default=i == 0) for i, (path, _title, _icon, _roles) in enumerate(PAGES)]
+                    default=i == 0) for i, path in enumerate(page.path for page in PAGES)]
 
 
 user = signed_in_user()

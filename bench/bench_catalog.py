@@ -30,10 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.labels import DEFAULT_LABELS  # noqa: E402
-from services import annotation  # noqa: E402
-from services.config import Config  # noqa: E402
-from services.rows import Image, Job  # noqa: E402
-from services.store import Store, open_store  # noqa: E402
+from services.app import annotation  # noqa: E402
+from services.platform.config import Config  # noqa: E402
+from services.storage.rows import Image, Job  # noqa: E402
+from services.storage.store import Store, open_store  # noqa: E402
 
 KINDS = ("train", "generate", "tune", "import_dataset")
 USERS = ("op", "ann", "client1", "client2", "admin")

@@ -284,8 +284,8 @@ def stage_breakdown(stack, body: dict, stroke_body: dict, repeats: int) -> None:
     import hashlib
     import json
 
-    from services import segment
-    from services.store import open_store
+    from services.app import segment
+    from services.storage.store import open_store
 
     config, store = stack.config, open_store(stack.data_dir)
     stages: dict[str, list[float]] = {}
@@ -326,7 +326,7 @@ def _post(requests, stack, body: dict) -> float:
 
 
 def _forget_cuts(stack) -> None:
-    from services.jobs import redis_connection
+    from services.jobs.runtime import redis_connection
 
     conn = redis_connection(stack.redis_url)
     for key in conn.keys("segment:last-cut:*"):

@@ -33,8 +33,8 @@ from engine.datasets import ArrayDataset  # noqa: E402
 from engine.images import decode_image  # noqa: E402
 from engine.inference import Predictor  # noqa: E402
 from engine.training import TrainConfig, fit  # noqa: E402
-from services import training  # noqa: E402
-from services.store import open_store  # noqa: E402
+from services.app import training  # noqa: E402
+from services.storage.store import open_store  # noqa: E402
 from tests.harness import Stack  # noqa: E402
 
 

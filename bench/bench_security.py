@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from services.config import REPO_ROOT
+from services.platform.config import REPO_ROOT
 from tests.harness import Stack, wait_http
 
 
@@ -164,7 +164,7 @@ def bench_images(stack: Stack, image: bytes, parallel: int = 20) -> dict:
 
 
 def bench_guessing(stack: Stack, attempts: int = 1000) -> dict:
-    from services.store import open_store
+    from services.storage.store import open_store
 
     open_store(stack.data_dir).create_user("bench_victim", "bench-victim-passphrase", "client")
     codes: dict = {}
@@ -182,7 +182,7 @@ class ThreadedStack(Stack):
 
     def start_api(self) -> None:
         argv = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "64", "--timeout", "120",
-                "-b", f"127.0.0.1:{self.api_port}", "services.wsgi:app"]
+                "-b", f"127.0.0.1:{self.api_port}", "services.web.wsgi:app"]
         self.api = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env, stdout=self.log("api"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(self.url + "/health", proc=self.api)

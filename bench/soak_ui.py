@@ -1,6 +1,6 @@
 """Soak check: ``make run``'s launcher used in Chromium for ``--minutes``; its log must hold no watcher warnings.
 
-Starts ``python -m services.launcher all`` exactly as ``make run`` does (embedded Redis, a worker, the API,
+Starts ``python -m services.platform.launcher all`` exactly as ``make run`` does (embedded Redis, a worker, the API,
 the UI) on a temporary DATA_DIR and free ports, with its stdout and stderr in one log. Chromium signs in
 as the first-run admin (the password the launcher prints) and uses the product the way a person browsing
 it does: every page in turn, a reload and a deep link now and then, and idle spells on the Train page.
@@ -53,7 +53,7 @@ def start_launcher(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, di
     ports = {"API_PORT": free_port(), "UI_PORT": free_port(), "REDIS_PORT": free_port()}
     env = {**os.environ, "DATA_DIR": str(data_dir), **{k: str(v) for k, v in ports.items()}}
     env.pop("REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "services.launcher", "all"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "services.platform.launcher", "all"], cwd=REPO, env=env,
                             stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     return proc, ports
 

@@ -39,7 +39,7 @@ from engine.metrics import best_thresholds, confusion_matrix, count_correct, mul
 from engine.models import create_model, get_model_info, head_parameter_names
 
 OPTIMIZERS = ("sgd", "adam")
-# Bounds of the run's numbers: the request models (services/training.py, services/tuning.py) declare
+# Bounds of the run's numbers: the request models (services/app/training.py, services/app/tuning.py) declare
 # theirs from these, so the API, the pages and this defensive check agree.
 MAX_CLASSES = 100_000
 MAX_EPOCHS = 1_000_000

@@ -6,9 +6,9 @@ import streamlit as st
 from engine import labels as labelsets
 from engine.exceptions import InvalidInput, StudioError
 from engine.exif import exif_summary
-from services import annotation
-from services.suggestions import annotation_model
-from services.ui import fail, get_config, get_store, page_message, require_page
+from services.app import annotation
+from services.app.suggestions import annotation_model
+from services.ui.page import fail, get_config, get_store, page_message, require_page
 
 QUEUE_SHOWN = 10  # one screen of cards; the rest wait their turn
 ALL, UNLABELLED = "(all)", "(unlabelled)"

@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from engine.augment import list_transforms
 from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
-from services import generate, segment
-from services.ui import fail, field_limits, get_config, get_store, page_message, require_page
-from services.ui_jobs import cancel_button, is_live, job_state, live_panel, progress_bar, queue_action, status_line
+from services.app import generate, segment
+from services.ui.live import cancel_button, is_live, job_state, live_panel, progress_bar, queue_action, status_line
+from services.ui.page import fail, field_limits, get_config, get_store, page_message, require_page
 
 PREVIEW_COUNT = 12
 HUGE_PLAN = 50_000  # samples: past this a plan takes hours and gigabytes, so it is confirmed first

@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from engine.exceptions import StudioError
-from services import datasets
-from services.datasets_ui import upload_dataset_widget
-from services.ui import fail, get_config, get_store, require_page
+from services.app import datasets
+from services.ui.dataset_upload import upload_dataset_widget
+from services.ui.page import fail, get_config, get_store, require_page
 
 THUMB_WIDTH = 96
 

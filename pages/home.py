@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from services.ui import PAGES, get_store, require_page
+from services.ui.page import PAGES, get_store, require_page
 
 # What each page is for, in the order of the work; the first a role may use is where it starts.
 PURPOSE = {
@@ -26,8 +26,7 @@ cols = st.columns(5)
 for col, table in zip(cols, ("images", "objects", "datasets", "models", "jobs"), strict=True):
     col.metric(table.capitalize(), store.count_rows(table))
 
-mine = [(path, title, icon) for path, title, icon, roles in PAGES
-        if path in PURPOSE and (user["role"] == "admin" or user["role"] in roles)]
+mine = [(page.path, page.title, page.icon) for page in PAGES if page.path in PURPOSE and page.open_to(user)]
 start = START.get(user["role"], "pages/segment.py")
 mine.sort(key=lambda page: page[0] != start)  # the starting point first, the rest in the order of the work
 st.subheader("Where to go")

@@ -5,9 +5,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from services.permissions import JOB_CANCELLERS, allows
-from services.ui import get_config, get_store, require_page
-from services.ui_jobs import cancel_button, is_live, job_state, live_panel, progress_bar
+from services.app import rules
+from services.ui.live import cancel_button, is_live, job_state, live_panel, progress_bar
+from services.ui.page import get_config, get_store, require_page
 
 JOBS_SHOWN = 200  # the newest of the chosen kind; older ones stay a filter away
 
@@ -29,7 +29,7 @@ def job_details(job_id: str) -> str:
         st.error(record["error"])
     if record["result"] is not None:
         st.json(record["result"], expanded=1)
-    if allows(JOB_CANCELLERS, user) and is_live(record["status"]):
+    if rules.may("jobs.cancel", user) and is_live(record["status"]):
         cancel_button(config, store, job_id, key="jobs_cancel")
     return record["status"]
 

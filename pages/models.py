@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from engine.exceptions import InvalidInput
-from services import training
-from services.ui import get_config, get_store, require_page
+from services.app import training
+from services.ui.page import get_config, get_store, require_page
 
 user = require_page(__file__)
 config, store = get_config(), get_store()

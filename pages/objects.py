@@ -5,8 +5,8 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from engine.exceptions import InvalidInput, StudioError
-from services import annotation, library, segment
-from services.ui import fail, get_config, get_store, page_message, require_page
+from services.app import annotation, library, segment
+from services.ui.page import fail, get_config, get_store, page_message, require_page
 
 THUMB_CAP = 160  # px: small cut-outs show at their own size, big ones shrink to this
 SOURCE_CAP = 480

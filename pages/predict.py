@@ -6,8 +6,8 @@ import streamlit as st
 
 from engine.exceptions import InvalidInput
 from engine.images import decode_image
-from services import predictions, training
-from services.ui import fail, get_config, get_store, page_message, require_page
+from services.app import predictions, training
+from services.ui.page import fail, get_config, get_store, page_message, require_page
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 TINY_SIDE = 32  # px: below this a photo holds too little for any of the registry's models

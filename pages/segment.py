@@ -15,9 +15,9 @@ from streamlit_drawable_canvas import st_canvas
 
 from engine.exceptions import InvalidInput, StudioError
 from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS
-from services import annotation, library, segment
-from services.store import ImageQuery
-from services.ui import fail, get_config, get_store, page_message, require_page
+from services.app import annotation, library, segment
+from services.storage.store import ImageQuery
+from services.ui.page import fail, get_config, get_store, page_message, require_page
 
 CANVAS_MAX_WIDTH, CANVAS_MAX_HEIGHT = 800, 640  # the photo is shown downscaled; GrabCut runs on every pixel
 # The canvas gets its background as a ready JPEG data URL: handed a PIL image, the canvas re-encodes it as

@@ -11,9 +11,10 @@ from engine.datasets import list_dataset_kinds
 from engine.exceptions import InvalidInput
 from engine.models import list_models
 from engine.training import OPTIMIZERS
-from services import training
-from services.datasets_ui import upload_dataset_widget
-from services.ui import (
+from services.app import training
+from services.ui.dataset_upload import upload_dataset_widget
+from services.ui.live import action_button, cancel_button, is_live, job_state, live_panel, queue_action
+from services.ui.page import (
     DATASET_FIELD_LABELS,
     dataset_picker,
     field_limits,
@@ -22,7 +23,6 @@ from services.ui import (
     page_message,
     require_page,
 )
-from services.ui_jobs import action_button, cancel_button, is_live, job_state, live_panel, queue_action
 
 RUNS_SHOWN = 50
 CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds

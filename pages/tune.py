@@ -11,8 +11,9 @@ from redis.exceptions import RedisError
 from engine.exceptions import StudioError
 from engine.models import list_models
 from engine.training import OPTIMIZERS
-from services import tuning
-from services.ui import (
+from services.app import tuning
+from services.ui.live import action_button, is_live, job_state, live_panel, queue_action, queue_down
+from services.ui.page import (
     DATASET_FIELD_LABELS,
     dataset_picker,
     fail,
@@ -22,7 +23,6 @@ from services.ui import (
     page_message,
     require_page,
 )
-from services.ui_jobs import action_button, is_live, job_state, live_panel, queue_action, queue_down
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 

@@ -1,6 +1,6 @@
 """The Flask API: ``create_app(config=None)`` builds it; JWT auth, roles, jobs, health, OpenAPI, Socket.IO.
 
-Run it under gunicorn (``services.wsgi:app``); users are made with
+Run it under gunicorn (``services.web.wsgi:app``); users are made with
 ``flask --app services.api create-user USERNAME --role ROLE``.
 """
 
@@ -27,17 +27,14 @@ from werkzeug.exceptions import HTTPException
 
 import services
 from engine.exceptions import Conflict, InvalidInput, NotFound
-from services import jobs, sign_in
-from services.config import ROLES, Config
-from services.kinds import load_job_kinds
-from services.permissions import JOB_CANCELLERS
-from services.routes import BLUEPRINTS
-from services.routes.users import bp as users_bp
-from services.store import open_store
-from services.throttle import TokenBucket
-from services.users import password_problem, token_problem
-from services.web import (
-    ALL_ROLES,
+from services.app import sign_in
+from services.app.users import password_problem, token_problem
+from services.jobs import runtime as jobs
+from services.jobs.kinds import load_job_kinds
+from services.platform.config import ROLES, Config
+from services.platform.throttle import TokenBucket
+from services.storage.store import open_store
+from services.web.http import (
     ApiError,
     Studio,
     endpoint,
@@ -47,13 +44,14 @@ from services.web import (
     run_blocking,
     studio,
 )
+from services.web.routes import BLUEPRINTS
+from services.web.routes.users import bp as users_bp
 
 log = logging.getLogger(__name__)
 jwt = JWTManager()
 # The largest Socket.IO message (or long-polling body) a client may send; the clients send tiny JSON events.
 SOCKET_MAX_MESSAGE_BYTES = 16 * 1024
 socketio = SocketIO(max_http_buffer_size=SOCKET_MAX_MESSAGE_BYTES)
-JOB_READERS = ("operator", "client")  # clients read only their own jobs
 
 
 class LegacyJwtHeader:
@@ -154,7 +152,7 @@ class AuthBody(BaseModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
-@endpoint(core, "/auth", ("POST",), roles=None, body=AuthBody)
+@endpoint(core, "/auth", ("POST",), action="sign_in", body=AuthBody)
 def auth(body: AuthBody):
     """Exchange a username and password for an access token (repeated failures wait longer and longer: 429)."""
     # One throttle for this door and the UI's form; scrypt holds the CPU, so the check runs off the event loop.
@@ -172,7 +170,7 @@ def auth(body: AuthBody):
                "expires_in": studio().config.token_minutes * 60})
 
 
-@endpoint(core, "/auth/logout", ("POST",), roles=ALL_ROLES)
+@endpoint(core, "/auth/logout", ("POST",), action="sign_out")
 def logout():
     """Revoke the token this request carries (other sessions of the user stay signed in)."""
     claims = get_jwt()
@@ -181,7 +179,7 @@ def logout():
     return ok({"revoked": True})
 
 
-@endpoint(core, "/health", roles=None)
+@endpoint(core, "/health")
 def health():
     """Whether Redis is reachable and how many workers are alive."""
     try:
@@ -193,13 +191,13 @@ def health():
     return ok(body, 200 if redis_ok else 503)
 
 
-@endpoint(core, "/api/v1/openapi.json", roles=None)
+@endpoint(core, "/api/v1/openapi.json")
 def openapi():
     """This API described as OpenAPI 3.1."""
     return ok(openapi_spec(current_app))
 
 
-@endpoint(core, "/api/v1/docs", roles=None)
+@endpoint(core, "/api/v1/docs")
 def docs():
     """A readable page of every route, its roles and its body."""
     spec = openapi_spec(current_app)
@@ -227,7 +225,7 @@ def readable_job(job_id: str) -> dict:
     return jobs.read_job(studio().config, studio().store, record)
 
 
-@endpoint(core, "/api/v1/jobs", roles=JOB_READERS, query=JobsQuery)
+@endpoint(core, "/api/v1/jobs", action="jobs.read", query=JobsQuery)
 def list_jobs(query: JobsQuery):
     """Jobs, newest first, filterable by kind and status."""
     owner = g.user["username"] if g.user["role"] == "client" else None
@@ -235,13 +233,13 @@ def list_jobs(query: JobsQuery):
     return ok({"jobs": jobs.read_jobs(studio().config, studio().store, records)})
 
 
-@endpoint(core, "/api/v1/jobs/<job_id>", roles=JOB_READERS)
+@endpoint(core, "/api/v1/jobs/<job_id>", action="jobs.read")
 def get_job(job_id: str):
     """One job: status, progress, metrics history, result, error."""
     return ok(readable_job(job_id))
 
 
-@endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), roles=JOB_READERS, summary="Legacy job metrics",
+@endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), action="jobs.read", summary="Legacy job metrics",
           name="seed_job_metrics")  # the operationId published before the view was renamed
 def legacy_job_metrics(job_id: str):
     """The legacy API's view of a training job: loss and accuracy lists per epoch."""
@@ -254,7 +252,7 @@ def legacy_job_metrics(job_id: str):
                "testing_accuracy": [h.get("test_accuracy") for h in history]})
 
 
-@endpoint(core, "/api/v1/jobs/<job_id>/cancel", ("POST",), roles=JOB_CANCELLERS)
+@endpoint(core, "/api/v1/jobs/<job_id>/cancel", ("POST",), action="jobs.cancel")
 def cancel_job(job_id: str):
     """Cancel a queued or running job."""
     record = readable_job(job_id)

@@ -3,7 +3,7 @@
 import time
 
 from engine.exceptions import Cancelled
-from services.jobs import job_kind
+from services.jobs.runtime import job_kind
 
 
 @job_kind("test-count", timeout=120, result_ttl=600, description="count to n, slowly (tests only)")

@@ -18,10 +18,10 @@ from pathlib import Path
 import requests
 import socketio
 
-from services.config import REPO_ROOT, Config
-from services.launcher import gunicorn_argv
-from services.redis_server import start_redis
-from services.store import open_store
+from services.platform.config import REPO_ROOT, Config
+from services.platform.launcher import gunicorn_argv
+from services.platform.redis_server import start_redis
+from services.storage.store import open_store
 
 
 def chromium() -> str | None:
@@ -117,7 +117,7 @@ class Stack:
         self.redis.wait(10)
 
     def start_worker(self) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "services.worker"], cwd=REPO_ROOT, env=self.env,
+        proc = subprocess.Popen([sys.executable, "-m", "services.jobs.worker"], cwd=REPO_ROOT, env=self.env,
                                 stdout=self.log("worker"), stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(proc)
         self.wait_workers(len([w for w in self.workers if w.poll() is None]))
@@ -125,7 +125,7 @@ class Stack:
 
     def wait_workers(self, count: int, timeout: float = 30) -> None:
         """Wait until ``count`` live workers serve the queue (stale registrations of dead ones do not count)."""
-        from services.jobs import live_workers
+        from services.jobs.runtime import live_workers
 
         deadline = time.monotonic() + timeout
         while True:
@@ -276,7 +276,7 @@ def app_page(page: str, user: dict, data_dir: Path, monkeypatch, **env: str):
 
 def signed_in_session(store, user: dict) -> str:
     """A UI session token for ``user`` (created in the catalog, with a random password, when missing)."""
-    from services import sessions
+    from services.ui import sessions
 
     if store.get_user(user["username"]) is None:
         store.create_user(user["username"], secrets.token_urlsafe(16), user["role"])

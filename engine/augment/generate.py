@@ -71,7 +71,7 @@ MAX_CROP_ZOOM = 4  # crops are cut from a render at most this many times larger 
 MAX_WINDOWS = 256
 _BACKGROUND_CACHE = 64  # decoded backgrounds kept in memory
 # Inclusive ranges of the numeric options (of each item, for lists). The request model
-# (services/generate.py) declares its fields' bounds from this table; GenerationConfig checks them again
+# (services/app/generate.py) declares its fields' bounds from this table; GenerationConfig checks them again
 # for programmatic callers.
 OPTION_RANGES: dict[str, tuple[float, float]] = {
     "number_backgrounds": (1, 100),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.config import REPO_ROOT
+from services.platform.config import REPO_ROOT
 from tests.harness import chromium
 
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"

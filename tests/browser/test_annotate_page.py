@@ -68,8 +68,8 @@ def tagger(stack):
     from engine import checkpoints
     from engine.datasets import ArrayDataset
     from engine.training import TrainConfig, fit
-    from services import training
-    from services.store import open_store
+    from services.app import training
+    from services.storage.store import open_store
 
     names = ["sea", "boat", "person"]
     config = TrainConfig("lenet5", num_classes=3, epochs=1, batch_size=4, learning_rate=0.01, image_size=32,
@@ -155,8 +155,8 @@ def wait_for_head(stack, timeout: float = 90) -> dict:
     """The suggestion head, once the retrain that the page's saves queued has registered it."""
     import time
 
-    from services.store import open_store
-    from services.suggestions import latest_head
+    from services.app.suggestions import latest_head
+    from services.storage.store import open_store
 
     deadline = time.monotonic() + timeout
     while (head := latest_head(open_store(stack.data_dir))) is None:

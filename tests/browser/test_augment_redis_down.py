@@ -14,7 +14,7 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from engine.augment.backgrounds import make_background
-from services import generate
+from services.app import generate
 from tests.browser.conftest import assert_no_traceback, login, set_number, shot
 from tests.harness import Stack, stop
 from tests.scenes import LEGACY_BOX, encode, scene

@@ -9,7 +9,7 @@ from PIL import Image
 from playwright.sync_api import expect
 from sklearn.datasets import load_digits
 
-from services.store import open_store
+from services.storage.store import open_store
 from tests.browser.conftest import (
     assert_no_traceback,
     choose_option,

@@ -6,8 +6,9 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from services import jobs, sign_in
-from services.store import open_store
+from services.app import sign_in
+from services.jobs import runtime as jobs
+from services.storage.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
 
 pytestmark = pytest.mark.browser
@@ -128,7 +129,7 @@ def test_a_reload_and_a_deep_link_keep_the_sign_in_and_sign_out_ends_it(page, st
     # HttpOnly: no script on the page can read the token, and the reload above still kept the sign-in.
     assert cookie["httpOnly"] and "studio_session" not in page.evaluate("document.cookie")
     assert cookie["value"] not in page.content()
-    from services.sessions import _hash
+    from services.ui.sessions import _hash
 
     catalog = open_store(stack.data_dir)
     with catalog.connect(write=False) as conn:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from services import library, segment
-from services.store import open_store
+from services.app import library, segment
+from services.storage.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
 from tests.shapes import noise_png as png
 

@@ -11,7 +11,7 @@ import requests
 from PIL import Image
 
 from engine.augment.backgrounds import make_background
-from services.store import open_store
+from services.storage.store import open_store
 from tests.browser.conftest import (
     assert_no_traceback,
     choose_option,

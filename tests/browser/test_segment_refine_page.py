@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.segmentation import mask_iou
-from services.store import open_store
+from services.storage.store import open_store
 from tests.browser.conftest import (
     assert_no_traceback,
     choose_option,

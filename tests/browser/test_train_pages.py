@@ -11,8 +11,8 @@ from playwright.sync_api import expect
 from engine.datasets import ArrayDataset
 from engine.inference import Predictor
 from engine.training import TrainConfig, fit
-from services import training
-from services.store import open_store
+from services.app import training
+from services.storage.store import open_store
 from tests.browser.conftest import (
     assert_no_traceback,
     choose_option,

@@ -16,9 +16,9 @@ import requests
 from PIL import Image
 
 from engine.labels import DEFAULT_LABELS
-from services import annotation
-from services.config import Config
-from services.store import open_store
+from services.app import annotation
+from services.platform.config import Config
+from services.storage.store import open_store
 from tests.exif_images import GPS, LEGACY_GPS, dms, legacy_gps, make_exif, rational
 from tests.harness import app_page
 

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image as PILImage
 
 from engine.exceptions import InvalidInput
-from services import annotation
-from services.config import Config
-from services.rows import Dataset, Image, Job
-from services.store import MIGRATIONS, ImageQuery, open_store
+from services.app import annotation
+from services.platform.config import Config
+from services.storage.rows import Dataset, Image, Job
+from services.storage.store import MIGRATIONS, ImageQuery, open_store
 
 
 def png(shade: int) -> bytes:

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from engine.exceptions import InvalidInput
-from services import training
-from services.config import Config
+from services.app import training
+from services.platform.config import Config
 from tests.shapes import write_folder_dataset
 
 

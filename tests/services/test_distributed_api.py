@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from services.store import open_store
+from services.storage.store import open_store
 from tests.digits import digits_body, ensure_digits_hdf5
 from tests.harness import job_events_socket, post, stop
 

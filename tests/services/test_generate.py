@@ -18,10 +18,10 @@ from engine.augment import list_transforms
 from engine.augment.backgrounds import make_background
 from engine.augment.generate import OPTION_RANGES, GenerationConfig
 from services.api import create_app
-from services.config import Config
-from services.generate import GenerateBody, generation_config
-from services.store import open_store
-from services.validation import invalid_input_from
+from services.app.generate import GenerateBody, generation_config
+from services.app.validation import invalid_input_from
+from services.platform.config import Config
+from services.storage.store import open_store
 from tests.scenes import LEGACY_BOX, encode, scene
 
 # The legacy API's /generate body, key for key and value for value.

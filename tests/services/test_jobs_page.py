@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.store import open_store
+from services.storage.store import open_store
 from tests.harness import app_page
 
 

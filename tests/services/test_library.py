@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from engine.exceptions import InvalidInput
-from services import library, segment
-from services.config import Config
-from services.store import open_store
+from services.app import library, segment
+from services.platform.config import Config
+from services.storage.store import open_store
 from tests.shapes import noise_png as png
 
 

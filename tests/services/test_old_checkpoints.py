@@ -10,8 +10,8 @@ import torch
 
 from engine.inference import Predictor
 from engine.training import fit
-from services import training
-from services.store import open_store
+from services.app import training
+from services.storage.store import open_store
 from tests.digits import digit_images
 from tests.harness import post
 from tests.old_checkpoints import DIGIT_CLASSES, digits_training, rewrite_as_version_1

@@ -12,9 +12,9 @@ import requests
 import socketio
 from flask_jwt_extended import create_access_token
 
-from services import jobs
 from services.api import create_app
-from services.store import open_store
+from services.jobs import runtime as jobs
+from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
 
 

@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 
 from engine.segmentation import grabcut, mask_iou
-from services.segment import SegmentBody
+from services.app.segment import SegmentBody
 from tests.scenes import CENTRE, LEGACY_BOX, RADIUS, SIZE, encode, scene
 
 

@@ -16,9 +16,9 @@ import requests
 from PIL import Image
 
 from engine.segmentation import mask_iou
-from services.config import Config
-from services.jobs import redis_connection
-from services.segment import decode_kept
+from services.app.segment import decode_kept
+from services.jobs.runtime import redis_connection
+from services.platform.config import Config
 from tests.photo_scenes import with_shadow
 
 

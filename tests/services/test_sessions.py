@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services import sessions
-from services.store import open_store
+from services.storage.store import open_store
+from services.ui import sessions
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def post_to_cookie_route(body: str, scheme: str = "http",
 
     from starlette.requests import Request
 
-    from services.session_routes import session_cookie
+    from services.ui.session_routes import session_cookie
 
     async def receive() -> dict:
         return {"type": "http.request", "body": body.encode(), "more_body": False}

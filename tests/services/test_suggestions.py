@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from engine.images import open_image, to_rgb_array
-from services import suggestions
-from services.store import open_store
-from services.suggestions import RETRAIN_KIND
+from services.app import suggestions
+from services.app.suggestions import RETRAIN_KIND
+from services.storage.store import open_store
 from tests.harness import Stack
 from tests.tagged_photos import LABELS, photo, tagged_photos
 

@@ -21,10 +21,11 @@ from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
 from engine.models import list_models
 from engine.training import MAX_BATCH_SIZE, TrainConfig, fit
-from services import jobs, training
 from services.api import create_app
-from services.config import Config
-from services.store import open_store
+from services.app import training
+from services.jobs import runtime as jobs
+from services.platform.config import Config
+from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
 from tests.digits import digits_body, digits_test_images, ensure_digits_hdf5
 from tests.harness import get, job_events_socket, post

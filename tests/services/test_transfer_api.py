@@ -137,8 +137,8 @@ def test_transfer_fields_are_checked_naming_the_field(stack, photos, extra, fiel
 
 def test_an_uploaded_weights_file_is_kept_under_data_dir_and_checked(tmp_path):
     from engine.exceptions import InvalidInput
-    from services.config import Config
-    from services.training import save_weights_upload
+    from services.app.training import save_weights_upload
+    from services.platform.config import Config
 
     config = Config(data_dir=tmp_path)
     buffer = io.BytesIO()

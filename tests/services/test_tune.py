@@ -17,9 +17,9 @@ import optuna
 import pytest
 import requests
 
-from services import tuning
-from services.jobs import TERMINAL
-from services.store import open_store
+from services.app import tuning
+from services.jobs.runtime import TERMINAL
+from services.storage.store import open_store
 from tests.digits import write_digits_hdf5
 from tests.harness import app_page
 

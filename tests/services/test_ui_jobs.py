@@ -12,7 +12,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from services.store import open_store
+from services.storage.store import open_store
 from tests.harness import free_port, signed_in_session
 
 JOB_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
@@ -22,8 +22,8 @@ def augment_like_panel() -> None:
     """A page script (AppTest runs its source alone, so it imports what it uses)."""
     import streamlit as st
 
-    from services.ui import get_config, get_store, require_page
-    from services.ui_jobs import cancel_button, is_live, job_state, live_panel, progress_bar, status_line
+    from services.ui.live import cancel_button, is_live, job_state, live_panel, progress_bar, status_line
+    from services.ui.page import get_config, get_store, require_page
 
     require_page("pages/augment.py")
     config, store = get_config(), get_store()

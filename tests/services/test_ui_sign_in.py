@@ -1,13 +1,13 @@
-"""The one sign-in throttle both doors ask (services/sign_in.py): its waits, its counts in Redis, and what it
+"""The one sign-in throttle both doors ask (services/app/sign_in.py): its waits, its counts in Redis, and what it
 does while Redis is down (the browser test in tests/browser/test_navigation.py drives the form itself;
 tests/system/test_hardening_accounts.py attacks both doors from outside)."""
 
 from __future__ import annotations
 
-from services import sign_in
-from services.config import Config
-from services.rows import User
-from services.sign_in import Outcome
+from services.app import sign_in
+from services.app.sign_in import Outcome
+from services.platform.config import Config
+from services.storage.rows import User
 
 
 def wrong() -> None:

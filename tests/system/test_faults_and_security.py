@@ -11,8 +11,8 @@ import pytest
 import requests
 from PIL import Image
 
-from services import jobs
-from services.store import open_store
+from services.jobs import runtime as jobs
+from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind)
 
 pytestmark = pytest.mark.slow

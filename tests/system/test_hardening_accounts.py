@@ -18,9 +18,9 @@ import socketio
 import streamlit as st
 from requests.adapters import HTTPAdapter
 
-from services import sign_in as throttle
 from services.api import create_app
-from services.config import REPO_ROOT
+from services.app import sign_in as throttle
+from services.platform.config import REPO_ROOT
 from tests.harness import unique
 
 PASSWORD = "tawny-owl-gravel-42"

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from services.api import create_app
-from services.config import Config
-from services.store import open_store
+from services.platform.config import Config
+from services.storage.store import open_store
 
 pytestmark = pytest.mark.slow
 

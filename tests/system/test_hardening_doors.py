@@ -20,8 +20,10 @@ import pytest
 import requests
 import websocket
 
-from services import launcher, sessions, ui_guard
-from services.store import open_store
+from services.platform import launcher
+from services.storage.store import open_store
+from services.ui import guard as ui_guard
+from services.ui import sessions
 from tests.harness import Stack, peak_rss_during
 
 MB = 1024 * 1024

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import requests
 
-from services.store import open_store
+from services.storage.store import open_store
 from tests.harness import unique
 
 pytestmark = pytest.mark.slow

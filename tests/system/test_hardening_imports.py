@@ -29,10 +29,10 @@ from PIL import Image
 
 from engine import archives
 from engine.exceptions import InvalidInput
-from services import jobs
-from services.config import Config
-from services.quotas import InsufficientStorage, reserve_disk
-from services.store import open_store
+from services.app.quotas import InsufficientStorage, reserve_disk
+from services.jobs import runtime as jobs
+from services.platform.config import Config
+from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
 from tests.harness import Stack, unique
 

@@ -15,9 +15,9 @@ from PIL import Image
 
 from engine.exceptions import ImageTooLarge
 from engine.images import decoded_bytes, open_image
-from services import web
 from services.api import create_app
-from services.config import Config
+from services.platform.config import Config
+from services.web import http as web
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import time
 import pytest
 import requests
 
-from services.config import Config
-from services.quotas import InsufficientStorage, check_disk_reservation, remove_stale_tmp
-from services.store import open_store
-from services.web import from_invalid_input
+from services.app.quotas import InsufficientStorage, check_disk_reservation, remove_stale_tmp
+from services.platform.config import Config
+from services.storage.store import open_store
+from services.web.http import from_invalid_input
 
 LEGACY_TRAIN = {"model_name": "convnetj", "dataset": "hdf5", "hdf5_path": "no-such-file.h5", "num_classes": 2,
               "num_epochs": 1}

@@ -8,8 +8,8 @@ import stat
 import pytest
 import redis
 
-from services.config import Config
-from services.launcher import _without_password
+from services.platform.config import Config
+from services.platform.launcher import _without_password
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import requests
 from PIL import Image
 
 from engine.labels import export_csv
-from services.rows import Model
-from services.store import open_store
+from services.storage.rows import Model
+from services.storage.store import open_store
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ import requests
 import socketio
 import websocket
 
-from services import jobs
 from services.api import SOCKET_EVENT_BURST, SOCKET_MAX_JOB_ROOMS, SOCKET_MAX_MESSAGE_BYTES
-from services.store import open_store
+from services.jobs import runtime as jobs
+from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
 from tests.harness import peak_rss_during
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 import socketio
 
-from services.store import open_store
+from services.storage.store import open_store
 
 pytestmark = pytest.mark.slow
 PASSWORD = "socket-user-passphrase-3"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from services.config import REPO_ROOT
+from services.platform.config import REPO_ROOT
 from tests.harness import free_port, wait_http
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def test_launcher_starts_everything_and_sigterm_leaves_no_process(tmp_path):
     env.pop("REDIS_URL", None)
     log = tmp_path / "launcher.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.launcher"], cwd=REPO_ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "services.platform.launcher"], cwd=REPO_ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{ports['API_PORT']}/health", timeout=90, proc=proc)

@@ -9,8 +9,8 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from services import jobs
-from services.store import open_store
+from services.jobs import runtime as jobs
+from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
 
 

@@ -34,9 +34,10 @@ from streamlit.testing.v1 import AppTest
 import tests.fake_jobs  # noqa: F401 - registers the "test-count" kind in this process too
 from engine.augment.backgrounds import make_background
 from engine.exceptions import InvalidInput
-from services import datasets, generate, jobs, training, tuning
-from services.quotas import TooManyJobs
-from services.store import open_store
+from services.app import datasets, generate, training, tuning
+from services.app.quotas import TooManyJobs
+from services.jobs import runtime as jobs
+from services.storage.store import open_store
 from tests.digits import DIGITS_FILE, digits_body, ensure_digits_hdf5
 from tests.harness import Stack, app_page, signed_in_session, stop
 from tests.scenes import LEGACY_BOX, encode, scene
@@ -131,7 +132,7 @@ def page_gate() -> None:
     """The first line of every page (AppTest runs this function's source alone, so it imports what it uses)."""
     import streamlit as st
 
-    from services.ui import require_page
+    from services.ui.page import require_page
 
     require_page(st.session_state["script"])
     st.success("the page opens")
@@ -149,7 +150,7 @@ def page_opens(stack: Stack, user: dict, script: str, monkeypatch) -> bool:
 
 
 def page_submit(stack: Stack, user: dict, action: str) -> None:
-    """What the page's button calls, with the page's own arguments (``pages/*.py``, ``services/datasets_ui.py``)."""
+    """What the page's button calls, with its own arguments (``pages/*.py``, ``services/ui/dataset_upload.py``)."""
     config, store, name = config_of(stack), open_store(stack.data_dir), user["username"]
     if action == "train":
         training.submit_training(config, store, training.TrainRequest.model_validate(digits_body(num_epochs="1")),
@@ -350,8 +351,8 @@ def stale_cancel() -> None:
     """A Cancel button of the shared panel code, pressed by whoever is signed in (the action checks itself)."""
     import streamlit as st
 
-    from services.ui import get_config, get_store, require_page
-    from services.ui_jobs import cancel_button
+    from services.ui.live import cancel_button
+    from services.ui.page import get_config, get_store, require_page
 
     require_page("pages/jobs.py")
     cancel_button(get_config(), get_store(), st.session_state["job"], key="stale_cancel")

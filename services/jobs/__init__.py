@@ -1,0 +1,1 @@
+"""Background jobs: the runtime that owns every job's lifecycle, the kinds, the worker."""

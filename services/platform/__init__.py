@@ -1,0 +1,1 @@
+"""What runs the product: configuration, the launcher, the embedded Redis, rate budgets."""

@@ -1,0 +1,1 @@
+"""The catalog: rows and the store."""

@@ -1,0 +1,1 @@
+"""The HTTP door: Flask's conventions, the feature blueprints, the WSGI entry."""
