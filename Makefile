@@ -31,6 +31,7 @@ bench: $(STAMP)  ## benchmarks (not tests): each prints ours next to the peer's
 	$(PY) bench/bench_augment.py
 	$(PY) bench/bench_training.py
 	$(PY) bench/bench_predict.py
+	$(PY) bench/bench_api_start.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.datasets import ArrayDataset, HDF5Dataset, ImageFolderDataset, make_preprocessing  # noqa: E402
-from engine.distributed import fit_distributed  # noqa: E402
-from engine.models import create_model  # noqa: E402
+from engine.launch import fit_distributed  # noqa: E402
+from engine.models.build import create_model  # noqa: E402
 from engine.training import TrainConfig, fit, seed_everything  # noqa: E402
 
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import checkpoints  # noqa: E402
 from engine.datasets import ArrayDataset  # noqa: E402
-from engine.distributed import fit_distributed  # noqa: E402
 from engine.inference import Predictor  # noqa: E402
+from engine.launch import fit_distributed  # noqa: E402
 from engine.training import TrainConfig  # noqa: E402
 
 CLASSES = [str(d) for d in range(10)]

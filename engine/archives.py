@@ -43,8 +43,6 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing
                  "val": "test", "valid": "test", "validation": "test"}
 SPLITS = ("train", "test")
 JUNK_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_CLASS_NAME = 100
 # A central-directory record is 46 bytes plus the entry's path and extra fields (timestamps, zip64 sizes):
 # a generous average, so that a directory bigger than max_entries of these lists more than its count says.
@@ -97,17 +95,6 @@ class ClassFolderZip:
     class_names: list[str]
     entries: list[ImageEntry]
     ignored: list[str] = field(default_factory=list)
-
-
-def sniff_format(path: str | os.PathLike) -> str | None:
-    """``"zip"``, ``"hdf5"`` or None, from the file's first bytes (never from its name)."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head[:4] in ZIP_MAGIC:
-        return "zip"
-    if head == HDF5_MAGIC:
-        return "hdf5"
-    return None
 
 
 # ---------------------------------------------------------------------------------------- zip safety
@@ -521,7 +508,6 @@ def thumbnail_picks(labels: np.ndarray, class_names: list[str], per_class: int =
 
 # ------------------------------------------------------------------------------ multi-label annotations
 
-ANNOTATION_SUFFIXES = (".csv", ".json")
 MAX_ANNOTATION_BYTES = 64 * 1024 * 1024
 ID_COLUMNS = ("id", "id_name", "image", "image_id", "filename", "file_name", "file", "path", "name")
 LIST_COLUMNS = ("labels", "label", "tags", "categories")
@@ -548,9 +534,12 @@ class AnnotatedZip:
         return sorted({label for _, labels in self.items for label in labels})
 
 
-def find_annotation_file(path: str | os.PathLike, limits: ZipLimits | None = None,
+def find_annotation_file(path: str | os.PathLike, suffixes: tuple[str, ...], limits: ZipLimits | None = None,
                          field: str = "file") -> str | None:
-    """The one ``.csv`` or ``.json`` at the top of a zip (under wrapping folders), or None."""
+    """The one label file (ending in one of ``suffixes``) at the top of a zip (under wrapping folders), or None.
+
+    The label files' endings are the dataset formats' (``engine.formats``): this module keeps no list of them.
+    """
     limits = limits or ZipLimits()
     check_directory(path, limits, field)
     with open_zip(path, field) as zf:
@@ -558,24 +547,29 @@ def find_annotation_file(path: str | os.PathLike, limits: ZipLimits | None = Non
     files = [i.filename for i in infos if not i.is_dir() and not _is_junk(PurePosixPath(i.filename).parts)]
     top = min((len(PurePosixPath(f).parts) for f in files), default=0)
     found = [f for f in files if len(PurePosixPath(f).parts) == top
-             and PurePosixPath(f).suffix.lower() in ANNOTATION_SUFFIXES]
+             and PurePosixPath(f).suffix.lower() in suffixes]
     if len(found) > 1:
         raise InvalidInput(f"'{field}': the zip has {len(found)} annotation files at its top ({found[:5]}); "
-                           f"send one CSV or COCO JSON", field)
+                           f"send one ({', '.join(suffixes)})", field)
     return found[0] if found else None
 
 
-def read_annotated_zip(path: str | os.PathLike, limits: ZipLimits | None = None,
+def read_annotated_zip(path: str | os.PathLike, parse: Callable[[str, str], list[tuple[str, list[str]]]],
+                       suffixes: tuple[str, ...], limits: ZipLimits | None = None,
                        field: str = "file") -> AnnotatedZip:
-    """Read the annotation file of a zip and match its rows to the zip's images (by path, name or stem).
+    """Read the label file of a zip with ``parse`` and match its rows to the zip's images (by path, name or stem).
+
+    Args:
+        parse: ``(text, field) -> [(image key, labels)]`` (:func:`parse_csv`, :func:`parse_coco`).
+        suffixes: the endings of the label file looked for at the zip's top.
 
     Raises:
-        InvalidInput: an unsafe zip, no or an unreadable annotation file, an ambiguous image name,
+        InvalidInput: an unsafe zip, no or an unreadable label file, an ambiguous image name,
             or no row matching an image (all naming ``field``).
     """
-    member = find_annotation_file(path, limits, field)
+    member = find_annotation_file(path, suffixes, limits, field)
     if member is None:
-        raise InvalidInput(f"'{field}': the zip has no .csv or .json annotation file at its top", field)
+        raise InvalidInput(f"'{field}': the zip has no {' or '.join(suffixes)} annotation file at its top", field)
     with open_zip(path, field) as zf:
         info = zf.getinfo(member)
         if info.file_size > MAX_ANNOTATION_BYTES:
@@ -584,8 +578,7 @@ def read_annotated_zip(path: str | os.PathLike, limits: ZipLimits | None = None,
         images = [i.filename for i in zf.infolist() if not i.is_dir()
                   and not _is_junk(PurePosixPath(i.filename).parts)
                   and PurePosixPath(i.filename).suffix.lower() in ARCHIVE_IMAGE_SUFFIXES]
-    rows = parse_coco(text, field) if member.lower().endswith(".json") else parse_csv(text, field)
-    return _match(member, rows, images, field)
+    return _match(member, parse(text, field), images, field)
 
 
 def parse_csv(text: str, field: str = "file") -> list[tuple[str, list[str]]]:

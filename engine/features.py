@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine.exceptions import Cancelled
 from engine.hdf5 import open_hdf5
-from engine.models import head_parameter_names
+from engine.models.build import head_parameter_names
 
 CACHE_FORMAT = "pytorch-automation-studio/features"
 CACHE_VERSION = 1

@@ -20,7 +20,7 @@ from engine.checkpoints import Checkpoint
 from engine.datasets import preprocess
 from engine.exceptions import InvalidInput
 from engine.images import decode_image
-from engine.models import create_model
+from engine.models.build import create_model
 from engine.training import resolve_device
 
 EXPORT_FORMATS = ("torchscript", "onnx")

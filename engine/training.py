@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import random
 import shutil
@@ -32,163 +31,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine import checkpoints, distributed
-from engine.datasets import make_preprocessing
 from engine.exceptions import Cancelled, InvalidInput
-from engine.images import MAX_IMAGE_SIDE
 from engine.metrics import best_thresholds, confusion_matrix, count_correct, multilabel_metrics
-from engine.models import create_model, get_model_info, head_parameter_names
-
-OPTIMIZERS = ("sgd", "adam")
-# Bounds of the run's numbers: the request models (services/app/training.py, services/app/tuning.py) declare
-# theirs from these, so the API, the pages and this defensive check agree.
-MAX_CLASSES = 100_000
-MAX_EPOCHS = 1_000_000
-MAX_BATCH_SIZE = 65_536
-MAX_LEARNING_RATE = 10.0
-MAX_WEIGHT_DECAY = 1.0
-MAX_LOADER_WORKERS = 64
-MAX_SEED = 2**31 - 1
-LR_SCHEDULES = ("none", "plateau", "step")
+from engine.models.build import create_model, head_parameter_names
+from engine.run_config import (  # noqa: F401  (re-exported: a run's description, as engine.training names it)
+    LR_SCHEDULES,
+    MAX_BATCH_SIZE,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LOADER_WORKERS,
+    MAX_SEED,
+    MAX_WEIGHT_DECAY,
+    OPTIMIZERS,
+    TrainConfig,
+)
 
 Record = dict[str, Any]
-
-
-# ------------------------------------------------------------------------------------------ config
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (stored in its checkpoints).
-
-    Attributes:
-        model_name: a registered model.
-        num_classes: number of classes (single-label) or labels (multi-label).
-        epochs: total number of epochs (a resumed run continues up to this number).
-        batch_size: mini-batch size.
-        learning_rate: learning rate (of the classifier when ``lr_pretrained`` is set).
-        optimizer: ``"sgd"`` (with momentum) or ``"adam"``.
-        momentum: SGD momentum.
-        weight_decay: L2 penalty (the legacy API's ``l2_reg``).
-        lr_schedule: ``"none"``, ``"plateau"`` (divide by 1/``lr_gamma`` when the monitored metric stalls
-            for ``plateau_patience`` epochs) or ``"step"`` (every ``epoch_step`` epochs). The legacy API's
-            ``lr_decay=1`` means ``"step"`` when ``epoch_step`` is given, else ``"plateau"``.
-        epoch_step: epochs between learning-rate steps (``"step"`` schedule).
-        lr_gamma: learning-rate factor of a schedule step.
-        plateau_patience: epochs without improvement before a plateau step.
-        patience: early stopping: stop after this many epochs without improvement (None: never).
-        seed: seeds model initialisation, shuffling, dropout and augmentation.
-        image_size: input side in pixels (None: the model's default).
-        grey: train on grey images (the legacy API's ``convert_grey``).
-        multi_label: independent sigmoid outputs and BCE loss instead of softmax + cross-entropy.
-        pretrained: start from torchvision's ImageNet weights (must be in the local cache).
-        weights_path: start from this local state_dict file instead.
-        lr_pretrained: learning rate of every layer but the classifier (0 freezes them; None: same lr).
-        num_workers: DataLoader worker processes.
-        augment: light train-time augmentation (the legacy API's ``is_transform``).
-        head_only: train only the classifier, on backbone features computed once and cached
-            (:func:`fit_head`); needs ``pretrained`` or ``weights_path``.
-        augment_copies: head-only with ``augment``: augmented copies of each training image whose
-            features are cached (augmentation happens once, when features are computed).
-    """
-
-    model_name: str
-    num_classes: int
-    epochs: int = 10
-    batch_size: int = 16
-    learning_rate: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_schedule: str = "none"
-    epoch_step: int | None = None
-    lr_gamma: float = 0.1
-    plateau_patience: int = 2
-    patience: int | None = None
-    seed: int = 0
-    image_size: int | None = None
-    grey: bool = False
-    multi_label: bool = False
-    pretrained: bool = False
-    weights_path: str | None = None
-    lr_pretrained: float | None = None
-    num_workers: int = 0
-    augment: bool = False
-    head_only: bool = False
-    augment_copies: int = 4
-
-    def __post_init__(self):
-        info = get_model_info(self.model_name)
-        _check_number(self, "num_classes", int, 1 if self.multi_label else 2, MAX_CLASSES)
-        _check_number(self, "epochs", int, 0, MAX_EPOCHS)
-        _check_number(self, "batch_size", int, 1, MAX_BATCH_SIZE)
-        _check_number(self, "learning_rate", float, 1e-12, MAX_LEARNING_RATE)
-        _check_choice(self, "optimizer", OPTIMIZERS)
-        _check_number(self, "momentum", float, 0.0, 0.999999)
-        _check_number(self, "weight_decay", float, 0.0, MAX_WEIGHT_DECAY)
-        _check_choice(self, "lr_schedule", LR_SCHEDULES)
-        _check_number(self, "epoch_step", int, 1, MAX_EPOCHS, optional=self.lr_schedule != "step")
-        _check_number(self, "lr_gamma", float, 1e-6, 1.0)
-        _check_number(self, "plateau_patience", int, 0, 1_000_000)
-        _check_number(self, "patience", int, 1, MAX_EPOCHS, optional=True)
-        _check_number(self, "seed", int, 0, MAX_SEED)
-        _check_number(self, "image_size", int, info.min_input_size, MAX_IMAGE_SIDE, optional=True)
-        _check_number(self, "lr_pretrained", float, 0.0, MAX_LEARNING_RATE, optional=True)
-        _check_number(self, "num_workers", int, 0, MAX_LOADER_WORKERS)
-        _check_number(self, "augment_copies", int, 1, 64)
-        _check_head_only(self)
-        if self.multi_label and not info.multi_label_ok:
-            raise InvalidInput(
-                f"model {self.model_name!r} cannot be trained multi-label", field="multi_label"
-            )
-
-    @property
-    def input_size(self) -> int:
-        """The image side used: ``image_size`` or the model's default."""
-        return self.image_size or get_model_info(self.model_name).default_input_size
-
-    def preprocessing(self) -> dict[str, Any]:
-        """Return the preprocessing dict the datasets of this run must use."""
-        return make_preprocessing(self.input_size, grey=self.grey, augment=self.augment)
-
-
-def _check_number(
-    config: TrainConfig, name: str, kind: type, low: float, high: float, optional: bool = False
-) -> None:
-    value = getattr(config, name)
-    if value is None and optional:
-        return
-    ok_type = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
-    if (
-        isinstance(value, bool)
-        or not ok_type
-        or not (low <= value <= high)
-        or (kind is float and math.isnan(value))
-    ):
-        raise InvalidInput(
-            f"{name} must be {'an integer' if kind is int else 'a number'} in [{low}, {high}], got {value!r}",
-            field=name,
-        )
-
-
-def _check_head_only(config: TrainConfig) -> None:
-    if config.head_only and not (config.pretrained or config.weights_path):
-        raise InvalidInput(
-            "head_only trains a classifier on pretrained features: it needs pretrained weights "
-            "or a weights file",
-            field="head_only",
-        )
-    if config.head_only and config.lr_pretrained:
-        raise InvalidInput(
-            f"head_only freezes the pretrained layers; lr_pretrained must be 0, got {config.lr_pretrained}",
-            field="lr_pretrained",
-        )
-
-
-def _check_choice(config: TrainConfig, name: str, allowed: Sequence[str]) -> None:
-    if getattr(config, name) not in allowed:
-        raise InvalidInput(
-            f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}", field=name
-        )
 
 
 # ------------------------------------------------------------------------------------ building blocks
@@ -773,7 +632,7 @@ def fit(
         start_epoch: continue counting from this epoch (0-based) instead of the checkpoint's.
         on_batch: called every ``log_every`` batches with ``{batch, batches, loss}``.
         log_every: batches between ``on_batch`` calls and ``should_stop`` polls.
-        sync_batchnorm: in a distributed run (see :mod:`engine.distributed`, which launches one),
+        sync_batchnorm: in a distributed run (see :mod:`engine.launch`, which launches one),
             compute batch-norm statistics over every rank's batch.
 
     Raises:

@@ -25,9 +25,9 @@ import torch
 
 from engine import labels as labelsets
 from engine.datasets import DatasetSpec, build_datasets, read_image_file
-from engine.distributed import fit_distributed
 from engine.exceptions import Cancelled, StudioError
 from engine.inference import Predictor
+from engine.launch import fit_distributed
 from engine.training import TrainConfig, fit_head
 
 WEIGHTS_MODEL = "resnet18"  # what the legacy pipeline's --weights / --resume files hold

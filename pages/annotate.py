@@ -6,9 +6,10 @@ import streamlit as st
 from engine import labels as labelsets
 from engine.exceptions import InvalidInput, StudioError
 from engine.exif import exif_summary
-from services.app import annotation
+from services.app import annotated_images, annotation
+from services.app.rules import Forbidden
 from services.app.suggestions import annotation_model
-from services.ui.page import fail, get_config, get_store, page_message, require_page
+from services.ui.page import actor, fail, get_config, get_store, page_message, require_page
 
 QUEUE_SHOWN = 10  # one screen of cards; the rest wait their turn
 ALL, UNLABELLED = "(all)", "(unlabelled)"
@@ -38,7 +39,7 @@ def stored_thumbnail(path: str, mtime: float, _config) -> bytes:
 
 
 def thumbnail_of(row: dict) -> bytes | None:
-    path = annotation.image_file(config, row)
+    path = annotated_images.image_file(config, row)
     try:
         return stored_thumbnail(str(path), path.stat().st_mtime, config)
     except (OSError, InvalidInput):
@@ -58,14 +59,14 @@ def known(tags) -> list[str]:
 def save_upload(upload, id_name: str, labels: list[str], inspection, overwrite: bool) -> str | None:
     """Store one dropped file (and its labels when some are chosen); the error text, or None."""
     try:
-        annotation.store_upload(config, store, id_name, upload.getvalue(), user["username"], overwrite, inspection)
+        annotation.upload_image(actor(), annotation.Upload(id_name, upload.getvalue(), overwrite, inspection))
         if labels:
-            annotation.set_labels(config, store, id_name, labels, user["username"])
+            annotation.save_labels(actor(), id_name, labels)
     except annotation.ImageExists:
         return f"{upload.name}: an image with id '{id_name}' exists; change the id or tick 'Replace images'."
     except annotation.NotYourImage:
         return f"{upload.name}: the image '{id_name}' was uploaded by another user; you may replace only your own."
-    except InvalidInput as exc:
+    except (InvalidInput, Forbidden) as exc:
         return f"{upload.name}: {exc}"
     st.session_state["annotate_saved"][upload.file_id] = id_name
     return None
@@ -179,15 +180,16 @@ def label_editor(row: dict, prefix: str) -> None:
         right.caption(f"{row['id_name']} · uploaded by {row['uploaded_by']} · EXIF date {row['exif_date'] or '—'}")
         if right.button("Save labels", key=f"{prefix}_save_{row['id_name']}"):
             try:
-                annotation.set_labels(config, store, row["id_name"], chosen, user["username"])
-            except (InvalidInput, annotation.UnknownImage) as exc:
+                annotation.save_labels(actor(), row["id_name"], chosen)
+            except (InvalidInput, annotation.UnknownImage, Forbidden) as exc:
                 right.error(str(exc))
                 return
             st.rerun()
 
 
 def queue_section() -> None:
-    queue = annotation.list_images(config, store, unlabelled=True, oldest_first=True, limit=QUEUE_SHOWN)
+    queue = annotation.read_annotations(actor(), annotation.ImagesQuery(unlabelled=True, oldest_first=True,
+                                                                         limit=QUEUE_SHOWN))
     if not queue:
         st.info("Every image is labelled.")
         return
@@ -207,7 +209,7 @@ def where_taken(placed: list, shown: int = 5) -> str:
 def browse_section() -> None:
     choice = st.selectbox("Filter by label", [ALL, UNLABELLED, *label_set], key="annotate_filter")
     label = None if choice in (ALL, UNLABELLED) else choice
-    rows = annotation.list_images(config, store, unlabelled=choice == UNLABELLED, label=label)
+    rows = annotation.read_annotations(actor(), annotation.ImagesQuery(unlabelled=choice == UNLABELLED, label=label))
     if not rows:
         st.info("No images match.")
         return

@@ -1,4 +1,8 @@
-"""Augment: turn the object library into an HDF5 dataset, previewing samples before the job runs."""
+"""Augment: turn the object library into an HDF5 dataset, previewing samples before the job runs.
+
+Its buttons call the actions the API's routes call (``services.app.generate``, ``services.app.datasets``), as the
+page's actor.
+"""
 
 import json
 import re
@@ -10,9 +14,9 @@ from pydantic import ValidationError
 from engine.augment import list_transforms
 from engine.augment.generate import GenerationConfig
 from engine.exceptions import InvalidInput, StudioError
-from services.app import generate, segment
+from services.app import datasets, generate, segment
 from services.ui.live import cancel_button, is_live, job_state, live_panel, progress_bar, queue_action, status_line
-from services.ui.page import fail, field_limits, get_config, get_store, page_message, require_page
+from services.ui.page import actor, fail, field_limits, get_config, get_store, page_message, require_page
 
 PREVIEW_COUNT = 12
 HUGE_PLAN = 50_000  # samples: past this a plan takes hours and gigabytes, so it is confirmed first
@@ -30,7 +34,7 @@ GRID_COLUMNS = 6
 SAMPLE_COUNT = 12
 AUTO = "smaller set"
 
-user = require_page(__file__)
+require_page(__file__)
 config, store = get_config(), get_store()
 DEFAULTS = GenerationConfig()  # the engine's defaults are the page's defaults: one source
 # ...and the request model's bounds are the widgets' bounds (a window never exceeds the image side).
@@ -51,18 +55,17 @@ def joined(values) -> str:
 
 def backgrounds_section() -> None:
     """The train and test backgrounds, and an uploader for more."""
-    files = generate.list_background_files(config)
-    counts = {split: sum(1 for b in files if b.split == split) for split in ("train", "test")}
+    counts = generate.read_backgrounds(actor()).counts
     st.caption(f"{counts['train']} training and {counts['test']} test backgrounds (a picture is only ever in "
                "one set, so test samples are drawn on backgrounds never seen in training).")
-    upload = st.file_uploader("Add a background", type=["jpg", "jpeg", "png", "webp", "bmp"],
+    upload = st.file_uploader("Add a background", type=generate.BACKGROUND_UPLOAD_TYPES,
                               key="augment_bg_upload", max_upload_size=config.max_upload_mb)
     split = st.radio("Into", [AUTO, "train", "test"], horizontal=True, key="augment_bg_split")
     if upload is not None and st.button("Add background", key="augment_bg_add"):
         try:
-            bg = generate.add_background(config, upload.getvalue(), None if split == AUTO else split)
-        except (InvalidInput, generate.BackgroundExists) as exc:
-            st.error(str(exc))
+            bg = generate.add_background(actor(), upload.getvalue(), None if split == AUTO else split)
+        except StudioError as exc:
+            st.error(page_message(exc))
             return
         st.success(f"Added {upload.name} to the {bg.split} backgrounds.")
 
@@ -175,8 +178,7 @@ def confirm_big_plan(total: int, image_size: int) -> bool:
 
 
 def launch(body: generate.GenerateBody) -> None:
-    submitted, job_id = queue_action(lambda: generate.submit_generation(config, store, body, user["username"]),
-                                     LABELS)
+    submitted, job_id = queue_action(lambda: generate.submit_generation(actor(), body), LABELS)
     if submitted:
         st.session_state["augment_job"] = job_id
 
@@ -194,14 +196,14 @@ def job_panel(job_id: str) -> str:
 
 def datasets_section(latest_job: str | None) -> None:
     """A written dataset: its counts per class and split, and a sample of its images."""
-    rows = generate.list_datasets(store)
+    rows = datasets.read_datasets(actor())
     if not rows:
         st.caption("No datasets yet.")
         return
     ids = [r["id"] for r in rows]
     mine = next((r["id"] for r in rows if latest_job and r["job_id"] == latest_job), ids[0])
     picked = st.selectbox("Dataset", ids, index=ids.index(mine), key=f"augment_dataset_{mine}")
-    row = generate.dataset_view(config, next(r for r in rows if r["id"] == picked))
+    row = next(r for r in rows if r["id"] == picked)
     table = pd.DataFrame(row["counts"]).rename_axis("class").reset_index()
     st.dataframe(table, hide_index=True, key="augment_counts")
     st.caption(f"{row['path']} · {row['image_size']} px · train {row['totals'].get('train', 0)} · "

@@ -1,18 +1,22 @@
-"""Datasets: every dataset with its class balance and samples; upload, export and delete."""
+"""Datasets: every dataset with its class balance and samples; upload, export and delete.
+
+Each button calls the action the API's route calls (``services.app.datasets``), as the page's actor.
+"""
 
 import time
 
 import pandas as pd
 import streamlit as st
 
+from engine import formats
 from engine.exceptions import StudioError
 from services.app import datasets
 from services.ui.dataset_upload import upload_dataset_widget
-from services.ui.page import fail, get_config, get_store, require_page
+from services.ui.page import actor, fail, get_config, get_store, page_message, require_page
 
 THUMB_WIDTH = 96
 
-user = require_page(__file__)
+require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Datasets")
 
@@ -47,13 +51,17 @@ def samples(row: dict) -> None:
 
 
 def downloads(row: dict) -> None:
-    a, b = st.columns(2)
-    path = config.path(row["path"])
-    a.download_button("Download HDF5", data=lambda: path.read_bytes(), file_name=f"{row['id']}.hdf5",
-                      mime="application/octet-stream", key=f"datasets_dl_h5_{row['id']}")
-    b.download_button("Download zip of class folders (PNG)",
-                      data=lambda: datasets.export_zip(config, row).read_bytes(), file_name=f"{row['id']}.zip",
-                      mime="application/zip", key=f"datasets_dl_zip_{row['id']}")
+    """One download per format that exports (the registry's); each file is made only when clicked."""
+    exports = formats.export_formats()
+    for column, (word, fmt) in zip(st.columns(len(exports)), exports.items(), strict=True):
+        column.download_button(f"Download {fmt.export_label}", data=lambda word=word: exported(row["id"], word),
+                               file_name=f"{row['id']}{fmt.suffixes[0]}", mime="application/octet-stream",
+                               key=f"datasets_dl_{word}_{row['id']}")
+
+
+def exported(name: str, word: str) -> bytes:
+    path, _ = datasets.export_dataset(actor(), name, word)
+    return path.read_bytes()
 
 
 def delete(row: dict) -> None:
@@ -64,17 +72,17 @@ def delete(row: dict) -> None:
     sure = st.checkbox(f"Yes, delete {row['id']} and its file", key=f"datasets_sure_{row['id']}")
     if st.button("Delete dataset", key=f"datasets_delete_{row['id']}", disabled=not sure):
         try:
-            datasets.delete_dataset(config, store, row["id"])
+            datasets.delete_dataset(actor(), row["id"])
         except StudioError as exc:
-            st.error(str(exc))
+            st.error(page_message(exc))
             return
         st.rerun()
 
 
 def main() -> None:
     st.subheader("Upload a dataset")
-    made = upload_dataset_widget(config, store, user, key="datasets_upload")
-    rows = datasets.list_datasets(config, store)  # read after the widget, so an import that just ended is listed
+    made = upload_dataset_widget(config, store, key="datasets_upload")
+    rows = datasets.read_datasets(actor())  # read after the widget, so an import that just ended is listed
     if not rows:
         st.info("No datasets yet: upload one, or generate one on the Augment page.")
         return

@@ -4,26 +4,27 @@ Upload a weights file (.pth/.safetensors) for runs to start from."""
 import pandas as pd
 import streamlit as st
 
-from engine.exceptions import InvalidInput
-from services.app import training
-from services.ui.page import get_config, get_store, require_page
+from engine.exceptions import InvalidInput, NotFound
+from services.app import model_catalog
+from services.app.train_request import WEIGHTS_SUFFIXES
+from services.ui.page import actor, get_config, require_page
 
-user = require_page(__file__)
-config, store = get_config(), get_store()
+require_page(__file__)
+config = get_config()
 st.title("Models")
 
 with st.expander("Upload weights to start a run from (.pth, .safetensors)"):
-    upload = st.file_uploader("Weights file", type=[s.lstrip(".") for s in training.WEIGHTS_SUFFIXES],
+    upload = st.file_uploader("Weights file", type=[s.lstrip(".") for s in WEIGHTS_SUFFIXES],
                               key="models_weights_upload")
     if upload is not None and st.button("Keep this weights file", key="models_weights_save"):
         try:
-            kept = training.save_weights_upload(config, upload.name, upload.getvalue())
+            kept = model_catalog.upload_weights(actor(), upload.name, upload.getvalue())
         except InvalidInput as exc:
             st.error(str(exc))
         else:
             st.success(f"Saved as `{kept}`: name it as `weights` in a training request.")
 
-rows = training.list_trained(store)
+rows = model_catalog.trained_models(actor())
 if not rows:
     st.info("No trained models yet: launch a run on the Train page.")
     st.stop()
@@ -59,15 +60,18 @@ with right:
 actions = st.columns(4)
 if actions[0].button("Activate", key="models_activate", disabled=row["active"],
                      help="Predictions use this model unless another one is asked for."):
-    training.activate(store, chosen)
+    model_catalog.manage(actor(), model_catalog.ModelChange(model_id=chosen, op="activate"))
     st.rerun()
-for column, fmt in zip(actions[1:3], training.EXPORT_SUFFIXES, strict=False):
+# The download runs after this script, outside the page's session: its actor is the one of this run.
+exporter = actor()
+for column, fmt in zip(actions[1:3], model_catalog.EXPORT_SUFFIXES, strict=False):
     def export(fmt=fmt) -> bytes:
         """Made on click (an ONNX export takes seconds) and cached on disk per checkpoint."""
-        return training.export_file(config, row, fmt).read_bytes()
+        change = model_catalog.ModelChange(model_id=chosen, op="export", format=fmt)
+        return model_catalog.manage(exporter, change)["file"].read_bytes()
 
     column.download_button(f"Download {fmt}", export, key=f"models_export_{fmt}",
-                           file_name=f"{row['model_name']}-{chosen[:8]}{training.EXPORT_SUFFIXES[fmt]}",
+                           file_name=f"{row['model_name']}-{chosen[:8]}{model_catalog.EXPORT_SUFFIXES[fmt]}",
                            mime="application/octet-stream", on_click="ignore",
                            disabled=not config.path(row["path"]).is_file())
 with actions[3]:
@@ -75,8 +79,8 @@ with actions[3]:
     sure = st.checkbox("Yes, delete it", key=f"models_confirm_delete_{chosen}")
     if st.button("Delete", key="models_delete", disabled=not sure):
         try:
-            training.delete_model(config, store, chosen)
-        except (training.NotFound, InvalidInput) as exc:
+            model_catalog.manage(actor(), model_catalog.ModelChange(model_id=chosen, op="delete"))
+        except (NotFound, InvalidInput) as exc:
             st.error(str(exc))
         else:
             st.rerun()

@@ -5,8 +5,9 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from engine.exceptions import InvalidInput, StudioError
-from services.app import annotation, library, segment
-from services.ui.page import fail, get_config, get_store, page_message, require_page
+from services.app import annotated_images, library, rules, segment
+from services.app.rules import Forbidden
+from services.ui.page import actor, fail, get_config, get_store, page_message, require_page
 
 THUMB_CAP = 160  # px: small cut-outs show at their own size, big ones shrink to this
 SOURCE_CAP = 480
@@ -55,7 +56,7 @@ def source_view(row: dict) -> None:
                    + (f" · box x1={box[0]}, y1={box[1]}, x2={box[2]}, y2={box[3]}" if box else ""))
         return
     try:
-        picture = Image.open(annotation.image_file(config, image)).convert("RGB")
+        picture = Image.open(annotated_images.image_file(config, image)).convert("RGB")
     except OSError:
         st.caption(f"Source '{row['source']}': file missing")
         return
@@ -66,26 +67,38 @@ def source_view(row: dict) -> None:
 
 
 def curate(row: dict, classes: list[str]) -> None:
-    """Delete the object, or move it to another class."""
+    """Delete the object (for the roles that may), or move it to another class."""
     left, right = st.columns(2)
     with left:
-        confirm = st.checkbox("Yes, delete this object", key=f"objects_confirm_{row['id']}")
-        if st.button("Delete object", key="objects_delete", disabled=not confirm):
-            segment.delete_object(config, store, row["id"])
-            st.session_state["objects_done"] = f"Deleted object {row['id'][:8]}."
-            st.rerun()
+        delete_section(row)
     with right:
         target = st.selectbox("Move to class", [c for c in classes if c != row["class_name"]], index=None,
                               accept_new_options=True, placeholder="Pick or type a class",
                               key=f"objects_target_{row['id']}")
         if st.button("Move", key="objects_move", disabled=not target):
             try:
-                moved = library.move_object(config, store, row["id"], target.strip())
-            except InvalidInput as exc:
+                moved = library.move(actor(), row["id"], target.strip())
+            except (InvalidInput, Forbidden) as exc:
                 st.error(page_message(exc, LABELS))
                 return
             st.session_state["objects_done"] = f"Moved object {row['id'][:8]} to '{moved['class_name']}'."
             st.rerun()
+
+
+def delete_section(row: dict) -> None:
+    """A confirmed Delete; a role that may not delete objects is told so instead of shown a button."""
+    if not rules.may("objects.delete", user):
+        st.caption(f"Deleting objects is for {', '.join(rules.rule_of('objects.delete').allowed)}.")
+        return
+    confirm = st.checkbox("Yes, delete this object", key=f"objects_confirm_{row['id']}")
+    if st.button("Delete object", key="objects_delete", disabled=not confirm):
+        try:
+            segment.remove_object(actor(), row["id"])
+        except Forbidden as exc:
+            st.error(page_message(exc, LABELS))
+            return
+        st.session_state["objects_done"] = f"Deleted object {row['id'][:8]}."
+        st.rerun()
 
 
 def main() -> None:
@@ -98,7 +111,7 @@ def main() -> None:
     classes = list(counts)
     chosen = st.selectbox("Class", classes, key="objects_class",
                           format_func=lambda c: f"{c} ({counts.get(c, 0)} objects)")
-    rows = segment.list_objects(store, class_name=chosen)
+    rows = segment.read_objects(actor(), segment.ObjectsQuery(class_name=chosen, limit=10_000))
     gallery(rows)
     if not rows:
         return

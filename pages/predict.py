@@ -5,17 +5,16 @@ import pandas as pd
 import streamlit as st
 
 from engine.exceptions import InvalidInput
-from engine.images import decode_image
-from services.app import predictions, training
-from services.ui.page import fail, get_config, get_store, page_message, require_page
+from services.app import model_catalog, predictions
+from services.ui.page import actor, fail, get_store, page_message, require_page
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 TINY_SIDE = 32  # px: below this a photo holds too little for any of the registry's models
 PREVIEW_CAP = 480
 LABELS = {"image": "Image", "model": "Model"}
 
-user = require_page(__file__)
-config, store = get_config(), get_store()
+require_page(__file__)
+store = get_store()
 st.title("Predict")
 
 
@@ -33,7 +32,7 @@ def probability_chart(scores: dict[str, float], chosen: set[str]) -> alt.Chart:
         color=alt.Color("chosen:N", legend=None), tooltip=["label", alt.Tooltip("probability:Q", format=".3f")])
 
 
-rows = training.list_trained(store)
+rows = model_catalog.trained_models(actor())
 if not rows:
     st.info("No trained model yet: an operator trains one on the Train page.")
     st.stop()
@@ -45,20 +44,15 @@ model_id = st.selectbox("Model", ids, index=ids.index(default["id"]) if default 
 upload = st.file_uploader("Image", type=IMAGE_TYPES, key="predict_upload")
 if upload is None:
     st.stop()
-try:
-    image = decode_image(upload.getvalue(), "image", config.max_image_pixels)
-except InvalidInput as exc:
-    fail(f"{upload.name}: {page_message(exc, LABELS)}")
 row = by_id[model_id]
-path = config.path(row["path"])
-if not path.is_file():
-    fail(f"The checkpoint of this model is missing ({row['path']}); choose another model.")
 try:
     with st.spinner("Loading the model and predicting ..."):
-        # The API's cache: one loaded model per checkpoint file version, shared by every session.
-        answer = predictions.predictor_for(config, row).predict(image)
-except InvalidInput as exc:  # e.g. a checkpoint that is not one of ours
-    fail(f"This model cannot be loaded: {page_message(exc, LABELS)}")
+        # The API's action and cache: one loaded model per checkpoint file version, shared by every session.
+        prediction = predictions.predict_image(actor(), upload.getvalue(), model_id)
+except InvalidInput as exc:  # an image that does not decode or is too large, a missing or foreign checkpoint
+    where = upload.name if exc.field == "image" else "This model cannot be used"
+    fail(f"{where}: {page_message(exc, LABELS)}")
+answer, image = prediction.answer, prediction.image
 
 height, width = image.shape[:2]
 if min(height, width) < TINY_SIDE:

@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from pydantic import ValidationError
 from streamlit_drawable_canvas import st_canvas
 
 from engine.exceptions import InvalidInput, StudioError
-from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS
-from services.app import annotation, library, segment
-from services.storage.store import ImageQuery
-from services.ui.page import fail, get_config, get_store, page_message, require_page
+from engine.segmentation import DEFAULT_ITERATIONS, MAX_ITERATIONS, MAX_STROKE_WIDTH
+from services.app import annotated_images, annotation, segment
+from services.app.rules import Forbidden
+from services.ui.page import actor, fail, get_config, get_store, page_message, require_page
 
 CANVAS_MAX_WIDTH, CANVAS_MAX_HEIGHT = 800, 640  # the photo is shown downscaled; GrabCut runs on every pixel
 # The canvas gets its background as a ready JPEG data URL: handed a PIL image, the canvas re-encodes it as
@@ -32,8 +33,9 @@ HINTS = {BOX: "Drag a box around the object (the last box drawn counts).",
 NEW_CLASS = "(new class)"
 UPLOAD, LIBRARY = "Upload a photo", "An uploaded image"
 RECENT_SHOWN = 8
-LABELS = {"ean": "New class name", "class_name": "New class name", "file": "Photo", "box": "Box",
-          "iterations": "GrabCut iterations"}
+LABELS = {"ean": "New class name", "class_name": "New class name", "file": "Photo", "image": "Photo", "box": "Box",
+          "iterations": "GrabCut iterations", "stroke_width": "Brush", "fg_strokes": "Object strokes",
+          "bg_strokes": "Background strokes"}
 
 user = require_page(__file__)
 config, store = get_config(), get_store()
@@ -54,8 +56,11 @@ class Photo:
 
 @st.cache_resource(show_spinner="Reading the photo…", max_entries=4)
 def load_photo(digest: str, _data: bytes) -> Photo:
-    """Decode once per photo (reruns reuse it): the pixels, the canvas's background and its scale."""
-    rgb = segment.decode(config, _data, "file")
+    """Decode once per photo (reruns reuse it): the pixels, the canvas's background and its scale.
+
+    The pixels are those the segment action keeps for the photo (one decoded copy serves both)."""
+    image = base64.b64encode(_data).decode("ascii")
+    rgb = segment.decode_kept(config, image, segment.image_digest(image))
     height, width = rgb.shape[:2]
     scale = min(1.0, CANVAS_MAX_WIDTH / width, CANVAS_MAX_HEIGHT / height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -73,14 +78,14 @@ def choose_photo() -> tuple[str, bytes] | None:
         upload = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"],
                                   key="segment_upload", max_upload_size=config.max_upload_mb)
         return (upload.name, upload.getvalue()) if upload is not None else None
-    rows = store.list_images(ImageQuery(order="newest", limit=500))
+    rows = annotation.read_annotations(actor(), annotation.ImagesQuery(limit=500))
     if not rows:
         st.info("No images have been uploaded yet; upload a photo instead.")
         return None
     picked = st.selectbox("Uploaded image", [r["id_name"] for r in rows], key="segment_pick")
     row = next(r for r in rows if r["id_name"] == picked)
     try:
-        return picked, annotation.image_file(config, row).read_bytes()
+        return picked, annotated_images.image_file(config, row).read_bytes()
     except OSError as exc:
         fail(f"The file of '{picked}' cannot be read: {exc}")
 
@@ -152,43 +157,33 @@ def draw(photo: Photo, digest: str):
     return result, brush, iterations
 
 
-def cut(rgb: np.ndarray, key: tuple, box, fg, bg, brush: int, iterations: int, scale: float) -> None:
-    """Run GrabCut at full resolution and keep the result for this photo and box.
+def cut(data: bytes, key: tuple, box, fg, bg, brush: int, iterations: int, scale: float) -> None:
+    """Cut the object out at full resolution (the action the API's segment takes, without saving) and keep
+    the result, and the request that made it, for this photo and box.
 
-    When the strokes only add to those of the last cut of this photo and box, with the same iterations,
-    they refine that cut (only the pixels near them are cut again) instead of starting over: a stroke's
-    effect shows at once. A stroke undone, or other iterations, cut again from the start.
+    Strokes that only add to those of the last cut of this photo and box, with the same iterations, refine
+    that cut (only the pixels near them are cut again): a stroke's effect shows at once. A stroke undone,
+    or other iterations, cut again from the start.
     """
-    kept = st.session_state.get("segment_result")
-    previous = kept["result"] if _only_adds_strokes(kept, key, fg, bg, iterations) else None
-    width = max(1, round(brush / scale))
+    drawn = {"box": box, "fg": list(fg or []), "bg": list(bg or []), "iterations": iterations,
+             "stroke_width": min(MAX_STROKE_WIDTH, max(1, round(brush / scale)))}
     started = time.perf_counter()
     try:
         with st.spinner("Cutting out…"):
-            if previous is None:
-                result = segment.cut_out(rgb, box, iterations, fg or None, bg or None, width)
-            else:
-                result = segment.refine_cut(rgb, previous, box, fg or None, bg or None, width)
-    except InvalidInput as exc:
+            done = segment.segment(actor(), segment.CutRequest.of_photo(data, **drawn))
+    except (InvalidInput, ValidationError, Forbidden) as exc:
         st.session_state.pop("segment_result", None)
         st.error(f"GrabCut could not cut this out: {page_message(exc, LABELS)}")
         return
-    seconds = time.perf_counter() - started
-    preview = segment.cutout_preview(result.cutout)
-    st.session_state["segment_result"] = {"key": key, "result": result, "refined": previous is not None,
-                                          "fg": list(fg or []), "bg": list(bg or []), "iterations": iterations,
-                                          "seconds": seconds, "preview": preview_png(preview),
-                                          "preview_width": int(preview.shape[1])}
+    keep_cut(key, drawn, done, time.perf_counter() - started)
 
 
-def _only_adds_strokes(kept: dict | None, key: tuple, fg, bg, iterations: int) -> bool:
-    """Whether this cut only adds strokes to the last one of the same photo, box and iterations."""
-    if kept is None or kept["key"] != key or kept.get("iterations") != iterations:
-        return False
-    fg, bg = list(fg or []), list(bg or [])
-    old_fg, old_bg = kept.get("fg", []), kept.get("bg", [])
-    grows = fg[:len(old_fg)] == old_fg and bg[:len(old_bg)] == old_bg
-    return grows and len(fg) + len(bg) > len(old_fg) + len(old_bg)
+def keep_cut(key: tuple, drawn: dict, done: segment.Cut, seconds: float) -> None:
+    """Remember the shown cut for this photo and box: its request (what Save sends again) and its preview."""
+    preview = segment.cutout_preview(done.result.cutout)
+    st.session_state["segment_result"] = {"key": key, "drawn": drawn, "result": done.result,
+                                          "refined": done.how == "refined", "seconds": seconds,
+                                          "preview": preview_png(preview), "preview_width": int(preview.shape[1])}
 
 
 def preview_png(preview: np.ndarray) -> bytes:
@@ -198,7 +193,7 @@ def preview_png(preview: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_section(result, source: str) -> None:
+def save_section(data: bytes, source: str) -> None:
     """Pick or type the class (nothing is preselected: a wrong default files objects wrongly), then save."""
     counts = segment.class_counts(store)
     left, right = st.columns(2)
@@ -209,19 +204,25 @@ def save_section(result, source: str) -> None:
                             help="Letters, digits, '_', '-', '.' and spaces (the legacy API's EAN codes fit).")
     class_name = name.strip() if choice == NEW_CLASS else choice
     if st.button("Save object", key="segment_save", type="primary", disabled=not class_name):
-        cutout = result.cutout
-        try:
-            row, created = library.save_once(config, store, class_name, segment.encode_cutout_png(cutout),
-                                             source=source,
-                                             bbox=result.bbox, created_by=user["username"],
-                                             size=(cutout.shape[1], cutout.shape[0]))
-        except InvalidInput as exc:
-            st.error(f"Not saved: {page_message(exc, LABELS)}")
-            return
-        if created:
-            st.success(f"Saved object {row['id'][:8]} as '{row['class_name']}'.")
-        else:
-            st.info(f"This cut is already saved as object {row['id'][:8]} in '{row['class_name']}'; nothing changed.")
+        save(data, source, class_name)
+
+
+def save(data: bytes, source: str, class_name: str) -> None:
+    """Save the shown cut: the same request as the cut plus the class, as ``POST /api/v1/segment`` sends it."""
+    kept = st.session_state["segment_result"]
+    try:
+        body = segment.SegmentBody.of_photo(data, **kept["drawn"], ean=class_name, source=source)
+        done = segment.segment(actor(), body)
+    except (InvalidInput, ValidationError, Forbidden) as exc:
+        st.error(f"Not saved: {page_message(exc, LABELS)}")
+        return
+    if done.how != "kept":  # the kept cut had expired: what was saved was cut again, so show that
+        keep_cut(kept["key"], kept["drawn"], done, kept["seconds"])
+    row = done.row
+    if done.created:
+        st.success(f"Saved object {row['id'][:8]} as '{row['class_name']}'.")
+    else:
+        st.info(f"This cut is already saved as object {row['id'][:8]} in '{row['class_name']}'; nothing changed.")
 
 
 def library_section() -> None:
@@ -232,7 +233,7 @@ def library_section() -> None:
         return
     st.dataframe(pd.DataFrame({"class": list(counts), "objects": list(counts.values())}), hide_index=True,
                  key="segment_library_table")
-    recent = segment.list_objects(store, limit=RECENT_SHOWN)
+    recent = segment.read_objects(actor(), segment.ObjectsQuery(limit=RECENT_SHOWN))
     columns = st.columns(RECENT_SHOWN)
     for column, row in zip(columns, recent, strict=False):
         try:
@@ -269,7 +270,7 @@ def main() -> None:
     st.caption(f"Box: x1={box[0]}, y1={box[1]}, x2={box[2]}, y2={box[3]} · {len(fg)} object strokes · "
                f"{len(bg)} background strokes")
     if st.button("Run GrabCut", key="segment_run", type="primary"):
-        cut(rgb, (digest, box), box, fg, bg, brush, iterations, scale)
+        cut(data, (digest, box), box, fg, bg, brush, iterations, scale)
     kept = st.session_state.get("segment_result")
     if kept is None or kept["key"] != (digest, box):  # a result belongs to one photo and one box
         return
@@ -279,7 +280,7 @@ def main() -> None:
     st.image(kept["preview"], width=kept["preview_width"], caption=f"Cut-out {result.cutout.shape[1]}×"
              f"{result.cutout.shape[0]} px (checkerboard = transparent; outline = mask edge) · {how} in "
              f"{kept.get('seconds', 0):.2f} s")
-    save_section(result, source)
+    save_section(data, source)
 
 
 try:

@@ -7,15 +7,16 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from engine.datasets import list_dataset_kinds
+from engine.dataset_kinds import list_dataset_kinds
 from engine.exceptions import InvalidInput
 from engine.models import list_models
-from engine.training import OPTIMIZERS
-from services.app import training
+from engine.run_config import OPTIMIZERS
+from services.app import train_request, training
 from services.ui.dataset_upload import upload_dataset_widget
 from services.ui.live import action_button, cancel_button, is_live, job_state, live_panel, queue_action
 from services.ui.page import (
     DATASET_FIELD_LABELS,
+    actor,
     dataset_picker,
     field_limits,
     get_config,
@@ -27,7 +28,7 @@ from services.ui.page import (
 RUNS_SHOWN = 50
 CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds
 
-user = require_page(__file__)
+require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Train")
 MODELS = {info.name: info for info in list_models()}
@@ -43,14 +44,13 @@ LABELS = {**DATASET_FIELD_LABELS, "model_name": "Model", "num_epochs": "Epochs",
 
 @st.cache_data(ttl=15, show_spinner=False)
 def data_check(_config, request_json: str) -> list[str]:
-    """The data's class names once every check a launch makes has passed (raises InvalidInput otherwise).
+    """The data's class names once the checks a launch makes have passed (raises InvalidInput otherwise): the
+    request's own (``train_request.check_request``), which list folders and read declared shapes only.
 
-    Cached: reruns on every widget change must not list and hash big folders each time.
+    Cached: reruns on every widget change need not list big folders each time.
     """
-    req = training.TrainRequest.model_validate_json(request_json)
-    run = training.prepare(_config, req)
-    training.check_distinct_splits(_config, req)
-    return run.data.class_names
+    req = train_request.TrainRequest.model_validate_json(request_json)
+    return train_request.check_request(_config, req)[1].class_names
 
 
 def pick(label: str, options: list[str], preferred: str, key: str) -> str | None:
@@ -62,7 +62,7 @@ def pick(label: str, options: list[str], preferred: str, key: str) -> str | None
 def hyperparameters(info) -> dict:
     """The training settings, with the legacy API's defaults; returns request fields."""
     c1, c2, c3, c4 = st.columns(4)
-    limits = functools.partial(field_limits, training.TrainRequest)
+    limits = functools.partial(field_limits, train_request.TrainRequest)
     # Fields whose "none" the page spells 0 keep the model's ceiling; floats keep one numeric type.
     lr_default, lr_max = limits("learning_rate")[2], limits("learning_rate")[1]
     momentum_low, _, momentum_default = limits("momentum")
@@ -99,9 +99,9 @@ def hyperparameters(info) -> dict:
     return {k: (v or None) if k in ("image_size", "epoch_step", "patience") else v for k, v in values.items()}
 
 
-def build_request(fields: dict) -> training.TrainRequest | None:
+def build_request(fields: dict) -> train_request.TrainRequest | None:
     try:
-        return training.TrainRequest.model_validate(fields)
+        return train_request.TrainRequest.model_validate(fields)
     except ValidationError as exc:
         st.error(page_message(exc, LABELS))
         return None
@@ -129,7 +129,7 @@ def launch_form() -> None:
     info = MODELS[name]
     st.caption(f"{info.description} · default input {info.default_input_size} px")
     with st.expander("Upload a dataset (a zip of class folders, or an HDF5 file)"):
-        upload_dataset_widget(config, store, user, key="train_upload")
+        upload_dataset_widget(config, store, key="train_upload")
     fields = {"model_name": name, **dataset_picker("train")}
     ready = data_ready(fields)
     with st.expander("Hyperparameters", expanded=True):
@@ -137,8 +137,7 @@ def launch_form() -> None:
     if st.button("Launch training", type="primary", key="train_launch", disabled=not ready):
         req = build_request(fields)
         if req is not None:
-            submitted, job_id = queue_action(lambda: training.submit_training(config, store, req, user["username"]),
-                                             LABELS)
+            submitted, job_id = queue_action(lambda: training.submit_training(actor(), req), LABELS)
             if submitted:
                 st.session_state["train_next"] = job_id
                 st.rerun()
@@ -170,7 +169,7 @@ def run_controls(record: dict) -> None:
         return
     if record["status"] != "finished":
         resumed, job_id = action_button("Resume from the last checkpoint", "train_resume", about=record["id"],
-                                        action=lambda: training.resume(config, store, record["id"], user["username"]))
+                                        action=lambda: training.resume(actor(), record["id"]))
         if resumed:
             st.session_state["train_next"] = job_id
             st.rerun(scope="app")

@@ -15,6 +15,7 @@ from services.app import tuning
 from services.ui.live import action_button, is_live, job_state, live_panel, queue_action, queue_down
 from services.ui.page import (
     DATASET_FIELD_LABELS,
+    actor,
     dataset_picker,
     fail,
     field_limits,
@@ -26,7 +27,7 @@ from services.ui.page import (
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 
-user = require_page(__file__)
+require_page(__file__)
 config, store = get_config(), get_store()
 st.title("Tune")
 MODELS = [info.name for info in list_models()]
@@ -91,7 +92,7 @@ def launch_form() -> None:
         req = tuning.TuneRequest.model_validate(fields)
     except ValidationError as exc:
         fail(page_message(exc, LABELS))
-    launched, started = queue_action(lambda: tuning.launch(config, store, req, user["username"]), LABELS)
+    launched, started = queue_action(lambda: tuning.launch(actor(), req), LABELS)
     if not launched:
         st.stop()
     st.session_state["tune_next"] = started["study_id"]
@@ -144,13 +145,13 @@ def controls(view: dict) -> None:
     left, right = st.columns(2)
     study = view["study_id"]
     if is_live(view["status"]):
-        stopped, _ = action_button("Stop study", "tune_stop", lambda: tuning.stop(config, store, study), about=study,
+        stopped, _ = action_button("Stop study", "tune_stop", lambda: tuning.stop(actor(), study), about=study,
                                    where=left)
         if stopped:
             st.rerun(scope="app")
     if view["best"]:
         trained, started = action_button("Train best in full", "tune_train_best", about=study, where=right,
-                                         action=lambda: tuning.train_best(config, store, study, user["username"]),
+                                         action=lambda: tuning.train_best(actor(), study),
                                          type="primary")
         if trained:
             st.session_state.setdefault("tune_trained", {})[study] = started["job_id"]
@@ -162,7 +163,7 @@ def controls(view: dict) -> None:
 def live_study(study_id: str) -> str:
     """Progress, best, table, charts and controls; returns the status shown."""
     try:
-        view = tuning.study_view(config, store, study_id)
+        view = tuning.read_study(actor(), study_id)
     except StudioError as exc:
         fail(f"The study cannot be read: {exc}")
     except RedisError:
@@ -185,7 +186,10 @@ def live_study(study_id: str) -> str:
 launch_form()
 st.divider()
 st.subheader("Studies")
-studies = tuning.list_studies(store)
+try:
+    studies = tuning.read_studies(actor())
+except StudioError as exc:
+    fail(page_message(exc))
 if not studies:
     st.info("No studies yet.")
     st.stop()

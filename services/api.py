@@ -14,21 +14,23 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from html import escape
-from typing import Literal
 
 import click
-import redis
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Blueprint, Flask, current_app, request
 from flask_jwt_extended import JWTManager, create_access_token, decode_token, get_jwt
 from flask_socketio import SocketIO, disconnect, join_room, leave_room, rooms
 from pydantic import BaseModel, Field
 from socketio.exceptions import ConnectionRefusedError as ConnectionRefused
 from werkzeug.exceptions import HTTPException
 
+import redis
 import services
 from engine.exceptions import Conflict, InvalidInput, NotFound
+from services.app import jobs as job_actions
 from services.app import sign_in
-from services.app.users import password_problem, token_problem
+from services.app.jobs import JobsQuery
+from services.app.rules import Forbidden
+from services.app.users import WeakPassword, add_user, on_tokens_revoked, token_problem
 from services.jobs import runtime as jobs
 from services.jobs.kinds import load_job_kinds
 from services.platform.config import ROLES, Config
@@ -37,6 +39,7 @@ from services.storage.store import open_store
 from services.web.http import (
     ApiError,
     Studio,
+    actor,
     endpoint,
     from_invalid_input,
     ok,
@@ -122,6 +125,8 @@ def _register_error_handlers(app: Flask) -> None:
     app.register_error_handler(InvalidInput, lambda e: from_invalid_input(e).response())
     app.register_error_handler(NotFound, lambda e: ApiError(404, "not_found", str(e), e.field).response())
     app.register_error_handler(Conflict, lambda e: ApiError(409, "conflict", str(e), e.field).response())
+    # An action's own rule (services.app.rules) refused: the route already asked it, so this is ownership.
+    app.register_error_handler(Forbidden, lambda e: ApiError(403, "forbidden", str(e), e.field).response())
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -211,39 +216,23 @@ def docs():
             f"{rows}</table>")
 
 
-class JobsQuery(BaseModel):
-    kind: str | None = None
-    status: Literal["queued", "started", "finished", "failed", "cancelled", "interrupted"] | None = None
-    limit: int = Field(100, ge=1, le=1000)
-
-
-def readable_job(job_id: str) -> dict:
-    """The job record if the current user may read it (404 otherwise, so ids do not leak)."""
-    record = studio().store.get_job(job_id)
-    if record is None or (g.user["role"] == "client" and record["created_by"] != g.user["username"]):
-        raise ApiError(404, "not_found", f"no job '{job_id}'", "job_id")
-    return jobs.read_job(studio().config, studio().store, record)
-
-
 @endpoint(core, "/api/v1/jobs", action="jobs.read", query=JobsQuery)
 def list_jobs(query: JobsQuery):
     """Jobs, newest first, filterable by kind and status."""
-    owner = g.user["username"] if g.user["role"] == "client" else None
-    records = studio().store.list_jobs(query.kind, query.status, owner, query.limit)
-    return ok({"jobs": jobs.read_jobs(studio().config, studio().store, records)})
+    return ok({"jobs": job_actions.read_jobs(actor(), query)})
 
 
 @endpoint(core, "/api/v1/jobs/<job_id>", action="jobs.read")
 def get_job(job_id: str):
     """One job: status, progress, metrics history, result, error."""
-    return ok(readable_job(job_id))
+    return ok(job_actions.read_job(actor(), job_id))
 
 
 @endpoint(core, "/api/v1/jobs/<job_id>", ("POST",), action="jobs.read", summary="Legacy job metrics",
           name="seed_job_metrics")  # the operationId published before the view was renamed
 def legacy_job_metrics(job_id: str):
     """The legacy API's view of a training job: loss and accuracy lists per epoch."""
-    record = readable_job(job_id)
+    record = job_actions.read_job(actor(), job_id)
     history = record["history"] or []
     return ok({"job_id": job_id, "job_status": record["status"],
                "training_loss": [h.get("train_loss") for h in history],
@@ -255,10 +244,7 @@ def legacy_job_metrics(job_id: str):
 @endpoint(core, "/api/v1/jobs/<job_id>/cancel", ("POST",), action="jobs.cancel")
 def cancel_job(job_id: str):
     """Cancel a queued or running job."""
-    record = readable_job(job_id)
-    if record["status"] in jobs.TERMINAL:
-        raise ApiError(409, "conflict", f"job '{job_id}' has already ended ({record['status']})", "job_id")
-    return ok(jobs.cancel(studio().config, studio().store, job_id))
+    return ok(job_actions.cancel_job(actor(), job_id))
 
 
 # --- Socket.IO -----------------------------------------------------------------------------------
@@ -322,6 +308,8 @@ class LiveSockets:
 
 SOCKET_SWEEP_SECONDS = 2.0
 live_sockets = LiveSockets()
+# The users actions (services.app.users) say whose tokens they revoke; their sockets go at once, not at the sweep.
+on_tokens_revoked(lambda username: live_sockets.drop(lambda entry: entry.username == username))
 
 # What one Socket.IO connection (an Engine.IO session, with every namespace it opens) may send: each packet
 # (an event, a namespace connect, an acknowledgement, a ping) spends a token, refilled at a steady rate.
@@ -521,7 +509,7 @@ def _current_socket_user() -> dict | None:
 
 def _join_job_rooms(user: dict) -> None:
     join_room(f"jobs:user:{user['username']}")
-    if user["role"] in ("admin", "operator"):
+    if job_actions.reads_every_job(user):
         join_room("jobs:all")
 
 
@@ -602,7 +590,7 @@ def jobs_unsubscribe(data=None):
 
 
 def _may_read(user: dict, record: dict) -> bool:
-    return user["role"] in ("admin", "operator") or record["created_by"] == user["username"]
+    return job_actions.may_read_job(user, record)  # the jobs.read rule, as every other door asks it
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -617,11 +605,11 @@ def create_user_command(username: str, role: str) -> None:
             raise click.ClickException("the passwords differ")
     else:
         password = sys.stdin.readline().rstrip("\n")
-    problem = password_problem(password, username)
-    if problem:
-        raise click.ClickException(problem)
+    # The command line is the studio itself (no signed-in admin): the plain function below the users.create action.
     try:
-        studio().store.create_user(username, password, role)
-    except ValueError as exc:
+        add_user(studio().store, username, password, role)
+    except WeakPassword as exc:
+        raise click.ClickException(exc.problem) from None
+    except (Conflict, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created user {username!r} with role {role!r}")

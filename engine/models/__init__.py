@@ -1,7 +1,10 @@
-"""The model zoo: one registry (timm style) that every other layer reads.
+"""The model zoo: one registry (timm style) that every other layer reads, listable without torch.
 
-A family module decorates its constructor with :func:`register_model`; :func:`create_model` builds a
-model by name, optionally loading pretrained weights from torchvision's local cache or a file.
+Each model is declared once in :data:`MODELS` (name, family module, default input size, description,
+what weights it has): that is what :func:`list_models` and :func:`get_model_info` read, so the API's
+model list and request validation import no torch. The family module (``engine/models/<family>.py``)
+decorates the constructor with :func:`register_model`; :func:`engine.models.build.create_model` imports
+the family when a model is first built, and checks that the constructor matches its declaration.
 
 Every model has the same face, so training and inference never ask which architecture they hold:
 
@@ -16,33 +19,15 @@ Any input size from the registry's ``min_input_size`` upwards works (adaptive po
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import urlopen
 
-import torch
-from torch import nn
-
-from engine.checkpoints import read_weights_file
 from engine.exceptions import InvalidInput
 
-__all__ = [
-    "ImageClassifier",
-    "ModelInfo",
-    "create_model",
-    "download_pretrained",
-    "get_model_info",
-    "head_parameter_names",
-    "list_models",
-    "load_pretrained_weights",
-    "pretrained_cache_file",
-    "pretrained_state_dict",
-    "register_model",
-]
+__all__ = ["MODELS", "ModelInfo", "Builder", "get_model_info", "list_models", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -70,53 +55,97 @@ class ModelInfo:
     bundled_weights: bool = False
 
 
+def _declare(family: str, name: str, size: int, description: str, **flags: Any) -> ModelInfo:
+    return ModelInfo(name, size, description, family=family, **flags)
+
+
+_CONVNET_SIZE = 128  # the zoo's own small convnets default to 128 px
+_TORCHVISION = {"has_pretrained": True}
+_BUNDLED = {"has_pretrained": True, "bundled_weights": True}
+MODELS: MappingProxyType[str, ModelInfo] = MappingProxyType({info.name: info for info in sorted((
+    _declare("alexnet", "alexnet", 224, "AlexNet (torchvision): five conv layers and two 4096-unit dropout layers",
+             min_input_size=64, **_TORCHVISION),
+    _declare("capsnet", "capsnet", 32,
+             "Capsule network: primary capsules, dynamic routing, margin + reconstruction loss", multi_label_ok=False),
+    _declare("convnets", "convneta", _CONVNET_SIZE,
+             "Plain baseline: two 5x5 conv + ReLU + max-pool stages, no normalisation"),
+    _declare("convnets", "convnetb", _CONVNET_SIZE,
+             "Three conv-BN-ReLU stages (32-64-128) with max pooling, global average"),
+    _declare("convnets", "convnetc", _CONVNET_SIZE,
+             "VGG-style: two 3x3 convs per stage, 2x2 pooled map into a 256-unit MLP"),
+    _declare("convnets", "convnetd", _CONVNET_SIZE,
+             "All-convolutional: stride-2 convolutions instead of pooling, 1x1 class maps"),
+    _declare("convnets", "convnete", _CONVNET_SIZE,
+             "Network-in-Network: mlpconv blocks (3x3 + two 1x1 convs), averaged class maps"),
+    _declare("convnets", "convnetf", _CONVNET_SIZE,
+             "Residual network: basic two-conv blocks with shortcuts, stages 32-64-128"),
+    _declare("convnets", "convnetg", _CONVNET_SIZE, "Bottleneck residual network: 1x1-3x3-1x1 blocks, expansion 4"),
+    _declare("convnets", "convneth", _CONVNET_SIZE, "MobileNetV1-style depthwise-separable convolutions"),
+    _declare("convnets", "convneti", _CONVNET_SIZE,
+             "MobileNetV2-style inverted residuals with linear bottlenecks (ReLU6)"),
+    _declare("convnets", "convnetj", _CONVNET_SIZE,
+             "Legacy default: five conv-BN-ReLU stages (32-256), avg+max pooled head"),
+    _declare("convnets", "convnetk", _CONVNET_SIZE,
+             "Inception-style: parallel 1x1 / 3x3 / 5x5 / pool branches concatenated"),
+    _declare("convnets", "convnetl", _CONVNET_SIZE,
+             "DenseNet-style: dense blocks (growth 12) joined by 1x1 transitions"),
+    _declare("convnets", "convnetm", _CONVNET_SIZE,
+             "SE-ResNet-style: residual blocks with squeeze-and-excitation attention"),
+    _declare("convnets", "convnetn", _CONVNET_SIZE, "SqueezeNet-style fire modules (squeeze 1x1, expand 1x1 + 3x3)"),
+    _declare("efficientnet", "efficientnet-lite0", 224,
+             "EfficientNet-Lite0 with bundled ImageNet weights (offline transfer learning, 4.7 M parameters)",
+             min_input_size=32, **_BUNDLED),
+    _declare("lenet", "lenet5", 32, "LeNet-5: two 5x5 conv layers and a 120-84 MLP, the classic digit recogniser"),
+    _declare("resnet", "resnet18", 224,
+             "ResNet-18 (torchvision), single- or multi-label head, ImageNet transfer learning", **_TORCHVISION),
+    _declare("stn", "stn-lenet5", 32, "Spatial transformer (identity-initialised affine warp) in front of LeNet-5"),
+    _declare("stn", "stn-alexnet", 224, "Spatial transformer (identity-initialised affine warp) in front of AlexNet",
+             min_input_size=64),
+), key=lambda info: info.name)})
+
+
 @dataclass(frozen=True)
-class _Entry:
-    info: ModelInfo
-    constructor: Callable[..., nn.Module]
-    torchvision_weights: Callable[[], Any] | None
-    bundled_weights: Callable[[], Path] | None
+class Builder:
+    """The torch side of a declared model, registered by its family module.
+
+    Attributes:
+        constructor: ``fn(num_classes, in_chans, **kwargs) -> nn.Module``.
+        torchvision_weights: zero-argument callable returning a torchvision ``WeightsEnum`` member.
+        bundled_weights: zero-argument callable returning the path of a weights file shipped with a package.
+    """
+
+    constructor: Callable[..., Any]
+    torchvision_weights: Callable[[], Any] | None = None
+    bundled_weights: Callable[[], Path] | None = None
 
 
-_REGISTRY: dict[str, _Entry] = {}
+BUILDERS: dict[str, Builder] = {}
 
 
 def register_model(
     name: str,
-    default_input_size: int,
-    description: str,
-    multi_label_ok: bool = True,
-    min_input_size: int = 16,
     pretrained_weights: Callable[[], Any] | None = None,
     bundled_weights: Callable[[], Path] | None = None,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that adds a model constructor ``fn(num_classes, in_chans, **kwargs)`` to the registry.
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator that gives the declared model ``name`` its constructor ``fn(num_classes, in_chans, **kwargs)``.
 
     Args:
-        name: unique registry name.
-        default_input_size: default image side in pixels.
-        description: one-line description.
-        multi_label_ok: False when the architecture cannot train a multi-label head.
-        min_input_size: the smallest image side that the architecture accepts.
+        name: a name declared in :data:`MODELS`, by this family.
         pretrained_weights: zero-argument callable returning a torchvision ``WeightsEnum`` member
             (called lazily, so importing the zoo never touches torchvision's weight tables).
         bundled_weights: zero-argument callable returning the path of a weights file installed with a
             package; wins over ``pretrained_weights`` (no download, no cache).
     """
 
-    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        assert name not in _REGISTRY, f"model {name!r} registered twice"
-        info = ModelInfo(
-            name,
-            default_input_size,
-            description,
-            multi_label_ok,
-            min_input_size,
-            pretrained_weights is not None or bundled_weights is not None,
-            fn.__module__.rsplit(".", 1)[-1],
-            bundled_weights is not None,
-        )
-        _REGISTRY[name] = _Entry(info, fn, pretrained_weights, bundled_weights)
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        info = MODELS.get(name)
+        # The declaration is what the API shows: a constructor may never say otherwise.
+        assert info is not None, f"model {name!r} is not declared in engine.models.MODELS"
+        assert info.family == fn.__module__.rsplit(".", 1)[-1], f"model {name!r} is declared in {info.family!r}"
+        assert info.has_pretrained == (pretrained_weights is not None or bundled_weights is not None), name
+        assert info.bundled_weights == (bundled_weights is not None), name
+        assert name not in BUILDERS, f"model {name!r} registered twice"
+        BUILDERS[name] = Builder(fn, pretrained_weights, bundled_weights)
         return fn
 
     return decorate
@@ -124,7 +153,7 @@ def register_model(
 
 def list_models() -> list[ModelInfo]:
     """Return the registered models, sorted by name."""
-    return [entry.info for _, entry in sorted(_REGISTRY.items())]
+    return list(MODELS.values())
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -133,228 +162,6 @@ def get_model_info(name: str) -> ModelInfo:
     Raises:
         InvalidInput: (field ``model_name``) for an unregistered name; the message lists the known.
     """
-    if name not in _REGISTRY:
-        raise InvalidInput(
-            f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}", field="model_name"
-        )
-    return _REGISTRY[name].info
-
-
-def create_model(
-    name: str,
-    num_classes: int,
-    in_chans: int = 3,
-    pretrained: bool = False,
-    weights_path: str | os.PathLike | None = None,
-    multi_label: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered model.
-
-    Args:
-        name: registry name.
-        num_classes: number of outputs (classes or labels).
-        in_chans: 3 for RGB, 1 for grey.
-        pretrained: load ImageNet weights: bundled with the install, or from torch.hub's local cache
-            (never downloads here; see :func:`download_pretrained`).
-        weights_path: a local state_dict file (torchvision layout, or a checkpoint holding
-            ``state_dict``/``model``); wins over ``pretrained``. Layers whose shape differs only because
-            of ``num_classes`` are left freshly initialised; an RGB first convolution is summed for grey.
-        multi_label: train/predict with independent sigmoids instead of a softmax.
-        **kwargs: architecture options of the family constructor.
-
-    Raises:
-        InvalidInput: unknown name (``model_name``), bad ``num_classes``/``in_chans``, a multi-label
-            request the model cannot serve (``multi_label``), or missing/unfit weights
-            (``pretrained``/``weights_path``).
-    """
-    info = get_model_info(name)
-    _check_int(num_classes, 1, "num_classes")
-    if in_chans not in (1, 3):
-        raise InvalidInput(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}", field="in_chans")
-    if multi_label and not info.multi_label_ok:
-        raise InvalidInput(f"model {name!r} cannot be trained multi-label", field="multi_label")
-    entry = _REGISTRY[name]
-    model = entry.constructor(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    model.multi_label = bool(multi_label)
-    if weights_path is not None:
-        load_pretrained_weights(model, read_weights_file(weights_path), source=Path(weights_path).name)
-    elif pretrained:
-        load_pretrained_weights(model, pretrained_state_dict(name), source=f"{name}'s ImageNet weights")
-    return model
-
-
-def _check_int(value: Any, minimum: int, field: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInput(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
-
-
-def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """The ImageNet weights of ``name``: the bundled file, else the file in torch.hub's local cache.
-
-    Never downloads (see :func:`download_pretrained`); torch.hub's cache is ``$TORCH_HOME/hub``
-    unless ``torch.hub.set_dir`` chose another.
-
-    Raises:
-        InvalidInput: (field ``pretrained``) the model has no pretrained weights, or they are not cached.
-    """
-    entry = _REGISTRY[get_model_info(name).name]
-    if entry.bundled_weights is not None:
-        return read_weights_file(entry.bundled_weights())
-    if entry.torchvision_weights is None:
-        raise InvalidInput(
-            f"model {name!r} has no published pretrained weights; pass a weights file", field="pretrained"
-        )
-    cached = pretrained_cache_file(name)
-    if not cached.is_file():
-        raise InvalidInput(
-            f"pretrained weights for {name!r} are not available offline: "
-            f"put {cached.name} in {cached.parent} "
-            "or pass a local weights file",
-            field="pretrained",
-        )
-    return torch.load(cached, map_location="cpu", weights_only=True)
-
-
-def pretrained_cache_file(name: str) -> Path:
-    """Where torchvision's weights of ``name`` live in torch.hub's cache (the name torchvision uses)."""
-    weights = _REGISTRY[get_model_info(name).name].torchvision_weights
-    assert weights is not None, f"{name!r} has no torchvision weights"
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights().url).path)
-
-
-def download_pretrained(
-    name: str,
-    on_progress: Callable[[int, int], None] | None = None,
-    opener: Callable[..., Any] = urlopen,
-    chunk: int = 1 << 20,
-) -> Path | None:
-    """Fetch torchvision's ImageNet weights of ``name`` into torch.hub's cache unless already there.
-
-    Bundled weights and models without torchvision weights need nothing (returns None). The file is
-    written under a temporary name and renamed, so a broken download never looks cached.
-
-    Args:
-        name: a registered model.
-        on_progress: called with ``(bytes done, bytes total)`` (total 0 when the server does not say).
-        opener: ``urllib.request.urlopen`` or a stand-in.
-        chunk: bytes read at a time.
-
-    Raises:
-        InvalidInput: (field ``pretrained``) the download failed, e.g. on a machine without network.
-    """
-    entry = _REGISTRY[get_model_info(name).name]
-    if entry.bundled_weights is not None or entry.torchvision_weights is None:
-        return None
-    target = pretrained_cache_file(name)
-    if target.is_file():
-        return target
-    url = entry.torchvision_weights().url
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        with opener(url, timeout=30) as response, tmp.open("wb") as out:
-            total, done = int(response.headers.get("Content-Length") or 0), 0
-            while block := response.read(chunk):
-                out.write(block)
-                done += len(block)
-                if on_progress is not None:
-                    on_progress(done, total)
-        os.replace(tmp, target)
-    except (OSError, ValueError) as exc:  # URLError and socket timeouts are OSErrors
-        raise InvalidInput(
-            f"pretrained weights for {name!r} could not be downloaded from {url} ({exc}); without a "
-            f"network, put {target.name} in {target.parent} or pass a local weights file",
-            field="pretrained",
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def head_parameter_names(model: nn.Module) -> set[str]:
-    """Return the names (as in ``state_dict``) of the tensors of the model's classifier."""
-    head = model.get_classifier()
-    prefixes = [f"{name}." for name, module in model.named_modules() if module is head]
-    assert prefixes, "get_classifier() must return a sub-module of the model"
-    return {key for key in model.state_dict() if any(key.startswith(p) for p in prefixes)}
-
-
-def load_pretrained_weights(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights"
-) -> None:
-    """Copy matching tensors of ``state_dict`` into ``model``.
-
-    The classifier may differ (another number of classes): it keeps its fresh initialisation. An RGB
-    first convolution is summed over its input channels for a grey model (as timm does). Every other
-    tensor of the model must be found with the right shape.
-
-    Raises:
-        InvalidInput: (field ``weights_path``) when the weights do not fit the architecture.
-    """
-    own = model.state_dict()
-    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    chosen = {}
-    for key, value in state_dict.items():
-        if key in own and value.shape != own[key].shape:
-            value = _adapt_input_conv(value, own[key].shape)
-        if key in own and value is not None and value.shape == own[key].shape:
-            chosen[key] = value
-    optional = head_parameter_names(model)
-    missing = [
-        k for k in own if k not in chosen and k not in optional and not k.endswith("num_batches_tracked")
-    ]
-    unexpected = [k for k in state_dict if k not in own and not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise InvalidInput(
-            f"weights from {source} do not fit model {type(model).__name__}: "
-            f"{len(missing)} missing or shaped differently{_listed(missing)}; "
-            f"{len(unexpected)} unexpected{_listed(unexpected)}",
-            field="weights_path",
-        )
-    model.load_state_dict(chosen, strict=False)
-
-
-def _listed(keys: list[str], shown: int = 8) -> str:
-    if not keys:
-        return ""
-    return ": " + ", ".join(keys[:shown]) + (f", ... ({len(keys) - shown} more)" if len(keys) > shown else "")
-
-
-def _adapt_input_conv(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
-    # A conv kernel [out, 3, k, k] serves a grey model as the sum over colours: a grey image replicated
-    # to three channels would give the same response.
-    if weight.dim() == 4 and weight.shape[1] == 3 and shape[1] == 1 and weight.shape[0] == shape[0]:
-        return weight.sum(dim=1, keepdim=True)
-    return None
-
-
-class ImageClassifier(nn.Module):
-    """Base of the zoo's own models: ``features`` (a backbone) followed by a rebuildable ``head``.
-
-    Subclasses set ``self.features`` and implement ``_make_head(num_classes)``; the head receives the
-    backbone's output unchanged.
-    """
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-
-    def _make_head(self, num_classes: int) -> nn.Module:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """Return the class-specific layer."""
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs."""
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-
-
-# Importing the family modules registers their models (timm does the same in its package __init__).
-from engine.models import alexnet, capsnet, convnets, efficientnet, lenet, resnet, stn  # noqa: E402, F401
+    if name not in MODELS:
+        raise InvalidInput(f"unknown model {name!r}; known: {', '.join(MODELS)}", field="model_name")
+    return MODELS[name]

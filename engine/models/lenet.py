@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from engine.models import ImageClassifier, register_model
+from engine.models import register_model
+from engine.models.base import ImageClassifier
 
 
 class LeNet5(ImageClassifier):
@@ -36,6 +37,6 @@ class LeNet5(ImageClassifier):
         return nn.Linear(84, num_classes)
 
 
-@register_model("lenet5", 32, "LeNet-5: two 5x5 conv layers and a 120-84 MLP, the classic digit recogniser")
+@register_model("lenet5")
 def lenet5(num_classes: int, in_chans: int = 3) -> nn.Module:
     return LeNet5(num_classes, in_chans)

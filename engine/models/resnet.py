@@ -41,11 +41,6 @@ class ResNet18(tvm.ResNet):
         self.fc = nn.Linear(self.fc.in_features, num_classes)
 
 
-@register_model(
-    "resnet18",
-    224,
-    "ResNet-18 (torchvision), single- or multi-label head, ImageNet transfer learning",
-    pretrained_weights=lambda: tvm.ResNet18_Weights.IMAGENET1K_V1,
-)
+@register_model("resnet18", pretrained_weights=lambda: tvm.ResNet18_Weights.IMAGENET1K_V1)
 def resnet18(num_classes: int, in_chans: int = 3, drop: float = 0.0) -> nn.Module:
     return ResNet18(num_classes, in_chans, drop)

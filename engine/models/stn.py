@@ -88,18 +88,11 @@ class STNClassifier(nn.Module):
         self.backbone.reset_classifier(num_classes)
 
 
-@register_model(
-    "stn-lenet5", 32, "Spatial transformer (identity-initialised affine warp) in front of LeNet-5"
-)
+@register_model("stn-lenet5")
 def stn_lenet5(num_classes: int, in_chans: int = 3) -> nn.Module:
     return STNClassifier(LeNet5(num_classes, in_chans), in_chans)
 
 
-@register_model(
-    "stn-alexnet",
-    224,
-    "Spatial transformer (identity-initialised affine warp) in front of AlexNet",
-    min_input_size=64,
-)
+@register_model("stn-alexnet")
 def stn_alexnet(num_classes: int, in_chans: int = 3, dropout: float = 0.5) -> nn.Module:
     return STNClassifier(AlexNet(num_classes, in_chans, dropout), in_chans)

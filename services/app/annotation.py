@@ -10,6 +10,7 @@ catalog's write lock in the same transaction, and never read back here.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import time
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -26,7 +27,8 @@ from engine.exceptions import Conflict, InvalidInput, NotFound
 from engine.exif import ExifInfo, read_exif
 from engine.images import encode_png, open_image, to_rgb_array
 from services.app import suggestions
-from services.app.rules import Forbidden, may
+from services.app.annotated_images import labelled_items, newdata_dir
+from services.app.rules import Actor, Forbidden, action, may
 from services.platform.config import Config
 from services.storage.rows import Image as ImageRow
 from services.storage.store import ImageQuery, Store
@@ -79,17 +81,7 @@ class Inspection:
     predict_scores: dict[str, float] = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------------------- paths
-
-
-def newdata_dir(config: Config) -> Path:
-    """Return the ``newdata`` folder of the configuration."""
-    return config.path("newdata")
-
-
-def image_file(config: Config, row: ImageRow) -> Path:
-    """Return the stored file of a catalog row."""
-    return config.path(row["path"])
+# ----------------------------------------------------------------------------------------- names
 
 
 def default_id_name(filename: str) -> str:
@@ -138,6 +130,30 @@ def _suggested_tags(config: Config, store: Store, img: Image.Image) -> dict:
     except Exception:  # noqa: BLE001 - suggestions are advisory; the log keeps the cause
         log.exception("tag suggestion failed; storing the upload without suggestions")
         return {"tags": [], "scores": {}}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An image to store.
+
+    Attributes:
+        id_name: the image id.
+        data: the file's bytes.
+        overwrite: replace an image stored under the same id.
+        inspection: a previous :func:`inspect_image` of ``data`` (the page has one already).
+    """
+
+    id_name: str
+    data: bytes
+    overwrite: bool = False
+    inspection: Inspection | None = None
+
+
+@action("images.upload")
+def upload_image(actor: Actor, upload: Upload) -> ImageRow:
+    """Store an upload as ``actor``'s image and catalog it (see :func:`store_upload`, which says what is refused)."""
+    return store_upload(actor.config, actor.store, upload.id_name, upload.data, actor.username, upload.overwrite,
+                        upload.inspection)
 
 
 def store_upload(config: Config, store: Store, id_name: str, data: bytes, uploaded_by: str | None,
@@ -232,6 +248,12 @@ def imginfo(store: Store, id_name: str) -> dict:
             "GPS_information": row.gps, "labels": row.labels, "latitude": row.latitude, "longitude": row.longitude}
 
 
+@action("images.read")
+def read_image(actor: Actor, id_name: str) -> dict:
+    """An image's information as the legacy ``/imginfo`` answers it (see :func:`imginfo`)."""
+    return imginfo(actor.store, id_name)
+
+
 def image_view(row: ImageRow) -> dict:
     """Return the public fields of a catalog row (everything but the storage path)."""
     return {key: getattr(row, key) for key in VIEW_COLUMNS}
@@ -260,6 +282,32 @@ def list_images(config: Config, store: Store, unlabelled: bool = False, label: s
     return store.list_images(ImageQuery(uploaded_by=uploaded_by, labelled=False if unlabelled else None,
                                         label=label, order="oldest" if oldest_first else "newest",
                                         limit=limit, offset=offset))
+
+
+@dataclass(frozen=True)
+class ImagesQuery:
+    """Which images to read (the arguments of :func:`list_images`)."""
+
+    unlabelled: bool = False
+    label: str | None = None
+    uploaded_by: str | None = None
+    limit: int = 1000
+    oldest_first: bool = False
+    offset: int = 0
+
+
+@action("annotations.read")
+def read_annotations(actor: Actor, query: ImagesQuery | str) -> list[ImageRow] | ImageRow:
+    """The images a query selects (see :func:`list_images`), or one image's row (for its id).
+
+    Raises:
+        InvalidInput: a label outside the label set, or a bad id.
+        UnknownImage: no image has this id.
+    """
+    if isinstance(query, str):
+        return get_image(actor.store, query)
+    return list_images(actor.config, actor.store, query.unlabelled, query.label, query.uploaded_by, query.limit,
+                       query.oldest_first, query.offset)
 
 
 def count_images(store: Store, unlabelled: bool = False, uploaded_by: str | None = None) -> int:
@@ -296,6 +344,12 @@ def set_labels(config: Config, store: Store, id_name: str, labels: Sequence[Any]
     return image_view(row)
 
 
+@action("annotations.save")
+def save_labels(actor: Actor, id_name: str, labels: Sequence[str]) -> dict:
+    """Confirm an image's labels as ``actor``'s decision (see :func:`set_labels`); the image's public view."""
+    return set_labels(actor.config, actor.store, id_name, labels, actor.username)
+
+
 def export_labels(config: Config, row: ImageRow) -> None:
     """Write an image's confirmed labels from its catalog row to ``newdata/labels/<id_name>.json``."""
     folder = newdata_dir(config)
@@ -315,8 +369,20 @@ def label_set_view(config: Config, store: Store) -> dict:
     return {"labels": labels, "in_use": [label for label in labels if label in used]}
 
 
+@action("labels.read")
+def read_label_set(actor: Actor) -> dict:
+    """The label set and the labels images carry (see :func:`label_set_view`)."""
+    return label_set_view(actor.config, actor.store)
+
+
+@action("labels.edit")
+def edit_label_set(actor: Actor, labels: Sequence[str]) -> dict:
+    """Replace the label set (see :func:`set_label_set`); the label set's view after the change."""
+    return set_label_set(actor.config, actor.store, labels)
+
+
 def set_label_set(config: Config, store: Store, labels: Sequence[str]) -> dict:
-    """Replace the label set (admins only, checked by the caller).
+    """Replace the label set (who may is the rule of ``labels.edit``: :func:`edit_label_set`).
 
     Raises:
         InvalidInput: (field ``labels``) empty, duplicates, a bad name, or dropping labels still in use
@@ -329,6 +395,17 @@ def set_label_set(config: Config, store: Store, labels: Sequence[str]) -> dict:
 # ------------------------------------------------------------------------------------------- export
 
 
+ExportFormat = Literal["csv", "coco"]
+
+
+@action("annotations.export")
+def export_annotations(actor: Actor, fmt: ExportFormat) -> str:
+    """The labelled set as a file's text: CSV (:func:`export_csv`) or indented COCO-style JSON (:func:`export_coco`)."""
+    if fmt == "csv":
+        return export_csv(actor.config, actor.store)
+    return json.dumps(export_coco(actor.config, actor.store), indent=2)
+
+
 def export_csv(config: Config, store: Store) -> str:
     """Return the labelled set as CSV: ``Id``, then one 0/1 column per label, rows sorted by id."""
     return labelsets.export_csv(labelled_items(config, store), read_labels(config))
@@ -337,13 +414,6 @@ def export_csv(config: Config, store: Store) -> str:
 def export_coco(config: Config, store: Store) -> dict:
     """Return the labelled set as COCO-style JSON (images, categories, one annotation per image label)."""
     return labelsets.export_coco(labelled_items(config, store), read_labels(config))
-
-
-def labelled_items(config: Config, store: Store) -> list[tuple[Path, list[str]]]:
-    """``(image file, labels)`` of every labelled image of the catalog whose file is there, by id."""
-    rows = store.list_images(ImageQuery(labelled=True, order="id", limit=None))
-    items = [(image_file(config, row), list(row.labels)) for row in rows]
-    return [(path, labels) for path, labels in items if path.is_file()]
 
 
 def thumbnail_png(data: bytes, config: Config, size: int = 256) -> bytes:

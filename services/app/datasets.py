@@ -1,13 +1,15 @@
-"""Datasets that users bring: upload (class-folder zips, HDF5, images with CSV/COCO labels), import, catalog, export.
+"""Datasets that users bring: upload in any registered format (``engine.formats``), import, catalog, export.
 
-Shared by ``services/web/routes/datasets.py`` and the Datasets page. An upload is streamed to a hidden file
+The actions ``datasets.import``, ``datasets.read``, ``datasets.export`` and ``datasets.delete`` are the functions
+below decorated with :func:`~services.app.rules.action`; ``services/web/routes/datasets.py`` and the Datasets page
+(``pages/datasets.py``, ``services/ui/dataset_upload.py``) both call them. An upload is streamed to a hidden file
 in ``DATA_DIR/uploads`` (:class:`UploadSink`), checked at once from its size, first bytes and a zip's end
-record only (the request's work never grows with the upload), then inspected and imported by an
-``import_dataset`` job that decodes the images into ``DATA_DIR/datasets/<name>.hdf5``; its refusals name
-the field, as the request's do. Before writing, the job bounds the output by ``MAX_DATASET_MB`` and reserves
-its bytes on the disk (:func:`services.app.quotas.reserve_disk`). The file is written under a temporary name and
-linked into place only when complete, and the catalog row comes last; the upload itself is removed either
-way, also when the job is cancelled before it runs.
+record only (the request's work never grows with the upload), then recognised and imported by an
+``import_dataset`` job: a format that makes datasets is decoded into ``DATA_DIR/datasets/<name>.hdf5``, one that
+makes annotations is stored in the annotation library; its refusals name the field, as the request's do. Before
+writing, the job bounds the output by ``MAX_DATASET_MB`` and reserves its bytes on the disk. The file is written
+under a temporary name and linked into place only when complete, and the catalog row comes last; the upload
+itself is removed either way, also when the job is cancelled before it runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -25,16 +28,15 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine import archives
-from engine import datasets as engine_datasets
+from engine import archives, formats
 from engine import labels as labelsets
-from engine.exceptions import Cancelled, Conflict, InvalidInput, StudioError
+from engine.exceptions import Cancelled, Conflict, InvalidInput
 from engine.exif import read_exif
 from engine.hdf5 import open_hdf5
 from engine.images import open_image
-from services.app import annotation, quotas
+from services.app import annotation, rules
 from services.app.generate import DatasetExists, clean_dataset_name, dataset_file, dataset_view, get_dataset
-from services.app.training import resolve_under
+from services.app.rules import Actor, Forbidden, action
 from services.jobs import runtime as jobs
 from services.jobs.runtime import JobContext, job_kind
 from services.platform.config import Config
@@ -49,8 +51,10 @@ EXPANSION_ALLOWANCE = 4
 ACTIVE_STATUSES = ("queued", "started")
 
 
-class AdminOnly(StudioError):
-    """Something only an admin may do (the API answers 403)."""
+class AdminOnly(Forbidden):
+    """``unknown_labels=add`` by a role that may not edit the label set (the API answers 403)."""
+
+    field = "unknown_labels"
 
 
 class DatasetInUse(Conflict):
@@ -67,7 +71,8 @@ class UploadForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    file: bytes | None = Field(None, description="the zip or HDF5 file, as a multipart file part")
+    file: bytes | None = Field(None, description="the dataset file, as a multipart file part; the known formats "
+                                                 f"are: {formats.describe_formats()}")
     name: str | None = Field(None, max_length=110,
                              description="the dataset's name: the file becomes datasets/<name>.hdf5 "
                                          "(not used for annotated images)")
@@ -122,21 +127,21 @@ def check_upload(config: Config, path: Path) -> dict[str, Any]:
     """What an uploaded file is, from its size, its first bytes and (a zip) its end record; InvalidInput on ``file``.
 
     This is all a request reads, the same whatever the file holds. What grows with the upload (a zip's
-    directory, its images' headers, an HDF5 file's shapes and labels) is read by the import job.
+    directory, its images' headers, an HDF5 file's shapes and labels) is read by the import job, which also
+    tells the formats of one container apart.
+
+    Returns:
+        ``{"format": the container ("zip", "hdf5"), ...what its check tells (a zip's "entries")}``.
     """
     size, budget = path.stat().st_size, config.max_dataset_mb * 1024 * 1024
     if size > budget:
         raise InvalidInput(f"'file' takes {size / 2**20:.0f} MB; the limit is MAX_DATASET_MB "
                            f"({config.max_dataset_mb} MB)", "file")
-    fmt = archives.sniff_format(path)
-    if fmt == "zip":
-        try:
-            return {"format": "zip", "entries": archives.check_directory(path, zip_limits(config))}
-        except InvalidInput as exc:
-            raise InvalidInput(f"{exc} (MAX_ZIP_ENTRIES)", "file") from None
-    if fmt == "hdf5":
-        return {"format": "hdf5"}
-    raise InvalidInput("'file' is neither a zip (of class folders) nor an HDF5 file", "file")
+    container = formats.sniff(path)
+    try:
+        return {"format": container.name, **container.check(path, zip_limits(config))}
+    except InvalidInput as exc:  # a check refuses by the zip limits, whose entry count the configuration sets
+        raise InvalidInput(f"{exc} (MAX_ZIP_ENTRIES)", "file") from None
 
 
 def _required_name(name: str | None) -> str:
@@ -145,20 +150,31 @@ def _required_name(name: str | None) -> str:
     return name
 
 
-def check_form(config: Config, store: Store, fmt: str, form: UploadForm, role: str | None) -> None:
+def check_form(actor: Actor, container: str, form: UploadForm) -> None:
     """What the request checks of the form without reading the file: roles and the name.
 
-    An annotated zip ignores ``name``, and only its job knows a zip is one: a zip's name is required by the
-    job, and checked here when given.
+    Only the job knows which format of a container a file is. A file whose container holds only formats that
+    make datasets needs a name, checked here; a zip may hold annotated images (no name), so its name is
+    required by the job, and checked here when given.
 
     Raises:
-        AdminOnly: ``unknown_labels=add`` by a non-admin. InvalidInput: an HDF5 file without ``name``.
-        DatasetExists: the name is taken.
+        AdminOnly: ``unknown_labels=add`` by a role that may not edit the label set. InvalidInput: a dataset
+            file without ``name``. DatasetExists: the name is taken.
     """
-    if form.unknown_labels == "add" and role != "admin":
-        raise AdminOnly("only an admin may add labels to the label set (unknown_labels=add)")
-    if fmt == "hdf5" or form.name is not None:
-        check_name_free(config, store, _required_name(form.name))
+    if form.unknown_labels == "add" and not rules.may("labels.edit", actor.user):
+        raise may_not_add_labels()
+    if form.name is not None or _makes_only_datasets(container):
+        check_name_free(actor.config, actor.store, _required_name(form.name))
+
+
+def may_not_add_labels() -> AdminOnly:
+    """The refusal of ``unknown_labels=add`` to a role that may not edit the label set (as the rules table says)."""
+    return AdminOnly(f"'unknown_labels': only {', '.join(rules.rule_of('labels.edit').allowed)} may add labels to "
+                     "the label set (unknown_labels=add)")
+
+
+def _makes_only_datasets(container: str) -> bool:
+    return all(f.makes == "dataset" for f in formats.list_formats() if f.container.name == container)
 
 
 def check_name_unused(config: Config, store: Store, name: str) -> None:
@@ -170,30 +186,30 @@ def check_name_unused(config: Config, store: Store, name: str) -> None:
 def check_name_free(config: Config, store: Store, name: str) -> None:
     """Refuse a name already used by a dataset or by an import still queued or running."""
     check_name_unused(config, store, name)
-    for status in ACTIVE_STATUSES:
-        for job in store.list_jobs(kind="import_dataset", status=status, limit=1000):
-            if job["params"].get("name") == name:
-                raise DatasetExists(f"a dataset named '{name}' is being imported (job {job['id']})")
+    for job in store.list_jobs(kind="import_dataset", status=ACTIVE_STATUSES, dataset=name, limit=1):
+        raise DatasetExists(f"a dataset named '{name}' is being imported (job {job['id']})")
 
 
-def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, username: str | None,
-                  filename: str | None = None, role: str | None = None) -> tuple[str, dict]:
+@action("datasets.import")
+def submit_import(actor: Actor, upload: Path, form: UploadForm, filename: str | None = None) -> tuple[str, dict]:
     """Check an uploaded file cheaply, keep it in ``DATA_DIR/uploads`` and queue its import.
 
     The request's work is the same whatever the file holds (:func:`check_upload`, :func:`check_form`); the
-    job inspects the rest and fails, naming the field, on what it refuses. ``upload`` is moved (not copied)
-    and removed by the job when it ends (or is cancelled before it runs), or here when refused.
+    job recognises the format and inspects the rest, and fails, naming the field, on what it refuses.
+    ``upload`` is moved (not copied) and removed by the job when it ends (or is cancelled before it runs), or
+    here when refused (a caller whose actor the rules refuse removes it: nothing here runs).
 
     Returns:
-        ``(job id, what is known of the file: its format, and a zip's declared entry count)``.
+        ``(job id, what is known of the file: its container, and a zip's declared entry count)``.
 
     Raises:
         InvalidInput: a bad file (field ``file``). DatasetExists: the name is taken. AdminOnly: see
             :func:`check_form`.
     """
+    config = actor.config
     try:
         found = check_upload(config, upload)
-        check_form(config, store, found["format"], form, role)
+        check_form(actor, found["format"], form)
         kept = config.path("uploads", f"{uuid.uuid4().hex}.{found['format']}")
         os.replace(upload, kept)
     except BaseException:
@@ -204,7 +220,7 @@ def submit_import(config: Config, store: Store, upload: Path, form: UploadForm, 
               "skip_bad_images": form.skip_bad_images, "filename": (filename or "")[:200],
               "unknown_labels": form.unknown_labels, "overwrite": form.overwrite}
     try:
-        return jobs.submit(config, store, "import_dataset", params, username), found
+        return jobs.submit(config, actor.store, "import_dataset", params, actor.username), found
     except BaseException:
         kept.unlink(missing_ok=True)
         raise
@@ -224,40 +240,52 @@ def _clean_after_death(config: Config, store: Store, record: dict) -> None:
 
 
 @job_kind("import_dataset", timeout=IMPORT_TIMEOUT, result_ttl=IMPORT_RESULT_TTL,
-          description="an uploaded zip of class folders or HDF5 file, into datasets/<name>.hdf5",
+          description="an uploaded dataset file (any registered format), into datasets/<name>.hdf5 or the "
+                      "annotation library",
           on_ended_elsewhere=_clean_after_death, on_discarded=_clean_after_death)
 def import_dataset(ctx: JobContext, params: dict) -> dict:
-    """Inspect the upload, then write, publish and catalog the dataset file (or store the annotated images).
+    """Recognise the upload's format, then write, publish and catalog the dataset file (or store the annotated
+    images).
 
     Everything that grows with the upload is read here, never in the request; refusals name the field
     (``file``, ``name``, ``image_size``, ``unknown_labels``). The upload is removed whatever happens.
     """
     upload = ctx.config.path(params["upload"])
     try:
-        if _is_annotated(ctx.config, upload, params["format"]):
-            return _import_annotations(ctx, upload, params)
-        return _import_dataset_file(ctx, upload, params)
+        fmt = formats.recognise(upload, _container(params), zip_limits(ctx.config))
+        if fmt.makes == "annotations":
+            return _import_annotations(ctx, fmt, upload, params)
+        return _import_dataset_file(ctx, fmt, upload, params)
     finally:
         upload.unlink(missing_ok=True)
 
 
-def _is_annotated(config: Config, upload: Path, fmt: str) -> bool:
+def _container(params: dict) -> str:
     # "annotations": a job queued while the request still told the two kinds of zip apart.
-    return fmt == "annotations" or (fmt == "zip" and archives.find_annotation_file(upload, zip_limits(config))
-                                    is not None)
+    return "zip" if params["format"] == "annotations" else params["format"]
 
 
-def _import_dataset_file(ctx: JobContext, upload: Path, params: dict) -> dict:
-    """A zip of class folders or an HDF5 file into ``datasets/<name>.hdf5``; the job's result."""
+def import_budget(ctx: JobContext) -> formats.ImportBudget:
+    """What an import job allows (``MAX_DATASET_MB``, the pixel and zip limits) and how it reports and reserves."""
+    return formats.ImportBudget(
+        max_bytes=ctx.config.max_dataset_mb * 2**20, max_pixels=ctx.config.max_image_pixels,
+        limits=zip_limits(ctx.config), reserve=ctx.reserve_disk,
+        on_progress=lambda done, total: ctx.progress(done, total, unit="image"), should_stop=ctx.should_stop)
+
+
+def _options(params: dict) -> formats.ImportOptions:
+    return formats.ImportOptions(params["test_fraction"], params["seed"], params["image_size"],
+                                 params["skip_bad_images"], params["filename"])
+
+
+def _import_dataset_file(ctx: JobContext, fmt: formats.DatasetFormat, upload: Path, params: dict) -> dict:
+    """A file of a format that makes datasets into ``datasets/<name>.hdf5``; the job's result."""
     name = _required_name(params.get("name"))
     check_name_unused(ctx.config, ctx.store, name)
     target = dataset_file(ctx.config, name)
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        if params["format"] == "zip":
-            info = _import_zip(ctx, upload, temp, params)
-        else:
-            info = _import_hdf5(ctx, upload, temp)
+        info = fmt.write_hdf5(upload, temp, _options(params), import_budget(ctx))
         _publish(temp, target)
     finally:
         temp.unlink(missing_ok=True)
@@ -267,67 +295,9 @@ def _import_dataset_file(ctx: JobContext, upload: Path, params: dict) -> dict:
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return {"dataset_id": row["id"], "path": row["path"], "format": params["format"], "layout": info["layout"],
-            "class_names": row["class_names"], "counts": row["counts"], "images": info.get("images"),
-            "ignored": info.get("ignored_total", 0), "skipped_images": info.get("bad_images", []),
-            "image_shape": info["shape"]}
-
-
-def _import_zip(ctx: JobContext, upload: Path, temp: Path, params: dict) -> dict:
-    archive = archives.read_class_folders(upload, zip_limits(ctx.config))
-    splits = archives.split_entries(archive, params["test_fraction"], params["seed"])
-    attrs = {"origin": {"uploaded": params["filename"], "layout": archive.layout,
-                        "test_fraction": params["test_fraction"], "seed": params["seed"]}}
-    report = archives.write_zip_as_hdf5(
-        upload, temp, archive, splits, params["image_size"], ctx.config.max_image_pixels,
-        params["skip_bad_images"], attrs, on_progress=lambda d, t: ctx.progress(d, t, unit="image"),
-        should_stop=ctx.should_stop, before_write=lambda images, shape: reserve_output(ctx, images, shape))
-    return {"class_names": archive.class_names, "counts": report.counts, "bad_images": report.bad_images,
-            "shape": list(report.shape), "layout": archive.layout, "ignored": archive.ignored[:100],
-            "ignored_total": len(archive.ignored), "images": len(archive.entries)}
-
-
-def reserve_output(ctx: JobContext, images: int, shape: tuple[int, int]) -> None:
-    """Before an import writes: refuse a dataset over ``MAX_DATASET_MB``, and reserve its bytes on the disk.
-
-    Raises:
-        InvalidInput: over the budget, naming ``image_size`` and the sizes. InsufficientStorage: the disk,
-            less what other jobs reserved, cannot hold it.
-    """
-    needed = archives.hdf5_bytes(images, shape)
-    what = (f"{images:,} images at {shape[0]}x{shape[1]} pixels (image_size) make a dataset of about "
-            f"{needed / 2**20:,.0f} MB")
-    if needed > ctx.config.max_dataset_mb * 2**20:
-        raise InvalidInput(f"'image_size': {what}; the limit is MAX_DATASET_MB ({ctx.config.max_dataset_mb:,} MB): "
-                           "choose a smaller image_size or split the dataset", "image_size")
-    quotas.reserve_disk(ctx.config, ctx.store, ctx.job_id, needed, "image_size", what,
-                        "wait for them, or choose a smaller image_size")
-
-
-def _import_hdf5(ctx: JobContext, upload: Path, temp: Path) -> dict:
-    """Rewrite an uploaded HDF5 file in the project's own layout (whatever layout the reader accepted), so
-    everything downstream (counts, thumbnails, export, training) reads one format.
-
-    Before a byte is written, the engine refuses a file that points at other files or whose declared shapes
-    decode to more than ``MAX_DATASET_MB``, and the output's bytes are reserved on the disk.
-    """
-    budget = ctx.config.max_dataset_mb * 2**20
-    try:
-        summary = engine_datasets.inspect_hdf5(upload, max_bytes=budget)
-    except InvalidInput as exc:
-        raise InvalidInput(f"'file': {exc}", "file") from None
-    quotas.reserve_disk(ctx.config, ctx.store, ctx.job_id, summary.canonical_bytes, "file",
-                        f"its {sum(summary.split_sizes.values()):,} images make a dataset of about "
-                        f"{summary.canonical_bytes / 2**20:,.0f} MB", "wait for them, or import fewer images")
-    try:
-        summary = engine_datasets.write_canonical_hdf5(
-            upload, temp, on_progress=lambda d, t: ctx.progress(d, t, unit="image"), should_stop=ctx.should_stop,
-            max_bytes=budget)
-    except InvalidInput as exc:
-        raise InvalidInput(f"'file': {exc}", "file") from None
-    names = summary.class_names
-    return {"class_names": names, "counts": archives.split_counts(temp, names),
-            "shape": list(summary.image_shape[:2]), "layout": "hdf5"}
+    return {"dataset_id": row["id"], "path": row["path"], "format": fmt.container.name, "dataset_format": fmt.name,
+            "layout": info.layout, "class_names": row["class_names"], "counts": row["counts"], "images": info.images,
+            "ignored": info.ignored_total, "skipped_images": info.bad_images, "image_shape": info.shape}
 
 
 def _publish(temp: Path, target: Path) -> None:
@@ -338,42 +308,42 @@ def _publish(temp: Path, target: Path) -> None:
         raise DatasetExists(f"a dataset named '{target.stem}' appeared meanwhile; nothing was written") from None
 
 
-def catalog_row(config: Config, params: dict, path: Path, info: dict, job_id: str | None,
+def catalog_row(config: Config, params: dict, path: Path, info: formats.Imported, job_id: str | None,
                 created_by: str | None) -> dict:
     """The ``datasets`` row of an imported file (with a few thumbnail picks from its training split)."""
     with open_hdf5(path, field="file") as h5:
         labels = np.asarray(h5["y_train"][:]).reshape(-1).astype(np.int64)
-    shape = info["shape"]
+    shape = info.shape
     return {"id": params["name"], "path": str(path.relative_to(config.data_dir)), "job_id": job_id,
-            "image_size": int(max(shape)), "class_names": info["class_names"], "counts": info["counts"],
-            "config": {"source": params.get("filename") or None, "layout": info["layout"],
-                       "test_fraction": params["test_fraction"] if info["layout"] == "class_folders" else None,
+            "image_size": int(max(shape)), "class_names": info.class_names, "counts": info.counts,
+            "config": {"source": params.get("filename") or None, "layout": info.layout,
+                       "test_fraction": params["test_fraction"] if info.layout == "class_folders" else None,
                        "seed": params["seed"], "image_shape": shape,
-                       "skipped_images": info.get("bad_images", []), "ignored_files": info.get("ignored", [])},
+                       "skipped_images": info.bad_images, "ignored_files": info.ignored},
             "created_by": created_by, "created_at": time.time(), "kind": "hdf5", "origin": "uploaded",
             "size_bytes": path.stat().st_size,
-            "thumbnails": archives.thumbnail_picks(labels, info["class_names"], THUMBNAILS_PER_CLASS)}
+            "thumbnails": archives.thumbnail_picks(labels, info.class_names, THUMBNAILS_PER_CLASS)}
 
 
 # ------------------------------------------------------------------------------- annotated images
 
 
 def check_annotations(config: Config, store: Store, annotated: archives.AnnotatedZip, params: dict,
-                      role: str | None) -> tuple[list[str], dict[str, str]]:
+                      creator: Mapping | None) -> tuple[list[str], dict[str, str]]:
     """Check an annotated zip against the label set and the stored images; ``(unknown labels, ids)``.
 
     Raises:
         InvalidInput: unknown labels (named) when ``unknown_labels`` is ``refuse``, ids taken without
-            ``overwrite``, two images with one id (field ``file``). AdminOnly: ``add`` by one who is no
-            admin (any more).
+            ``overwrite``, two images with one id (field ``file``). AdminOnly: ``add`` by one whose role (now)
+            may not edit the label set.
     """
     known = annotation.read_labels(config)
     unknown = [label for label in annotated.labels if label not in known]
     if unknown and params["unknown_labels"] == "refuse":
         raise InvalidInput(f"'file': labels not in the label set: {', '.join(unknown[:50])}; send "
                            f"unknown_labels=drop to import without them, or =add (admin) to add them", "file")
-    if unknown and params["unknown_labels"] == "add" and role != "admin":
-        raise AdminOnly("'unknown_labels': only an admin may add labels to the label set (unknown_labels=add)")
+    if unknown and params["unknown_labels"] == "add" and not rules.may("labels.edit", creator):
+        raise may_not_add_labels()
     ids = image_ids(annotated)
     taken = [i for i in ids.values() if store.get_image(i) is not None]
     if taken and not params["overwrite"]:
@@ -401,13 +371,12 @@ def _inspection(config: Config, data: bytes, member: str) -> annotation.Inspecti
                                  read_exif(data, config.max_image_pixels))
 
 
-def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
+def _import_annotations(ctx: JobContext, fmt: formats.DatasetFormat, upload: Path, params: dict) -> dict:
     """Check every image first (nothing is stored if one is bad and not skipped), then store and label."""
     config, store = ctx.config, ctx.store
-    annotated = archives.read_annotated_zip(upload, zip_limits(config))
+    annotated = fmt.read_labelled(upload, zip_limits(config))
     user = ctx.record().get("created_by")
-    creator = store.get_user(user) if user else None
-    unknown, ids = check_annotations(config, store, annotated, params, creator["role"] if creator else None)
+    unknown, ids = check_annotations(config, store, annotated, params, store.get_user(user) if user else None)
     known = annotation.read_labels(config)
     with archives.open_zip(upload) as zf:
         bad = []
@@ -431,7 +400,8 @@ def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
                 annotation.set_labels(config, store, ids[member], [x for x in labels if x in keep], user)
                 stored.append(ids[member])
             ctx.progress(done, len(annotated.items), unit="image")
-    return {"format": "zip", "layout": "annotations", "annotation_file": annotated.annotation_file,
+    return {"format": fmt.container.name, "dataset_format": fmt.name, "layout": "annotations",
+            "annotation_file": annotated.annotation_file,
             "images": len(annotated.items), "labels": annotated.labels, "imported": len(stored),
             "id_names": stored[:1000], "unknown_labels": unknown,
             "unknown_labels_policy": params["unknown_labels"], "skipped_images": bad,
@@ -441,9 +411,15 @@ def _import_annotations(ctx: JobContext, upload: Path, params: dict) -> dict:
 # --------------------------------------------------------------------------------------- the catalog
 
 
-def list_datasets(config: Config, store: Store) -> list[dict]:
-    """Every dataset of the catalog, newest first, as the API shows them."""
-    return [view(config, row) for row in store.list_datasets()]
+@action("datasets.read")
+def read_datasets(actor: Actor, name: str | None = None) -> list[dict]:
+    """Every dataset of the catalog, newest first, as the API shows them; with ``name``, that one alone.
+
+    Raises:
+        UnknownDataset: ``name`` names no dataset.
+    """
+    rows = [get_dataset(actor.store, name)] if name is not None else actor.store.list_datasets()
+    return [view(actor.config, row) for row in rows]
 
 
 def view(config: Config, row: dict) -> dict:
@@ -468,71 +444,64 @@ def thumbnails(config: Config, row: dict, per_class: int = THUMBNAILS_PER_CLASS)
 
 
 def references(config: Config, store: Store, name: str) -> list[str]:
-    """What needs the dataset: queued or running jobs that read it, and trained models made from it."""
-    path = config.path("datasets").resolve() / f"{name}.hdf5"
-    found = []
-    for status in ACTIVE_STATUSES:
-        for job in store.list_jobs(status=status, limit=1000):
-            if _reads(config, job["params"], path) or job["params"].get("name") == name:
-                found.append(f"{job['kind']} job {job['id']} ({status})")
-    for model in store.list_models():
-        job = store.get_job(model["job_id"]) if model.get("job_id") else None
-        if job is not None and _reads(config, job["params"], path):
-            found.append(f"model {model['id']} ({model['model_name']})")
-    return found
+    """What needs the dataset: queued or running jobs that read or write it, and trained models made from it
+    (asked in SQL of the jobs' ``dataset`` column)."""
+    found = [f"{job['kind']} job {job['id']} ({status})" for status in ACTIVE_STATUSES
+             for job in store.list_jobs(status=status, dataset=name, limit=1000)]
+    return found + [f"model {model['id']} ({model['model_name']})" for model in store.list_models_made_from(name)]
 
 
-def _reads(config: Config, params: dict, path: Path) -> bool:
-    raw = params.get("hdf5_path") if isinstance(params, dict) else None
-    if not raw or params.get("dataset", "hdf5") != "hdf5":
-        return False
-    try:
-        return resolve_under(config.path("datasets"), raw, "hdf5_path") == path
-    except InvalidInput:
-        return False
-
-
-def delete_dataset(config: Config, store: Store, name: str) -> None:
-    """Delete a dataset's file, its export and its row; refused while a job or a model needs it.
+@action("datasets.delete")
+def delete_dataset(actor: Actor, name: str) -> None:
+    """Delete a dataset's file, its exports and its row; refused while a job or a model needs it.
 
     Raises:
         UnknownDataset: no such dataset. DatasetInUse: something needs it.
     """
-    row = get_dataset(store, name)
-    needed = references(config, store, name)
+    config = actor.config
+    row = get_dataset(actor.store, name)
+    needed = references(config, actor.store, name)
     if needed:
         raise DatasetInUse(f"dataset '{name}' is needed by {', '.join(needed[:10])}; delete those first")
-    store.delete_dataset(name)
+    actor.store.delete_dataset(name)
     config.path(row["path"]).unlink(missing_ok=True)
-    export_zip_path(config, name).unlink(missing_ok=True)
+    for fmt in formats.export_formats().values():
+        export_path(config, name, fmt).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------- export
 
 
-def export_zip_path(config: Config, name: str) -> Path:
-    return config.path("exports", f"{name}-dataset.zip")
+def export_path(config: Config, name: str, fmt: formats.DatasetFormat) -> Path:
+    """Where a dataset's export in ``fmt`` is kept (the canonical format's is the dataset's own file)."""
+    return config.path("exports", f"{name}-dataset{fmt.suffixes[0]}")
 
 
-def export_zip(config: Config, row: dict) -> Path:
-    """A zip of ``<name>/train|test/<class>/*.png`` (made once, kept in ``DATA_DIR/exports``)."""
-    target = export_zip_path(config, row["id"])
+@action("datasets.export")
+def export_dataset(actor: Actor, name: str, export_as: str = "hdf5") -> tuple[Path, str]:
+    """The file that downloads dataset ``name`` in the format ``export_as`` names, and its download name.
+
+    Raises:
+        UnknownDataset: no such dataset. InvalidInput: no format exports as ``export_as`` (field ``format``).
+    """
+    row = get_dataset(actor.store, name)
+    fmt = formats.get_export(export_as)
+    return exported_file(actor.config, row, fmt), f"{row['id']}{fmt.suffixes[0]}"
+
+
+def exported_file(config: Config, row: dict, fmt: formats.DatasetFormat) -> Path:
+    """The dataset's file in ``fmt``: its own file (canonical), else made once and kept in ``DATA_DIR/exports``."""
     source = config.path(row["path"])
+    if fmt.canonical:
+        return source
+    target = export_path(config, row["id"], fmt)
     if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        archives.write_hdf5_as_zip(source, temp, row["class_names"], row["id"])
+        fmt.write_export(source, temp, row["class_names"], row["id"])
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
     return target
-
-
-def export_file(config: Config, row: dict, fmt: str) -> tuple[Path, str]:
-    """The file to download and its name: the HDF5 itself, or the zip of class folders."""
-    if fmt == "zip":
-        return export_zip(config, row), f"{row['id']}.zip"
-    return config.path(row["path"]), f"{row['id']}.hdf5"
-

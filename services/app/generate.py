@@ -10,6 +10,9 @@ the file only once it is complete; a cancelled or failed job leaves neither file
 
 Backgrounds come from two places, the shipped ``bgs/{train,test}`` of the repository and the user's
 ``DATA_DIR/bgs/user/{train,test}``; a picture (by content) is never in both splits.
+
+The actions ``datasets.generate``, ``backgrounds.read`` and ``backgrounds.upload`` are the functions below
+decorated with :func:`~services.app.rules.action`: the routes and the Augment page call the same ones.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from engine import formats
 from engine.augment.backgrounds import IMAGE_SUFFIXES, SPLITS, BackgroundSets, content_digest, list_backgrounds
 from engine.augment.generate import (
     OPTION_RANGES,
@@ -53,6 +57,7 @@ from engine.files import atomic_write_bytes
 from engine.hdf5 import open_hdf5
 from engine.images import encode_png, open_image
 from services.app.quotas import check_disk_reservation
+from services.app.rules import Actor, action
 from services.app.segment import object_paths
 from services.app.validation import Within
 from services.jobs import runtime as jobs
@@ -63,9 +68,10 @@ from services.storage.store import Store
 
 MAX_NAME = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HDF5_SUFFIXES = (".hdf5", ".h5")
 # Pillow format -> the extension backgrounds are stored under; anything else is re-encoded as PNG.
 _BACKGROUND_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+# What an uploader offers for backgrounds: the endings of the formats kept as sent (plus JPEG's other one).
+BACKGROUND_UPLOAD_TYPES = sorted({suffix.lstrip(".") for suffix in _BACKGROUND_FORMATS.values()} | {"jpeg"})
 _DISK_HEADROOM = 1.1  # HDF5 chunk overhead and the temporary file's metadata
 
 Number = Annotated[float, Field(allow_inf_nan=False)]
@@ -205,7 +211,7 @@ def dataset_name(config: Config, store: Store, requested: str | None, image_size
 def clean_dataset_name(requested: str, field: str = "name") -> str:
     """A requested dataset name without its ``.hdf5`` suffix; anything that could be a path is refused."""
     name = requested.strip()
-    for suffix in _HDF5_SUFFIXES:
+    for suffix in formats.canonical_format().suffixes:
         name = name.removesuffix(suffix)
     if not 1 <= len(name) <= MAX_NAME or not _NAME.match(name) or ".." in name:
         raise InvalidInput(f"'{field}' must be 1-{MAX_NAME} letters, digits, '_', '-' or '.', starting with a "
@@ -241,7 +247,8 @@ def check_disk_space(config: Config, gen: GenerationConfig, n_objects: int, stor
     return int(needed)
 
 
-def submit_generation(config: Config, store: Store, body: GenerateBody, username: str | None) -> str:
+@action("datasets.generate")
+def submit_generation(actor: Actor, body: GenerateBody) -> str:
     """Validate a request completely, then enqueue one ``generate`` job; returns its id.
 
     Raises:
@@ -249,6 +256,7 @@ def submit_generation(config: Config, store: Store, body: GenerateBody, username
             a split without backgrounds, a dataset too large for the disk.
         DatasetExists: the requested name is taken.
     """
+    config, store = actor.config, actor.store
     gen = generation_config(body)
     library = object_paths(config, store, body.classes)
     background_sets(config, required=True)
@@ -259,7 +267,7 @@ def submit_generation(config: Config, store: Store, body: GenerateBody, username
         raise DatasetExists(f"export folders exist already: {', '.join(taken)}", body.spelled("name"))
     params = {"config": gen.to_dict(), "classes": list(library), "name": name,
               "export_folders": bool(body.export_folders), "reserved_bytes": needed}
-    return jobs.submit(config, store, "generate", params, username)
+    return jobs.submit(config, store, "generate", params, actor.username)
 
 
 # ------------------------------------------------------------------------------------------- the job
@@ -340,10 +348,6 @@ def export_folders(config: Config, h5_path: Path, name: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------- the catalog
 
 
-def list_datasets(store: Store) -> list[dict]:
-    return store.list_datasets()
-
-
 def get_dataset(store: Store, dataset_id: str) -> dict:
     row = store.get_dataset(dataset_id)
     if row is None:
@@ -384,6 +388,23 @@ class Background:
     split: str
     origin: Literal["shipped", "user"]
     path: Path
+
+
+@dataclass(frozen=True)
+class Backgrounds:
+    """Every background (shipped then user), and how many each split has."""
+
+    files: list[Background]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {split: sum(1 for b in self.files if b.split == split) for split in SPLITS}
+
+
+@action("backgrounds.read")
+def read_backgrounds(actor: Actor) -> Backgrounds:
+    """Every background with its split and origin, and the count of each split."""
+    return Backgrounds(list_background_files(actor.config))
 
 
 def _origins(config: Config) -> dict[str, Path]:
@@ -429,11 +450,12 @@ def background_view(bg: Background) -> dict:
     return {"name": bg.name, "split": bg.split, "origin": bg.origin}
 
 
-def add_background(config: Config, data: bytes, split: str | None = None) -> Background:
+@action("backgrounds.upload")
+def add_background(actor: Actor, data: bytes, split: str | None = None) -> Background:
     """Store an uploaded background in the user's ``train`` or ``test`` folder.
 
     Args:
-        config: the configuration (pixel limit, folders).
+        actor: who adds it, in which studio (its pixel limit and folders).
         data: the file's bytes; any format Pillow reads (JPEG, PNG, WebP, BMP kept as sent, others as PNG).
         split: ``"train"``, ``"test"``, or None for whichever set is smaller now (ties go to train).
 
@@ -445,6 +467,7 @@ def add_background(config: Config, data: bytes, split: str | None = None) -> Bac
         raise InvalidInput("'file' is empty: send the image's bytes", "file")
     if split is not None and split not in SPLITS:
         raise InvalidInput(f"'split' must be one of {', '.join(SPLITS)}, got {split!r}", "split")
+    config = actor.config
     img = open_image(data, "file", config.max_image_pixels)
     fmt = Image.open(io.BytesIO(data)).format  # open_image's oriented copy no longer knows its format
     if fmt not in _BACKGROUND_FORMATS:

@@ -36,8 +36,8 @@ class InsufficientStorage(InvalidInput):
 
 
 def active_jobs(store: Store, username: str) -> int:
-    """How many queued and running jobs the user has (counted in SQL)."""
-    return sum(store.count_jobs(status=status, created_by=username) for status in ACTIVE)
+    """How many queued and running jobs the user has (counted in SQL, on the owner and status index)."""
+    return store.count_jobs(status=ACTIVE, created_by=username)
 
 
 def check_job_quota(config: Config, store: Store, username: str | None, slots: int = 1,
@@ -107,17 +107,16 @@ def check_study_size(config: Config, store: Store, username: str | None, trials:
 
 
 def reserved_bytes(store: Store, but: str | None = None) -> int:
-    """Disk that queued and running jobs have reserved (``params.reserved_bytes``), all but job ``but``.
+    """Disk that queued and running jobs have reserved (their ``reserved_bytes`` column), all but job ``but``.
 
     A generation reserves its estimate at submission, an import once its job knows the output's size
-    (:func:`reserve_disk`); a job's reservation ends with the job.
+    (``JobContext.reserve_disk``); a job's reservation ends with the job.
     """
-    jobs = [job for status in ACTIVE for job in store.list_jobs(None, status, limit=10_000)]
-    return sum(int((job.get("params") or {}).get("reserved_bytes", 0)) for job in jobs if job["id"] != but)
+    return store.reserved_bytes(ACTIVE, but=but)
 
 
 @contextmanager
-def _reservations_locked(config: Config):
+def reservations_locked(config: Config):
     """One reservation at a time across the studio's processes (they share DATA_DIR, on one host)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     with open(config.path(RESERVATIONS_LOCK), "a") as fh:
@@ -125,12 +124,12 @@ def _reservations_locked(config: Config):
         yield
 
 
-def reserve_disk(config: Config, store: Store, job_id: str, needed: int, field: str, what: str,
-                 advice: str = "") -> None:
-    """Reserve ``needed`` bytes of the datasets disk for running job ``job_id`` before it writes them.
+def check_disk_room(config: Config, store: Store, job_id: str, needed: int, field: str, what: str,
+                    advice: str = "") -> None:
+    """Refuse ``needed`` more bytes on the datasets disk for job ``job_id`` beside what other jobs reserved.
 
-    The check and the record happen under one lock, so two jobs can never both count the same free bytes;
-    the reservation is held in the job's ``params.reserved_bytes`` until the job ends.
+    Called under :func:`reservations_locked` by the job runtime, which then records the reservation
+    (``JobContext.reserve_disk``), so two jobs can never both count the same free bytes.
 
     Args:
         what: the job's output in words, for the message (e.g. ``"150 images at 1024x1024 make 0.47 GB"``).
@@ -141,15 +140,12 @@ def reserve_disk(config: Config, store: Store, job_id: str, needed: int, field: 
     """
     folder = config.path("datasets")
     folder.mkdir(parents=True, exist_ok=True)
-    with _reservations_locked(config):
-        free = shutil.disk_usage(folder).free
-        reserved = reserved_bytes(store, but=job_id)
-        if needed + reserved > free:
-            raise InsufficientStorage(
-                f"'{field}': {what}; the disk has {free / 1e9:.2f} GB free, of which {reserved / 1e9:.2f} GB are "
-                f"reserved by queued or running jobs{'; ' + advice if advice else ''}", field)
-        params = store.get_job(job_id)["params"]
-        store.update_job(job_id, params={**params, "reserved_bytes": int(needed)})
+    free = shutil.disk_usage(folder).free
+    reserved = reserved_bytes(store, but=job_id)
+    if needed + reserved > free:
+        raise InsufficientStorage(
+            f"'{field}': {what}; the disk has {free / 1e9:.2f} GB free, of which {reserved / 1e9:.2f} GB are "
+            f"reserved by queued or running jobs{'; ' + advice if advice else ''}", field)
 
 
 def check_disk_reservation(config: Config, store: Store, needed: int, field: str) -> None:

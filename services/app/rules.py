@@ -99,6 +99,7 @@ RULES: Mapping[str, Rule] = MappingProxyType({
     "objects.segment": Rule(CUTTERS, "cut objects out of photos"),
     "objects.read": Rule(CUTTERS, "read the object library"),
     "objects.delete": Rule(OPERATORS, "delete objects"),
+    "objects.move": Rule(CUTTERS, "move objects to another class"),
     # generated and imported datasets
     "datasets.generate": Rule(OPERATORS, "generate datasets", jobs=1),
     "backgrounds.read": Rule(CUTTERS, "read backgrounds"),
@@ -113,6 +114,7 @@ RULES: Mapping[str, Rule] = MappingProxyType({
     "models.zoo": Rule(PREDICTORS, "read the model zoo"),
     "models.read": Rule(OPERATOR_CLIENTS, "read trained models"),
     "models.manage": Rule(OPERATORS, "activate, export or delete models"),
+    "weights.upload": Rule(OPERATORS, "upload weights files to start runs from"),
     "predict": Rule(PREDICTORS, "ask for predictions"),
     # hyperparameter search
     "tune.submit": Rule(OPERATORS, "start a study", jobs=1),

@@ -1,5 +1,10 @@
 """GrabCut cut-outs and the object library: the legacy API's ``/api/v1/segment`` and the Segment page.
 
+Both doors take the one action :func:`segment`: the same request gives the same cut-out and the same
+saved object. A request with strokes refines the user's last cut of the same photo and box when its
+strokes only add to that cut's (same iterations); the very same request again gives that very cut again
+(nothing is cut twice), and an identical cut of the same source is saved once.
+
 A cut-out is an RGBA PNG under ``DATA_DIR/objects/<class>/<object_id>.png`` with a row in the catalog's
 ``objects`` table. The file is written under a temporary name and moved into place before the row is
 added, and a deletion removes the row before the file, so a row never points at a missing file.
@@ -20,8 +25,9 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Self
 
 import cv2
 import numpy as np
@@ -38,8 +44,10 @@ from engine.segmentation import (
     MAX_STROKE_WIDTH,
     Segmentation,
     grabcut,
+    make_cutout,
     refine,
 )
+from services.app.rules import Actor, action
 from services.jobs.runtime import redis_connection
 from services.platform.config import Config
 from services.storage.rows import CatalogObject
@@ -106,8 +114,9 @@ def validate_class_name(name: object, field: str = "ean") -> str:
     return name
 
 
-class SegmentBody(BaseModel):
-    """The legacy API's ``/api/v1/segment`` body; numbers may arrive as strings (``"37"``)."""
+class CutRequest(BaseModel):
+    """A cut-out asked for: a photo, a box and optional strokes. Without a class nothing is saved (the
+    Segment page's "Run GrabCut"); :class:`SegmentBody` adds the class and saves."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -115,20 +124,12 @@ class SegmentBody(BaseModel):
     y1: Number = Field(description="top edge of the box, image pixels")
     x2: Number = Field(description="right edge of the box (exclusive), greater than x1")
     y2: Number = Field(description="bottom edge of the box (exclusive), greater than y1")
-    ean: str = Field(description="class label of the object (letters, digits, _ - . and spaces)",
-                     max_length=MAX_CLASS_NAME)
     image: str = Field(description="base64 image, with or without a data:image/...;base64, prefix")
     iterations: int = Field(DEFAULT_ITERATIONS, ge=1, le=MAX_ITERATIONS)
     fg_strokes: Strokes | None = Field(None, description="polylines of [x, y] points that are the object")
     bg_strokes: Strokes | None = Field(None, description="polylines of [x, y] points that are background")
     stroke_width: int = Field(DEFAULT_STROKE_WIDTH, ge=1, le=MAX_STROKE_WIDTH,
                               description="stroke thickness in image pixels")
-    source: str | None = Field(None, max_length=200, description="where the image came from (a file name)")
-
-    @field_validator("ean")
-    @classmethod
-    def _class_name(cls, value: str) -> str:
-        return validate_class_name(value, "ean")
 
     @field_validator("stroke_width")
     @classmethod
@@ -139,9 +140,85 @@ class SegmentBody(BaseModel):
                              "(points x width); send fewer points or a thinner stroke")
         return value
 
+    @classmethod
+    def of_photo(cls, data: bytes, box: Sequence[float], fg=None, bg=None, **fields) -> Self:
+        """The request for a photo's bytes (as the Segment page sends it): base64 image, box and strokes.
+
+        Raises:
+            pydantic.ValidationError: a field out of range (the page words it with ``page_message``).
+        """
+        x1, y1, x2, y2 = box
+        image = base64.b64encode(data).decode("ascii")
+        return cls.model_validate({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "image": image, "fg_strokes": fg or None,
+                                   "bg_strokes": bg or None, **fields})
+
     def box(self) -> tuple[int, int, int, int]:
         """The box in whole pixels, grown outwards when fractional (a drawn box never loses the object's edge)."""
         return math.floor(self.x1), math.floor(self.y1), math.ceil(self.x2), math.ceil(self.y2)
+
+
+class SegmentBody(CutRequest):
+    """The legacy API's ``/api/v1/segment`` body; numbers may arrive as strings (``"37"``)."""
+
+    ean: str = Field(description="class label of the object (letters, digits, _ - . and spaces)",
+                     max_length=MAX_CLASS_NAME)
+    source: str | None = Field(None, max_length=200, description="where the image came from (a file name)")
+
+    @field_validator("ean")
+    @classmethod
+    def _class_name(cls, value: str) -> str:
+        return validate_class_name(value, "ean")
+
+
+@dataclass(frozen=True)
+class CutMade:
+    """How a cut was asked for, kept with it: the iterations, the stroke width and a digest of each stroke."""
+
+    iterations: int
+    stroke_width: int
+    fg: tuple[str, ...]
+    bg: tuple[str, ...]
+
+    @classmethod
+    def of(cls, req: CutRequest) -> CutMade:
+        return cls(req.iterations, req.stroke_width, _stroke_digests(req.fg_strokes), _stroke_digests(req.bg_strokes))
+
+    def grown_into(self, later: CutMade) -> bool:
+        """Whether ``later`` only adds strokes to these, with the same iterations (so it may refine this cut)."""
+        adds = len(later.fg) + len(later.bg) > len(self.fg) + len(self.bg)
+        return (adds and later.iterations == self.iterations and later.fg[:len(self.fg)] == self.fg
+                and later.bg[:len(self.bg)] == self.bg)
+
+
+def _stroke_digests(strokes: Sequence | None) -> tuple[str, ...]:
+    return tuple(hashlib.blake2b(np.asarray(line, np.float64).tobytes(), digest_size=8).hexdigest()
+                 for line in strokes or ())
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What :func:`segment` did: the cut-out, how it was made, and the object it is saved as (if asked).
+
+    Attributes:
+        result: the mask, cut-out, bbox and colour models.
+        how: ``"cut"`` from scratch, ``"refined"`` (strokes applied to the last cut) or ``"kept"`` (the
+            same request as the last cut: that cut again).
+        png: the saved cut-out as PNG (None when nothing was saved).
+        row: the object's catalog row (None when nothing was saved).
+        created: False when the very same cut of the same source was already saved (``row`` is that one).
+    """
+
+    result: Segmentation
+    how: Literal["cut", "refined", "kept"]
+    png: bytes | None = None
+    row: dict | None = None
+    created: bool = False
+
+    def answer(self) -> dict:
+        """The legacy API's response fields: ``output_image`` (base64 PNG), ``object_id``, ``ean``, ``bbox``."""
+        assert self.png is not None and self.row is not None, "only a saved cut has the legacy answer"
+        return {"output_image": base64.b64encode(self.png).decode("ascii"), "object_id": self.row["id"],
+                "ean": self.row["class_name"], "bbox": list(self.result.bbox)}
 
 
 # ------------------------------------------------------------------------------------ segmentation
@@ -184,35 +261,50 @@ def refine_cut(image: np.ndarray, previous: Segmentation, box: Sequence[float], 
     return refine(image, previous, box, fg_strokes, bg_strokes, stroke_width)
 
 
-def segment(config: Config, store: Store, body: SegmentBody, username: str | None) -> dict:
-    """Everything ``POST /api/v1/segment`` does: decode, cut out, save as an object of class ``ean``.
+def image_digest(image: str) -> str:
+    """The digest a request's image is known by (its decoded pixels and its last cut are kept under it)."""
+    return hashlib.sha256(image.encode()).hexdigest()
 
-    A request with strokes for an image and box this user cut in the last ``LAST_CUT_TTL_S`` seconds
-    refines that cut (its mask and colour models) instead of starting over; the answer has the same shape.
 
-    Returns:
-        The legacy API's response fields: ``output_image`` (base64 PNG of the RGBA cut-out), ``object_id``,
-        ``ean`` and ``bbox`` (``[x1, y1, x2, y2]`` of the cut-out in image pixels, x2/y2 exclusive).
+@action("objects.segment")
+def segment(actor: Actor, req: CutRequest) -> Cut:
+    """Cut out the object inside the box and, for a :class:`SegmentBody`, save it as an object of its class.
+
+    The API's ``POST /api/v1/segment`` and the Segment page both call this. With strokes that only add
+    to those of the user's last cut of this photo and box (same iterations, within ``LAST_CUT_TTL_S``),
+    the strokes refine that cut (its mask and colour models) instead of starting over; the same request
+    as that cut gives that cut again. The very same cut of the same source is saved once.
+
+    Raises:
+        InvalidInput: a bad image, box or strokes (naming the field), or nothing found inside the box.
     """
-    digest = hashlib.sha256(body.image.encode()).hexdigest()
-    image = decode_kept(config, body.image, digest)
-    result = _cut_or_refine(config, image, body, username, digest)
-    remember_cut(config, username, digest, body.box(), result)
-    png = encode_cutout_png(result.cutout)
-    row = save_object(config, store, body.ean, png, source=body.source or f"sha256:{digest[:16]}",
-                      bbox=result.bbox, created_by=username, size=(result.cutout.shape[1], result.cutout.shape[0]))
-    return {"output_image": base64.b64encode(png).decode("ascii"), "object_id": row["id"], "ean": body.ean,
-            "bbox": list(result.bbox)}
+    digest = image_digest(req.image)
+    image = decode_kept(actor.config, req.image, digest)
+    result, how = _cut_or_refine(actor, image, req, digest)
+    if how != "kept":
+        remember_cut(actor.config, actor.username, digest, req.box(), result, CutMade.of(req))
+    if not isinstance(req, SegmentBody):
+        return Cut(result, how)
+    return _saved(actor, req, Cut(result, how), digest)
 
 
-def _cut_or_refine(config: Config, image: np.ndarray, body: SegmentBody, username: str | None,
-                   digest: str) -> Segmentation:
-    previous = None
-    if body.fg_strokes or body.bg_strokes:
-        previous = recall_cut(config, username, digest, body.box(), image.shape[:2])
-    if previous is None:
-        return cut_out(image, body.box(), body.iterations, body.fg_strokes, body.bg_strokes, body.stroke_width)
-    return refine(image, previous, body.box(), body.fg_strokes, body.bg_strokes, body.stroke_width)
+def _saved(actor: Actor, body: SegmentBody, cut: Cut, digest: str) -> Cut:
+    """``cut`` saved in class ``body.ean`` (once: an identical cut of the same source is that object)."""
+    png, cutout = encode_cutout_png(cut.result.cutout), cut.result.cutout
+    row, created = save_once(actor.config, actor.store, body.ean, png, source=body.source or f"sha256:{digest[:16]}",
+                             bbox=cut.result.bbox, created_by=actor.username, size=(cutout.shape[1], cutout.shape[0]))
+    return Cut(cut.result, cut.how, png, row, created)
+
+
+def _cut_or_refine(actor: Actor, image: np.ndarray, req: CutRequest, digest: str) -> tuple[Segmentation, str]:
+    made = CutMade.of(req)
+    last = _recall(actor.config, actor.username, digest, req.box(), image.shape[:2])
+    if last is not None and last[1] == made:
+        cutout, bbox = make_cutout(image, last[0].mask)
+        return Segmentation(last[0].mask, cutout, bbox, last[0].models), "kept"
+    if last is not None and last[1] is not None and last[1].grown_into(made):
+        return refine(image, last[0], req.box(), req.fg_strokes, req.bg_strokes, req.stroke_width), "refined"
+    return cut_out(image, req.box(), req.iterations, req.fg_strokes, req.bg_strokes, req.stroke_width), "cut"
 
 
 def encode_cutout_png(cutout: np.ndarray) -> bytes:
@@ -225,11 +317,14 @@ def encode_cutout_png(cutout: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------ the last cut, for strokes
 
 
-def remember_cut(config: Config, username: str | None, digest: str, box: Sequence[int], cut: Segmentation) -> None:
-    """Keep a cut's mask and colour models in Redis for a while; a Redis failure only loses refinement."""
+def remember_cut(config: Config, username: str | None, digest: str, box: Sequence[int], cut: Segmentation,
+                 made: CutMade | None = None) -> None:
+    """Keep a cut's mask and colour models (and how it was asked for) in Redis for a while; a Redis failure
+    only loses refinement."""
     if cut.models is None:
         return
-    header = {"box": list(box), "shape": list(cut.mask.shape), "models": [m.ravel().tolist() for m in cut.models]}
+    header = {"box": list(box), "shape": list(cut.mask.shape), "models": [m.ravel().tolist() for m in cut.models],
+              "made": None if made is None else [made.iterations, made.stroke_width, made.fg, made.bg]}
     blob = json.dumps(header).encode() + b"\n" + zlib.compress(np.packbits(cut.mask).tobytes(), 1)
     try:
         redis_connection(config.effective_redis_url).set(_last_cut_key(username, digest), blob, ex=LAST_CUT_TTL_S)
@@ -240,6 +335,12 @@ def remember_cut(config: Config, username: str | None, digest: str, box: Sequenc
 def recall_cut(config: Config, username: str | None, digest: str, box: Sequence[int],
                shape: tuple[int, int]) -> Segmentation | None:
     """The cut :func:`remember_cut` kept for this user, image and box, or None (gone, other box, no Redis)."""
+    last = _recall(config, username, digest, box, shape)
+    return None if last is None else last[0]
+
+
+def _recall(config: Config, username: str | None, digest: str, box: Sequence[int],
+            shape: tuple[int, int]) -> tuple[Segmentation, CutMade | None] | None:
     try:
         blob = redis_connection(config.effective_redis_url).get(_last_cut_key(username, digest))
     except redis.RedisError as exc:
@@ -253,8 +354,10 @@ def recall_cut(config: Config, username: str | None, digest: str, box: Sequence[
         return None
     bits = np.unpackbits(np.frombuffer(zlib.decompress(packed), np.uint8), count=shape[0] * shape[1])
     models = tuple(np.asarray(m, np.float64)[None, :] for m in header["models"])
+    made = header.get("made")
+    made = None if made is None else CutMade(made[0], made[1], tuple(made[2]), tuple(made[3]))
     return Segmentation(mask=bits.reshape(shape).astype(bool), cutout=np.zeros((0, 0, 4), np.uint8),
-                        bbox=(0, 0, 0, 0), models=models)
+                        bbox=(0, 0, 0, 0), models=models), made
 
 
 def _last_cut_key(username: str | None, digest: str) -> str:
@@ -304,6 +407,35 @@ def save_object(config: Config, store: Store, class_name: str, png: bytes, *, so
     return row
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def same_cut(config: Config, store: Store, class_name: str, png: bytes, source: str | None) -> dict | None:
+    """The object of ``class_name`` from ``source`` whose pixels are ``png`` exactly, if one is saved."""
+    wanted = _digest(png)
+    for row in store.list_objects(class_name=class_name, source=source, limit=None):
+        try:
+            if _digest(object_file(config, row).read_bytes()) == wanted:
+                return row
+        except OSError:
+            continue
+    return None
+
+
+def save_once(config: Config, store: Store, class_name: str, png: bytes, **fields) -> tuple[dict, bool]:
+    """Save a cut-out unless the very same cut of the same source is already in the class.
+
+    Returns:
+        ``(row, created)``: the new row and True, or the existing row and False.
+    """
+    class_name = validate_class_name(class_name, "ean")
+    existing = same_cut(config, store, class_name, png, fields.get("source"))
+    if existing is not None:
+        return existing, False
+    return save_object(config, store, class_name, png, **fields), True
+
+
 def get_object(store: Store, object_id: str) -> dict:
     row = store.get_object(object_id)
     if row is None:
@@ -314,6 +446,31 @@ def get_object(store: Store, object_id: str) -> dict:
 def list_objects(store: Store, class_name: str | None = None, limit: int = 10_000) -> list[dict]:
     """Objects, newest first, optionally of one class."""
     return store.list_objects(class_name=class_name, limit=limit)
+
+
+class ObjectsQuery(BaseModel):
+    """Which objects to read: one class (or all), the newest ``limit``."""
+
+    class_name: str | None = Field(None, max_length=MAX_CLASS_NAME, description="only this class")
+    limit: int = Field(1000, ge=1, le=100_000)
+
+
+@action("objects.read")
+def read_objects(actor: Actor, query: ObjectsQuery | str) -> list[dict] | dict:
+    """The library's objects, newest first (for a query), or one object's catalog row (for its id).
+
+    Raises:
+        UnknownObject: no object has this id.
+    """
+    if isinstance(query, str):
+        return get_object(actor.store, query)
+    return list_objects(actor.store, query.class_name, query.limit)
+
+
+@action("objects.delete")
+def remove_object(actor: Actor, object_id: str) -> dict:
+    """Remove an object from the library; returns its row as it was (see :func:`delete_object`)."""
+    return delete_object(actor.config, actor.store, object_id)
 
 
 def delete_object(config: Config, store: Store, object_id: str) -> dict:

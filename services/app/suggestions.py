@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import labels as labelsets
+from services.app.annotated_images import labelled_items
 from services.app.predictions import predict
 from services.jobs import runtime as jobs
 from services.jobs.runtime import JobContext, job_kind, redis_connection
@@ -189,7 +190,6 @@ def retrain_head(ctx: JobContext, params: dict) -> dict:
     backbone. The model's per-label thresholds and validation mAP come from :func:`engine.training.fit_head`.
     """
     from services.app import training  # torch is imported only by the workers that run this
-    from services.app.annotation import labelled_items  # annotation calls this module after each save
 
     items = labelled_items(ctx.config, ctx.store)
     names = head_labels(items, labelsets.read_label_set(ctx.config.path("newdata")))

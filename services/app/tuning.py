@@ -11,17 +11,17 @@ study without a shared file system (SQLite over NFS locks unreliably); Redis run
 persistence, and appending to a journal is atomic, so concurrent trials never overwrite each other.
 One journal per study keeps loading a study cheap.
 
-Scheduling works with a single worker. A study is a catalog job of kind ``tune``; its RQ job is
-created *deferred* (it waits on its trials) so that RQ and the catalog agree the study is alive.
-``POST /api/v1/tune`` enqueues ``min(parallel, n_trials)`` trial jobs (kind ``tune-trial``); each trial,
-when it ends, calls :func:`advance`, which (under a Redis lock) enqueues the next trial while the study
-wants more and is not stopped, and once no trial is left in flight enqueues the deferred ``tune`` job,
-which records the best trial. Trials ask the study for their parameters themselves, so the TPE sampler
-sees every trial finished so far; they report the test metric each epoch to the median pruner. A trial
-killed without running its epilogue (a dead worker) is noticed when the study is read
-(:func:`study_view`), which repairs the chain.
+Scheduling works with a single worker. A study is a *chain* of the job runtime (``services.jobs.runtime``):
+its catalog job of kind ``tune`` is opened started, with its RQ job parked (deferred) so that RQ and the
+catalog agree the study is alive; its trials (kind ``tune-trial``) are the chain's members, ``min(parallel,
+n_trials)`` in flight. Each trial, when it ends, calls :func:`advance`, which has the runtime add the next
+trial while the study wants more and is not stopped, and once no trial is left in flight hand the study to its
+parked ``tune`` job, which records the best trial. Trials ask the study for their parameters themselves, so
+the TPE sampler sees every trial finished so far; they report the test metric each epoch to the median
+pruner. A trial killed without running its epilogue (a dead worker) is settled by the worker sweep
+(:func:`settle`), which moves the chain on.
 
-Budget. A non-admin's study is checked at launch (:func:`check_budget`): its job and the ``parallel`` trials
+Budget. A non-admin's study is checked at launch (:func:`launch`): its job and the ``parallel`` trials
 it keeps in flight count as that many of its owner's active jobs (``MAX_ACTIVE_JOBS_PER_USER``), and all its
 trials together may make at most ``MAX_SAMPLE_EPOCHS`` image passes, the budget of one training run. Trials
 are bounded by the study's declared ``parallel`` and ``n_trials``, not checked one by one.
@@ -34,8 +34,6 @@ flag; queued trials then end as cancelled as soon as a worker picks them up.
 from __future__ import annotations
 
 import shutil
-import time
-import uuid
 import warnings
 from collections.abc import Callable
 
@@ -44,15 +42,13 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalRedisBackend
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from rq.exceptions import NoSuchJobError
-from rq.job import JobStatus
-from rq.serializers import JSONSerializer
 
 from engine.exceptions import Cancelled, InvalidInput
 from engine.models import get_model_info
-from engine.training import OPTIMIZERS
+from engine.run_config import OPTIMIZERS
 from services.app import training
-from services.app.quotas import check_job_quota, check_study_size
+from services.app.quotas import check_study_size
+from services.app.rules import Actor, action
 from services.app.training import Conflict, NotFound, TrainRequest
 from services.app.validation import field_limits, invalid_input_from, open_floor
 from services.jobs import runtime as jobs
@@ -62,8 +58,6 @@ from services.storage.store import Store
 
 TUNE_KIND, TRIAL_KIND = "tune", "tune-trial"
 JOURNAL_PREFIX = "studio:optuna:{}"
-TRIALS_KEY = "studio:tune:{}:trials"  # the trial job ids of a study, in launch order
-LOCK_KEY = "studio:tune:{}:lock"
 RESULT_TTL = 7 * 24 * 3600
 OBJECTIVE = "best per-epoch test_accuracy of the trial (test_map for multi-label data), maximised"
 
@@ -216,7 +210,8 @@ def trial_request(req: TuneRequest, choice: dict, num_epochs: int) -> TrainReque
 
 
 def check_against_data(config: Config, req: TuneRequest) -> int:
-    """Check every model of the space against the data (classes, smallest input size); cheap.
+    """Check every model of the space against the data (classes, smallest input size) as a ``/train`` request
+    is checked: from listings and declared shapes, never reading the data whole (each trial's job does).
 
     Returns:
         The number of training images a trial trains on.
@@ -229,27 +224,11 @@ def check_against_data(config: Config, req: TuneRequest) -> int:
         # Only the model meets the data (input size, classes); the other dimensions are checked by SearchSpace.
         choice = {"model_name": model} if req.space.model_name else {}
         try:
-            run = training.prepare(config, trial_request(req, choice, req.epochs_per_trial))
+            _, facts = training.check_request(config, trial_request(req, choice, req.epochs_per_trial))
         except InvalidInput as exc:
             raise _in_space_terms(exc, req, model) from None
-        images = max(images, len(run.data.train))
+        images = max(images, facts.train_images)
     return images
-
-
-def check_budget(config: Config, store: Store, req: TuneRequest, username: str | None, images: int) -> None:
-    """Hold a non-admin's study to the user's job quota and to one training run's work, before anything starts.
-
-    The study's own job and the ``parallel`` trials it keeps in flight all count as the user's active jobs,
-    reserved here at once: the trials are then submitted without a check of their own (``reserve=0``), so a
-    study is never stopped half-way by a quota it passed at launch; its trials never exceed that ``parallel``.
-
-    Raises:
-        InvalidInput: the study's trials together are too much work (``n_trials`` / ``epochs_per_trial``), or
-            ``parallel`` alone exceeds the quota.
-        TooManyJobs: the user's other jobs leave too few slots (field ``parallel``).
-    """
-    check_study_size(config, store, username, req.n_trials, req.epochs_per_trial, images)
-    check_job_quota(config, store, username, slots=1 + min(req.parallel, req.n_trials), field="parallel")
 
 
 def _in_space_terms(exc: InvalidInput, req: TuneRequest, model: str) -> InvalidInput:
@@ -303,8 +282,9 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
 
 
 # --------------------------------------------------------------------------------------- launching
-def launch(config: Config, store: Store, req: TuneRequest, username: str | None) -> dict:
-    """Check ``req``, create the study and enqueue its first trials.
+@action("tune.submit")
+def launch(actor: Actor, req: TuneRequest) -> dict:
+    """Check ``req``, open the study and enqueue its first trials.
 
     Returns:
         ``{"study_id", "job_id", "trial_jobs"}`` (the study id is its ``tune`` job's id).
@@ -314,105 +294,44 @@ def launch(config: Config, store: Store, req: TuneRequest, username: str | None)
         TooManyJobs: the user's quota of active jobs has no room for the study and its parallel trials.
         redis.RedisError: Redis is unreachable (the study is then recorded as failed).
     """
-    check_budget(config, store, req, username, check_against_data(config, req))
-    study_id = uuid.uuid4().hex
-    store.create_job(study_id, TUNE_KIND, req.model_dump(mode="json"), username)
-    try:
+    config, store = actor.config, actor.store
+    check_study_size(config, store, actor.username, req.n_trials, req.epochs_per_trial,
+                     check_against_data(config, req))
+
+    def create_study(study_id: str) -> None:
         optuna.create_study(study_name=study_id, storage=study_storage(config, study_id), direction="maximize")
-        _park_study_job(config, study_id, username)
-    except Exception:
-        store.update_job(study_id, status="failed", error="could not create the study in Redis", ended_at=time.time())
-        raise
-    store.update_job(study_id, status="started", started_at=time.time())
+
+    # The study's job and the trials it keeps in flight take the user's quota slots at once (refused naming
+    # parallel): its trials are then added without a check of their own, so a study is never stopped half-way
+    # by a quota it passed at launch.
+    study_id = jobs.open_chain(config, store, TUNE_KIND, req.model_dump(mode="json"), actor.username,
+                               1 + min(req.parallel, req.n_trials), create_study, field="parallel")
     advance(config, store, study_id)
-    return {"study_id": study_id, "job_id": study_id, "trial_jobs": _trial_ids(config, study_id)}
-
-
-def _park_study_job(config: Config, study_id: str, username: str | None) -> None:
-    """Create the study's RQ job deferred: it runs (and records the best trial) once its trials are over."""
-    kind = jobs.JOB_KINDS[TUNE_KIND]
-    job = jobs.RegisteredJob.create(
-                     kind.func, kwargs={"job_id": study_id, "params": {"study_id": study_id}}, id=study_id,
-                     connection=redis_connection(config.effective_redis_url), status=JobStatus.DEFERRED,
-                     serializer=JSONSerializer,
-                     origin=config.queue_name, timeout=kind.timeout, result_ttl=kind.result_ttl,
-                     failure_ttl=kind.result_ttl, description=f"{TUNE_KIND} by {username}")
-    job.save()
+    return {"study_id": study_id, "job_id": study_id, "trial_jobs": jobs.chain_members(config, study_id)}
 
 
 def advance(config: Config, store: Store, study_id: str, ended_job_id: str | None = None) -> None:
-    """Keep the study going: enqueue trials up to ``parallel`` in flight, or finish it when none is left.
+    """Keep the study going: trials up to ``parallel`` in flight and ``n_trials`` in all, or its end when none
+    is left (the runtime's :func:`services.jobs.runtime.advance_chain`).
 
     Args:
         ended_job_id: a trial that is ending now (its catalog row does not say so yet).
     """
-    conn = redis_connection(config.effective_redis_url)
-    # One decision at a time: two trials ending together must not both take the last free slot.
-    with conn.lock(LOCK_KEY.format(study_id), timeout=60, blocking_timeout=30):
-        row = store.get_job(study_id)
-        req = TuneRequest.model_validate(row["params"])
-        launched = _trial_ids(config, study_id)
-        running = [j for j in launched if j != ended_job_id and store.get_job(j)["status"] not in jobs.TERMINAL]
-        if not is_stopped(config, study_id, row):
-            free = min(req.parallel - len(running), req.n_trials - len(launched))
-            for _ in range(max(free, 0)):
-                # Within the study's parallel, counted against its owner's quota at launch (check_budget).
-                job_id = jobs.submit(config, store, TRIAL_KIND, {"study_id": study_id, "index": len(launched)},
-                                     row["created_by"], reserve=0)
-                conn.rpush(TRIALS_KEY.format(study_id), job_id)
-                launched.append(job_id)
-                running.append(job_id)
-        _record_progress(config, store, row, req, len(launched) - len(running), len(running))
-        if not running:
-            _finish(config, store, study_id)
-
-
-def _record_progress(config: Config, store: Store, row: dict, req: TuneRequest, ended: int, running: int) -> None:
-    if row["status"] in jobs.TERMINAL:
-        return
-    progress = {"done": ended, "total": req.n_trials, "unit": "trial", "running": running,
-                "fraction": round(ended / req.n_trials, 4)}
-    store.update_job(row["id"], progress=progress)
-    jobs.emit_job_event(config, store.get_job(row["id"]), "progress", {"status": row["status"], "progress": progress})
-
-
-def _finish(config: Config, store: Store, study_id: str) -> None:
-    """Hand the study to its deferred job; a study that was stopped gets its result written here."""
-    row = store.get_job(study_id)
-    if row["status"] in jobs.TERMINAL:
-        if row["result"] is None:
-            store.update_job(study_id, result=final_result(config, store, study_id))
-        return
-    try:
-        job = jobs.fetch_job(redis_connection(config.effective_redis_url), study_id)
-    except NoSuchJobError:  # Redis lost the study's job: record the outcome directly
-        store.update_job(study_id, status="finished", result=final_result(config, store, study_id),
-                         ended_at=time.time())
-        return
-    if job.get_status(refresh=True) == JobStatus.DEFERRED:
-        # RQ's enqueue_job leaves a deferred job waiting, so the study's job first leaves that state.
-        job.set_status(JobStatus.QUEUED)
-        jobs.queue_for(config).enqueue_job(job, at_front=True)
-
-
-def _trial_ids(config: Config, study_id: str) -> list[str]:
-    raw = redis_connection(config.effective_redis_url).lrange(TRIALS_KEY.format(study_id), 0, -1)
-    return [item.decode() for item in raw]
+    req = TuneRequest.model_validate(store.get_job(study_id)["params"])
+    jobs.advance_chain(config, store, study_id, req.n_trials, req.parallel, "trial",
+                       lambda index: {"study_id": study_id, "index": index}, ended_member=ended_job_id)
 
 
 def is_stopped(config: Config, study_id: str, row: dict | None = None) -> bool:
     """Whether the study was asked to stop (its stop flag) or has ended."""
-    flag = redis_connection(config.effective_redis_url).exists(jobs.STOP_KEY.format(study_id))
-    return bool(flag) or (row is not None and row["status"] in jobs.TERMINAL)
+    return jobs.stop_requested(config, study_id) or (row is not None and row["status"] in jobs.TERMINAL)
 
 
 # ----------------------------------------------------------------------------------------- the jobs
-@job_kind(TUNE_KIND, timeout=10 * 60, result_ttl=RESULT_TTL, runs_while_started=False,
+@job_kind(TUNE_KIND, timeout=10 * 60, result_ttl=RESULT_TTL, shape="chain", members=TRIAL_KIND,
           description="a hyperparameter study: waits deferred on its trials, then records the best one")
 def tune(ctx: JobContext, params: dict) -> dict:
-    """Record the study's outcome once its last trial ended (enqueued by :func:`advance`)."""
-    # The wrapper has just stamped this job as started; the study really started at its launch.
-    ctx.store.update_job(ctx.job_id, started_at=ctx.record()["created_at"])
+    """Record the study's outcome once its last trial ended (run by the runtime at the chain's end)."""
     return final_result(ctx.config, ctx.store, ctx.job_id)
 
 
@@ -520,8 +439,7 @@ def settle(config: Config, store: Store, study_id: str) -> None:
     """Move a study on after trials ended without their epilogue (their worker died): Optuna is told they
     failed, and the next trial (or the study's end) is enqueued."""
     req = TuneRequest.model_validate(store.get_job(study_id)["params"])
-    with redis_connection(config.effective_redis_url).lock(LOCK_KEY.format(study_id), timeout=60,
-                                                             blocking_timeout=30):
+    with jobs.chain_turn(config, study_id):
         study = load_study(config, study_id, req)
         for trial in _orphaned_trials(store, study):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -547,7 +465,7 @@ def study_result(config: Config, store: Store, study_id: str) -> dict:
     req = TuneRequest.model_validate(store.get_job(study_id)["params"])
     asked = {t.user_attrs.get("job_id"): t for t in load_study(config, study_id, req).get_trials(deepcopy=False)}
     trials = [_trial_entry(store, index, job_id, asked.get(job_id))
-              for index, job_id in enumerate(_trial_ids(config, study_id))]
+              for index, job_id in enumerate(jobs.chain_members(config, study_id))]
     complete = [t for t in trials if t["state"] == "complete"]
     best = max(complete, key=lambda t: t["value"], default=None)
     return {"study_id": study_id, "objective": OBJECTIVE, "direction": "maximize", "n_trials": req.n_trials,
@@ -559,15 +477,15 @@ def study_result(config: Config, store: Store, study_id: str) -> dict:
 def final_result(config: Config, store: Store, study_id: str) -> dict:
     """The result of a study that has ended, for the catalog, which keeps it.
 
-    The study's journal and trial list then expire from Redis with the job's result (``RESULT_TTL``), so
-    ended studies do not pile up in Redis's memory; once gone, :func:`study_view` serves the catalog's copy.
+    The study's journal then expires from Redis with the job's result (``RESULT_TTL``; the runtime lets its
+    trial list go too), so ended studies do not pile up in Redis's memory; once gone, :func:`study_view` serves
+    the catalog's copy.
     """
     result = study_result(config, store, study_id)
     conn = redis_connection(config.effective_redis_url)
     with conn.pipeline(transaction=False) as pipe:
         for key in conn.scan_iter(match=JOURNAL_PREFIX.format(study_id) + ":*", count=1000):
             pipe.expire(key, RESULT_TTL)
-        pipe.expire(TRIALS_KEY.format(study_id), RESULT_TTL)
         pipe.execute()
     return result
 
@@ -588,28 +506,43 @@ def _best_entry(req: TuneRequest, best: dict) -> dict:
             "train_request": {k: v for k, v in train.items() if v is not None}}
 
 
-def stop(config: Config, store: Store, study_id: str) -> dict:
+@action("tune.read")
+def read_studies(actor: Actor, study_id: str | None = None) -> list[dict]:
+    """The studies, newest first, with progress and best trial; or, given ``study_id``, that study in full
+    (status, progress, every trial, the best one) as the only item.
+
+    Raises:
+        NotFound: no study ``study_id``.
+    """
+    if study_id is None:
+        return list_studies(actor.store)
+    return [study_view(actor.config, actor.store, study_id)]
+
+
+def read_study(actor: Actor, study_id: str) -> dict:
+    """One study in full (:func:`read_studies`, whose rule it is read under)."""
+    return read_studies(actor, study_id)[0]
+
+
+@action("tune.stop")
+def stop(actor: Actor, study_id: str) -> dict:
     """Stop a study: no more trials; queued ones are cancelled, running ones stop at their next check.
 
     Raises:
         NotFound: no such study.
         Conflict: the study has already ended.
     """
+    config, store = actor.config, actor.store
     row = jobs.read_job(config, store, get_study(store, study_id))
     if row["status"] in jobs.TERMINAL:
         raise Conflict(f"study {study_id!r} has already ended ({row['status']})", "study_id")
-    conn = redis_connection(config.effective_redis_url)
-    with conn.lock(LOCK_KEY.format(study_id), timeout=60, blocking_timeout=30):
-        jobs.request_stop(config, study_id)
-        for job_id in _trial_ids(config, study_id):
-            if store.get_job(job_id)["status"] == "queued":
-                jobs.cancel(config, store, job_id)
-        jobs.cancel(config, store, study_id)
+    jobs.stop_chain(config, store, study_id)
     advance(config, store, study_id)
     return study_view(config, store, study_id)
 
 
-def train_best(config: Config, store: Store, study_id: str, username: str | None) -> dict:
+@action("tune.train_best")
+def train_best(actor: Actor, study_id: str) -> dict:
     """Enqueue a full ``train`` job (``num_epochs`` epochs) with the best trial's parameters.
 
     Returns:
@@ -620,10 +553,10 @@ def train_best(config: Config, store: Store, study_id: str, username: str | None
         Conflict: no trial has completed yet.
         InvalidInput: the data changed since the study started (field named).
     """
-    get_study(store, study_id)
-    best = study_view(config, store, study_id).get("best")
+    get_study(actor.store, study_id)
+    best = study_view(actor.config, actor.store, study_id).get("best")
     if best is None:
         raise Conflict(f"study {study_id!r} has no completed trial yet", "study_id")
-    job_id = training.submit_training(config, store, TrainRequest.model_validate(best["train_request"]), username)
+    job_id = training.submit_training(actor, TrainRequest.model_validate(best["train_request"]))
     return {"job_id": job_id, "study_id": study_id, "trial": best["trial"], "params": best["params"],
             "train_request": best["train_request"]}

@@ -7,6 +7,14 @@ the worker process through the Redis message queue, so clients see them the mome
 
 Jobs travel through Redis as JSON, never pickles, and a worker resolves only the functions registered here
 (:class:`RegisteredJob`): whoever can write to Redis can queue work, but only the studio's own kinds run.
+
+This module owns every job's lifecycle: it alone creates job rows and writes their state (status, times,
+progress, result, error, history, reserved disk), and it alone coordinates jobs through Redis (stop flags,
+a chain's members and turn, a group's rendezvous). A kind declares its shape (:data:`SHAPES`): a *single*
+job; a *chain* (a study), whose parent opens first (:func:`open_chain`), whose members are added one after
+another (:func:`advance_chain`), and whose parent ends when its last member has; or a *group* (a run over
+several machines), whose members start together (:func:`submit_group`) and meet through
+:meth:`JobContext.rendezvous`.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 from rq import Queue, Worker
@@ -32,28 +42,43 @@ from rq.job import Callback, Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.exceptions import Cancelled
-from services.app.quotas import check_job_quota
+from services.app.quotas import check_disk_room, check_job_quota, reservations_locked
 from services.platform.config import Config
 from services.storage.store import Store, open_store
 
 log = logging.getLogger(__name__)
 TERMINAL = frozenset({"finished", "failed", "cancelled", "interrupted"})
 STOP_KEY = "studio:stop:{}"
+MEMBERS_KEY = "studio:chain:{}:members"  # a chain's member job ids, in launch order
+TURN_KEY = "studio:chain:{}:turn"  # the lock under which a chain decides its next step
+RENDEZVOUS_KEY = "studio:rendezvous:{}"  # a group's first member's address
+RENDEZVOUS_WAIT_S = 600  # how long a group's member waits for its first member to start
 HEARTBEAT_STALE_S = 150.0  # RQ heartbeats every job_monitoring_interval (30 s) while a job runs
+SHAPES = ("single", "chain", "group")
 
 
 @dataclass(frozen=True)
 class JobKind:
-    """A registered kind of job and the limits it runs under (set on purpose, never RQ's defaults)."""
+    """A registered kind of job and the limits it runs under (set on purpose, never RQ's defaults).
+
+    Attributes:
+        func: the function RQ runs (the registered one, wrapped with the lifecycle bookkeeping).
+        body: the function as written, ``body(ctx, params) -> dict``; a chain's parent's sums up its members.
+        shape: ``single``; ``chain``: its job waits, deferred, while its ``members`` run one after another
+            (its row says started from its opening); ``group``: it and its ``members`` run at once and meet.
+        members: the kind of a chain's or a group's members.
+    """
 
     name: str
     func: Callable[[str, dict], dict]
+    body: Callable[[JobContext, dict], dict]
     timeout: int
     result_ttl: int
     description: str
     on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None
-    runs_while_started: bool = True
     on_discarded: Callable[[Config, Store, dict], None] | None = None
+    shape: str = "single"
+    members: str | None = None
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -62,24 +87,29 @@ _FUNCS: dict[str, Callable] = {}  # "module.function" as RQ names it -> the regi
 
 def job_kind(name: str, timeout: int, result_ttl: int = 7 * 24 * 3600, description: str = "",
              on_ended_elsewhere: Callable[[Config, Store, dict], None] | None = None,
-             runs_while_started: bool = True, on_discarded: Callable[[Config, Store, dict], None] | None = None):
+             on_discarded: Callable[[Config, Store, dict], None] | None = None, shape: str = "single",
+             members: str | None = None):
     """Register a job function under ``name`` (the only list of job kinds).
 
     Args:
         on_ended_elsewhere: called with ``(config, store, record)`` after the platform ended a job of this
             kind on its behalf (its worker died, RQ stopped it or timed it out), when the job's own
             epilogue never ran.
-        runs_while_started: False for a kind whose catalog row says started while its RQ job waits
-            (a study, started at launch, runs only at its end): no worker holding it is then no sign of death.
         on_discarded: called with ``(config, store, record)`` when a job of this kind is cancelled before it
             ran, so that its function (and the clean-up in it) never runs: e.g. remove the files its params name.
+        shape: one of :data:`SHAPES` (see :class:`JobKind`).
+        members: the kind of the members of a chain or a group (required for those shapes).
     """
+    if shape not in SHAPES:
+        raise ValueError(f"job kind {name!r}: unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    if (shape == "single") != (members is None):
+        raise ValueError(f"job kind {name!r}: a chain or a group names the kind of its members, a single job none")
 
     def decorate(func):
         # The wrapped function replaces the original under the same module-level name, so RQ can import it.
-        run = _run_with_context(func)
-        JOB_KINDS[name] = JobKind(name, run, timeout, result_ttl, description, on_ended_elsewhere,
-                                  runs_while_started, on_discarded)
+        run = _run_with_context(func, shape, result_ttl)
+        JOB_KINDS[name] = JobKind(name, run, func, timeout, result_ttl, description, on_ended_elsewhere,
+                                  on_discarded, shape, members)
         _FUNCS[f"{run.__module__}.{run.__qualname__}"] = run
         return run
 
@@ -198,11 +228,12 @@ def submit(config: Config, store: Store, kind: str, params: dict, user: str | No
         TooManyJobs: the user already has as many queued or running jobs as allowed (nothing is recorded).
         redis.RedisError: Redis is unreachable (the job is recorded as failed).
     """
+    spec = JOB_KINDS[kind]
+    assert spec.shape != "chain", f"a chain ({kind}) opens with open_chain"
     if reserve:
         check_job_quota(config, store, user, slots=reserve)
-    spec = JOB_KINDS[kind]
     job_id = uuid.uuid4().hex
-    store.create_job(job_id, kind, params, user)
+    store.create_job(job_id, kind, params, user, shape=spec.shape)
     try:
         queue_for(config).enqueue_call(
             spec.func, kwargs={"job_id": job_id, "params": params}, job_id=job_id, timeout=spec.timeout,
@@ -214,9 +245,34 @@ def submit(config: Config, store: Store, kind: str, params: dict, user: str | No
     return job_id
 
 
+def submit_group(config: Config, store: Store, kind: str, params: dict, user: str | None, size: int,
+                 member_params: Callable[[str, int], dict]) -> str:
+    """Enqueue a group of ``size`` jobs that run at once: its first (of ``kind``) and ``size - 1`` members.
+
+    The group's quota slots are counted at once, so a group is never left half-submitted.
+
+    Args:
+        member_params: ``(group id, rank)`` -> the params of member ``rank`` (1 to ``size - 1``).
+
+    Returns:
+        The group's id: its first job's.
+    """
+    spec = JOB_KINDS[kind]
+    assert spec.shape == "group", f"{kind} is a {spec.shape} kind"
+    group_id = submit(config, store, kind, params, user, reserve=size)
+    for rank in range(1, size):
+        submit(config, store, spec.members, member_params(group_id, rank), user, reserve=0)
+    return group_id
+
+
 def request_stop(config: Config, job_id: str) -> None:
     """Raise the cooperative stop flag that running jobs check between epochs / images."""
     redis_connection(config.effective_redis_url).set(STOP_KEY.format(job_id), 1, ex=7 * 24 * 3600)
+
+
+def stop_requested(config: Config, job_id: str) -> bool:
+    """Whether someone asked job ``job_id`` (or the chain it is) to stop."""
+    return bool(redis_connection(config.effective_redis_url).exists(STOP_KEY.format(job_id)))
 
 
 def cancel(config: Config, store: Store, job_id: str, grace: float = 5.0) -> dict:
@@ -277,9 +333,8 @@ def effective_status(record: dict, held: frozenset[str] | None) -> dict:
         held: ids of the jobs live workers are running (:func:`running_job_ids`); None when unknown
             (Redis unreachable), in which case the record is returned as it is.
     """
-    kind = JOB_KINDS.get(record["kind"])
-    if record["status"] != "started" or held is None or record["id"] in held or (
-            kind is not None and not kind.runs_while_started):
+    # A chain's parent says started from its opening while its RQ job waits: no worker holds it until its end.
+    if record["status"] != "started" or held is None or record["id"] in held or record.get("shape") == "chain":
         return record
     return {**record, "status": "interrupted", "error": record.get("error") or WORKER_GONE}
 
@@ -305,9 +360,6 @@ def read_jobs(config: Config, store: Store, records: list[dict]) -> list[dict]:
     suspects = [r for r in records if r["status"] == "started"]
     if not suspects:
         return records
-    from services.jobs.kinds import load_job_kinds  # a reader may not have imported every kind (a UI page)
-
-    load_job_kinds(config)
     held = running_job_ids(config)
     fresh = {r["id"]: store.get_job(r["id"]) for r in suspects if held is not None and r["id"] not in held}
     return [effective_status(fresh.get(r["id"]) or r, held) for r in records]
@@ -397,6 +449,172 @@ def live_workers(config: Config) -> int:
     return sum(worker_alive(w) for w in Worker.all(connection=redis_connection(config.effective_redis_url)))
 
 
+# --- chains: a parent whose members run one after another ----------------------------------------
+def open_chain(config: Config, store: Store, kind: str, params: dict, user: str | None, slots: int,
+               setup: Callable[[str], None], field: str | None = None) -> str:
+    """Record a chain's parent job, started now, with its RQ job parked until its members have ended.
+
+    Args:
+        slots: the quota slots the chain takes at once: its parent and the members it keeps in flight (its
+            members are then added without a check of their own, so it never stops half-way on the quota).
+        setup: called with the chain's id before its job is parked (e.g. create the study's storage).
+        field: the request field that sets ``slots``, named in a refusal.
+
+    Returns:
+        The chain's id (its parent job's).
+
+    Raises:
+        TooManyJobs, InvalidInput: see :func:`services.app.quotas.check_job_quota` (nothing is recorded).
+        redis.RedisError: Redis is unreachable (the parent is recorded as failed).
+    """
+    spec = JOB_KINDS[kind]
+    assert spec.shape == "chain", f"{kind} is a {spec.shape} kind"
+    check_job_quota(config, store, user, slots=slots, field=field)
+    chain_id = uuid.uuid4().hex
+    store.create_job(chain_id, kind, params, user, shape="chain")
+    try:
+        setup(chain_id)
+        _park(config, spec, chain_id, params, user)
+    except Exception as exc:
+        store.update_job(chain_id, status="failed", ended_at=time.time(),
+                         error=f"could not open the {kind} job in Redis ({type(exc).__name__})")
+        raise
+    store.update_job(chain_id, status="started", started_at=time.time())
+    return chain_id
+
+
+def _park(config: Config, spec: JobKind, chain_id: str, params: dict, user: str | None) -> None:
+    """Create the chain's RQ job deferred: it runs (and sums up its members) once they have ended."""
+    RegisteredJob.create(
+        spec.func, kwargs={"job_id": chain_id, "params": params}, id=chain_id,
+        connection=redis_connection(config.effective_redis_url), status=JobStatus.DEFERRED,
+        serializer=JSONSerializer, origin=config.queue_name, timeout=spec.timeout, result_ttl=spec.result_ttl,
+        failure_ttl=spec.result_ttl, description=f"{spec.name} by {user}",
+        on_failure=Callback(_on_failure), on_stopped=Callback(_on_stopped)).save()
+
+
+def chain_members(config: Config, chain_id: str) -> list[str]:
+    """The job ids of the chain's members, in launch order."""
+    raw = redis_connection(config.effective_redis_url).lrange(MEMBERS_KEY.format(chain_id), 0, -1)
+    return [item.decode() for item in raw]
+
+
+@contextmanager
+def chain_turn(config: Config, chain_id: str) -> Iterator[None]:
+    """Hold the chain's turn: one decision at a time (two members ending together must not both take the
+    last free place), across processes and machines."""
+    with redis_connection(config.effective_redis_url).lock(TURN_KEY.format(chain_id), timeout=60,
+                                                           blocking_timeout=30):
+        yield
+
+
+def advance_chain(config: Config, store: Store, chain_id: str, total: int, parallel: int, unit: str,
+                  member_params: Callable[[int], dict], ended_member: str | None = None) -> None:
+    """Keep a chain going: add members up to ``parallel`` in flight and ``total`` in all (none once it was asked
+    to stop or has ended), record its progress, and close it once no member is left in flight.
+
+    Args:
+        unit: what a member is, for the progress (``trial``).
+        member_params: a new member's launch index -> its params.
+        ended_member: a member that is ending now (its row does not say so yet).
+    """
+    with chain_turn(config, chain_id):
+        row = store.get_job(chain_id)
+        launched = chain_members(config, chain_id)
+        running = [j for j in launched if j != ended_member and store.get_job(j)["status"] not in TERMINAL]
+        if not stop_requested(config, chain_id) and row["status"] not in TERMINAL:
+            for _ in range(max(min(parallel - len(running), total - len(launched)), 0)):
+                launched.append(_add_member(config, store, row, member_params(len(launched))))
+                running.append(launched[-1])
+        _chain_progress(config, store, row, total, unit, len(launched) - len(running), len(running))
+        if not running:
+            _close_chain(config, store, chain_id)
+
+
+def _add_member(config: Config, store: Store, row: dict, params: dict) -> str:
+    # Within the chain's slots, counted against its owner's quota at its opening.
+    job_id = submit(config, store, JOB_KINDS[row["kind"]].members, params, row["created_by"], reserve=0)
+    redis_connection(config.effective_redis_url).rpush(MEMBERS_KEY.format(row["id"]), job_id)
+    return job_id
+
+
+def _chain_progress(config: Config, store: Store, row: dict, total: int, unit: str, ended: int, running: int) -> None:
+    if row["status"] in TERMINAL:
+        return
+    progress = {"done": ended, "total": total, "unit": unit, "running": running, "fraction": round(ended / total, 4)}
+    store.update_job(row["id"], progress=progress)
+    emit_job_event(config, store.get_job(row["id"]), "progress", {"status": row["status"], "progress": progress})
+
+
+def _close_chain(config: Config, store: Store, chain_id: str) -> None:
+    """Hand the chain to its parked job; a chain that was stopped (or whose job Redis lost) is summed up here."""
+    row = store.get_job(chain_id)
+    if row["status"] in TERMINAL:
+        if row["result"] is None:
+            store.update_job(chain_id, result=_sum_up(config, store, row))
+        return
+    try:
+        job = fetch_job(redis_connection(config.effective_redis_url), chain_id)
+    except NoSuchJobError:
+        store.update_job(chain_id, status="finished", result=_sum_up(config, store, row), ended_at=time.time())
+        return
+    if job.get_status(refresh=True) == JobStatus.DEFERRED:
+        # RQ's enqueue_job leaves a deferred job waiting, so the chain's job first leaves that state.
+        job.set_status(JobStatus.QUEUED)
+        queue_for(config).enqueue_job(job, at_front=True)
+
+
+def _sum_up(config: Config, store: Store, row: dict) -> dict:
+    """The chain's result, from its parent's function run here (its RQ job will not run)."""
+    spec = JOB_KINDS[row["kind"]]
+    result = spec.body(JobContext(row["id"], config, store), row["params"])
+    _forget_members(config, row["id"], spec.result_ttl)
+    return result
+
+
+def _forget_members(config: Config, chain_id: str, ttl: int) -> None:
+    """Let an ended chain's member list leave Redis with its result (its row keeps what it found)."""
+    redis_connection(config.effective_redis_url).expire(MEMBERS_KEY.format(chain_id), ttl)
+
+
+def stop_chain(config: Config, store: Store, chain_id: str) -> None:
+    """Stop a chain: no member is added any more, queued ones are cancelled, running ones stop at their next
+    check (:meth:`JobContext.should_stop` of the chain), and its parent is cancelled."""
+    with chain_turn(config, chain_id):
+        request_stop(config, chain_id)
+        for job_id in chain_members(config, chain_id):
+            if store.get_job(job_id)["status"] == "queued":
+                cancel(config, store, job_id)
+        cancel(config, store, chain_id)
+
+
+# --- groups: members that run at once and meet -----------------------------------------------------
+@dataclass(frozen=True)
+class Meeting:
+    """How the members of a group find each other: the first publishes an address, the others look it up.
+
+    Attributes:
+        publish: ``(host, port)`` -> None; the group's first member announces where it listens.
+        lookup: waits for that address (raises ``Cancelled`` if the member is stopped, or waited too long).
+        host: this machine's address on the network that reaches Redis (where the other workers are too).
+    """
+
+    publish: Callable[[str, int], None]
+    lookup: Callable[[], tuple[str, int]]
+    host: str
+
+
+def _address_towards(redis_url: str) -> str:
+    """This machine's address on the network that reaches Redis."""
+    target = urlparse(redis_url).hostname or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((target, 9))  # UDP: no packet is sent, the kernel only picks the route
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 # --- worker side ---------------------------------------------------------------------------------
 class JobContext:
     """What a running job uses to report progress and to learn it should stop."""
@@ -437,8 +655,47 @@ class JobContext:
         self.store.update_job(self.job_id, progress=progress)
         emit_job_event(self.config, self.record(), "epoch", {"status": "started", "metrics": metrics})
 
+    def record_history(self, history: list[dict]) -> None:
+        """Start this job's history with ``history`` (a resumed run's earlier epochs), before its own epochs."""
+        self.store.update_job(self.job_id, history=list(history))
 
-def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:
+    def reserve_disk(self, needed: int, field: str, what: str, advice: str = "") -> None:
+        """Reserve ``needed`` bytes of the datasets disk for this job before it writes them, until it ends.
+
+        The check and the record happen under one lock across the studio's processes, so two jobs can never
+        both count the same free bytes.
+
+        Raises:
+            InsufficientStorage: see :func:`services.app.quotas.check_disk_room`.
+        """
+        with reservations_locked(self.config):
+            check_disk_room(self.config, self.store, self.job_id, needed, field, what, advice)
+            self.store.update_job(self.job_id, reserved_bytes=int(needed))
+
+    def rendezvous(self, group_id: str, wait_s: float = RENDEZVOUS_WAIT_S) -> Meeting:
+        """How this member of group ``group_id`` meets the others (see :class:`Meeting`).
+
+        The first member's address is kept in Redis as long as a job of this kind may run.
+        """
+        conn, key = self._conn, RENDEZVOUS_KEY.format(group_id)
+        ttl = JOB_KINDS[self.record()["kind"]].timeout
+
+        def publish(host: str, port: int) -> None:
+            conn.set(key, f"{host}:{port}", ex=ttl)
+
+        def lookup() -> tuple[str, int]:
+            deadline = time.monotonic() + wait_s
+            while (found := conn.get(key)) is None:
+                if self.should_stop() or time.monotonic() > deadline:
+                    raise Cancelled(f"the first member of group {group_id} never started")
+                time.sleep(0.5)
+            host, port = found.decode().rsplit(":", 1)
+            return host, int(port)
+
+        return Meeting(publish, lookup, _address_towards(self.config.effective_redis_url))
+
+
+def _run_with_context(func: Callable[..., dict], shape: str, result_ttl: int) -> Callable[[str, dict], dict]:
     """Wrap a job function with the lifecycle bookkeeping every job shares."""
 
     @functools.wraps(func)
@@ -449,8 +706,9 @@ def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:
         if ctx.should_stop():
             _discarded(config, store, ctx.record())
             return _finish(ctx, "cancelled", None)
-        store.update_job(job_id, status="started", started_at=time.time())
-        emit_job_event(config, ctx.record(), "started", {"status": "started"})
+        if shape != "chain":  # a chain's parent says started from its opening; its job runs at the chain's end
+            store.update_job(job_id, status="started", started_at=time.time())
+            emit_job_event(config, ctx.record(), "started", {"status": "started"})
         try:
             result = func(ctx, params)
         except Cancelled:
@@ -459,6 +717,8 @@ def _run_with_context(func: Callable[..., dict]) -> Callable[[str, dict], dict]:
             store.update_job(job_id, status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=time.time())
             emit_job_event(config, ctx.record(), "failed", {"status": "failed", "error": str(exc)})
             raise
+        if shape == "chain":
+            _forget_members(config, job_id, result_ttl)
         return _finish(ctx, "finished", result)
 
     return run

@@ -7,6 +7,7 @@ queue, so a Redis restart (or a network blip to a remote Redis) does not take th
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import signal
@@ -15,10 +16,10 @@ import sys
 import time
 import uuid
 
-import redis
 from rq import Worker
 from rq.serializers import JSONSerializer
 
+import redis
 from services.app.quotas import remove_stale_tmp
 from services.jobs import runtime as jobs
 from services.jobs.kinds import load_job_kinds
@@ -101,6 +102,18 @@ def wait_for_redis_forever(url: str, stop: dict) -> None:
             delay = min(delay * 2, 5.0)
 
 
+# What the job bodies import when they run (the kinds' modules import no torch, so the web process that
+# registers them stays light). Loaded once here, before forking, the work horses share it instead of
+# importing torch for every job; nothing here runs a torch operation, so forking stays safe.
+PRELOAD = ("torch", "services.app.train_run")
+
+
+def preload_ml_stack() -> None:
+    """Import :data:`PRELOAD` in the worker's parent process."""
+    for module in PRELOAD:
+        importlib.import_module(module)
+
+
 def serve(config: Config) -> int:
     """Run workers one after another until asked to stop; each Redis loss starts a fresh one."""
     stop = {"requested": False}
@@ -108,10 +121,8 @@ def serve(config: Config) -> int:
     def on_signal(signum, _frame):
         stop["requested"] = True
 
-    # The kinds this worker may run, with their follow-ups. Importing them here also preloads torch, which
-    # the work horses then share instead of importing it for each job; nothing here runs a torch
-    # operation, so forking stays safe.
-    load_job_kinds(config)
+    load_job_kinds(config)  # the kinds this worker may run, with their follow-ups
+    preload_ml_stack()
     url = config.effective_redis_url
     while True:
         signal.signal(signal.SIGTERM, on_signal)  # RQ installs its own handlers while it works

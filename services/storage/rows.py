@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, ClassVar, TypeVar
 
 R = TypeVar("R", bound="Row")
@@ -119,6 +120,31 @@ class Job(Row):
     error: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    dataset: str | None = None
+    reserved_bytes: int = 0
+    shape: str = "single"
+
+
+def job_dataset(params: dict) -> str | None:
+    """The catalog dataset a job reads or writes, as its params name it (the ``jobs.dataset`` column).
+
+    A run names an HDF5 file of ``DATA_DIR/datasets`` (``hdf5_path``, when its ``dataset`` kind is hdf5, the
+    default of rows written before the kind was recorded); an import or a generation names the dataset it
+    writes (``name``). Catalog datasets lie directly in that folder (``<name>.hdf5``), so the path is read as
+    written: a file in a subfolder is no catalog dataset, and ``..`` never reaches a job (requests refuse it).
+    """
+    raw = params.get("hdf5_path")
+    if isinstance(raw, str) and params.get("dataset", "hdf5") == "hdf5":
+        path = PurePosixPath(raw)
+        return path.stem if len(path.parts) == 1 and path.suffix == ".hdf5" else None
+    name = params.get("name")
+    return name if isinstance(name, str) else None
+
+
+def job_reserved_bytes(params: dict) -> int:
+    """The disk a job's params reserve at submission (a generation's estimate; the ``jobs.reserved_bytes`` column)."""
+    value = params.get("reserved_bytes", 0)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,12 +25,35 @@ from typing import Any, TypeVar
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from services.platform.config import ROLES
-from services.storage.rows import CatalogObject, Dataset, Image, Job, Model, Row, Session, User
+from services.storage.rows import (
+    CatalogObject,
+    Dataset,
+    Image,
+    Job,
+    Model,
+    Row,
+    Session,
+    User,
+    job_dataset,
+    job_reserved_bytes,
+)
 
 R = TypeVar("R", bound=Row)
 T = TypeVar("T")
 
-MIGRATIONS: tuple[str, ...] = (
+
+def _backfill_job_facts(conn: sqlite3.Connection) -> None:
+    """Fill the dataset and reserved-disk columns of the jobs recorded before they existed, from their params
+    (by the same rules as :meth:`Store.create_job`)."""
+    for job_id, raw in conn.execute("SELECT id, params FROM jobs").fetchall():
+        params = json.loads(raw) if raw else {}
+        params = params if isinstance(params, dict) else {}
+        conn.execute("UPDATE jobs SET dataset = ?, reserved_bytes = ? WHERE id = ?",
+                     (job_dataset(params), job_reserved_bytes(params), job_id))
+
+
+# Forward-only: each step is SQL, or a function of the connection (a backfill that SQL alone cannot write).
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE users (
         username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL, created_at REAL NOT NULL);
@@ -84,6 +107,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_owner ON jobs(created_by, created_at);
     CREATE INDEX jobs_kind_created ON jobs(kind, created_at);
     """,
+    # The facts about a job that callers query, as columns: the dataset it reads or writes, the disk it reserved,
+    # its shape (a chain's parent runs only once its members ended). Quotas, dataset deletion and the readers of
+    # a job ask them in SQL instead of decoding every row's params.
+    """
+    ALTER TABLE jobs ADD COLUMN dataset TEXT;
+    ALTER TABLE jobs ADD COLUMN reserved_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN shape TEXT NOT NULL DEFAULT 'single';
+    UPDATE jobs SET shape = 'chain' WHERE kind = 'tune';
+    CREATE INDEX jobs_owner_status ON jobs(created_by, status);
+    CREATE INDEX jobs_status_reserved ON jobs(status, reserved_bytes);
+    CREATE INDEX jobs_dataset_status ON jobs(dataset, status);
+    """,
+    _backfill_job_facts,
 )
 
 IMAGE_ORDERS = {"newest": "uploaded_at DESC, id_name", "oldest": "uploaded_at ASC, id_name", "id": "id_name"}
@@ -177,8 +213,7 @@ class Store:
         with self.connect() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    conn.execute(statement)
+                _run_migration(conn, script)
                 conn.execute(f"PRAGMA user_version = {number}")
             return len(MIGRATIONS)
 
@@ -338,9 +373,13 @@ class Store:
                          (now, token_hash))
 
     # --- jobs ------------------------------------------------------------------------------------
-    def create_job(self, job_id: str, kind: str, params: dict, created_by: str | None) -> None:
+    # The writers (create_job, update_job, append_history) belong to the job runtime (services.jobs.runtime):
+    # nothing else writes a job's row (tests/services/test_job_runtime.py checks).
+    def create_job(self, job_id: str, kind: str, params: dict, created_by: str | None, shape: str = "single") -> None:
+        """Record a queued job; the facts its params state (dataset, reserved disk) fill their columns."""
         self._insert(Job(id=job_id, kind=kind, params=params, created_by=created_by, status="queued",
-                         created_at=time.time()))
+                         created_at=time.time(), dataset=job_dataset(params),
+                         reserved_bytes=job_reserved_bytes(params), shape=shape))
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Change some columns of a job (``TypeError`` for a column jobs do not have)."""
@@ -355,15 +394,28 @@ class Store:
     def get_job(self, job_id: str) -> Job | None:
         return self._get(Job, job_id)
 
-    def list_jobs(self, kind: str | None = None, status: str | None = None, created_by: str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[Job]:
-        """Jobs, newest first, filtered and paged in SQL."""
-        where, args = self._equal({"kind": kind, "status": status, "created_by": created_by})
+    def list_jobs(self, kind: str | None = None, status: Statuses = None, created_by: str | None = None,
+                  limit: int = 100, offset: int = 0, *, dataset: str | None = None) -> list[Job]:
+        """Jobs, newest first, filtered and paged in SQL.
+
+        Args:
+            status: one status, or any of several.
+            dataset: only jobs that read or write this catalog dataset.
+        """
+        where, args = _job_filter(kind, status, created_by, dataset)
         return self._select(Job, where, args, "created_at DESC, id", limit, offset)
 
-    def count_jobs(self, kind: str | None = None, status: str | None = None, created_by: str | None = None) -> int:
-        where, args = self._equal({"kind": kind, "status": status, "created_by": created_by})
+    def count_jobs(self, kind: str | None = None, status: Statuses = None, created_by: str | None = None) -> int:
+        """How many jobs match (``status``: one, or any of several)."""
+        where, args = _job_filter(kind, status, created_by, None)
         return self._count("jobs", where, args)
+
+    def reserved_bytes(self, statuses: tuple[str, ...], but: str | None = None) -> int:
+        """The disk that jobs in ``statuses`` have reserved, all but job ``but`` (summed in SQL)."""
+        where, args = _job_filter(None, statuses, None, None)
+        with self.connect(write=False) as conn:
+            return conn.execute(f"SELECT COALESCE(SUM(reserved_bytes), 0) FROM jobs WHERE {where} AND id IS NOT ?",
+                                (*args, but)).fetchone()[0]
 
     def job_kinds(self, created_by: str | None = None) -> list[str]:
         """The kinds of the jobs there are (of one user's jobs when ``created_by`` is set), sorted."""
@@ -431,6 +483,11 @@ class Store:
         where, args = self._equal({"active": None if active is None else int(active),
                                    "multi_label": None if multi_label is None else int(multi_label)})
         return self._select(Model, where, args, "created_at DESC, id", limit, offset)
+
+    def list_models_made_from(self, dataset: str, limit: int = 1000) -> list[Model]:
+        """Models whose training job read the catalog dataset ``dataset``, newest first (a subquery on jobs)."""
+        return self._select(Model, "job_id IN (SELECT id FROM jobs WHERE dataset = ?)", (dataset,),
+                            "created_at DESC, id", limit)
 
     def list_models_trained_by(self, job_kind: str, multi_label: bool | None = None,
                                limit: int = 1000) -> list[Model]:
@@ -552,6 +609,30 @@ def _dummy_hash() -> str:
 def _end_sessions(conn: sqlite3.Connection, username: str) -> None:
     conn.execute("UPDATE sessions SET revoked_at = ? WHERE username = ? AND revoked_at IS NULL",
                  (time.time(), username))
+
+
+Statuses = str | tuple[str, ...] | None
+
+
+def _job_filter(kind: str | None, status: Statuses, created_by: str | None, dataset: str | None) -> tuple[str, tuple]:
+    """The SQL condition of a job listing: equal columns, and ``status`` one of several when a tuple."""
+    several = isinstance(status, tuple)
+    active = {k: v for k, v in {"kind": kind, "status": None if several else status, "created_by": created_by,
+                                "dataset": dataset}.items() if v is not None}
+    terms, args = [f"{k} = ?" for k in active], list(active.values())
+    if several:
+        terms.append(f"status IN ({', '.join('?' for _ in status)})")
+        args.extend(status)
+    return " AND ".join(terms), tuple(args)
+
+
+def _run_migration(conn: sqlite3.Connection, script: str | Callable[[sqlite3.Connection], None]) -> None:
+    """One step of ``MIGRATIONS``: SQL statements, or a function for what SQL alone cannot say."""
+    if callable(script):
+        script(conn)
+        return
+    for statement in filter(str.strip, script.split(";")):
+        conn.execute(statement)
 
 
 def _labels_in_use(conn: sqlite3.Connection) -> set[str]:

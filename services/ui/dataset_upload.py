@@ -1,7 +1,8 @@
 """The "Upload a dataset" widget: any page calls :func:`upload_dataset_widget` (Datasets, Train).
 
-It submits the same import as ``POST /api/v1/datasets`` (through :func:`services.app.datasets.submit_import`)
-and shows the import job's progress until the dataset is ready.
+It takes the same action as ``POST /api/v1/datasets`` (:func:`services.app.datasets.submit_import`, as the
+page's actor), offers the formats of the registry (``engine.formats``), and shows the import job's progress
+until the dataset is ready.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from pathlib import Path, PurePath
 import streamlit as st
 from pydantic import ValidationError
 
+from engine import formats
 from services.app import datasets
 from services.app.validation import invalid_input_from
 from services.platform.config import Config
 from services.storage.store import Store
 from services.ui.guard import UI_DATASET_UPLOAD_MB as UI_UPLOAD_LIMIT_MB  # the UI server's guard enforces it
 from services.ui.live import job_state, live_panel, progress_bar, queue_action, status_line
-
-UPLOAD_TYPES = ["zip", "h5", "hdf5"]
+from services.ui.page import actor
 
 
 def _suggested_name(filename: str) -> str:
@@ -40,6 +41,12 @@ def _save_upload(config: Config, upload) -> Path:
     return Path(name)
 
 
+def _annotated_help() -> str:
+    """Which uploads the label options apply to: the formats that make annotations (the registry's)."""
+    return "Annotated images only: " + "; ".join(f.description for f in formats.list_formats()
+                                                 if f.makes == "annotations") + "."
+
+
 def _form(key: str, filename: str) -> dict:
     a, b, c = st.columns(3)
     return {
@@ -50,11 +57,11 @@ def _form(key: str, filename: str) -> dict:
         "seed": c.number_input("Seed", 0, 2**31 - 1, 0, key=f"{key}_seed"),
         "skip_bad_images": a.checkbox("Skip images that do not decode", False, key=f"{key}_skip"),
         "unknown_labels": b.selectbox("Labels not in the label set", ["refuse", "drop", "add"],
-                                      key=f"{key}_unknown", help="Annotated images only (a CSV or COCO JSON)."),
+                                      key=f"{key}_unknown", help=_annotated_help()),
     }
 
 
-def _submit(config: Config, store: Store, user: dict, upload, values: dict, key: str) -> None:
+def _submit(config: Config, upload, values: dict, key: str) -> None:
     try:
         form = datasets.UploadForm.model_validate(values)
     except ValidationError as exc:
@@ -62,10 +69,9 @@ def _submit(config: Config, store: Store, user: dict, upload, values: dict, key:
         return
     path = _save_upload(config, upload)
     try:
-        submitted, answer = queue_action(lambda: datasets.submit_import(config, store, path, form, user["username"],
-                                                                        upload.name, user["role"]))
+        submitted, answer = queue_action(lambda: datasets.submit_import(actor(), path, form, upload.name))
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # moved by the action when it took the file; refused, it is removed here
     if not submitted:
         return
     job_id, found = answer
@@ -93,19 +99,24 @@ def _progress(config: Config, store: Store, job_id: str) -> str:
     return record["status"]
 
 
-def upload_dataset_widget(config: Config, store: Store, user: dict, key: str = "dataset_upload") -> str | None:
-    """Upload a zip (class folders, or images with a CSV/COCO file) or an HDF5 file and import it.
+def _formats_help() -> str:
+    """The known formats, one per line (the registry's descriptions)."""
+    return "Any of:\n" + "\n".join(f"- {fmt.description}" for fmt in formats.list_formats())
+
+
+def upload_dataset_widget(config: Config, store: Store, key: str = "dataset_upload") -> str | None:
+    """Upload a file in any registered format and import it (as the signed-in user of the page).
 
     Returns:
         The name of the dataset the last import made, once it is ready; None before.
     """
     limit = min(config.max_dataset_mb, UI_UPLOAD_LIMIT_MB)
-    upload = st.file_uploader("Upload a dataset (zip of class folders, zip of images + labels CSV/COCO, HDF5)",
-                              type=UPLOAD_TYPES, key=f"{key}_file", max_upload_size=limit)
+    upload = st.file_uploader("Upload a dataset", type=formats.upload_suffixes(), key=f"{key}_file",
+                              max_upload_size=limit, help=_formats_help())
     if upload is not None:
         values = _form(key, upload.name)
         if st.button("Import dataset", key=f"{key}_submit", type="primary"):
-            _submit(config, store, user, upload, values, key)
+            _submit(config, upload, values, key)
     job_id = st.session_state.get(f"{key}_job")
     if not job_id or store.get_job(job_id) is None:
         return None

@@ -19,6 +19,7 @@ import streamlit as st
 from redis.exceptions import RedisError
 
 from engine.exceptions import StudioError
+from services.app import jobs as job_actions
 from services.app import rules
 from services.jobs import runtime as jobs
 from services.platform.config import Config
@@ -134,13 +135,13 @@ def cancel_button(config: Config, store: Store, job_id: str, key: str, label: st
 
 
 def cancel(config: Config, store: Store, job_id: str) -> dict:
-    """Cancel ``job_id`` for the user signed in now, if their role may cancel jobs (as the API's cancel).
+    """Cancel ``job_id`` for the user signed in now: the ``jobs.cancel`` action, as the API's cancel calls it.
 
     Raises:
         Forbidden: signed out, or a role that may not cancel (or use the page).
+        NotFound, Conflict: no such job, or it has already ended.
     """
-    rules.check("jobs.cancel", acting_user())
-    return jobs.cancel(config, store, job_id)
+    return job_actions.cancel_job(rules.Actor(acting_user(), config, store), job_id)
 
 
 def progress_bar(record: dict, text: str, hide_unknown: bool = False) -> None:

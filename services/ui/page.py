@@ -210,9 +210,9 @@ DATASET_FIELD_LABELS = {"hdf5_path": "HDF5 file", "trainset_dir": "Training fold
 def _folder_choices(data_dir: str, changed: int) -> list[str]:
     """Class-folder trees a person put in DATA_DIR (listings are not free, so cached: ``data_dir`` and its
     modification time key the cache, so a tree copied in shows at the next rerun)."""
-    from services.app import training
+    from services.app.train_folders import image_folder_candidates
 
-    return training.image_folder_candidates(get_config())
+    return image_folder_candidates(get_config())
 
 
 def dataset_picker(prefix: str) -> dict:
@@ -224,11 +224,11 @@ def dataset_picker(prefix: str) -> dict:
     Returns:
         The request fields the picker sets (``dataset`` and the paths its kind needs).
     """
-    from engine.datasets import list_dataset_kinds
-    from services.app import training
+    from engine.dataset_kinds import list_dataset_kinds
+    from services.app.train_folders import available_hdf5
 
     config = get_config()
-    files = training.available_hdf5(config, get_store())
+    files = available_hdf5(config, get_store())
     kinds = list(list_dataset_kinds())
     default = "hdf5" if files else "custom"
     kind = st.radio("Dataset", kinds, index=kinds.index(default) if default in kinds else 0, horizontal=True,

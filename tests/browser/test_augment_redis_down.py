@@ -14,7 +14,8 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from engine.augment.backgrounds import make_background
-from services.app import generate
+from services.app import generate, rules
+from services.storage.store import open_store
 from tests.browser.conftest import assert_no_traceback, login, set_number, shot
 from tests.harness import Stack, stop
 from tests.scenes import LEGACY_BOX, encode, scene
@@ -34,7 +35,8 @@ def own_stack(tmp_path_factory, browser):
         for seed, split in ((1, "train"), (2, "test")):
             buf = io.BytesIO()
             Image.fromarray(make_background("noise", 96, seed)).save(buf, "PNG")
-            generate.add_background(studio.config, buf.getvalue(), split)
+            admin = rules.Actor({"username": "admin", "role": "admin"}, studio.config, open_store(studio.data_dir))
+            generate.add_background(admin, buf.getvalue(), split)
         for worker in studio.workers:  # the job must stay queued, with Cancel on the page
             stop(worker)
         studio.start_ui()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from services.app import library, segment
+from services.app import segment
 from services.storage.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
 from tests.shapes import noise_png as png
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.browser
 
 def test_move_an_object_to_another_class_then_delete_one(page, stack):
     store = open_store(stack.data_dir)
-    rows = [library.save_once(stack.config, store, "browser_cup", png(seed, side=40), source=f"p{seed}.jpg",
+    rows = [segment.save_once(stack.config, store, "browser_cup", png(seed, side=40), source=f"p{seed}.jpg",
                               bbox=[1, 2, 41, 42], created_by="operator", size=(40, 40))[0] for seed in (1, 2)]
     login(page, stack, "operator")
     page.locator("[data-testid='stSidebarNav'] a", has_text="Objects").click()

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from engine import archives
+from engine import archives, formats
 from engine.exceptions import InvalidInput
 from tests.zips import (
     annotated_zip,
@@ -121,7 +121,8 @@ def test_total_size_limit_and_not_a_zip(tmp_path):
         archives.read_class_folders(path, archives.ZipLimits(max_total_bytes=1000))
     text = tmp_path / "notes.zip"
     text.write_text("just some notes, renamed")
-    assert archives.sniff_format(text) is None
+    with pytest.raises(InvalidInput, match="neither a zip"):
+        formats.sniff(text)
     with pytest.raises(InvalidInput, match="not a readable zip") as err:
         archives.read_class_folders(text)
     assert err.value.field == "file"
@@ -142,13 +143,18 @@ def test_unclear_layouts_are_refused(tmp_path, layout, message):
 
 
 # ------------------------------------------------------------------------------------- annotations
+def read_labelled(path):
+    """A zip of labelled images read by the format the registry recognises it as (CSV or COCO)."""
+    return formats.recognise(path).read_labelled(path, archives.ZipLimits())
+
+
 def test_the_projects_own_csv_export_and_a_labels_column_are_read(tmp_path):
     onehot = "Id,sea,tree,car\nbeach,1,0,0\nstreet,0,1,1\nnowhere,1,0,0\n"
-    got = archives.read_annotated_zip(annotated_zip(tmp_path / "a.zip", "labels.csv", onehot))
+    got = read_labelled(annotated_zip(tmp_path / "a.zip", "labels.csv", onehot))
     assert got.items == [("shoot/images/beach.jpg", ["sea"]), ("shoot/images/street.jpg", ["tree", "car"])]
     assert got.missing == ["nowhere"] and got.labels == ["car", "sea", "tree"]
     listed = "filename,labels\nbeach.jpg,sea\nimages/street.jpg,tree;car\n"
-    got = archives.read_annotated_zip(annotated_zip(tmp_path / "b.zip", "labels.csv", listed, ("beach", "street", "x")))
+    got = read_labelled(annotated_zip(tmp_path / "b.zip", "labels.csv", listed, ("beach", "street", "x")))
     assert dict(got.items)["shoot/images/street.jpg"] == ["tree", "car"] and got.unannotated == ["shoot/images/x.jpg"]
 
 
@@ -157,9 +163,9 @@ def test_coco_json_labels_are_the_categories_of_each_images_annotations(tmp_path
             "categories": [{"id": 7, "name": "sea"}, {"id": 9, "name": "zebra"}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 4, 4]},
                             {"id": 2, "image_id": 1, "category_id": 9}, {"id": 3, "image_id": 1, "category_id": 7}]}
-    got = archives.read_annotated_zip(annotated_zip(tmp_path / "c.zip", "instances.json", json.dumps(coco)))
+    got = read_labelled(annotated_zip(tmp_path / "c.zip", "instances.json", json.dumps(coco)))
     assert got.items == [("shoot/images/beach.jpg", ["sea", "zebra"]), ("shoot/images/street.jpg", [])]
-    assert archives.find_annotation_file(file_manager_zip(tmp_path / "f.zip", class_images({"a": 1, "b": 1}))) is None
+    assert formats.Probe(file_manager_zip(tmp_path / "f.zip", class_images({"a": 1, "b": 1}))).label_file is None
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -169,5 +175,5 @@ def test_coco_json_labels_are_the_categories_of_each_images_annotations(tmp_path
 ])
 def test_unreadable_annotations_are_refused_naming_file(tmp_path, name, text, message):
     with pytest.raises(InvalidInput, match=message) as err:
-        archives.read_annotated_zip(annotated_zip(tmp_path / "z.zip", name, text))
+        read_labelled(annotated_zip(tmp_path / "z.zip", name, text))
     assert err.value.field == "file"

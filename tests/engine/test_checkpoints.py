@@ -13,7 +13,7 @@ from engine import checkpoints
 from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
 from engine.inference import Predictor
-from engine.models import create_model
+from engine.models.build import create_model
 from engine.training import TrainConfig, fit
 from tests.digits import digit_images
 from tests.old_checkpoints import DIGIT_CLASSES, digits_training, rewrite_as_version_1, write_version_1

@@ -15,8 +15,9 @@ import torch
 from sklearn.datasets import load_digits
 
 from engine.datasets import ArrayDataset
-from engine.distributed import MAX_PROCESSES, Rendezvous, check_world_size, fit_distributed
 from engine.exceptions import Cancelled, InvalidInput, RankFailed
+from engine.launch import fit_distributed
+from engine.run_config import MAX_PROCESSES, Rendezvous, check_world_size
 from engine.training import TrainConfig, fit
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores")

@@ -10,7 +10,7 @@ import torch
 
 from engine.datasets import ArrayDataset, NewdataDataset, make_preprocessing
 from engine.features import cached_features, compute_features
-from engine.models import create_model
+from engine.models.build import create_model
 from tests.tagged_photos import photo
 
 

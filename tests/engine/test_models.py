@@ -12,7 +12,8 @@ from engine import checkpoints
 from engine.datasets import ArrayDataset
 from engine.exceptions import InvalidInput
 from engine.inference import export_model, rebuild_model
-from engine.models import create_model, get_model_info, head_parameter_names, list_models
+from engine.models import get_model_info, list_models
+from engine.models.build import create_model, head_parameter_names
 from engine.training import TrainConfig, build_criterion, compute_loss, fit
 
 torch.set_num_threads(1)

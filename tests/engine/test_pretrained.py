@@ -16,12 +16,8 @@ from engine.datasets import ArrayDataset, make_preprocessing, preprocess
 from engine.exceptions import Cancelled, InvalidInput
 from engine.features import cached_features, dataset_key
 from engine.inference import Predictor
-from engine.models import (
-    create_model,
-    download_pretrained,
-    get_model_info,
-    pretrained_cache_file,
-)
+from engine.models import get_model_info
+from engine.models.build import create_model, download_pretrained, pretrained_cache_file
 from engine.training import TrainConfig, fit, fit_head
 from engine.transfer import main as transfer_main
 from tests.engine.conftest import LABELS

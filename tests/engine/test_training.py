@@ -26,7 +26,7 @@ from engine.exceptions import Cancelled, InvalidInput
 from engine.images import decode_image, encode_png
 from engine.inference import rebuild_model
 from engine.metrics import average_precision, best_thresholds, confusion_matrix, multilabel_metrics
-from engine.models import create_model
+from engine.models.build import create_model
 from engine.training import (
     TrainConfig,
     build_criterion,

@@ -19,7 +19,7 @@ def ctx(tmp_path):
 
 
 def save(ctx, class_name: str, data: bytes, source: str = "photo.jpg"):
-    return library.save_once(*ctx, class_name, data, source=source, bbox=[0, 0, 12, 12], created_by="op",
+    return segment.save_once(*ctx, class_name, data, source=source, bbox=[0, 0, 12, 12], created_by="op",
                              size=(12, 12))
 
 

@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 from skimage import data
 
-from engine.models import create_model
+from engine.models.build import create_model
 
 LEGACY_BODY = {"model_name": "efficientnet-lite0", "dataset": "custom", "num_classes": 2, "batch_size": 16,
              "is_transform": 0, "num_workers": 2, "lr_decay": 0, "l2_reg": 0.0001,
@@ -137,7 +137,7 @@ def test_transfer_fields_are_checked_naming_the_field(stack, photos, extra, fiel
 
 def test_an_uploaded_weights_file_is_kept_under_data_dir_and_checked(tmp_path):
     from engine.exceptions import InvalidInput
-    from services.app.training import save_weights_upload
+    from services.app.model_catalog import save_weights_upload
     from services.platform.config import Config
 
     config = Config(data_dir=tmp_path)

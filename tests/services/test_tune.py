@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from services.app import tuning
-from services.jobs.runtime import TERMINAL
+from services.jobs.runtime import MEMBERS_KEY, TERMINAL
 from services.storage.store import open_store
 from tests.digits import write_digits_hdf5
 from tests.harness import app_page
@@ -143,7 +143,7 @@ def test_an_ended_study_leaves_redis_in_a_week_and_is_then_served_from_the_catal
     view = finished_study["view"]
     conn = redis.Redis.from_url(stack.redis_url)
     keys = [*conn.scan_iter(match=tuning.JOURNAL_PREFIX.format(view["study_id"]) + ":*"),
-            tuning.TRIALS_KEY.format(view["study_id"]).encode()]
+            MEMBERS_KEY.format(view["study_id"]).encode()]
     assert len(keys) > 3
     assert all(0 < conn.ttl(key) <= tuning.RESULT_TTL for key in keys)
     for key in keys:  # as when they expire (renamed back afterwards: later tests read this study)

@@ -123,7 +123,7 @@ def _check_accepted(path: Path) -> None:
 def quick_reader():
     """A damaged file may make libhdf5 spin; give up on it after 3 s instead of 60."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("engine.datasets.HDF5_READ_SECONDS", 3.0)
+        patch.setattr("engine.hdf5_layout.HDF5_READ_SECONDS", 3.0)
         yield
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from engine import archives
 from engine.exceptions import InvalidInput
-from services.app.quotas import InsufficientStorage, reserve_disk
+from services.app.quotas import InsufficientStorage
 from services.jobs import runtime as jobs
 from services.platform.config import Config
 from services.storage.store import open_store
@@ -215,7 +215,7 @@ def _reserve(data_dir: str, job_id: str, needed: int, start, results) -> None:
     config = Config(data_dir=Path(data_dir))
     start.wait()
     try:
-        reserve_disk(config, open_store(config.data_dir), job_id, needed, "image_size", "a test")
+        jobs.JobContext(job_id, config, open_store(config.data_dir)).reserve_disk(needed, "image_size", "a test")
         results.put((job_id, "reserved"))
     except InsufficientStorage:
         results.put((job_id, "refused"))
@@ -239,7 +239,7 @@ def test_two_imports_cannot_both_reserve_the_same_free_bytes(tmp_path):
         proc.join(30)
     outcomes = sorted(results.get(timeout=5)[1] for _ in procs)
     assert outcomes == ["refused", "reserved"]
-    assert sum(store.get_job(j)["params"].get("reserved_bytes", 0) for j in ("import-1", "import-2")) == needed
+    assert sum(store.get_job(j)["reserved_bytes"] for j in ("import-1", "import-2")) == needed
 
 
 # ------------------------------------------------------------------------ break 9: cancel, grey export

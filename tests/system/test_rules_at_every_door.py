@@ -34,7 +34,7 @@ from streamlit.testing.v1 import AppTest
 import tests.fake_jobs  # noqa: F401 - registers the "test-count" kind in this process too
 from engine.augment.backgrounds import make_background
 from engine.exceptions import InvalidInput
-from services.app import datasets, generate, training, tuning
+from services.app import datasets, generate, rules, training, tuning
 from services.app.quotas import TooManyJobs
 from services.jobs import runtime as jobs
 from services.storage.store import open_store
@@ -85,7 +85,12 @@ def _library(stack: Stack) -> None:
     for seed, split in ((1, "train"), (2, "test")):
         buf = io.BytesIO()
         Image.fromarray(make_background("noise", 96, seed)).save(buf, "PNG")
-        generate.add_background(stack.config, buf.getvalue(), split)
+        generate.add_background(studio_admin(stack), buf.getvalue(), split)
+
+
+def studio_admin(stack: Stack) -> rules.Actor:
+    """The studio's admin as an actor, to set up data through the actions."""
+    return rules.Actor({"username": "admin", "role": "admin"}, stack.config, open_store(stack.data_dir))
 
 
 def class_folders_zip() -> bytes:
@@ -151,20 +156,23 @@ def page_opens(stack: Stack, user: dict, script: str, monkeypatch) -> bool:
 
 def page_submit(stack: Stack, user: dict, action: str) -> None:
     """What the page's button calls, with its own arguments (``pages/*.py``, ``services/ui/dataset_upload.py``)."""
-    config, store, name = config_of(stack), open_store(stack.data_dir), user["username"]
+    config, store = config_of(stack), open_store(stack.data_dir)
     if action == "train":
-        training.submit_training(config, store, training.TrainRequest.model_validate(digits_body(num_epochs="1")),
-                                 name)
+        training.submit_training(rules.Actor(user, config, store),
+                                 training.TrainRequest.model_validate(digits_body(num_epochs="1")))
     elif action == "generate":
-        generate.submit_generation(config, store, generate.GenerateBody.model_validate(GENERATE), name)
+        generate.submit_generation(rules.Actor(user, config, store), generate.GenerateBody.model_validate(GENERATE))
     elif action == "study":
-        tuning.launch(config, store, tuning.TuneRequest.model_validate(STUDY), name)
+        tuning.launch(rules.Actor(user, config, store), tuning.TuneRequest.model_validate(STUDY))
     else:
         upload = config.path("uploads", f".upload-{secrets.token_hex(4)}.part")  # as the page saves the file
         upload.parent.mkdir(parents=True, exist_ok=True)
         upload.write_bytes(class_folders_zip())
         form = datasets.UploadForm.model_validate({"name": f"rules_{secrets.token_hex(3)}"})
-        datasets.submit_import(config, store, upload, form, name, "rules.zip", user["role"])
+        try:
+            datasets.submit_import(rules.Actor(user, config, store), upload, form, "rules.zip")
+        finally:
+            upload.unlink(missing_ok=True)  # as the page does: the action moves the file when it takes it
 
 
 def page_door(stack: Stack, role: str, action: str, monkeypatch) -> str:
@@ -218,8 +226,8 @@ def test_a_study_over_its_budget_is_refused_naming_the_field(studio, planner, bu
         message = r.json()["message"]
     else:
         with pytest.raises(InvalidInput) as refused:  # what the Tune page's Launch calls
-            tuning.launch(config_of(studio), open_store(studio.data_dir), tuning.TuneRequest.model_validate(body),
-                          planner["username"])
+            tuning.launch(rules.Actor(planner, config_of(studio), open_store(studio.data_dir)),
+                          tuning.TuneRequest.model_validate(body))
         assert refused.value.field == field
         message = str(refused.value)
     assert ("MAX_SAMPLE_EPOCHS" if field != "parallel" else "MAX_ACTIVE_JOBS_PER_USER") in message

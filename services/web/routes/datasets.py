@@ -1,8 +1,10 @@
 """Dataset routes: upload and import (``POST /api/v1/datasets``), the catalog, export and delete.
 
+Each route translates HTTP into one action of ``services.app.datasets`` (the Datasets page calls the same ones).
 The upload route reads its body under ``MAX_DATASET_MB`` instead of the JSON limit ``MAX_UPLOAD_MB``, and
 its file part is streamed to ``DATA_DIR/uploads`` (never held in memory). The request reads no more of the
-file than its first bytes and a zip's end record; the ``import_dataset`` job inspects the rest.
+file than its first bytes and a zip's end record; the ``import_dataset`` job inspects the rest. The formats
+(accepted, refused with their names, exported) are those of the registry, ``engine.formats``.
 """
 
 from __future__ import annotations
@@ -11,19 +13,23 @@ from pathlib import Path
 from typing import Literal
 
 from flask import Blueprint, g, request, send_file
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from engine import formats
 from services.app import datasets
-from services.app.generate import get_dataset
-from services.web.http import ApiError, endpoint, ok, studio
+from services.web.http import ApiError, actor, endpoint, ok, run_blocking, studio
 
 bp = Blueprint("datasets", __name__)
 UPLOAD_ENDPOINT = "datasets.upload_dataset"
 
 
+ExportFormat = Literal[tuple(formats.export_formats())]  # the registry's words, checked and listed in the schema
+
+
 class ExportQuery(BaseModel):
-    format: Literal["hdf5", "zip"] = "hdf5"
+    format: ExportFormat = Field("hdf5", description="; ".join(
+        f"{word}: {fmt.export_label}" for word, fmt in formats.export_formats().items()))
 
 
 @bp.before_request
@@ -62,47 +68,45 @@ def _dataset_too_large(_exc):
 
 @endpoint(bp, "/api/v1/datasets", ("POST",), action="datasets.import", body=datasets.UploadForm, form=True)
 def upload_dataset(body: datasets.UploadForm):
-    """Upload a zip of class folders, an HDF5 file, or a zip of images with a CSV/COCO file of labels (202).
+    """Upload a dataset file in any known format (202): see the ``file`` field for the formats.
 
     The request only sniffs the file and reads a zip's end record (its declared entry count); the import job
-    reads the rest, and its result (``GET /api/v1/jobs/<job_id>``) says what the file held or why it failed.
+    recognises the format and reads the rest, and its result (``GET /api/v1/jobs/<job_id>``) says what the
+    file held or why it failed.
     """
     upload = request.files.get("file")
     if upload is None or not upload.filename:
-        raise ApiError(400, "missing_file", "send the zip or HDF5 file as the multipart field 'file'", "file")
+        kinds = " or ".join(c.noun for c in formats.list_containers())
+        raise ApiError(400, "missing_file", f"send the dataset file ({kinds}) as the multipart field 'file'", "file")
     upload.stream.flush()
     path = Path(upload.stream.name)  # the sink's file under DATA_DIR/uploads; submit_import moves it
-    try:
-        job_id, found = datasets.submit_import(studio().config, studio().store, path, body, g.user["username"],
-                                               upload.filename, g.user["role"])
-    except datasets.AdminOnly as exc:
-        raise ApiError(403, "forbidden", str(exc), "unknown_labels") from None
+    job_id, found = datasets.submit_import(actor(), path, body, upload.filename)
     return ok({"job_id": job_id, "jobs": [job_id], "name": body.name, **found}, 202)
 
 
 @endpoint(bp, "/api/v1/datasets", action="datasets.read")
 def list_datasets():
     """Every dataset (generated and uploaded), newest first, with counts per split and class."""
-    rows = datasets.list_datasets(studio().config, studio().store)
+    rows = datasets.read_datasets(actor())
     return ok({"datasets": rows, "count": len(rows)})
 
 
 @endpoint(bp, "/api/v1/datasets/<dataset_id>", action="datasets.read")
 def get_one(dataset_id: str):
     """One dataset: file, kind, origin, classes, counts, size on disk, thumbnail picks."""
-    return ok(datasets.view(studio().config, get_dataset(studio().store, dataset_id)))
+    return ok(datasets.read_datasets(actor(), dataset_id)[0])
 
 
 @endpoint(bp, "/api/v1/datasets/<dataset_id>", ("DELETE",), action="datasets.delete")
 def delete(dataset_id: str):
     """Delete a dataset no queued or running job and no trained model needs (409 otherwise)."""
-    datasets.delete_dataset(studio().config, studio().store, dataset_id)
+    datasets.delete_dataset(actor(), dataset_id)
     return ok({"deleted": dataset_id})
 
 
 @endpoint(bp, "/api/v1/datasets/<dataset_id>/export", action="datasets.export", query=ExportQuery)
 def export(dataset_id: str, query: ExportQuery):
-    """Download a dataset as its HDF5 file or as a zip of ``train|test/<class>/*.png``."""
-    row = get_dataset(studio().store, dataset_id)
-    path, name = datasets.export_file(studio().config, row, query.format)
+    """Download a dataset in a format that exports (``format``): its HDF5 file, or a zip of class folders."""
+    # A zip export decodes every image once (then it is kept): off the event loop.
+    path, name = run_blocking(datasets.export_dataset, actor(), dataset_id, query.format)
     return send_file(path, as_attachment=True, download_name=name, mimetype="application/octet-stream")

@@ -1,5 +1,6 @@
 """Augmentation routes: the legacy API's ``/api/v1/generate``, backgrounds.
 
+Each route translates HTTP into one action of ``services.app.generate`` (the Augment page calls the same ones).
 The dataset catalog (``/api/v1/datasets``) is served by ``services/web/routes/datasets.py``.
 """
 
@@ -7,11 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from flask import Blueprint, g, request
+from flask import Blueprint, request
 from pydantic import BaseModel
 
 from services.app import generate
-from services.web.http import ApiError, endpoint, ok, studio
+from services.web.http import ApiError, actor, endpoint, ok, run_blocking
 
 bp = Blueprint("generate", __name__)
 
@@ -25,16 +26,15 @@ class BackgroundForm(BaseModel):
 @endpoint(bp, "/api/v1/generate", ("POST",), action="datasets.generate", body=generate.GenerateBody)
 def post_generate(body: generate.GenerateBody):
     """Queue one job that writes an augmented HDF5 dataset from the object library (answers 202)."""
-    job_id = generate.submit_generation(studio().config, studio().store, body, g.user["username"])
+    job_id = generate.submit_generation(actor(), body)
     return ok({"jobs": [job_id], "job_id": job_id}, 202)
 
 
 @endpoint(bp, "/api/v1/backgrounds", action="backgrounds.read")
 def list_backgrounds():
     """Every background with its split (train or test) and origin (shipped or user)."""
-    files = generate.list_background_files(studio().config)
-    counts = {split: sum(1 for b in files if b.split == split) for split in ("train", "test")}
-    return ok({"backgrounds": [generate.background_view(b) for b in files], "counts": counts})
+    found = generate.read_backgrounds(actor())
+    return ok({"backgrounds": [generate.background_view(b) for b in found.files], "counts": found.counts})
 
 
 @endpoint(bp, "/api/v1/backgrounds", ("POST",), action="backgrounds.upload", body=BackgroundForm, form=True)
@@ -43,5 +43,5 @@ def post_background(body: BackgroundForm):
     upload = request.files.get("file")
     if upload is None:
         raise ApiError(400, "missing_file", "send the image as the multipart field 'file'", "file")
-    bg = generate.add_background(studio().config, upload.read(), body.split)
+    bg = run_blocking(generate.add_background, actor(), upload.read(), body.split)  # decodes the picture
     return ok(generate.background_view(bg))
