@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: run worker test test-fast test-slow bench lint clean-venv
+.PHONY: run worker test test-fast test-stack bench lint coverage clean-venv
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,25 @@ run: $(STAMP)  ## Redis (embedded unless REDIS_URL), workers, API on :5000, UI o
 worker: $(STAMP)  ## only RQ workers, joining REDIS_URL (scale-out)
 	$(PY) -m services.platform.launcher worker
 
-test: $(STAMP)  ## the whole suite
-	$(PY) -m pytest
+# Two tiers, derived from the fixtures a test uses (tests/conftest.py): in-process, and the real stack; each on
+# two xdist workers (a stack module's tests stay on one worker, whose session studio they share).
+FAST := -m "not stack" -n 2
+STACK := -m stack -n 2 --dist loadscope
 
-test-fast: $(STAMP)  ## everything except the slow and browser tests
-	$(PY) -m pytest -m "not slow and not browser"
+test: $(STAMP)  ## the whole suite: the in-process tier, then the real-stack tier
+	$(PY) -m pytest $(FAST)
+	$(PY) -m pytest $(STACK)
 
-test-slow: $(STAMP)  ## only the slow and browser tests
-	$(PY) -m pytest -m "slow or browser"
+test-fast: $(STAMP)  ## the in-process tier: no process, server or browser is started
+	$(PY) -m pytest $(FAST)
+
+test-stack: $(STAMP)  ## the real-stack tier: Redis, RQ workers, gunicorn, Streamlit, Chromium
+	$(PY) -m pytest $(STACK)
+
+coverage: $(STAMP)  ## branch coverage of engine/ and services/ in the test process, over the whole suite
+	$(PY) -m coverage run -m pytest -q
+	$(PY) -m coverage report --include="engine/*" | tail -1
+	$(PY) -m coverage report --include="services/*" | tail -1
 
 bench: $(STAMP)  ## benchmarks (not tests): each prints ours next to the peer's
 	$(PY) bench/bench_grabcut.py

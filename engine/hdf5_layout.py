@@ -172,6 +172,11 @@ def _open_hdf5(path: str | os.PathLike, seconds: float | None = None) -> _Hdf5La
     raise _refusal(path, value, "The file is probably damaged: write it again, or check it with h5dump")
 
 
+# Read files in a time-limited child where a fork is safe. Off only where no process may start (the suite's
+# in-process tier, whose files are small and well-formed or refused before libhdf5 could spin).
+READ_IN_A_CHILD = True
+
+
 @functools.lru_cache(maxsize=16)
 def _read_isolated_once(path: str, _mtime_ns: int, _size: int, seconds: float) -> tuple[str, Any]:
     return _read_isolated(Path(path), seconds)
@@ -189,7 +194,8 @@ def _read_isolated(path: Path, seconds: float) -> tuple[str, Any]:
     a new parent (seen: the child quit before answering). The web processes read only files that an import
     job already checked this way, or that this studio wrote.
     """
-    forkable = threading.current_thread() is threading.main_thread() and not multiprocessing.current_process().daemon
+    forkable = (READ_IN_A_CHILD and threading.current_thread() is threading.main_thread()
+                and not multiprocessing.current_process().daemon)
     if "fork" not in multiprocessing.get_all_start_methods() or not forkable:
         return _read_outcome(path)
     context = multiprocessing.get_context("fork")

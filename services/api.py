@@ -17,6 +17,7 @@ from html import escape
 
 import click
 from flask import Blueprint, Flask, current_app, request
+from flask.cli import with_appcontext
 from flask_jwt_extended import JWTManager, create_access_token, decode_token, get_jwt
 from flask_socketio import SocketIO, disconnect, join_room, leave_room, rooms
 from pydantic import BaseModel, Field
@@ -152,6 +153,12 @@ def _register_error_handlers(app: Flask) -> None:
 core = Blueprint("core", __name__)
 
 
+def issue_token(user) -> str:
+    """An access token for ``user`` (a user row): its name, role and token version (inside an app context)."""
+    return create_access_token(identity=user["username"],
+                               additional_claims={"role": user["role"], "tv": user["token_version"]})
+
+
 class AuthBody(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
@@ -169,8 +176,7 @@ def auth(body: AuthBody):
     user = outcome.user
     if user is None:
         raise ApiError(401, "bad_credentials", "wrong username or password")
-    token = create_access_token(identity=user["username"],
-                                additional_claims={"role": user["role"], "tv": user["token_version"]})
+    token = issue_token(user)
     return ok({"access_token": token, "role": user["role"],
                "expires_in": studio().config.token_minutes * 60})
 
@@ -597,6 +603,7 @@ def _may_read(user: dict, record: dict) -> bool:
 @click.command("create-user")
 @click.argument("username")
 @click.option("--role", type=click.Choice(ROLES), default="operator", show_default=True)
+@with_appcontext
 def create_user_command(username: str, role: str) -> None:
     """Create a user; the password is read from standard input when it is not a terminal."""
     if sys.stdin.isatty():

@@ -1,4 +1,6 @@
-"""Real parts for integration tests: a Redis server, RQ worker processes and the API under gunicorn."""
+"""The studios tests run against: in this process (:class:`LocalStudio`: the API's app and its test client, the
+catalog, Redis in memory), or real parts (:class:`Stack`: a Redis server, RQ worker processes, the API under
+gunicorn, the UI under Streamlit)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import requests
 import socketio
 
-from services.platform.config import REPO_ROOT, Config
+from services.platform.config import REPO_ROOT, ROLES, Config
 from services.platform.launcher import gunicorn_argv
 from services.platform.redis_server import start_redis
 from services.storage.store import open_store
@@ -64,6 +66,48 @@ def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: floa
 
 
 @dataclass
+class LocalStudio:
+    """The API's app on a DATA_DIR of its own, in this process, with one user per role: for the in-process tier
+    (Redis is in memory there: tests/conftest.py). ``client()`` is Flask's test client; tokens are minted here."""
+
+    config: Config
+    app: object
+    users: dict
+
+    @classmethod
+    def in_own_folder(cls, tmp_path_factory, name: str, **settings) -> LocalStudio:
+        config = Config(data_dir=tmp_path_factory.mktemp(name) / "data", **settings)
+        config.ensure_dirs()
+        store = open_store(config.data_dir)
+        for role in ROLES:
+            store.create_user(role, secrets.token_urlsafe(12), role)
+        from services.api import create_app
+
+        return cls(config, create_app(config), {role: store.get_user(role) for role in ROLES})
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    def client(self):
+        return self.app.test_client()
+
+    def token(self, role: str) -> str:
+        from services.api import issue_token
+
+        with self.app.app_context():
+            return issue_token(self.users[role])
+
+    def headers(self, role: str, scheme: str = "JWT") -> dict:
+        return {"Authorization": f"{scheme} {self.token(role)}"}
+
+    def actor(self, role: str):
+        from services.app import rules
+
+        return rules.Actor(self.users[role], self.config, open_store(self.data_dir))
+
+
+@dataclass
 class Stack:
     """A running studio on a temporary DATA_DIR: Redis, workers, API. Methods stop and restart parts."""
 
@@ -78,6 +122,7 @@ class Stack:
     passwords: dict = field(default_factory=dict)
     # Environment of every process of this stack, over the defaults of :attr:`env`.
     extra_env: dict = field(default_factory=dict)
+    _minting_app: object = field(default=None, repr=False)
 
     @property
     def redis_password(self) -> str:
@@ -189,9 +234,23 @@ class Stack:
             self.stop_redis()
 
     def token(self, role: str) -> str:
-        r = requests.post(self.url + "/auth", json={"username": role, "password": self.passwords[role]}, timeout=10)
-        r.raise_for_status()
-        return r.json()["access_token"]
+        """A fresh access token for ``role``'s user, as ``POST /auth`` issues it, minted in this process with the
+        stack's key: no scrypt check and no sign-in throttle per request (the sign-in tests call /auth)."""
+        from services.api import issue_token
+
+        user = open_store(self.data_dir).get_user(role)
+        if user is None:
+            raise LookupError(f"no user {role!r} on this stack")
+        with self.minting_app().app_context():
+            return issue_token(user)
+
+    def minting_app(self):
+        """The API's app for this stack's configuration, built once, to mint tokens in this process."""
+        if self._minting_app is None:
+            from services.api import create_app
+
+            self._minting_app = create_app(self.config)
+        return self._minting_app
 
     def headers(self, role: str, scheme: str = "JWT") -> dict:
         return {"Authorization": f"{scheme} {self.token(role)}"}

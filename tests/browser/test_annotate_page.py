@@ -16,8 +16,6 @@ from tests.browser.conftest import (
     wait_idle,
 )
 
-pytestmark = pytest.mark.browser
-
 
 def photo_with_gps(path, lat_dms, lat_ref, lon_dms, lon_ref, seed):
     rng = np.random.default_rng(seed)
@@ -139,7 +137,7 @@ def test_annotate_preselects_nothing_from_an_unactivated_or_weak_model(page, sta
 
 
 @pytest.fixture(scope="module")
-def retraining_ui(tmp_path_factory):
+def retraining_ui(tmp_path_factory, processes):
     """A stack of its own whose suggestion head retrains after every 9 saved labels, with the UI running."""
     from tests.harness import Stack
 

@@ -20,8 +20,6 @@ from tests.browser.conftest import assert_no_traceback, login, set_number, shot
 from tests.harness import Stack, stop
 from tests.scenes import LEGACY_BOX, encode, scene
 
-pytestmark = pytest.mark.browser
-
 
 @pytest.fixture
 def own_stack(tmp_path_factory, browser):
@@ -45,7 +43,6 @@ def own_stack(tmp_path_factory, browser):
         studio.close()
 
 
-@pytest.mark.slow
 def test_cancel_with_redis_gone_shows_the_queue_message_not_a_traceback(browser, own_stack):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:

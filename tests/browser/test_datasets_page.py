@@ -4,7 +4,6 @@ import secrets
 
 import cv2
 import numpy as np
-import pytest
 from PIL import Image
 from playwright.sync_api import expect
 from sklearn.datasets import load_digits
@@ -25,8 +24,6 @@ from tests.zips import (
     digits_zip,
     file_manager_zip,
 )
-
-pytestmark = pytest.mark.browser
 
 
 def test_operator_uploads_a_zip_sees_its_classes_and_samples_then_deletes_it(page, stack, tmp_path):
@@ -74,7 +71,6 @@ def go(page, title: str, attempts: int = 3) -> None:
     raise AssertionError(f"the {title} page did not open")
 
 
-@pytest.mark.slow
 def test_from_a_zip_on_the_laptop_to_a_trained_model_and_a_prediction_in_the_browser(page, stack, tmp_path):
     name = f"digits_{secrets.token_hex(3)}"
     path = digits_zip(tmp_path / f"{name}.zip")

@@ -3,15 +3,12 @@
 import re
 import time
 
-import pytest
 from playwright.sync_api import expect
 
 from services.app import sign_in
 from services.jobs import runtime as jobs
 from services.storage.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot
-
-pytestmark = pytest.mark.browser
 
 
 def nav_links(page) -> list[str]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 from playwright.sync_api import expect
 
 from services.app import segment
 from services.storage.store import open_store
 from tests.browser.conftest import assert_no_traceback, choose_option, login, select_box, shot, wait_idle
 from tests.shapes import noise_png as png
-
-pytestmark = pytest.mark.browser
 
 
 def test_move_an_object_to_another_class_then_delete_one(page, stack):

@@ -6,7 +6,6 @@ import io
 import secrets
 
 import numpy as np
-import pytest
 import requests
 from PIL import Image
 
@@ -24,7 +23,6 @@ from tests.browser.conftest import (
 )
 from tests.scenes import CENTRE, LEGACY_BOX, RADIUS, encode, scene
 
-pytestmark = pytest.mark.browser
 ZOOM = 5  # the 320×240 scene becomes a 1600×1200 photo, shown downscaled on the canvas
 
 

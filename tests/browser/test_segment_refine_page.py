@@ -9,7 +9,6 @@ import secrets
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from engine.segmentation import mask_iou
@@ -26,7 +25,6 @@ from tests.browser.conftest import (
 )
 from tests.photo_scenes import with_shadow
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
 WIDTH, HEIGHT = 2000, 1500  # 3 MP, shown at 40 % on the canvas
 
 

@@ -25,8 +25,6 @@ from tests.browser.conftest import (
 )
 from tests.shapes import SHAPES, png_bytes, shape_image, write_folder_dataset
 
-pytestmark = pytest.mark.browser
-
 
 def open_page(page, stack, role: str, title: str) -> None:
     login(page, stack, role)
@@ -65,7 +63,6 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
     shot(page, "train-finished")
 
 
-@pytest.mark.slow
 def test_train_page_runs_one_training_over_two_processes_with_its_live_chart(page, stack):
     write_folder_dataset(stack.data_dir, "DDP_train", "DDP_test", n_train=16, n_test=4)
     open_page(page, stack, "operator", "Train")

@@ -20,7 +20,8 @@ from engine.launch import fit_distributed
 from engine.run_config import MAX_PROCESSES, Rendezvous, check_world_size
 from engine.training import TrainConfig, fit
 
-pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores")
+pytestmark = [pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two processes need two cores"),
+              pytest.mark.usefixtures("processes")]
 torch.set_num_threads(1)
 CLASSES = [str(d) for d in range(10)]
 # Two runs with one seed differ only in the order samples meet and in float summation order.
@@ -56,7 +57,6 @@ def two_process_run(tmp_path_factory):
     return cfg, test, records, result, directory
 
 
-@pytest.mark.slow
 def test_two_processes_reach_the_accuracy_of_one(two_process_run, tmp_path):
     cfg, test, records, result, _ = two_process_run
     single = fit(cfg, *digits(cfg), CLASSES, tmp_path)
@@ -70,7 +70,6 @@ def test_two_processes_reach_the_accuracy_of_one(two_process_run, tmp_path):
     assert not ranks_alive()
 
 
-@pytest.mark.slow
 def test_only_rank_zero_writes_and_checkpoints_hold_the_plain_model(two_process_run):
     _, _, _, result, directory = two_process_run
     assert sorted(p.name for p in directory.iterdir()) == ["best.pt", "last.pt"]
@@ -79,7 +78,6 @@ def test_only_rank_zero_writes_and_checkpoints_hold_the_plain_model(two_process_
     assert not any(k.startswith(("module.", "net.")) for k in ckpt["state_dict"])
 
 
-@pytest.mark.slow
 def test_last_of_two_processes_resumes_with_one(two_process_run, tmp_path):
     cfg, _, records, result, _ = two_process_run
     longer = config(epochs=4)
@@ -89,7 +87,6 @@ def test_last_of_two_processes_resumes_with_one(two_process_run, tmp_path):
     assert resumed.history[-1]["test_accuracy"] >= 85.0
 
 
-@pytest.mark.slow
 def test_a_killed_rank_fails_the_run_with_a_clear_error_quickly(tmp_path):
     cfg = config(epochs=50, batch_size=32)
     killed = {}
@@ -108,7 +105,6 @@ def test_a_killed_rank_fails_the_run_with_a_clear_error_quickly(tmp_path):
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] >= 1
 
 
-@pytest.mark.slow
 def test_cancel_stops_every_rank_after_the_epoch_it_lands_in(tmp_path):
     cfg = config(epochs=50, batch_size=32)
     records = []
@@ -175,7 +171,6 @@ def _second_machine(address: str, directory: str) -> None:
     assert result is None
 
 
-@pytest.mark.slow
 def test_two_launchers_meet_through_a_published_address_as_two_machines_would(tmp_path):
     address = tmp_path / "address"
     other = multiprocessing.get_context("spawn").Process(

@@ -138,7 +138,7 @@ def _damage_last_class_name(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-def test_a_damaged_file_that_makes_libhdf5_spin_is_refused_in_time(tmp_path, monkeypatch):
+def test_a_damaged_file_that_makes_libhdf5_spin_is_refused_in_time(tmp_path, monkeypatch, processes):
     """One flipped byte of the heap made libhdf5 loop forever inside h5py's global lock."""
     monkeypatch.setattr("engine.hdf5_layout.HDF5_READ_SECONDS", 3.0)
     path = tmp_path / "damaged.h5"

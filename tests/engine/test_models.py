@@ -179,17 +179,8 @@ def _untrained_checkpoint(name, tmp_path):
     return fit(config, data, data, ["a", "b", "c"], tmp_path / name).last_path
 
 
-# By default the first model of each family that takes small inputs; the whole registry with the slow tests.
-EXPORT_QUICK = {
-    min(i.name for i in list_models() if i.family == family and i.min_input_size <= 32)
-    for family in {i.family for i in list_models() if i.min_input_size <= 32}
-}
-
-
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-@pytest.mark.parametrize(
-    "name", [n if n in EXPORT_QUICK else pytest.param(n, marks=pytest.mark.slow) for n in MODELS]
-)
+@pytest.mark.parametrize("name", MODELS)
 def test_export_matches_the_model(name, tmp_path):
     ckpt_path = _untrained_checkpoint(name, tmp_path)
     model = rebuild_model(checkpoints.load(ckpt_path))

@@ -34,7 +34,6 @@ def test_no_halo_on_jpeg(photo, backdrop, quality):
     assert ours[ring].mean() < 0.2  # the 10 px round the object, which a halo fills
 
 
-@pytest.mark.slow
 def test_no_halo_on_a_photo_sized_jpeg():
     image, truth, box = composite(1600, 1200, "coffee", "gravel")
     ours = grabcut(through_jpeg(image, 85), box).mask

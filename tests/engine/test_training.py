@@ -343,7 +343,7 @@ def _write_hdf5(path, n_train=12, n_test=6):
         f.attrs["class_names"] = json.dumps(["cat", "dog", "owl"])
 
 
-def test_hdf5_dataset_with_worker_processes(tmp_path):
+def test_hdf5_dataset_with_worker_processes(tmp_path, processes):
     _write_hdf5(tmp_path / "d.hdf5")
     pre = make_preprocessing(16)
     bundle = build_datasets(DatasetSpec("hdf5", hdf5_path=str(tmp_path / "d.hdf5")), pre)

@@ -130,7 +130,7 @@ def test_missing_pretrained_weights_is_a_clear_error(data_dir, monkeypatch, caps
     assert "not available offline" in capsys.readouterr().err
 
 
-def test_runs_as_a_module_with_data_dir_from_the_environment(data_dir, weights):
+def test_runs_as_a_module_with_data_dir_from_the_environment(data_dir, weights, processes):
     env = {"DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [

@@ -262,7 +262,6 @@ def test_delete_removes_file_and_row_and_unknown_is_404(stack, tmp_path):
 
 
 # ---------------------------------------------------------------------------- zip -> train -> predict
-@pytest.mark.slow
 def test_upload_a_zip_train_with_the_legacy_body_then_predict(stack, tmp_path):
     name = unique("digits")
     imported(stack, digits_zip(tmp_path / "digits.zip"), name)
@@ -328,7 +327,6 @@ def test_coco_json_with_images_imports_labels(stack, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- memory
-@pytest.mark.slow
 def test_a_large_upload_streams_to_disk_with_flat_api_memory(stack, tmp_path):
     import psutil
 

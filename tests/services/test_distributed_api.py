@@ -57,7 +57,6 @@ def test_bad_process_counts_are_400_naming_the_field(stack, digits, change, fiel
     assert field in r.text
 
 
-@pytest.mark.slow
 def test_a_two_process_job_runs_with_live_epochs(stack, digits):
     events: list = []
     client = job_events_socket(stack, events)
@@ -82,7 +81,6 @@ def test_a_two_process_job_runs_with_live_epochs(stack, digits):
     wait_no_ranks(stack)
 
 
-@pytest.mark.slow
 def test_cancel_stops_both_processes_and_resume_continues(stack, digits):
     r = post(stack, "/api/v1/train", digits_body(num_epochs="30", world_size=2))
     job_id = r.json()["job_id"]
@@ -105,7 +103,6 @@ def test_cancel_stops_both_processes_and_resume_continues(stack, digits):
     wait_no_ranks(stack)
 
 
-@pytest.mark.slow
 def test_a_run_over_two_workers_meets_through_redis_as_two_machines_would(stack, digits):
     extra = stack.start_worker()  # the second "machine": a worker of its own on the same queue
     try:

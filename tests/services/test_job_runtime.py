@@ -23,10 +23,8 @@ from services.app.rules import Actor, Forbidden
 from services.jobs import runtime as jobs
 from services.jobs.runtime import JobContext, job_kind
 from services.platform.config import REPO_ROOT, Config
-from services.platform.redis_server import start_redis
 from services.storage.rows import Model
 from services.storage.store import MIGRATIONS, open_store
-from tests.harness import free_port, stop
 
 CHAIN, MEMBER, GROUP, GROUP_MEMBER = "test-rt-chain", "test-rt-member", "test-rt-group", "test-rt-group-member"
 
@@ -186,24 +184,20 @@ def test_a_dataset_in_use_is_found_by_its_column(tmp_path):
     assert datasets.references(config, store, "digits") == ["train job other (queued)"]
 
 
-# ------------------------------------------------------------------------------- with a real Redis
+# ------------------------------------------------------------ with Redis (in memory: tests/conftest.py)
 @pytest.fixture(scope="module")
 def redis_config(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("runtime") / "data"
-    probe = Config(data_dir=data_dir)
-    probe.ensure_dirs()
-    port = free_port()
-    server = start_redis(port, data_dir / "redis", password=probe.redis_password())
-    yield Config(data_dir=data_dir, redis_url=f"redis://:{probe.redis_password()}@127.0.0.1:{port}/0",
-                 max_active_jobs_per_user=4)
-    stop(server)
+    config = Config(data_dir=data_dir, max_active_jobs_per_user=4)
+    config.ensure_dirs()
+    return config
 
 
 @pytest.fixture
 def studio(redis_config, monkeypatch):
     """The module's Redis and catalog, an operator of its own per test, and the environment a worker reads."""
     monkeypatch.setenv("DATA_DIR", str(redis_config.data_dir))
-    monkeypatch.setenv("REDIS_URL", redis_config.redis_url)
+    monkeypatch.setenv("REDIS_URL", redis_config.effective_redis_url)
     store = open_store(redis_config.data_dir)
     name = f"op_{uuid.uuid4().hex[:8]}"
     store.create_user(name, "operator-pass-123", "operator")

@@ -17,7 +17,6 @@ from tests.harness import post
 from tests.old_checkpoints import DIGIT_CLASSES, digits_training, rewrite_as_version_1
 from tests.shapes import data_url
 
-pytestmark = pytest.mark.slow  # a real training run, then tens of requests
 CLASSES = DIGIT_CLASSES
 
 

@@ -3,7 +3,7 @@ test client of ``create_app``) and through the function a page calls (with the a
 
 An answer is what a user notices: allowed (the rules let the action through; what follows may still be a
 404 for the made-up id this test sends), forbidden (403 / ``Forbidden``), over quota (429 ``too_many_jobs`` /
-``TooManyJobs``), throttled (429 on sign-in). Everything runs in this process against a real Redis.
+``TooManyJobs``), throttled (429 on sign-in). Everything runs in this process (Redis in memory).
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from flask_jwt_extended import create_access_token
 from PIL import Image
 
 from engine.exceptions import StudioError
-from services.api import create_app
 from services.app import rules, sign_in
 from services.app.quotas import TooManyJobs
 from services.platform.config import ROLES, Config
-from services.platform.redis_server import start_redis
 from services.storage.store import open_store
-from tests.harness import free_port, stop
+from tests.harness import LocalStudio
 
 ALLOWED, FORBIDDEN, OVER_QUOTA, THROTTLED = "allowed", "forbidden", "over quota", "throttled"
 MISSING = "matrix-no-such-thing"
@@ -97,42 +94,13 @@ PAGE_ONLY = {"home", "objects.move", "weights.upload"}
 NO_ROUTE = {*PAGE_ONLY, "images.replace", "sign_in"}
 
 
-@dataclass
-class Studio:
-    config: Config
-    app: Any
-    users: dict[str, dict]
-
-    def actor(self, role: str) -> rules.Actor:
-        return rules.Actor(self.users[role], self.config, open_store(self.config.data_dir))
-
-    def headers(self, role: str) -> dict:
-        user = self.users[role]
-        with self.app.app_context():
-            token = create_access_token(identity=user["username"],
-                                        additional_claims={"role": role, "tv": user["token_version"]})
-        return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("matrix") / "data"
-    port = free_port()
-    probe = Config(data_dir=data_dir)
-    probe.ensure_dirs()
-    redis = start_redis(port, data_dir / "redis", password=probe.redis_password())
-    config = Config(data_dir=data_dir, redis_url=f"redis://:{probe.redis_password()}@127.0.0.1:{port}/0",
-                    max_active_jobs_per_user=2)
-    store = open_store(data_dir)
-    for role in ROLES:
-        store.create_user(role, f"pw-{role}-matrix-42", role)
-    users = {role: store.get_user(role) for role in ROLES}
-    yield Studio(config, create_app(config), users)
-    stop(redis)
+def studio(tmp_path_factory) -> LocalStudio:
+    return LocalStudio.in_own_folder(tmp_path_factory, "matrix", max_active_jobs_per_user=2)
 
 
-def api_answer(studio: Studio, role: str, call: ApiCall) -> str:
-    client = studio.app.test_client()
+def api_answer(studio: LocalStudio, role: str, call: ApiCall) -> str:
+    client = studio.client()
     kwargs: dict[str, Any] = {"headers": studio.headers(role)}
     if call.form is not None or call.files:
         kwargs["data"] = {**(call.form or {}), **{k: make() for k, make in call.files.items()}}
@@ -300,7 +268,7 @@ def test_over_quota_is_the_same_answer_at_both_doors(studio, operator_at_quota, 
 
 def test_sign_in_is_throttled_the_same_at_both_doors(studio):
     """The API's ``POST /auth`` and the UI's form count wrong passwords in one place."""
-    client = studio.app.test_client()
+    client = studio.client()
     wrong = {"username": "annotator", "password": "not-the-password"}
     answers = [client.post("/auth", json=wrong).status_code for _ in range(studio.config.sign_in_free_failures + 1)]
     assert answers[:-1] == [401] * studio.config.sign_in_free_failures and answers[-1] == 429

@@ -19,12 +19,11 @@ from services.storage.store import open_store
 from tests.harness import Stack
 from tests.tagged_photos import LABELS, photo, tagged_photos
 
-pytestmark = pytest.mark.slow
 EVERY = 9
 
 
 @pytest.fixture(scope="module")
-def suggest_stack(tmp_path_factory):
+def suggest_stack(tmp_path_factory, processes):
     s = Stack.in_own_folder(tmp_path_factory, "suggest", SUGGEST_RETRAIN_EVERY=str(EVERY)).start()
     yield s
     s.close()

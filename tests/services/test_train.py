@@ -310,7 +310,6 @@ def digits_run(stack, digits):
     return record, [d for _, d in events if d["job_id"] == job_id]
 
 
-@pytest.mark.slow
 def test_real_digits_reach_high_accuracy_with_live_epoch_events(stack, digits_run):
     record, events = digits_run
     assert record["status"] == "finished", record["error"]
@@ -328,7 +327,6 @@ def test_real_digits_reach_high_accuracy_with_live_epoch_events(stack, digits_ru
     assert np.mean([a == str(y) for a, y in zip(answers, labels[:40], strict=True)]) >= 0.85
 
 
-@pytest.mark.slow
 def test_cancel_then_resume_continues_from_the_last_completed_epoch(stack, digits):
     r = post(stack, "/api/v1/train", digits_body(num_epochs="8"))
     job_id = r.json()["job_id"]
@@ -351,7 +349,6 @@ def test_cancel_then_resume_continues_from_the_last_completed_epoch(stack, digit
     assert resumed["history"][: len(done)] == stopped["history"]
 
 
-@pytest.mark.slow
 def test_onnx_export_runs_and_matches_the_model(stack, digits_run):
     import onnxruntime
 

@@ -46,7 +46,6 @@ def _body(hdf5_path: str, **change) -> dict:
             **change}
 
 
-@pytest.mark.slow
 def test_list_attribute_file_with_float_pixels_trains(stack, datasets):
     name = _write(datasets / "by-hand-floats.h5")
     r = post(stack, "/api/v1/train", _body(name, num_classes="4"))

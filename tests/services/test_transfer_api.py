@@ -74,7 +74,6 @@ def predict(stack, img, model_id):
     return r.json()
 
 
-@pytest.mark.slow
 def test_legacy_body_on_efficientnet_trains_head_only_offline_and_predicts(stack, photos):
     answer = post(stack, "/api/v1/train", LEGACY_BODY)
     assert answer.status_code == 202, answer.text
@@ -93,7 +92,6 @@ def test_legacy_body_on_efficientnet_trains_head_only_offline_and_predicts(stack
     assert right >= 0.8, answers[:2]
 
 
-@pytest.mark.slow
 def test_pretrained_one_on_resnet18_uses_the_weights_cache_under_data_dir(stack, photos):
     torch.manual_seed(0)
     cache = stack.data_dir / "torch" / "hub" / "checkpoints"
@@ -110,7 +108,6 @@ def test_pretrained_one_on_resnet18_uses_the_weights_cache_under_data_dir(stack,
     assert torch.equal(checkpoint["state_dict"]["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
 
 
-@pytest.mark.slow
 def test_a_weights_file_that_does_not_fit_is_refused_with_its_keys(stack, photos):
     folder = stack.data_dir / "weights"
     folder.mkdir(exist_ok=True)
@@ -154,7 +151,6 @@ def test_an_uploaded_weights_file_is_kept_under_data_dir_and_checked(tmp_path):
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["lenet.pth"]
 
 
-@pytest.mark.slow
 def test_head_only_tune_trials_share_one_computation_of_the_features(stack, photos):
     """A study over the frozen bundled backbone computes the photos' features once; each trial trains a head."""
     features = stack.data_dir / "features"

@@ -79,7 +79,6 @@ def finished_study(stack, digits) -> dict:
     return {"launched": launched, "view": study(stack, launched["study_id"])}
 
 
-@pytest.mark.slow
 def test_tiny_study_completes_with_one_worker(stack, finished_study):
     launched, view = finished_study["launched"], finished_study["view"]
     assert launched["job_id"] == launched["study_id"] == launched["jobs"]
@@ -103,7 +102,6 @@ def test_tiny_study_completes_with_one_worker(stack, finished_study):
         assert len(trial["intermediate"]) == 2 and max(trial["intermediate"]) == trial["value"]
 
 
-@pytest.mark.slow
 def test_trials_are_jobs_with_epoch_history_and_the_study_job_records_the_best(stack, finished_study):
     view = finished_study["view"]
     headers = stack.headers("operator")
@@ -118,7 +116,6 @@ def test_trials_are_jobs_with_epoch_history_and_the_study_job_records_the_best(s
     assert not list((stack.data_dir / "checkpoints").glob(f"{view['trials'][0]['job_id']}*"))
 
 
-@pytest.mark.slow
 def test_train_best_launches_a_full_training_with_the_best_parameters(stack, finished_study):
     view = finished_study["view"]
     headers = stack.headers("operator")
@@ -136,7 +133,6 @@ def test_train_best_launches_a_full_training_with_the_best_parameters(stack, fin
     requests.post(f"{stack.url}/api/v1/jobs/{job['id']}/cancel", headers=headers, timeout=30)
 
 
-@pytest.mark.slow
 def test_an_ended_study_leaves_redis_in_a_week_and_is_then_served_from_the_catalog(stack, finished_study):
     import redis
 
@@ -157,7 +153,6 @@ def test_an_ended_study_leaves_redis_in_a_week_and_is_then_served_from_the_catal
     assert expired["status"] == "finished"
 
 
-@pytest.mark.slow
 def test_stopped_study_stops_its_trial_and_enqueues_no_more(stack, digits):
     body = study_body(n_trials=10, parallel=1, epochs_per_trial=500,
                       space={"learning_rate": [0.01, 0.05], "model_name": ["lenet5"]})
@@ -181,7 +176,6 @@ def test_stopped_study_stops_its_trial_and_enqueues_no_more(stack, digits):
     assert again.status_code == 409 and again.json()["field"] == "study_id"
 
 
-@pytest.mark.slow
 def test_a_study_whose_worker_died_goes_on_once_a_worker_is_back_without_anyone_reading_it(stack, digits):
     body = study_body(n_trials=2, parallel=1, epochs_per_trial=40,
                       space={"learning_rate": [0.01, 0.05], "model_name": ["lenet5"]})
@@ -234,7 +228,6 @@ def test_roles_and_unknown_studies(stack, digits):
     assert listed.status_code == 200 and isinstance(listed.json()["studies"], list)
 
 
-@pytest.mark.slow
 def test_a_trial_far_below_the_median_is_pruned_after_its_first_epoch(stack, digits):
     req = tuning.TuneRequest.model_validate(study_body(epochs_per_trial=4, space={"model_name": ["lenet5"]}))
     study_id = uuid.uuid4().hex
@@ -262,7 +255,6 @@ def page(stack, monkeypatch):
         yield at
 
 
-@pytest.mark.slow
 def test_page_shows_the_study_and_trains_the_best(stack, finished_study, page):
     study_id = finished_study["view"]["study_id"]
     page.session_state["tune_study"] = study_id

@@ -13,7 +13,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from services.storage.store import open_store
-from tests.harness import free_port, signed_in_session
+from tests.harness import signed_in_session
 
 JOB_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 
@@ -40,14 +40,14 @@ def augment_like_panel() -> None:
 
 
 @pytest.fixture
-def page(tmp_path, monkeypatch):
+def page(tmp_path, monkeypatch, unreachable_redis_url):
     """The panel over a catalog with one started generation job, and Redis unreachable; an operator signed in."""
     data_dir = tmp_path / "data"
     store = open_store(data_dir)
     store.create_job(JOB_ID, "generate", {}, "operator")
     store.update_job(JOB_ID, status="started", progress={"done": 40, "total": 100, "fraction": 0.4})
     monkeypatch.setenv("DATA_DIR", str(data_dir))
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    monkeypatch.setenv("REDIS_URL", unreachable_redis_url)
     st.cache_resource.clear()  # the config and catalog are cached per process: read this DATA_DIR
     at = AppTest.from_function(augment_like_panel, default_timeout=30)
     at.session_state["job"] = JOB_ID

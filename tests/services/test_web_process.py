@@ -29,20 +29,20 @@ def imported_by(code: str, env: dict | None = None) -> set[str]:
     return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def test_importing_the_api_imports_no_ml_stack():
+def test_importing_the_api_imports_no_ml_stack(processes):
     loaded = imported_by("import services.api")
     assert "flask" in loaded and "services" in loaded  # the probe saw the API itself
     assert not loaded & set(ML_STACK), sorted(loaded & set(ML_STACK))
 
 
-def test_the_wsgi_app_with_every_job_kind_registered_imports_no_ml_stack(tmp_path):
+def test_the_wsgi_app_with_every_job_kind_registered_imports_no_ml_stack(tmp_path, processes):
     code = ("import services.web.wsgi\nfrom services.jobs.runtime import JOB_KINDS\n"
             "assert {'train', 'train_node', 'tune'} <= set(JOB_KINDS), sorted(JOB_KINDS)")
     loaded = imported_by(code, {"DATA_DIR": str(tmp_path), "JOB_MODULES": ""})
     assert not loaded & set(ML_STACK), sorted(loaded & set(ML_STACK))
 
 
-def test_the_request_model_and_its_checks_import_no_ml_stack():
+def test_the_request_model_and_its_checks_import_no_ml_stack(processes):
     loaded = imported_by("import services.app.train_request, services.app.training, services.app.model_catalog")
     assert not loaded & set(ML_STACK), sorted(loaded & set(ML_STACK))
 

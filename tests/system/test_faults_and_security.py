@@ -15,8 +15,6 @@ from services.jobs import runtime as jobs
 from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind)
 
-pytestmark = pytest.mark.slow
-
 
 def jpeg(seed: int, size=(64, 48)) -> bytes:
     rng = np.random.default_rng(seed)

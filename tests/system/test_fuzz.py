@@ -22,11 +22,9 @@ from engine.exceptions import InvalidInput
 from tests.harness import Stack
 from tests.hdf5_variants import ACCEPTED, REFUSED
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
-def fuzz_stack(tmp_path_factory):
+def fuzz_stack(tmp_path_factory, processes):
     """A studio of its own, so fuzzed writes never touch what other tests look at."""
     s = Stack.in_own_folder(tmp_path_factory, "fuzz").start()
     yield s
@@ -120,7 +118,7 @@ def _check_accepted(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def quick_reader():
+def quick_reader(processes):
     """A damaged file may make libhdf5 spin; give up on it after 3 s instead of 60."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("engine.hdf5_layout.HDF5_READ_SECONDS", 3.0)

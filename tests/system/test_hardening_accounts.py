@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-import pytest
 import requests
 import socketio
 import streamlit as st
@@ -92,7 +91,6 @@ def test_a_deleted_accounts_token_stays_dead_when_its_name_is_given_to_a_new_acc
 
 
 # --- break 9: ten wrong passwords a minute locked the owner out ------------------------------------
-@pytest.mark.slow
 def test_a_guessers_address_waits_longer_and_longer_while_the_owner_signs_in_at_once(stack):
     guesser = client_at("127.0.9.2")
     answers = [sign_in(stack, "admin", f"guess-{i}", guesser) for i in range(50)]
@@ -142,7 +140,6 @@ def test_parallel_guesses_from_one_address_cannot_slip_past_the_count(stack):
     assert set(codes) == {401, 429} and codes.count(401) <= free + 1, codes
 
 
-@pytest.mark.slow
 def test_guesses_spread_over_many_addresses_wait_but_not_the_owner_at_an_address_the_account_knows(stack):
     name = new_account(stack, "annotator")
     assert sign_in(stack, name, PASSWORD).status_code == 200  # the owner's address: known to the account

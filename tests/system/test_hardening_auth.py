@@ -9,14 +9,11 @@ import secrets
 import statistics
 import time
 
-import pytest
 import requests
 
 from services.api import create_app
 from services.platform.config import Config
 from services.storage.store import open_store
-
-pytestmark = pytest.mark.slow
 
 
 def test_wrong_passwords_for_one_user_from_one_address_get_429_after_the_free_ones(stack):

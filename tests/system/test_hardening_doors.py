@@ -34,7 +34,7 @@ HELD_AT_MOST = 24 * MB
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
+def ui(tmp_path_factory, processes):
     """A studio of its own with its UI: the memory and stall figures are read off a UI that only these tests use
     (the session's UI carries every browser test's sessions and caches)."""
     own = Stack.in_own_folder(tmp_path_factory, "doors").start()

@@ -24,7 +24,6 @@ import requests
 from services.storage.store import open_store
 from tests.harness import unique
 
-pytestmark = pytest.mark.slow
 WHY = "stores data in other files"
 
 

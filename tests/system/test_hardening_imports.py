@@ -45,7 +45,7 @@ HEALTH_P99_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tmp_path_factory, processes):
     s = Stack.in_own_folder(tmp_path_factory, "imports", MAX_ZIP_ENTRIES=str(ENTRY_BUDGET),
                             MAX_DATASET_MB=str(DATASET_MB)).start()
     yield s
@@ -221,7 +221,7 @@ def _reserve(data_dir: str, job_id: str, needed: int, start, results) -> None:
         results.put((job_id, "refused"))
 
 
-def test_two_imports_cannot_both_reserve_the_same_free_bytes(tmp_path):
+def test_two_imports_cannot_both_reserve_the_same_free_bytes(tmp_path, processes):
     """Each asks for 60 % of the free disk at the same moment: one gets it, the other is refused."""
     Config(data_dir=tmp_path).ensure_dirs()
     store = open_store(tmp_path)

@@ -19,8 +19,6 @@ from services.api import create_app
 from services.platform.config import Config
 from services.web import http as web
 
-pytestmark = pytest.mark.slow
-
 
 def png_16bit_rgba(width: int, height: int) -> bytes:
     """A black 16-bit RGBA PNG written chunk by chunk as any encoder would (7000x7000 is ~381 KB)."""

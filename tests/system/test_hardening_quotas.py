@@ -19,7 +19,6 @@ LEGACY_TRAIN = {"model_name": "convnetj", "dataset": "hdf5", "hdf5_path": "no-su
               "num_epochs": 1}
 
 
-@pytest.mark.slow
 def test_a_user_with_too_many_active_jobs_gets_429_naming_the_limit(stack):
     name, password = f"busy_{secrets.token_hex(3)}", "busy-operator-pass-1"
     store = open_store(stack.data_dir)

@@ -6,12 +6,10 @@ import os
 import stat
 
 import pytest
-import redis
 
+import redis
 from services.platform.config import Config
 from services.platform.launcher import _without_password
-
-pytestmark = pytest.mark.slow
 
 
 def mode(path) -> int:
@@ -46,7 +44,7 @@ def test_the_embedded_url_carries_the_generated_password(tmp_path):
 def test_a_given_redis_url_is_used_as_it_is(tmp_path):
     for url in ("redis://:s3cret@db.example:6379/2", "rediss://user:s3cret@db.example:6380/0"):
         assert Config(data_dir=tmp_path, redis_url=url).effective_redis_url == url
-        assert redis.Redis.from_url(url).connection_pool.connection_kwargs["password"] == "s3cret"
+        assert redis.ConnectionPool.from_url(url).connection_kwargs["password"] == "s3cret"
 
 
 def test_catalog_and_redis_files_are_owner_only(stack):

@@ -16,8 +16,6 @@ from engine.labels import export_csv
 from services.storage.rows import Model
 from services.storage.store import open_store
 
-pytestmark = pytest.mark.slow
-
 
 def jpeg_bytes(seed=0, size=(48, 32)) -> bytes:
     rng = np.random.default_rng(seed)

@@ -26,7 +26,6 @@ from services.storage.store import open_store
 from tests import fake_jobs  # noqa: F401  (registers the test job kind in this process)
 from tests.harness import peak_rss_during
 
-pytestmark = pytest.mark.slow
 FLOOD = 10_000  # events the attack of issue 21 sent on one socket in 0.4 s
 # Before the fix /health took up to 14 s. A few dozen probes on a busy 2-core CI machine see an occasional
 # 0.2 s scheduling hiccup, so the bound here is 1 s; the 200 ms p99 is the soak's (bench/soak_attacks.py).

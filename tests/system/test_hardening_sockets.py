@@ -13,7 +13,6 @@ import socketio
 
 from services.storage.store import open_store
 
-pytestmark = pytest.mark.slow
 PASSWORD = "socket-user-passphrase-3"
 
 

@@ -1,4 +1,6 @@
-"""Path-like fields with hostile values: refused with a 4xx naming the field, nothing written outside DATA_DIR."""
+"""Path-like fields with hostile values: refused with a 4xx naming the field, nothing written outside DATA_DIR.
+
+In-process, through the API's test client (the raw HTTP parser's own limits are ``test_hardening_doors.py``'s)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
+
+from tests.harness import LocalStudio
 
 HOSTILE = ["../escape", "/etc/passwd", "a\x00b", "x" * 5000, "..", "sub/../../escape"]
 
@@ -24,22 +27,28 @@ def png(seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def tree(root: Path) -> set[str]:
-    return {str(p) for p in root.rglob("*")}
+def tree_beside(data_dir: Path) -> set[str]:
+    """Every path under DATA_DIR's parent folder except DATA_DIR and what it holds (not walked)."""
+    found = set()
+    for folder, subfolders, files in os.walk(data_dir.parent):
+        if folder == str(data_dir.parent):
+            subfolders[:] = [s for s in subfolders if s != data_dir.name]
+        found.update(os.path.join(folder, name) for name in subfolders + files)
+    return found
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory) -> LocalStudio:
+    return LocalStudio.in_own_folder(tmp_path_factory, "hostile")
 
 
 @pytest.fixture
-def outside(stack):
-    """Everything beside DATA_DIR (its parent folder, which holds nothing else of any other stack's,
+def outside(studio):
+    """Everything beside DATA_DIR (its parent folder, which holds nothing else of any other studio's,
     recursively, minus DATA_DIR itself), before and after."""
-    parent = stack.data_dir.parent
-
-    def snapshot():
-        return {p for p in tree(parent) if not p.startswith(str(stack.data_dir))}
-
-    before = snapshot()
+    before = tree_beside(studio.data_dir)
     yield
-    assert snapshot() == before, "something was written outside DATA_DIR"
+    assert tree_beside(studio.data_dir) == before, "something was written outside DATA_DIR"
 
 
 JSON_CASES = [
@@ -58,33 +67,34 @@ JSON_CASES = [
 
 @pytest.mark.parametrize("value", HOSTILE, ids=["dotdot", "absolute", "nul", "long", "bare-dotdot", "nested"])
 @pytest.mark.parametrize("route,body,field", JSON_CASES, ids=[f"{r}:{f}" for r, _, f in JSON_CASES])
-def test_hostile_path_fields_are_refused_naming_the_field(stack, outside, route, body, field, value):
-    r = requests.post(stack.url + route, json=body(value), headers=stack.headers("admin"), timeout=60)
+def test_hostile_path_fields_are_refused_naming_the_field(studio, outside, route, body, field, value):
+    r = studio.client().post(route, json=body(value), headers=studio.headers("admin"))
     assert r.status_code in (400, 404, 413), (r.status_code, r.text[:300])
-    assert r.json()["field"] == field, r.json()
+    assert r.json["field"] == field, r.json
 
 
 @pytest.mark.parametrize("value", HOSTILE, ids=["dotdot", "absolute", "nul", "long", "bare-dotdot", "nested"])
-def test_hostile_upload_ids_are_refused(stack, outside, value):
-    r = requests.post(stack.url + "/imgup", files={"file": ("p.png", png())}, data={"id_name": value},
-                      headers=stack.headers("admin"), timeout=60)
-    assert r.status_code == 400 and r.json()["field"] == "id_name", r.text[:300]
+def test_hostile_upload_ids_are_refused(studio, outside, value):
+    r = studio.client().post("/imgup", data={"file": (io.BytesIO(png()), "p.png"), "id_name": value},
+                             headers=studio.headers("admin"))
+    assert r.status_code == 400 and r.json["field"] == "id_name", r.text[:300]
 
 
 @pytest.mark.parametrize("value", ["..%2F..%2Fetc", "%2Fetc%2Fpasswd", "a%00b", "x" * 3000])
 @pytest.mark.parametrize("route", ["/api/v1/models/{}/export?format=onnx", "/api/v1/objects/{}/image",
                                    "/imginfo/{}", "/api/v1/jobs/{}", "/api/v1/datasets/{}"])
-def test_hostile_ids_in_paths_are_404_or_400(stack, outside, route, value):
-    r = requests.get(stack.url + route.format(value), headers=stack.headers("admin"), timeout=30)
+def test_hostile_ids_in_paths_are_404_or_400(studio, outside, route, value):
+    r = studio.client().get(route.format(value), headers=studio.headers("admin"))
     assert r.status_code in (400, 404), (r.status_code, r.text[:300])
-    assert set(r.json()) >= {"error", "message", "field"}
+    assert set(r.json) >= {"error", "message", "field"}
 
 
-def test_hostile_upload_file_names_are_never_used_as_paths(stack, outside):
-    r = requests.post(stack.url + "/api/v1/backgrounds", headers=stack.headers("admin"), timeout=60,
-                      files={"file": ("../../../escape.png", png(7))}, data={"split": "train"})
+def test_hostile_upload_file_names_are_never_used_as_paths(studio, outside):
+    r = studio.client().post("/api/v1/backgrounds", headers=studio.headers("admin"),
+                             data={"file": (io.BytesIO(png(7)), "../../../escape.png"), "split": "train"})
     assert r.status_code in (200, 201, 409), r.text[:300]
-    stored = [p for p in (stack.data_dir / "bgs").rglob("*") if p.is_file()]
-    assert all(os.path.commonpath([p.resolve(), stack.data_dir.resolve()]) == str(stack.data_dir.resolve())
+    stored = [p for p in (studio.data_dir / "bgs").rglob("*") if p.is_file()]
+    assert stored, "the background was not stored"
+    assert all(os.path.commonpath([p.resolve(), studio.data_dir.resolve()]) == str(studio.data_dir.resolve())
                for p in stored)
     assert not any("escape" in p.name for p in stored)

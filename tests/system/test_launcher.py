@@ -10,13 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from services.platform.config import REPO_ROOT
 from tests.harness import free_port, wait_http
-
-pytestmark = pytest.mark.slow
 
 
 def descendants(pid: int) -> set[int]:
@@ -43,7 +40,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_launcher_starts_everything_and_sigterm_leaves_no_process(tmp_path):
+def test_launcher_starts_everything_and_sigterm_leaves_no_process(tmp_path, processes):
     ports = {"API_PORT": free_port(), "UI_PORT": free_port(), "REDIS_PORT": free_port()}
     env = {**os.environ, "DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
            **{k: str(v) for k, v in ports.items()}}

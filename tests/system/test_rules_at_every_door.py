@@ -55,7 +55,7 @@ GENERATE = {"number_backgrounds": "1", "image_size": "32", "classes": [CLASS], "
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tmp_path_factory, processes):
     """A studio whose quota is 3 active jobs, with data for every action, its worker stopped, and the
     operator's quota full of queued jobs."""
     stack = Stack.in_own_folder(tmp_path_factory, "rules", MAX_ACTIVE_JOBS_PER_USER=str(LIMIT)).start()
@@ -326,8 +326,6 @@ def studio_ui(studio):
     return studio
 
 
-@pytest.mark.slow
-@pytest.mark.browser
 @pytest.mark.parametrize("how", ["demoted", "deleted"])
 def test_cancel_in_the_live_panel_of_a_real_browser_after_the_user_changed(studio, studio_ui, browser, how):
     """The real door: in a browser, a click inside the self-refreshing panel re-runs only the panel, and

@@ -15,8 +15,6 @@ from tests.digits import digits_body, digits_test_images, ensure_digits_hdf5
 from tests.harness import post
 from tests.shapes import data_url
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(stack):
