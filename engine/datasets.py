@@ -69,8 +69,9 @@ def make_preprocessing(
     Args:
         image_size: output side, or ``(height, width)``.
         grey: convert to one grey channel (the model is then built with ``in_chans=1``).
-        augment: False, True (light defaults: horizontal flip, shift up to 10 %) or a dict with
-            ``hflip`` (probability) and ``max_shift`` (fraction of the side); training split only.
+        augment: False, True (horizontal flip, shift up to 10 %) or a dict with ``hflip`` (probability)
+            and ``max_shift`` (fraction of the side); training split only. Runs name a policy
+            (:data:`engine.run_config.AUGMENT_POLICIES`).
         mean: per-channel mean after scaling to [0, 1]; default ImageNet's.
         std: per-channel standard deviation; default ImageNet's.
 

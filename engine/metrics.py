@@ -74,3 +74,33 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: Seque
         "average_precision": [None if math.isnan(a) else 100 * float(a) for a in ap],
         "support": support.astype(int).tolist(),
     }
+
+
+def single_label_report(logits: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str],
+                        pairs: int = 5, worst: int = 8) -> dict[str, Any]:
+    """What a single-label run got right and wrong on an evaluation set.
+
+    Returns:
+        ``per_class`` (name → precision, recall, f1 in percent, support), ``confused_pairs`` (the ``pairs``
+        most frequent mistakes: true, predicted, count), and ``worst`` (up to ``worst`` misclassified samples,
+        most confidently wrong first: their ``index`` in the evaluation set, true and predicted class, and
+        the probability the model gave the true class, in percent).
+    """
+    probs = torch.softmax(logits.float(), 1).numpy()
+    truth, predicted = targets.numpy(), probs.argmax(1)
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        truth, predicted, labels=labels, zero_division=0)
+    per_class = {name: {"precision": 100 * float(precision[i]), "recall": 100 * float(recall[i]),
+                        "f1": 100 * float(f1[i]), "support": int(support[i])} for i, name in enumerate(class_names)}
+    matrix = skm.confusion_matrix(truth, predicted, labels=labels)
+    np.fill_diagonal(matrix, 0)
+    order = np.argsort(-matrix, axis=None, kind="stable")[:pairs]
+    confused = [{"true": class_names[t], "predicted": class_names[p], "count": int(matrix[t, p])}
+                for t, p in zip(*np.unravel_index(order, matrix.shape), strict=True) if matrix[t, p] > 0]
+    on_truth = probs[np.arange(len(truth)), truth]
+    wrong = np.flatnonzero(predicted != truth)
+    wrong = wrong[np.argsort(on_truth[wrong], kind="stable")][:worst]
+    return {"per_class": per_class, "confused_pairs": confused,
+            "worst": [{"index": int(i), "true": class_names[truth[i]], "predicted": class_names[predicted[i]],
+                       "true_probability": 100 * float(on_truth[i])} for i in wrong]}

@@ -15,6 +15,16 @@ from engine.exceptions import InvalidInput
 from engine.images import MAX_IMAGE_SIDE
 from engine.models import get_model_info
 
+# Train-time augmentation by name (:func:`engine.datasets.make_preprocessing` applies it). A flip changes what
+# a digit, a letter, an arrow or a logo is: only "shift+flip" flips, for classes that look the same mirrored
+# (faces, cats, cups), and only when the user asks for it.
+AUGMENT_POLICIES: dict[str, dict[str, float] | None] = {
+    "none": None,
+    "shift": {"hflip": 0.0, "max_shift": 0.1},
+    "shift+flip": {"hflip": 0.5, "max_shift": 0.1},
+}
+AUGMENT_NAMES = tuple(AUGMENT_POLICIES)
+
 OPTIMIZERS = ("sgd", "adam")
 # Bounds of the run's numbers: the request models (services/app/train_request.py, services/app/tuning.py) declare
 # theirs from these, so the API, the pages and this defensive check agree.
@@ -55,11 +65,14 @@ class TrainConfig:
         weights_path: start from this local state_dict file instead.
         lr_pretrained: learning rate of every layer but the classifier (0 freezes them; None: same lr).
         num_workers: DataLoader worker processes.
-        augment: light train-time augmentation (the legacy API's ``is_transform``).
+        augment: train-time augmentation: a name of :data:`AUGMENT_POLICIES` (``"none"``,
+            ``"shift"``, ``"shift+flip"``), False, True (``"shift+flip"``) or a spec dict.
         head_only: train only the classifier, on backbone features computed once and cached
             (:func:`fit_head`); needs ``pretrained`` or ``weights_path``.
         augment_copies: head-only with ``augment``: augmented copies of each training image whose
             features are cached (augmentation happens once, when features are computed).
+        clip_grad_norm: the gradients' total norm is clipped to this (None: never).
+        warmup_steps: the learning rate rises linearly to its value over the first batches of a new run.
     """
 
     model_name: str
@@ -83,9 +96,11 @@ class TrainConfig:
     weights_path: str | None = None
     lr_pretrained: float | None = None
     num_workers: int = 0
-    augment: bool = False
+    augment: bool | str | dict = False
     head_only: bool = False
     augment_copies: int = 4
+    clip_grad_norm: float | None = 5.0
+    warmup_steps: int = 20
 
     def __post_init__(self):
         info = get_model_info(self.model_name)
@@ -106,6 +121,10 @@ class TrainConfig:
         _check_number(self, "lr_pretrained", float, 0.0, MAX_LEARNING_RATE, optional=True)
         _check_number(self, "num_workers", int, 0, MAX_LOADER_WORKERS)
         _check_number(self, "augment_copies", int, 1, 64)
+        if isinstance(self.augment, str):
+            _check_choice(self, "augment", AUGMENT_NAMES)
+        _check_number(self, "clip_grad_norm", float, 1e-6, 1e6, optional=True)
+        _check_number(self, "warmup_steps", int, 0, 1_000_000)
         _check_head_only(self)
         if self.multi_label and not info.multi_label_ok:
             raise InvalidInput(
@@ -122,7 +141,8 @@ class TrainConfig:
         # The datasets module is the torch side; a run's description is read without it (the web process).
         from engine.datasets import make_preprocessing
 
-        return make_preprocessing(self.input_size, grey=self.grey, augment=self.augment)
+        augment = (AUGMENT_POLICIES[self.augment] or False) if isinstance(self.augment, str) else self.augment
+        return make_preprocessing(self.input_size, grey=self.grey, augment=augment)
 
 
 def _check_number(

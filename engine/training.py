@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import random
 import shutil
@@ -32,7 +33,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine import checkpoints, distributed
 from engine.exceptions import Cancelled, InvalidInput
-from engine.metrics import best_thresholds, confusion_matrix, count_correct, multilabel_metrics
+from engine.metrics import (
+    best_thresholds,
+    confusion_matrix,
+    count_correct,
+    multilabel_metrics,
+    single_label_report,
+)
 from engine.models.build import create_model, head_parameter_names
 from engine.run_config import (  # noqa: F401  (re-exported: a run's description, as engine.training names it)
     LR_SCHEDULES,
@@ -177,11 +184,18 @@ def train_one_epoch(
     should_stop: Callable[[], bool] | None = None,
     on_batch: Callable[[Record], None] | None = None,
     log_every: int = 20,
+    clip_grad_norm: float | None = None,
+    warmup_steps: int = 0,
 ) -> Record:
     """Train for one pass over ``loader``.
 
+    ``clip_grad_norm`` clips the gradients' total norm (after unscaling under mixed precision);
+    ``warmup_steps`` raises each group's learning rate linearly over the first batches (at most half the
+    epoch's), up to its value, which every group has again at the end.
+
     Returns:
-        ``{"loss", "accuracy", "samples", "seconds"}`` (accuracy in percent).
+        ``{"loss", "accuracy", "samples", "seconds", "first_loss"}`` (accuracy in percent; ``first_loss``: the
+        first batch's, before any update of this epoch).
 
     Raises:
         Cancelled: ``should_stop()`` turned true (polled every ``log_every`` batches).
@@ -191,29 +205,45 @@ def train_one_epoch(
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     # Sums stay on the device: reading them back every batch would stall a GPU.
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    samples, start = 0, time.perf_counter()
-    for step, (images, targets) in enumerate(loader, start=1):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-            loss, logits = compute_loss(model, images, targets, criterion)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach() * len(images)
-        correct += count_correct(logits.detach(), targets, multi_label)
-        samples += len(images)
-        if step % log_every == 0:
-            if on_batch is not None:
-                on_batch({"batch": step, "batches": len(loader), "loss": loss_sum.item() / samples})
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"stopped during an epoch, after batch {step}")
+    samples, start, first_loss = 0, time.perf_counter(), torch.tensor(float("nan"))
+    rates = [group["lr"] for group in optimizer.param_groups]
+    # At most half an epoch: on a small dataset a warm-up longer than its epoch would waste the epoch.
+    warmup_steps = min(warmup_steps, len(loader) // 2)
+    try:
+        for step, (images, targets) in enumerate(loader, start=1):
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if step <= warmup_steps:
+                for group, rate in zip(optimizer.param_groups, rates, strict=True):
+                    group["lr"] = rate * step / (warmup_steps + 1)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+                loss, logits = compute_loss(model, images, targets, criterion)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            if step == 1:
+                first_loss = loss.detach()
+            loss_sum += loss.detach() * len(images)
+            correct += count_correct(logits.detach(), targets, multi_label)
+            samples += len(images)
+            if step % log_every == 0:
+                if on_batch is not None:
+                    on_batch({"batch": step, "batches": len(loader), "loss": loss_sum.item() / samples})
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"stopped during an epoch, after batch {step}")
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
     per_sample = samples * (targets.shape[1] if multi_label and samples else 1)
     return {
         "loss": loss_sum.item() / max(samples, 1),
         "accuracy": 100.0 * correct.item() / max(per_sample, 1),
         "samples": samples,
         "seconds": time.perf_counter() - start,
+        "first_loss": first_loss.item(),  # this process's first batch, before the epoch's first update
     }
 
 
@@ -272,13 +302,16 @@ def final_evaluation(
 ) -> dict[str, Any]:
     """The end-of-run report of an evaluation's outputs.
 
-    Single-label: ``confusion_matrix``. Multi-label: per-class ``thresholds`` (chosen for best F1 on
-    this set) and, at those thresholds, mAP, micro/macro F1 and ``per_class`` precision/recall/F1.
+    Single-label: ``confusion_matrix`` and :func:`engine.metrics.single_label_report`'s per-class
+    precision/recall, most confused pairs and most confidently wrong samples. Multi-label: per-class
+    ``thresholds`` (chosen for best F1 on this set) and, at those thresholds, mAP, micro/macro F1 and
+    ``per_class`` precision/recall/F1.
     """
     if not multi_label:
         return {
             "class_names": list(class_names),
             "confusion_matrix": confusion_matrix(logits.argmax(1), targets, len(class_names)),
+            **single_label_report(logits, targets, class_names),
         }
     probs, truth = torch.sigmoid(logits).numpy(), targets.numpy()
     thresholds = best_thresholds(probs, truth)
@@ -343,6 +376,9 @@ class _Run:
     evaluation: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
+    # The weights (and optimizer state) a diverged epoch goes back to: the best epoch's, or the start's.
+    fallback: dict[str, Any] | None = None
+    warm_up: bool = True
 
     @property
     def monitor(self) -> str:
@@ -470,7 +506,7 @@ def _loader(
     )
 
 
-def _epoch_record(run: _Run, train: Record, test: Record) -> Record:
+def _epoch_record(run: _Run, train: Record, test: Record, event: str | None = None) -> Record:
     record = {
         "epoch": run.epoch + 1,
         "epochs": run.config.epochs,
@@ -486,16 +522,21 @@ def _epoch_record(run: _Run, train: Record, test: Record) -> Record:
         record.update(
             {"test_map": test["map"], "test_micro_f1": test["micro_f1"], "test_macro_f1": test["macro_f1"]}
         )
+    if event is not None:
+        record["event"] = event
     score = record[run.monitor]
-    record["improved"] = not run.best or score > run.best["score"]
+    # A diverged epoch is never the best: its weights are gone (the run went back to the fallback's).
+    record["improved"] = event is None and (not run.best or score > run.best["score"])
     if record["improved"]:
-        run.best = {"epoch": record["epoch"], "score": score, "monitor": run.monitor}
-    run.best["accuracy"] = max(run.best.get("accuracy", -1.0), record["test_accuracy"])
+        run.best = {"epoch": record["epoch"], "score": score, "monitor": run.monitor,
+                    "accuracy": run.best.get("accuracy", -1.0)}
+    if event is None:
+        run.best["accuracy"] = max(run.best.get("accuracy", -1.0), record["test_accuracy"])
     record.update(
-        {
-            "best_accuracy": run.best["accuracy"],
-            "best_epoch": run.best["epoch"],
-            "best_score": run.best["score"],
+        {  # before any good epoch (the first one diverged), zeros
+            "best_accuracy": run.best.get("accuracy", 0.0),
+            "best_epoch": run.best.get("epoch", 0),
+            "best_score": run.best.get("score", 0.0),
             "monitor": run.monitor,
         }
     )
@@ -516,6 +557,8 @@ def _run_epoch(
     torch.manual_seed(config.seed + run.epoch + 7919 * run.rank)
     generator.manual_seed(config.seed + run.epoch)
     distributed.set_epoch(loaders[0], run.epoch)
+    if run.fallback is None:
+        run.fallback = _snapshot(run)
     train = train_one_epoch(
         run.model,
         loaders[0],
@@ -527,17 +570,58 @@ def _run_epoch(
         should_stop,
         on_batch,
         log_every,
+        config.clip_grad_norm,
+        config.warmup_steps if run.warm_up else 0,
     )
+    run.warm_up = False
     started = time.perf_counter()
     test = evaluate(_unwrap(run.model), loaders[1], criterion, run.device, config.multi_label)
     test["seconds"] = time.perf_counter() - started
     if run.world_size > 1:
         train, test = _whole_dataset_figures(train, test, config.multi_label)
-    record = _close_epoch(run, train, test)
+    event = _recover_if_diverged(run, train)
+    record = _close_epoch(run, train, test, event)
     if record["improved"]:
+        run.fallback = _snapshot(run)
         run.save("best")
     run.save("last")
     return record
+
+
+# A training loss this far above the lowest of the run (or not a number) means the run diverged.
+DIVERGED_FACTOR, DIVERGED_MARGIN, RECOVERY_LR_FACTOR = 2.0, 0.5, 0.1
+
+
+def _snapshot(run: _Run) -> dict[str, Any]:
+    return {"epoch": run.epoch, "model": copy.deepcopy(_unwrap(run.model).state_dict()),
+            "optimizer": copy.deepcopy(run.optimizer.state_dict())}
+
+
+def _recover_if_diverged(run: _Run, train: Record) -> str | None:
+    """When the epoch's training loss says the run diverged (not a number, or far above the lowest loss of the
+    run so far, counting the first batch's before any update), go back to the best epoch's weights (or the
+    start's), lower every learning rate tenfold, warm up again, and return what happened (else None).
+
+    Every rank of a distributed run decides alike: the epoch's loss is the whole dataset's, and a rank's own
+    first batch is left out there.
+    """
+    loss = train["loss"]
+    seen = [r["train_loss"] for r in run.history]
+    if run.world_size == 1:
+        seen.append(train["first_loss"])
+    lowest = min((x for x in seen if math.isfinite(x)), default=None)
+    if math.isfinite(loss) and (lowest is None or loss <= max(DIVERGED_FACTOR * lowest, lowest + DIVERGED_MARGIN)):
+        return None
+    rates = [group["lr"] * RECOVERY_LR_FACTOR for group in run.optimizer.param_groups]
+    _unwrap(run.model).load_state_dict(run.fallback["model"])
+    run.optimizer.load_state_dict(run.fallback["optimizer"])
+    for group, rate in zip(run.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    run.warm_up = True
+    where = f"epoch {run.fallback['epoch']}'s weights" if run.fallback["epoch"] else "the starting weights"
+    lowest_text = f" (lowest so far {lowest:.3g})" if lowest is not None else ""
+    return (f"diverged: training loss {loss:.3g}{lowest_text}; went back to {where} and lowered the learning "
+            f"rate to {rates[0]:.3g}")
 
 
 def _after_epoch(run: _Run, record: Record, on_epoch: Callable[[Record], None] | None,
@@ -552,9 +636,9 @@ def _after_epoch(run: _Run, record: Record, on_epoch: Callable[[Record], None] |
     return False
 
 
-def _close_epoch(run: _Run, train: Record, test: Record) -> Record:
+def _close_epoch(run: _Run, train: Record, test: Record, event: str | None = None) -> Record:
     """The epoch's record; the scheduler, patience, history and best evaluation moved on by it."""
-    record = _epoch_record(run, train, test)
+    record = _epoch_record(run, train, test, event)
     if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         run.scheduler.step(record[run.monitor])
     elif run.scheduler is not None:
@@ -650,6 +734,7 @@ def fit(
     else:
         run.save("last")  # so that even a run killed in its first epoch can be resumed
     run.epoch = run.epoch if start_epoch is None else start_epoch
+    run.warm_up = run.epoch == 0  # a resumed run goes on as the unbroken one would have
     generator = torch.Generator()
     loaders = (
         _loader(train_ds, config, run.device, True, generator),
@@ -749,7 +834,7 @@ def _head_features(
     from engine.features import cached_features
 
     config = run.config
-    copies = config.augment_copies if config.augment else 1
+    copies = config.augment_copies if config.preprocessing()["augment"] else 1
     sets = []
     for dataset, n in ((train_ds, copies), (test_ds, 1)):
         found = cached_features(

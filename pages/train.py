@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from engine.dataset_kinds import list_dataset_kinds
 from engine.exceptions import InvalidInput
 from engine.models import list_models
-from engine.run_config import OPTIMIZERS
+from engine.run_config import AUGMENT_NAMES, OPTIMIZERS
 from services.app import train_request, training
 from services.ui.dataset_upload import upload_dataset_widget
 from services.ui.live import action_button, cancel_button, is_live, job_state, live_panel, queue_action
@@ -38,7 +38,7 @@ LABELS = {**DATASET_FIELD_LABELS, "model_name": "Model", "num_epochs": "Epochs",
           "l2_reg": "L2 (weight decay)", "image_size": "Image size", "seed": "Seed",
           "epoch_step": "Step every n epochs",
           "patience": "Early stop after n flat epochs", "num_workers": "Loader processes",
-          "is_transform": "Augment (flip, shift)", "convert_grey": "Grey images", "pretrained": "Pretrained (ImageNet)",
+          "augment": "Augmentation", "convert_grey": "Grey images", "pretrained": "Pretrained (ImageNet)",
           "world_size": "Processes"}
 
 
@@ -89,7 +89,9 @@ def hyperparameters(info) -> dict:
         # One run over several processes (DistributedDataParallel): gloo on CPU, one per GPU with CUDA.
         "world_size": c4.number_input("Processes", *limits("world_size"), key="train_processes",
                                       help="training processes of this run; the batch size is split among them"),
-        "is_transform": c1.checkbox("Augment (flip, shift)", True, key="train_augment"),
+        "augment": c1.selectbox("Augmentation", AUGMENT_NAMES, key="train_augment",
+                                help="shift+flip also mirrors images: only for classes that look the same "
+                                     "mirrored (never digits, letters, arrows or text)"),
         "convert_grey": c2.checkbox("Grey images", False, key="train_grey"),
         # Ticked by default where the weights ship with the install (no download needed).
         "pretrained": c3.checkbox("Pretrained (ImageNet)", info.bundled_weights, key=f"train_pretrained_{info.name}",
@@ -186,6 +188,9 @@ def live_run(job_id: str) -> str:
         st.error(record["error"])
     if history:
         curves(history)
+        for r in history:  # what the run did about itself (a divergence it recovered from)
+            if r.get("event"):
+                st.warning(f"Epoch {r['epoch']}: {r['event']}")
     run_controls(record)
     return record["status"]
 
@@ -209,7 +214,8 @@ def confusion_chart(cells: pd.DataFrame, names: list[str]) -> alt.LayerChart:
 
 
 def evaluation(record: dict) -> None:
-    """The best epoch's confusion matrix (single-label) or per-label metrics (multi-label)."""
+    """The best epoch's report: confusion matrix, per-class precision/recall, the most confused pairs and the
+    most confidently wrong test images (single-label), or per-label metrics (multi-label)."""
     found = (record["result"] or {}).get("evaluation") or {}
     names = found.get("class_names", [])
     if "confusion_matrix" in found:
@@ -218,6 +224,16 @@ def evaluation(record: dict) -> None:
         side = confusion_side(names)
         # Fixed pixel sizes: Streamlit otherwise shrinks a layered chart of nominal axes to a few dozen pixels.
         st.altair_chart(confusion_chart(cells, names), key="train_confusion", width=side + 160, height=side + 120)
+        if found.get("per_class"):
+            st.subheader("Per-class precision and recall (best epoch, %)")
+            st.dataframe(pd.DataFrame(found["per_class"]).T.round(1), key="train_per_class")
+        if found.get("confused_pairs"):
+            st.markdown("**Most confused:** " + "; ".join(
+                f"{p['true']} taken for {p['predicted']} ({p['count']}×)" for p in found["confused_pairs"]))
+        if found.get("worst"):
+            st.markdown("**Most confidently wrong** (test-set position, true → predicted, probability of the true "
+                        "class):")
+            st.dataframe(pd.DataFrame(found["worst"]).round(1), key="train_worst", hide_index=True)
     elif "per_class" in found:
         st.subheader("Per-label metrics (best epoch)")
         st.dataframe(pd.DataFrame(found["per_class"]).T, key="train_per_class")

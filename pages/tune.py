@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from engine.exceptions import StudioError
 from engine.models import list_models
-from engine.training import OPTIMIZERS
+from engine.run_config import AUGMENT_NAMES, OPTIMIZERS
 from services.app import tuning
 from services.ui.live import action_button, is_live, job_state, live_panel, queue_action, queue_down
 from services.ui.page import (
@@ -37,7 +37,7 @@ LABELS = {**DATASET_FIELD_LABELS, "space.model_name": "Models", "space.optimizer
           "space.weight_decay": "Weight decay",
           "n_trials": "Trials", "epochs_per_trial": "Epochs per trial", "parallel": "Trials at once (workers)",
           "seed": "Seed", "num_epochs": "Epochs of the best's full training", "image_size": "Image size",
-          "convert_grey": "Grey images", "is_transform": "Augment (flip, shift)"}
+          "convert_grey": "Grey images", "augment": "Augmentation"}
 
 
 def space_fields() -> dict:
@@ -74,7 +74,7 @@ def budget_fields() -> dict:
         "image_size": c2.number_input("Image size (0: each model's default)", 0, limits("image_size")[1], 0,
                                       key="tune_size"),
         "convert_grey": c3.checkbox("Grey images", limits("convert_grey")[2], key="tune_grey"),
-        "is_transform": c4.checkbox("Augment (flip, shift)", limits("is_transform")[2], key="tune_augment"),
+        "augment": c4.selectbox("Augmentation", AUGMENT_NAMES, key="tune_augment"),
     }
     return {**values, "image_size": values["image_size"] or None}
 

@@ -29,6 +29,7 @@ from engine.hdf5_layout import inspect_hdf5
 from engine.images import MAX_IMAGE_SIDE
 from engine.models import get_model_info, list_models
 from engine.run_config import (
+    AUGMENT_NAMES,
     MAX_BATCH_SIZE,
     MAX_CLASSES,
     MAX_EPOCHS,
@@ -81,7 +82,12 @@ class TrainRequest(BaseModel):
                          description="hdf5 (a file in DATA_DIR/datasets), custom (class folders), newdata")
     num_classes: int | None = Field(None, ge=1, le=MAX_CLASSES, description="must match the data; None: from it")
     batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
-    is_transform: bool = Field(False, serialization_alias="augment", description="light train-time augmentation")
+    is_transform: bool = Field(False, description="the legacy API's switch for preprocessing (resize to the model's "
+                                                  "input, to a tensor): always done here, accepted for legacy "
+                                                  "bodies; it does not augment (see augment)")
+    augment: Literal[AUGMENT_NAMES] = Field(
+        "none", description="train-time augmentation: none; shift (up to 10 % of the side); shift+flip (also "
+                            "mirrors: only for classes that look the same mirrored, never for digits or letters)")
     num_workers: int = Field(0, ge=0, le=MAX_LOADER_WORKERS,
                              description="DataLoader processes (capped at the CPU count)")
     lr_decay: bool = Field(False, serialization_alias="lr_schedule",
@@ -387,7 +393,7 @@ def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
             learning_rate=req.learning_rate, optimizer=req.optimizer, momentum=req.momentum,
             weight_decay=req.l2_reg, lr_schedule=schedule, epoch_step=req.epoch_step, patience=req.patience,
             seed=req.seed, image_size=req.image_size, grey=req.convert_grey, multi_label=multi_label,
-            augment=req.is_transform, **transfer_settings(req, weights_path),
+            augment=req.augment, **transfer_settings(req, weights_path),
             # More loader processes than cores only adds contention with the training process itself.
             num_workers=min(req.num_workers, os.cpu_count() or 1))
     except InvalidInput as exc:

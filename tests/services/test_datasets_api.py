@@ -265,12 +265,13 @@ def test_delete_removes_file_and_row_and_unknown_is_404(stack, tmp_path):
 def test_upload_a_zip_train_with_the_legacy_body_then_predict(stack, tmp_path):
     name = unique("digits")
     imported(stack, digits_zip(tmp_path / "digits.zip"), name)
-    r = requests.post(stack.url + "/api/v1/train", json={**LEGACY_TRAIN, "hdf5_path": f"{name}.hdf5"},
-                      headers=stack.headers("operator"), timeout=60)
+    body = {**LEGACY_TRAIN, "hdf5_path": f"{name}.hdf5", "num_epochs": "8"}
+    r = requests.post(stack.url + "/api/v1/train", json=body, headers=stack.headers("operator"), timeout=60)
     assert r.status_code == 202, r.text
     record = stack.wait_job(r.json()["job_id"], timeout=300)
     assert record["status"] == "finished", record
-    assert record["history"][-1]["test_accuracy"] > 0.6, record["history"]
+    # 100 % from epoch 5 where this was written (is_transform no longer flips digits); chance is 33 %.
+    assert record["history"][-1]["best_accuracy"] >= 90, [h["test_accuracy"] for h in record["history"]]
     # The dataset a model was trained on cannot be deleted from under it.
     r = requests.delete(stack.url + f"/api/v1/datasets/{name}", headers=stack.headers("operator"), timeout=30)
     assert r.status_code == 409 and r.json()["field"] == "name" and "model" in r.json()["message"]
