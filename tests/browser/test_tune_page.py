@@ -26,12 +26,14 @@ def test_launch_a_tiny_study_and_see_it_finish(page, stack):
     wait_idle(page)
     earlier = {s["study_id"] for s in get(stack, "/api/v1/tune").json()["studies"]}  # the stack is shared
     page.get_by_role("button", name="Launch study").click()
-    page.get_by_text("2 of 2 trials ended").first.wait_for(timeout=120_000)
+    wait_idle(page)  # the launch's rerun selects the new study (until then the page shows the previous one)
+    [study_id] = [s["study_id"] for s in get(stack, "/api/v1/tune").json()["studies"] if s["study_id"] not in earlier]
+    assert stack.wait_job(study_id, role="operator", timeout=180)["status"] == "finished"
+    page.get_by_text("2 of 2 trials ended").first.wait_for(timeout=60_000)
     page.get_by_text("Status: finished").first.wait_for(timeout=60_000)
     page.get_by_text("Best: trial").first.wait_for()
     page.locator("[data-testid='stDataFrame']").first.wait_for()
     # The page's best is the study's best as the API reports it: the same trial, value and parameters.
-    [study_id] = [s["study_id"] for s in get(stack, "/api/v1/tune").json()["studies"] if s["study_id"] not in earlier]
     study = get(stack, f"/api/v1/tune/{study_id}").json()
     assert study["status"] == "finished" and study["progress"]["done"] == 2
     best = study["best"]
