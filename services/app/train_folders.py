@@ -35,9 +35,15 @@ def image_folder_candidates(config: Config, depth: int = 2, limit: int = 200) ->
     found: list[str] = []
     frontier = [config.data_dir]
     for _ in range(depth):
-        frontier = [c for d in frontier for c in _subdirs(d) if not store_folder(config, c)][:limit]
+        frontier = [c for d in frontier for c in _subdirs(d) if _within(config, c) and not store_folder(config, c)]
+        frontier = frontier[:limit]
         found += [d.relative_to(config.data_dir).as_posix() for d in frontier if _holds_class_folders(d)]
     return sorted(found)
+
+
+def _within(config: Config, path: Path) -> bool:
+    """Whether ``path``, links followed, stays inside DATA_DIR (a link may lead anywhere)."""
+    return path.resolve().is_relative_to(config.data_dir.resolve())
 
 
 def store_folder(config: Config, path: Path) -> bool:

@@ -73,3 +73,14 @@ def test_one_class_or_too_few_test_images_per_class_is_refused(config, check):
     with pytest.raises(InvalidInput, match="1 class .*at least 2 are needed") as err:
         check(config, request())
     assert err.value.field == "dataset"
+
+
+def test_a_link_in_data_dir_leading_outside_is_never_offered_and_breaks_nothing(config, tmp_path_factory):
+    """Found when a hostile-path test left such a link in a shared DATA_DIR: the Train page's folder list
+    raised instead of listing."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    write_folder_dataset(elsewhere, "OUT_train", "OUT_test")
+    write_folder_dataset(config.data_dir, "A_train", "A_test")
+    (config.data_dir / "escape_link").symlink_to(elsewhere)
+    (config.data_dir / "OUT_train").symlink_to(elsewhere / "OUT_train")
+    assert train_folders.image_folder_candidates(config) == ["A_test", "A_train"]
