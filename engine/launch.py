@@ -258,7 +258,8 @@ class _Launch:
             if proc.is_alive():
                 proc.kill()
         for proc in self.procs:
-            proc.join(timeout=10)
+            if proc.pid is not None:  # a start that failed part-way leaves the later ranks unstarted
+                proc.join(timeout=10)
         self.queue.close()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing.util
 import os
 import subprocess
+import sys
 from contextlib import contextmanager
 
 import fakeredis
@@ -90,11 +91,23 @@ def _fake_redis(url: str, **options) -> fakeredis.FakeRedis:
 
 
 @contextmanager
+def _keep_main():
+    """Streamlit's AppTest runs a page as ``__main__`` and leaves it there; a process started later with ``spawn``
+    (the DDP ranks) would run that page again and die before its first epoch."""
+    main = sys.modules["__main__"]
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@contextmanager
 def _guard(item):
     """While an in-process test is set up, run and torn down (its module fixtures too), starting a process fails,
     Redis is in memory and HDF5 files are read in this process."""
     if item.get_closest_marker("stack") is not None:
-        yield
+        with _keep_main():
+            yield
         return
     saved = [(owner, name, getattr(owner, name)) for owner, name in _STARTERS]
     for owner, name, _ in saved:
@@ -104,7 +117,8 @@ def _guard(item):
     hdf5_layout.READ_IN_A_CHILD = False
     runtime._redis_client.cache_clear()
     try:
-        yield
+        with _keep_main():
+            yield
     finally:
         for owner, name, original in saved:
             setattr(owner, name, original)
