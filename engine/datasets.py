@@ -50,7 +50,6 @@ from engine.images import MAX_IMAGE_SIDE, open_image, to_rgb_array
 # luma-weighted mean of the three channels.
 RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GREY_MEAN, GREY_STD = (0.449,), (0.226,)
-DEFAULT_AUGMENT = {"hflip": 0.5, "max_shift": 0.1}
 PREPROCESSING_VERSION = 1
 
 
@@ -60,7 +59,7 @@ PREPROCESSING_VERSION = 1
 def make_preprocessing(
     image_size: int | Sequence[int],
     grey: bool = False,
-    augment: bool | dict = False,
+    augment: dict[str, float] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> dict[str, Any]:
@@ -69,8 +68,8 @@ def make_preprocessing(
     Args:
         image_size: output side, or ``(height, width)``.
         grey: convert to one grey channel (the model is then built with ``in_chans=1``).
-        augment: False, True (horizontal flip, shift up to 10 %) or a dict with ``hflip`` (probability)
-            and ``max_shift`` (fraction of the side); training split only. Runs name a policy
+        augment: None, or ``{"hflip": probability, "max_shift": fraction of the side}``; training split only,
+            applied to whole batches by :func:`augment_batch`. Runs name a policy
             (:data:`engine.run_config.AUGMENT_POLICIES`).
         mean: per-channel mean after scaling to [0, 1]; default ImageNet's.
         std: per-channel standard deviation; default ImageNet's.
@@ -102,16 +101,20 @@ def make_preprocessing(
     }
 
 
-def _augment_spec(augment: bool | dict) -> dict[str, float] | None:
-    if augment is False or augment is None:
+def _augment_spec(augment: dict | None) -> dict[str, float] | None:
+    if augment is None or augment is False:
         return None
-    spec = dict(DEFAULT_AUGMENT) if augment is True else {**DEFAULT_AUGMENT, **augment}
-    if set(spec) != set(DEFAULT_AUGMENT) or not 0 <= spec["hflip"] <= 1 or not 0 <= spec["max_shift"] < 0.5:
+    if (
+        not isinstance(augment, dict)
+        or set(augment) != {"hflip", "max_shift"}
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in augment.values())
+        or not 0 <= augment["hflip"] <= 1
+        or not 0 <= augment["max_shift"] < 0.5
+    ):
         raise InvalidInput(
-            f"augment must be a bool or {{'hflip': 0..1, 'max_shift': 0..0.5}}, got {augment!r}",
-            field="augment",
+            f"augment must be None or {{'hflip': 0..1, 'max_shift': 0..0.5}}, got {augment!r}", field="augment"
         )
-    return {key: float(value) for key, value in spec.items()}
+    return {key: float(value) for key, value in augment.items()}
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -146,18 +149,31 @@ def preprocess(image: np.ndarray, preprocessing: dict[str, Any]) -> torch.Tensor
     return (tensor - mean) / std
 
 
-def augment(tensor: torch.Tensor, spec: dict[str, float]) -> torch.Tensor:
-    """Light train-time augmentation: random horizontal flip and a random shift (reflect padding)."""
-    if spec["hflip"] > 0 and torch.rand(()) < spec["hflip"]:
-        tensor = tensor.flip(-1)
-    height, width = tensor.shape[-2:]
-    pad_y, pad_x = int(height * spec["max_shift"]), int(width * spec["max_shift"])
-    if pad_y or pad_x:
-        padded = F.pad(tensor[None], (pad_x, pad_x, pad_y, pad_y), mode="reflect")[0]
-        dy = int(torch.randint(0, 2 * pad_y + 1, ()))
-        dx = int(torch.randint(0, 2 * pad_x + 1, ()))
-        tensor = padded[:, dy : dy + height, dx : dx + width]
-    return tensor
+def augment_batch(
+    images: torch.Tensor, spec: dict[str, float], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Train-time augmentation of a whole N x C x H x W batch in one resampling, on the batch's device.
+
+    Each image is mirrored left-right with probability ``spec["hflip"]`` and shifted by a whole number of
+    pixels, up to ``spec["max_shift"]`` of its side in each direction, its border reflected into the gap.
+    The draws come from ``generator`` (CPU), so a seeded run augments alike on any device.
+    """
+    n, _, height, width = images.shape
+    reach_y, reach_x = int(height * spec["max_shift"]), int(width * spec["max_shift"])
+    flips = torch.rand(n, generator=generator) < spec["hflip"]
+    dy = torch.randint(-reach_y, reach_y + 1, (n,), generator=generator)
+    dx = torch.randint(-reach_x, reach_x + 1, (n,), generator=generator)
+    if not (flips.any() or dy.any() or dx.any()):
+        return images
+    # Output pixel centre x (in [-1, 1], corners excluded) reads the input at sx * x + 2 dx / W: a mirror and
+    # a whole-pixel shift land on pixel centres, so nearest sampling copies pixels exactly.
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1.0 - 2.0 * flips.float()
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 2.0 * dx / width
+    theta[:, 1, 2] = 2.0 * dy / height
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="reflection", align_corners=False)
 
 
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
@@ -166,7 +182,8 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
 
 
 class _Preprocessed(Dataset):
-    """Shared tail of the datasets: decoded image -> tensor, with augmentation on the training split."""
+    """Shared tail of the datasets: decoded image -> tensor. ``train`` marks the split that the training loop
+    augments, batch by batch (:func:`augment_batch`)."""
 
     multi_label = False
 
@@ -175,9 +192,12 @@ class _Preprocessed(Dataset):
         self.train = train
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
-        tensor = preprocess(image, self.preprocessing)
-        spec = self.preprocessing.get("augment")
-        return augment(tensor, spec) if self.train and spec else tensor
+        return preprocess(image, self.preprocessing)
+
+    @property
+    def augmentation(self) -> dict[str, float] | None:
+        """The augmentation its batches get: the preprocessing's, on the training split only."""
+        return self.preprocessing.get("augment") if self.train else None
 
 
 class ArrayDataset(_Preprocessed):

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from engine.datasets import augment_batch
 from engine.exceptions import Cancelled
 from engine.hdf5 import open_hdf5
 from engine.models.build import head_parameter_names
@@ -85,11 +86,12 @@ def classifier_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 def _passes(dataset: Dataset, copies: int, seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, Any]]:
-    # Augmentation draws from torch's global generator: seeding each copy makes every pass, and so the
-    # hash and the features, reproducible.
+    # A seeded generator per copy makes every pass, and so the hash and the features, reproducible.
+    spec = getattr(dataset, "augmentation", None)
     for copy in range(copies):
-        torch.manual_seed(seed + copy)
-        yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+        generator = torch.Generator().manual_seed(seed + copy)
+        for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+            yield (augment_batch(images, spec, generator) if spec else images), targets
 
 
 def dataset_key(
@@ -236,9 +238,7 @@ def _write(path: Path, features: np.ndarray, targets: np.ndarray, attrs: dict[st
 
 def _named_items(dataset: Dataset) -> bool:
     """Whether ``dataset`` names its items and yields the same tensor for an item every time (no augmentation)."""
-    augments = bool(getattr(dataset, "train", False)) and bool((getattr(dataset, "preprocessing", None) or {})
-                                                                 .get("augment"))
-    return hasattr(dataset, "item_keys") and hasattr(dataset, "target") and not augments
+    return hasattr(dataset, "item_keys") and hasattr(dataset, "target") and not getattr(dataset, "augmentation", None)
 
 
 def _per_item_features(model_name: str, model: nn.Module, dataset: Dataset, cache_dir: Path, batch_size: int,

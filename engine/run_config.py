@@ -141,8 +141,16 @@ class TrainConfig:
         # The datasets module is the torch side; a run's description is read without it (the web process).
         from engine.datasets import make_preprocessing
 
-        augment = (AUGMENT_POLICIES[self.augment] or False) if isinstance(self.augment, str) else self.augment
-        return make_preprocessing(self.input_size, grey=self.grey, augment=augment)
+        return make_preprocessing(self.input_size, grey=self.grey, augment=self.augmentation)
+
+    @property
+    def augmentation(self) -> dict[str, float] | None:
+        """The augmentation spec of ``augment``: a policy's, True's (``"shift+flip"``), or a dict over it."""
+        if isinstance(self.augment, str):
+            return AUGMENT_POLICIES[self.augment]
+        if isinstance(self.augment, dict):
+            return {**AUGMENT_POLICIES["shift+flip"], **self.augment}
+        return AUGMENT_POLICIES["shift+flip"] if self.augment is True else None
 
 
 def _check_number(

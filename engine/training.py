@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine import checkpoints, distributed
+from engine.datasets import augment_batch
 from engine.exceptions import Cancelled, InvalidInput
 from engine.metrics import (
     best_thresholds,
@@ -186,12 +187,16 @@ def train_one_epoch(
     log_every: int = 20,
     clip_grad_norm: float | None = None,
     warmup_steps: int = 0,
+    augmentation: dict[str, float] | None = None,
+    generator: torch.Generator | None = None,
 ) -> Record:
     """Train for one pass over ``loader``.
 
     ``clip_grad_norm`` clips the gradients' total norm (after unscaling under mixed precision);
     ``warmup_steps`` raises each group's learning rate linearly over the first batches (at most half the
-    epoch's), up to its value, which every group has again at the end.
+    epoch's), up to its value, which every group has again at the end. ``augmentation`` (a preprocessing's
+    ``augment`` spec) is applied to each batch on the device (:func:`engine.datasets.augment_batch`), its
+    draws from ``generator``.
 
     Returns:
         ``{"loss", "accuracy", "samples", "seconds", "first_loss"}`` (accuracy in percent; ``first_loss``: the
@@ -212,6 +217,8 @@ def train_one_epoch(
     try:
         for step, (images, targets) in enumerate(loader, start=1):
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if augmentation:
+                images = augment_batch(images, augmentation, generator)
             if step <= warmup_steps:
                 for group, rate in zip(optimizer.param_groups, rates, strict=True):
                     group["lr"] = rate * step / (warmup_steps + 1)
@@ -572,6 +579,8 @@ def _run_epoch(
         log_every,
         config.clip_grad_norm,
         config.warmup_steps if run.warm_up else 0,
+        getattr(loaders[0].dataset, "augmentation", None),
+        torch.Generator().manual_seed(config.seed + run.epoch + 7919 * run.rank),
     )
     run.warm_up = False
     started = time.perf_counter()

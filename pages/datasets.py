@@ -11,7 +11,7 @@ import streamlit as st
 from engine import formats
 from engine.exceptions import StudioError
 from services.app import datasets
-from services.ui.dataset_upload import upload_dataset_widget
+from services.ui.dataset_upload import MIRROR_LABEL, upload_dataset_widget
 from services.ui.page import actor, fail, get_config, get_store, page_message, require_page
 
 THUMB_WIDTH = 96
@@ -64,6 +64,21 @@ def exported(name: str, word: str) -> bytes:
     return path.read_bytes()
 
 
+def properties(row: dict) -> None:
+    """Whether the dataset's classes look the same mirrored, which is what lets its runs flip images."""
+    key = f"datasets_mirror_{row['id']}"
+    wanted = st.checkbox(MIRROR_LABEL, row["mirror_symmetric"], key=key,
+                         help=datasets.MIRROR_SYMMETRIC_HELP.capitalize() + ".")
+    if wanted != row["mirror_symmetric"]:
+        try:
+            datasets.change_dataset(actor(), row["id"], datasets.DatasetChange(mirror_symmetric=wanted))
+        except StudioError as exc:
+            st.error(page_message(exc))
+            return
+        st.toast(f"{row['id']}: {'may' if wanted else 'may no longer'} be flipped in training")
+        st.rerun()
+
+
 def delete(row: dict) -> None:
     needed = datasets.references(config, store, row["id"])
     if needed:
@@ -95,6 +110,7 @@ def main() -> None:
     source = (row.get("config") or {}).get("source")
     st.caption(f"{row['path']} · {row.get('kind')} · {row.get('origin')}" + (f" from {source}" if source else "")
                + f" · classes: {', '.join(row['class_names'] or [])}")
+    properties(row)
     balance(row)
     samples(row)
     downloads(row)

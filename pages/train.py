@@ -121,7 +121,10 @@ def data_ready(fields: dict) -> bool:
     except InvalidInput as exc:
         st.error(page_message(exc, LABELS))
         return False
-    st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}")
+    symmetric = train_request.mirror_symmetric(store, req)
+    mirror = {None: "", True: " · mirror-symmetric: flips allowed",
+              False: " · not mirror-symmetric: never flipped"}[symmetric]
+    st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}{mirror}")
     return True
 
 

@@ -64,6 +64,9 @@ class DatasetInUse(Conflict):
 
 
 # ------------------------------------------------------------------------------------------ request
+MIRROR_SYMMETRIC_HELP = ("every class looks the same mirrored left-right (faces, cats, cups; never digits, letters or "
+                         "arrows): only then may a run flip its images (augment 'shift+flip')")
+
 
 
 class UploadForm(BaseModel):
@@ -85,11 +88,20 @@ class UploadForm(BaseModel):
         "refuse", description="annotations only: labels outside the label set refuse the upload, are dropped, "
                               "or are added to the label set (admin)")
     overwrite: bool = Field(False, description="annotations only: replace annotated images of the same id")
+    mirror_symmetric: bool = Field(False, description=MIRROR_SYMMETRIC_HELP)
 
     @field_validator("name")
     @classmethod
     def _name_is_no_path(cls, value: str | None) -> str | None:
         return clean_dataset_name(value) if value is not None and value.strip() else None
+
+
+class DatasetChange(BaseModel):
+    """The body of ``PATCH /api/v1/datasets/<name>``: the dataset's properties a user may change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mirror_symmetric: bool = Field(description=MIRROR_SYMMETRIC_HELP)
 
 
 class UploadSink:
@@ -218,7 +230,8 @@ def submit_import(actor: Actor, upload: Path, form: UploadForm, filename: str | 
     params = {"upload": str(kept.relative_to(config.data_dir)), "format": found["format"], "name": form.name,
               "test_fraction": form.test_fraction, "seed": form.seed, "image_size": form.image_size,
               "skip_bad_images": form.skip_bad_images, "filename": (filename or "")[:200],
-              "unknown_labels": form.unknown_labels, "overwrite": form.overwrite}
+              "unknown_labels": form.unknown_labels, "overwrite": form.overwrite,
+              "mirror_symmetric": form.mirror_symmetric}
     try:
         return jobs.submit(config, actor.store, "import_dataset", params, actor.username), found
     except BaseException:
@@ -321,7 +334,7 @@ def catalog_row(config: Config, params: dict, path: Path, info: formats.Imported
                        "seed": params["seed"], "image_shape": shape,
                        "skipped_images": info.bad_images, "ignored_files": info.ignored},
             "created_by": created_by, "created_at": time.time(), "kind": "hdf5", "origin": "uploaded",
-            "size_bytes": path.stat().st_size,
+            "size_bytes": path.stat().st_size, "mirror_symmetric": int(bool(params.get("mirror_symmetric"))),
             "thumbnails": archives.thumbnail_picks(labels, info.class_names, THUMBNAILS_PER_CLASS)}
 
 
@@ -424,7 +437,7 @@ def read_datasets(actor: Actor, name: str | None = None) -> list[dict]:
 
 def view(config: Config, row: dict) -> dict:
     """A catalog row with totals, folders, and its size on disk (measured when the row lacks it)."""
-    out = dataset_view(config, row)
+    out = {**dataset_view(config, row), "mirror_symmetric": bool(row.get("mirror_symmetric"))}
     if out.get("size_bytes") is None:
         with contextlib.suppress(OSError):
             out["size_bytes"] = config.path(row["path"]).stat().st_size
@@ -449,6 +462,18 @@ def references(config: Config, store: Store, name: str) -> list[str]:
     found = [f"{job['kind']} job {job['id']} ({status})" for status in ACTIVE_STATUSES
              for job in store.list_jobs(status=status, dataset=name, limit=1000)]
     return found + [f"model {model['id']} ({model['model_name']})" for model in store.list_models_made_from(name)]
+
+
+@action("datasets.edit")
+def change_dataset(actor: Actor, name: str, change: DatasetChange) -> dict:
+    """Set a dataset's properties (today: whether its classes look the same mirrored) and return its view.
+
+    Raises:
+        UnknownDataset: no such dataset.
+    """
+    get_dataset(actor.store, name)
+    actor.store.update_dataset(name, mirror_symmetric=int(change.mirror_symmetric))
+    return view(actor.config, get_dataset(actor.store, name))
 
 
 @action("datasets.delete")

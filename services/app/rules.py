@@ -108,6 +108,7 @@ RULES: Mapping[str, Rule] = MappingProxyType({
     "datasets.read": Rule(OPERATORS, "read datasets"),
     "datasets.export": Rule(OPERATORS, "export datasets"),
     "datasets.delete": Rule(OPERATORS, "delete datasets"),
+    "datasets.edit": Rule(OPERATORS, "change datasets"),
     # training, models, predictions
     "train.submit": Rule(OPERATORS, "start a training", jobs=1),
     "train.resume": Rule(OPERATORS, "resume a training", jobs=1),

@@ -30,6 +30,7 @@ from engine.images import MAX_IMAGE_SIDE
 from engine.models import get_model_info, list_models
 from engine.run_config import (
     AUGMENT_NAMES,
+    AUGMENT_POLICIES,
     MAX_BATCH_SIZE,
     MAX_CLASSES,
     MAX_EPOCHS,
@@ -44,6 +45,8 @@ from engine.run_config import (
 )
 from services.app.train_folders import available_hdf5, store_folder
 from services.platform.config import Config
+from services.storage.rows import job_dataset
+from services.storage.store import Store
 
 # Long runs are the point of this job (the legacy API asks for 4000 epochs): three days, and a run that
 # outlives it is resumed from its last.pt. Results stay a week, like the catalog's other jobs.
@@ -238,6 +241,32 @@ def check_against(config: Config, req: TrainRequest, facts: DataFacts) -> TrainC
                            "(seconds); use world_size 1, or transfer_mode 'fine-tune' to train every layer "
                            "over several processes", "world_size")
     return run_config
+
+
+def mirror_symmetric(store: Store, req: TrainRequest) -> bool | None:
+    """Whether the run's catalog dataset is marked mirror-symmetric (None: its data is no catalog dataset)."""
+    name = job_dataset(req.model_dump()) if req.dataset == "hdf5" else None
+    row = store.get_dataset(name) if name else None
+    return None if row is None else bool(row["mirror_symmetric"])
+
+
+def check_mirroring(store: Store, req: TrainRequest) -> None:
+    """Refuse an augmentation that mirrors images unless the run's catalog dataset is marked mirror-symmetric:
+    a mirrored digit, letter or arrow is another class, so only the user can say that mirroring is safe.
+
+    Raises:
+        InvalidInput: field ``augment``.
+    """
+    if not (AUGMENT_POLICIES[req.augment] or {}).get("hflip"):
+        return
+    symmetric = mirror_symmetric(store, req)
+    if symmetric:
+        return
+    what = (f"dataset '{job_dataset(req.model_dump())}' is not marked mirror-symmetric" if symmetric is not None
+            else "only a catalog dataset (Datasets page) can be marked mirror-symmetric")
+    raise InvalidInput(f"augment: '{req.augment}' mirrors images, which changes what a digit, a letter or an arrow "
+                       f"is; {what}. Mark it on the Datasets page (or PATCH /api/v1/datasets/<name> with "
+                       "mirror_symmetric true) if every class looks the same mirrored, or choose 'shift'", "augment")
 
 
 def weights_file(config: Config, req: TrainRequest) -> str | None:

@@ -25,6 +25,7 @@ from services.app.train_request import (  # noqa: F401  (re-exported: the reques
     TRAIN_RESULT_TTL,
     TRAIN_TIMEOUT,
     TrainRequest,
+    check_mirroring,
     check_request,
     checkpoint_dir,
     request_name,
@@ -50,6 +51,7 @@ def submit_training(actor: Actor, req: TrainRequest) -> str:
         InvalidInput: the request does not fit its data or the engine (the field is the request's name).
     """
     run_config, facts = check_request(actor.config, req)
+    check_mirroring(actor.store, req)
     check_training_size(actor.config, actor.store, actor.username, req.num_epochs, facts.train_images)
     if run_config.weights_path:
         # A file that does not fit is refused now, naming its keys: building the model is the only way to tell.
@@ -93,6 +95,7 @@ def resume(actor: Actor, job_id: str, num_epochs: int | None = None) -> str:
         raise Conflict(f"job {job_id!r} already completed {done} of {req.num_epochs} epochs; "
                        "pass a larger num_epochs to train longer", "num_epochs")
     _, facts = check_request(config, req)
+    check_mirroring(store, req)
     check_training_size(config, store, actor.username, req.num_epochs - done, facts.train_images)
     return _submit_run(config, store, {**req.model_dump(), "resumed_from": job_id,
                                        "resume_from": last.relative_to(config.data_dir).as_posix()}, actor.username)

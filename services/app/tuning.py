@@ -297,6 +297,8 @@ def launch(actor: Actor, req: TuneRequest) -> dict:
     config, store = actor.config, actor.store
     check_study_size(config, store, actor.username, req.n_trials, req.epochs_per_trial,
                      check_against_data(config, req))
+    first = {"model_name": req.models()[0]} if req.space.model_name else {}
+    training.check_mirroring(store, trial_request(req, first, req.epochs_per_trial))
 
     def create_study(study_id: str) -> None:
         optuna.create_study(study_name=study_id, storage=study_storage(config, study_id), direction="maximize")

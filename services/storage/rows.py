@@ -187,6 +187,7 @@ class Dataset(Row):
     origin: str = "generated"
     size_bytes: int | None = None
     thumbnails: list | None = None
+    mirror_symmetric: int = 0
 
 
 @dataclass(frozen=True, eq=False)

@@ -120,6 +120,10 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     CREATE INDEX jobs_dataset_status ON jobs(dataset, status);
     """,
     _backfill_job_facts,
+    # Whether a dataset's classes look the same mirrored: only then may its runs flip images (augment).
+    """
+    ALTER TABLE datasets ADD COLUMN mirror_symmetric INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 IMAGE_ORDERS = {"newest": "uploaded_at DESC, id_name", "oldest": "uploaded_at ASC, id_name", "id": "id_name"}
@@ -456,6 +460,10 @@ class Store:
 
     def get_dataset(self, dataset_id: str) -> Dataset | None:
         return self._get(Dataset, dataset_id)
+
+    def update_dataset(self, dataset_id: str, **fields: Any) -> bool:
+        """Change some fields of a dataset's row; False when there is no such dataset."""
+        return self._update(Dataset, dataset_id, fields)
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._delete(Dataset, dataset_id)

@@ -24,6 +24,8 @@ from services.ui.guard import UI_DATASET_UPLOAD_MB as UI_UPLOAD_LIMIT_MB  # the 
 from services.ui.live import job_state, live_panel, progress_bar, queue_action, status_line
 from services.ui.page import actor
 
+MIRROR_LABEL = "Classes look the same mirrored"
+
 
 def _suggested_name(filename: str) -> str:
     stem = PurePath(filename).stem
@@ -58,6 +60,8 @@ def _form(key: str, filename: str) -> dict:
         "skip_bad_images": a.checkbox("Skip images that do not decode", False, key=f"{key}_skip"),
         "unknown_labels": b.selectbox("Labels not in the label set", ["refuse", "drop", "add"],
                                       key=f"{key}_unknown", help=_annotated_help()),
+        "mirror_symmetric": c.checkbox(MIRROR_LABEL, False, key=f"{key}_mirror",
+                                       help=datasets.MIRROR_SYMMETRIC_HELP.capitalize() + "."),
     }
 
 

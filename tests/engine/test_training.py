@@ -27,6 +27,7 @@ from engine.images import decode_image, encode_png
 from engine.inference import rebuild_model
 from engine.metrics import average_precision, best_thresholds, confusion_matrix, multilabel_metrics
 from engine.models.build import create_model
+from engine.run_config import AUGMENT_POLICIES
 from engine.training import (
     TrainConfig,
     build_criterion,
@@ -319,16 +320,20 @@ def test_multi_label_flag_must_match_the_data(tmp_path):
 def test_preprocessing_matches_upload_decoding_and_augments_only_training():
     rgba = np.zeros((10, 12, 4), dtype=np.uint8)
     rgba[..., 0], rgba[:5, :, 3] = 200, 255  # bottom half transparent: white, as decode_image makes it
-    pre = make_preprocessing(8, grey=True, augment=True)
+    pre = make_preprocessing(8, grey=True, augment=AUGMENT_POLICIES["shift+flip"])
     from_array = preprocess(rgba, pre)
     from_upload = preprocess(decode_image(encode_png(rgba)), pre)
     assert from_array.shape == (1, 8, 8) and torch.allclose(from_array, from_upload, atol=1e-2)
     images = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
-    plain = ArrayDataset(images, [0, 1, 2, 3], make_preprocessing(8, augment=True))
-    trained = ArrayDataset(images, [0, 1, 2, 3], make_preprocessing(8, augment=True), train=True)
-    assert all(torch.equal(plain[i][0], preprocess(images[i], plain.preprocessing)) for i in range(4))
-    torch.manual_seed(0)
-    assert any(not torch.equal(trained[i][0], plain[i][0]) for i in range(4))
+    spec = AUGMENT_POLICIES["shift+flip"]
+    plain = ArrayDataset(images, [0, 1, 2, 3], make_preprocessing(8, augment=spec))
+    trained = ArrayDataset(images, [0, 1, 2, 3], make_preprocessing(8, augment=spec), train=True)
+    # Items are the preprocessed images; the training loop augments the training split's batches.
+    assert all(torch.equal(trained[i][0], preprocess(images[i], plain.preprocessing)) for i in range(4))
+    assert trained.augmentation == spec and plain.augmentation is None
+    with pytest.raises(InvalidInput) as err:
+        make_preprocessing(8, augment={"hflip": 2.0, "max_shift": 0.1})
+    assert err.value.field == "augment"
     with pytest.raises(InvalidInput) as err:
         make_preprocessing(0)
     assert err.value.field == "image_size"

@@ -79,7 +79,7 @@ def outside(stack, tmp_path):
 def test_a_finder_zip_becomes_a_dataset_with_counts_thumbnails_and_size(stack, tmp_path):
     name = unique("pets")
     path = file_manager_zip(tmp_path / "pets.zip", class_images({"cat": 10, "dog": 5}))
-    r = upload(stack, path, name, test_fraction="0.2", seed="3")
+    r = upload(stack, path, name, test_fraction="0.2", seed="3", mirror_symmetric="true")
     assert r.status_code == 202, r.text
     answer = r.json()  # what the request knows without reading the zip's directory
     assert answer["format"] == "zip" and answer["name"] == name and answer["jobs"] == [answer["job_id"]]
@@ -93,6 +93,7 @@ def test_a_finder_zip_becomes_a_dataset_with_counts_thumbnails_and_size(stack, t
     assert row["counts"] == {"train": {"cat": 8, "dog": 4}, "test": {"cat": 2, "dog": 1}}
     assert row["totals"] == {"train": 12, "test": 3} and row["kind"] == "hdf5" and row["origin"] == "uploaded"
     assert row["created_by"] == "operator" and row["config"]["layout"] == "class_folders"
+    assert row["mirror_symmetric"] is True  # as the form said: cats and dogs look the same mirrored
     file = stack.data_dir / "datasets" / f"{name}.hdf5"
     assert row["path"] == f"datasets/{name}.hdf5" and row["size_bytes"] == file.stat().st_size
     assert {t["class"] for t in row["thumbnails"]} == {"cat", "dog"}

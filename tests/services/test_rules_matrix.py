@@ -71,6 +71,7 @@ API_CALLS: dict[str, list[ApiCall]] = {
     "datasets.read": [ApiCall("GET", "/api/v1/datasets"), ApiCall("GET", f"/api/v1/datasets/{MISSING}")],
     "datasets.export": [ApiCall("GET", f"/api/v1/datasets/{MISSING}/export")],
     "datasets.delete": [ApiCall("DELETE", f"/api/v1/datasets/{MISSING}")],
+    "datasets.edit": [ApiCall("PATCH", f"/api/v1/datasets/{MISSING}", {"mirror_symmetric": True})],
     "train.submit": [ApiCall("POST", "/api/v1/train", NOT_AN_OBJECT)],
     "train.resume": [ApiCall("POST", f"/api/v1/jobs/{MISSING}/resume")],
     "models.zoo": [ApiCall("GET", "/api/v1/models")],
@@ -198,6 +199,7 @@ def _page_calls() -> dict[str, Callable[[rules.Actor], Any]]:
         "datasets.read": lambda a: datasets.read_datasets(a, MISSING),
         "datasets.export": lambda a: datasets.export_dataset(a, MISSING),
         "datasets.delete": lambda a: datasets.delete_dataset(a, MISSING),
+        "datasets.edit": lambda a: datasets.change_dataset(a, MISSING, datasets.DatasetChange(mirror_symmetric=True)),
         "train.submit": lambda a: training.submit_training(a, training.TrainRequest.model_validate(
             {"dataset": "hdf5", "hdf5_path": f"{MISSING}.hdf5", "model_name": "convnetj"})),
         "train.resume": lambda a: training.resume(a, MISSING),

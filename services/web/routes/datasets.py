@@ -97,6 +97,12 @@ def get_one(dataset_id: str):
     return ok(datasets.read_datasets(actor(), dataset_id)[0])
 
 
+@endpoint(bp, "/api/v1/datasets/<dataset_id>", ("PATCH",), action="datasets.edit", body=datasets.DatasetChange)
+def change(dataset_id: str, body: datasets.DatasetChange):
+    """Change a dataset's properties: ``mirror_symmetric`` (whether its runs may flip images)."""
+    return ok(datasets.change_dataset(actor(), dataset_id, body))
+
+
 @endpoint(bp, "/api/v1/datasets/<dataset_id>", ("DELETE",), action="datasets.delete")
 def delete(dataset_id: str):
     """Delete a dataset no queued or running job and no trained model needs (409 otherwise)."""
