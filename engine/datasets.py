@@ -266,6 +266,10 @@ class HDF5Dataset(_Preprocessed):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def item_id(self, index: int) -> str:
+        """How a report names item ``index``: ``<split>/<row>`` of the file."""
+        return f"{self.split}/{index}"
+
     def image(self, index: int) -> np.ndarray:
         """The stored image ``index`` as H x W (x C) uint8, before any preprocessing."""
         return _image_uint8(np.asarray(self._images()[index]), self._source.image_format)
@@ -364,7 +368,12 @@ class ImageFolderDataset(_Preprocessed):
                 f"{str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images in class folders", field=field
             )
         self.targets = [target for _, target in self.samples]
+        self.root = root
         super().__init__(preprocessing or make_preprocessing(224), train)
+
+    def item_id(self, index: int) -> str:
+        """How a report names item ``index``: its path under the root, ``<class>/<file>``."""
+        return self.samples[index][0].relative_to(self.root).as_posix()
 
     def __len__(self) -> int:
         return len(self.samples)

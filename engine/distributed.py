@@ -103,10 +103,17 @@ def slowest(seconds: float) -> float:
 def gather_outputs(
     loss_sum: float, logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Every rank's evaluation outputs, concatenated (the shards differ in length by at most one)."""
-    parts: list[Any] = [None] * dist.get_world_size()
+    """Every rank's evaluation outputs, in the evaluation set's order (each rank held every world_size-th item,
+    from its rank on: :func:`shard`)."""
+    world_size = dist.get_world_size()
+    parts: list[Any] = [None] * world_size
     dist.all_gather_object(parts, (loss_sum, logits.cpu(), targets.cpu()))
-    return (sum(p[0] for p in parts), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]))
+    logits, targets = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+    # Position k of the concatenation holds item order[k]; put each item back at its place.
+    order = torch.cat([torch.arange(rank, len(targets), world_size) for rank in range(world_size)])
+    place = torch.empty_like(order)
+    place[order] = torch.arange(len(order))
+    return sum(p[0] for p in parts), logits[place], targets[place]
 
 
 class AgreedStop:

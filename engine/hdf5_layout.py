@@ -151,6 +151,21 @@ def inspect_hdf5(path: str | os.PathLike, max_bytes: int | None = None) -> Hdf5S
     return layout.summary
 
 
+def read_split_image(path: str | os.PathLike, split: str, index: int) -> np.ndarray:
+    """Image ``index`` of a split (``"train"`` or ``"test"``) of a file :func:`inspect_hdf5` accepts, as
+    H x W (x C) uint8, exactly as training reads it.
+
+    Raises:
+        InvalidInput: the file is refused (field ``hdf5_path``), or has no such split or index (field ``index``).
+    """
+    layout = _open_hdf5(path)
+    source = layout.splits.get(split)
+    if source is None or not 0 <= index < len(source.targets):
+        raise InvalidInput(f"{Path(path).name!r} has no image {index} in its {split!r} split", field="index")
+    with open_hdf5(path, field="hdf5_path") as handle:
+        return _image_uint8(np.asarray(handle[source.images][index]), source.image_format)
+
+
 def _refusal(path: Path, problem: str, fix: str = _HOW_TO_SAVE) -> InvalidInput:
     # The file's name only: clients know paths relative to DATA_DIR, never the server's.
     return InvalidInput(f"HDF5 file {path.name!r}: {problem}. {fix}", field="hdf5_path")

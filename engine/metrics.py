@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,14 +77,16 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, thresholds: Seque
 
 
 def single_label_report(logits: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str],
-                        pairs: int = 5, worst: int = 8) -> dict[str, Any]:
+                        pairs: int = 5, worst: int = 8,
+                        item_id: Callable[[int], str] | None = None) -> dict[str, Any]:
     """What a single-label run got right and wrong on an evaluation set.
 
     Returns:
         ``per_class`` (name → precision, recall, f1 in percent, support), ``confused_pairs`` (the ``pairs``
         most frequent mistakes: true, predicted, count), and ``worst`` (up to ``worst`` misclassified samples,
-        most confidently wrong first: their ``index`` in the evaluation set, true and predicted class, and
-        the probability the model gave the true class, in percent).
+        most confidently wrong first: their ``index`` in the evaluation set and, with ``item_id``, its ``id``
+        there (e.g. ``test/17`` of an HDF5 file, ``cat/img_3.jpg`` of class folders), true and predicted
+        class, and the probability the model gave the true class, in percent).
     """
     probs = torch.softmax(logits.float(), 1).numpy()
     truth, predicted = targets.numpy(), probs.argmax(1)
@@ -102,5 +104,6 @@ def single_label_report(logits: torch.Tensor, targets: torch.Tensor, class_names
     wrong = np.flatnonzero(predicted != truth)
     wrong = wrong[np.argsort(on_truth[wrong], kind="stable")][:worst]
     return {"per_class": per_class, "confused_pairs": confused,
-            "worst": [{"index": int(i), "true": class_names[truth[i]], "predicted": class_names[predicted[i]],
+            "worst": [{"index": int(i), **({"id": item_id(int(i))} if item_id is not None else {}),
+                       "true": class_names[truth[i]], "predicted": class_names[predicted[i]],
                        "true_probability": 100 * float(on_truth[i])} for i in wrong]}

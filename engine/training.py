@@ -305,7 +305,11 @@ def outputs_record(
 
 
 def final_evaluation(
-    logits: torch.Tensor, targets: torch.Tensor, multi_label: bool, class_names: Sequence[str]
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    multi_label: bool,
+    class_names: Sequence[str],
+    item_id: Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
     """The end-of-run report of an evaluation's outputs.
 
@@ -318,7 +322,7 @@ def final_evaluation(
         return {
             "class_names": list(class_names),
             "confusion_matrix": confusion_matrix(logits.argmax(1), targets, len(class_names)),
-            **single_label_report(logits, targets, class_names),
+            **single_label_report(logits, targets, class_names, item_id=item_id),
         }
     probs, truth = torch.sigmoid(logits).numpy(), targets.numpy()
     thresholds = best_thresholds(probs, truth)
@@ -386,6 +390,8 @@ class _Run:
     # The weights (and optimizer state) a diverged epoch goes back to: the best epoch's, or the start's.
     fallback: dict[str, Any] | None = None
     warm_up: bool = True
+    # How the report names an evaluation image: its test set's ``item_id(index)``, when the set has one.
+    item_id: Callable[[int], str] | None = None
 
     @property
     def monitor(self) -> str:
@@ -656,7 +662,7 @@ def _close_epoch(run: _Run, train: Record, test: Record, event: str | None = Non
     run.epoch += 1
     run.history.append(record)
     if record["improved"]:
-        run.evaluation = final_evaluation(*test["outputs"], run.config.multi_label, run.class_names)
+        run.evaluation = final_evaluation(*test["outputs"], run.config.multi_label, run.class_names, run.item_id)
     return record
 
 
@@ -738,6 +744,7 @@ def fit(
     run = _make_run(
         config, class_names, config.preprocessing(), resolve_device(device), directory, sync_batchnorm
     )
+    run.item_id = getattr(test_ds, "item_id", None)
     if resume_from is not None:
         _restore(run, resume_from)
     else:
@@ -806,6 +813,7 @@ def fit_head(
     directory = Path(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
     run = _make_run(config, class_names, config.preprocessing(), resolve_device(device), directory, None)
+    run.item_id = getattr(test_ds, "item_id", None)
     features = _head_features(run, train_ds, test_ds, feature_cache, on_progress, should_stop)
     if resume_from is not None:
         _restore(run, resume_from)

@@ -26,6 +26,7 @@ from services.ui.page import (
 )
 
 RUNS_SHOWN = 50
+WORST_THUMB = 96  # px
 CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds
 
 require_page(__file__)
@@ -216,6 +217,17 @@ def confusion_chart(cells: pd.DataFrame, names: list[str]) -> alt.LayerChart:
     return rects + text
 
 
+def worst_images(record: dict, worst: list[dict]) -> None:
+    """The test images the model got most confidently wrong: thumbnails, then the table with their ids."""
+    st.markdown("**Most confidently wrong** (true → predicted, the probability given to the true class):")
+    shown = [(item, train_request.evaluation_image(config, record["params"], item)) for item in worst]
+    shown = [(item, image) for item, image in shown if image is not None]
+    if shown:
+        st.image([image for _, image in shown], width=WORST_THUMB, caption=[
+            f"{item['true']} → {item['predicted']} ({item['true_probability']:.0f} %)" for item, _ in shown])
+    st.dataframe(pd.DataFrame(worst).round(1), key="train_worst", hide_index=True)
+
+
 def evaluation(record: dict) -> None:
     """The best epoch's report: confusion matrix, per-class precision/recall, the most confused pairs and the
     most confidently wrong test images (single-label), or per-label metrics (multi-label)."""
@@ -234,9 +246,7 @@ def evaluation(record: dict) -> None:
             st.markdown("**Most confused:** " + "; ".join(
                 f"{p['true']} taken for {p['predicted']} ({p['count']}×)" for p in found["confused_pairs"]))
         if found.get("worst"):
-            st.markdown("**Most confidently wrong** (test-set position, true → predicted, probability of the true "
-                        "class):")
-            st.dataframe(pd.DataFrame(found["worst"]).round(1), key="train_worst", hide_index=True)
+            worst_images(record, found["worst"])
     elif "per_class" in found:
         st.subheader("Per-label metrics (best epoch)")
         st.dataframe(pd.DataFrame(found["per_class"]).T, key="train_per_class")

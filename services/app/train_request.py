@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
+import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from engine import labels as labelsets
 from engine.dataset_kinds import IMAGE_SUFFIXES, list_dataset_kinds
 from engine.exceptions import InvalidInput, StudioError
-from engine.hdf5_layout import inspect_hdf5
-from engine.images import MAX_IMAGE_SIDE
+from engine.hdf5_layout import inspect_hdf5, read_split_image
+from engine.images import MAX_IMAGE_SIDE, open_image, to_rgb_array
 from engine.models import get_model_info, list_models
 from engine.run_config import (
     AUGMENT_NAMES,
@@ -397,6 +398,21 @@ def locate(config: Config, req: TrainRequest, field: str) -> Path:
     if field != "hdf5_path" and not probe(path, Path.is_dir):
         raise InvalidInput(f"{field}: no folder {raw!r} in DATA_DIR", field)
     return path
+
+
+def evaluation_image(config: Config, params: dict, item: dict) -> np.ndarray | None:
+    """The test image a run's report names (an entry of its evaluation's ``worst``) as the data holds it now,
+    read within the run's dataset and DATA_DIR; None when it is no longer there or cannot be read."""
+    try:
+        req = TrainRequest.model_validate(request_params(params))
+        if req.dataset == "hdf5":
+            return read_split_image(locate(config, req, "hdf5_path"), "test", int(item["index"]))
+        if req.dataset == "custom" and item.get("id"):
+            path = resolve_under(locate(config, req, "testset_dir"), str(item["id"]), "id")
+            return to_rgb_array(open_image(path.read_bytes(), field="id"))
+    except (StudioError, ValueError, KeyError, OSError):
+        return None
+    return None
 
 
 def probe(path: Path, test) -> bool:

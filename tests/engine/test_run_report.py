@@ -36,3 +36,51 @@ def test_per_class_precision_recall_pairs_and_worst():
 def test_a_perfect_run_has_no_confusions_and_no_worst():
     report = final_evaluation(torch.eye(3) * 5, torch.tensor([0, 1, 2]), False, NAMES)
     assert report["confused_pairs"] == [] and report["worst"] == []
+
+
+# ----------------------------------------------------------------------------- a real run's report
+
+
+def test_a_run_on_an_hdf5_file_names_its_worst_test_images_by_their_row(tmp_path):
+    """Two epochs on scikit-learn's digits, written with plain h5py: the report's worst images are wrong
+    predictions, and ``test/<row>`` leads back to the very image and label in the file."""
+    import h5py
+    import numpy as np
+
+    from engine.datasets import DatasetSpec, build_datasets
+    from engine.hdf5_layout import read_split_image
+    from engine.training import TrainConfig, fit
+    from tests.digits import write_digits_hdf5
+
+    path = tmp_path / "digits.hdf5"
+    write_digits_hdf5(path)
+    config = TrainConfig(model_name="convnetb", num_classes=10, epochs=2, batch_size=64, learning_rate=0.01,
+                         image_size=16, grey=True, seed=1)
+    data = build_datasets(DatasetSpec("hdf5", hdf5_path=str(path)), config.preprocessing())
+    result = fit(config, data.train, data.test, data.class_names, tmp_path / "run")
+    worst = result.evaluation["worst"]
+    assert worst, "two short epochs leave mistakes to report"
+    with h5py.File(path) as f:
+        truth = f["y_test"][()]
+        for item in worst:
+            row = int(item["id"].removeprefix("test/"))
+            assert item["id"] == f"test/{item['index']}" and item["true"] == str(truth[row])
+            assert item["predicted"] != item["true"]
+            assert np.array_equal(read_split_image(path, "test", row), f["X_test"][row])
+    probabilities = [item["true_probability"] for item in worst]
+    assert probabilities == sorted(probabilities)  # most confidently wrong first
+
+
+def test_class_folders_name_their_worst_images_by_path(tmp_path):
+    from PIL import Image
+
+    from engine.datasets import ImageFolderDataset, make_preprocessing
+
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8), colour).save(tmp_path / name / f"{name}_1.jpg", quality=85)
+    data = ImageFolderDataset(tmp_path, make_preprocessing(8))
+    report = final_evaluation(torch.tensor([[0.0, 3.0], [0.0, 3.0]]), torch.tensor(data.targets), False,
+                              data.class_names, data.item_id)
+    # Classes in sorted order (blue, red); both predicted red: the blue one is wrong.
+    assert [(w["id"], w["true"]) for w in report["worst"]] == [("blue/blue_1.jpg", "blue")]

@@ -1,0 +1,46 @@
+"""The Train page's end-of-run report of a real run on a plain-h5py file of digits: per-class figures, the most
+confused pairs, and thumbnails of the test images the model got most confidently wrong, with their ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.datasets import DatasetSpec, build_datasets
+from engine.training import TrainConfig, fit
+from services.storage.store import open_store
+from tests.digits import write_digits_hdf5
+from tests.harness import app_page
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A real two-epoch run on the digits (mistakes left to report), and the folder its data lies in."""
+    data_dir = tmp_path_factory.mktemp("report") / "data"
+    (data_dir / "datasets").mkdir(parents=True)
+    path = data_dir / "datasets" / "digits.hdf5"
+    write_digits_hdf5(path)
+    config = TrainConfig(model_name="convnetb", num_classes=10, epochs=2, batch_size=64, learning_rate=0.01,
+                         image_size=16, grey=True, seed=1)
+    data = build_datasets(DatasetSpec("hdf5", hdf5_path=str(path)), config.preprocessing())
+    result = fit(config, data.train, data.test, data.class_names, data_dir / "checkpoints" / "run1")
+    return data_dir, result
+
+
+def test_the_report_shows_the_worst_test_images_with_their_ids(short_run, monkeypatch):
+    data_dir, result = short_run
+    store = open_store(data_dir)
+    params = {"model_name": "convnetb", "dataset": "hdf5", "hdf5_path": "digits.hdf5", "num_classes": 10,
+              "num_epochs": 2, "image_size": 16, "convert_grey": True}
+    store.create_job("run1", "train", params, "operator")
+    store.update_job("run1", status="finished", history=result.history,
+                     result={"best_accuracy": result.best_score, "evaluation": result.evaluation})
+    worst = result.evaluation["worst"]
+    with app_page("train.py", {"username": "operator", "role": "operator"}, data_dir, monkeypatch) as page:
+        page.run()
+        assert not page.exception, page.exception
+        assert any("Most confidently wrong" in m.value for m in page.markdown)
+        table = next(d.value for d in page.dataframe if "true_probability" in d.value.columns)
+        assert list(table["id"]) == [w["id"] for w in worst] and all(i.startswith("test/") for i in table["id"])
+        assert len(page.image) == 1, "one row of thumbnails"
+        captions = [f"{w['true']} → {w['predicted']} ({w['true_probability']:.0f} %)" for w in worst]
+        assert page.image[0].captions == captions
