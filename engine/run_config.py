@@ -26,12 +26,15 @@ AUGMENT_POLICIES: dict[str, dict[str, float] | None] = {
 AUGMENT_NAMES = tuple(AUGMENT_POLICIES)
 
 OPTIMIZERS = ("sgd", "adam")
+# The learning-rate range test (engine.lr_finder) trains the network; a head-only run has none to train.
+AUTO_RATE_NEEDS_A_NETWORK = ("learning_rate: 'auto' finds the rate of a run that trains the network; a head-only "
+                             "run trains its classifier in seconds: give a number (e.g. 0.001 with adam)")
 # Bounds of the run's numbers: the request models (services/app/train_request.py, services/app/tuning.py) declare
 # theirs from these, so the API, the pages and this defensive check agree.
 MAX_CLASSES = 100_000
 MAX_EPOCHS = 1_000_000
 MAX_BATCH_SIZE = 65_536
-MAX_LEARNING_RATE = 10.0
+MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-12, 10.0
 MAX_WEIGHT_DECAY = 1.0
 MAX_LOADER_WORKERS = 64
 MAX_SEED = 2**31 - 1
@@ -107,7 +110,7 @@ class TrainConfig:
         _check_number(self, "num_classes", int, 1 if self.multi_label else 2, MAX_CLASSES)
         _check_number(self, "epochs", int, 0, MAX_EPOCHS)
         _check_number(self, "batch_size", int, 1, MAX_BATCH_SIZE)
-        _check_number(self, "learning_rate", float, 1e-12, MAX_LEARNING_RATE)
+        _check_number(self, "learning_rate", float, MIN_LEARNING_RATE, MAX_LEARNING_RATE)
         _check_choice(self, "optimizer", OPTIMIZERS)
         _check_number(self, "momentum", float, 0.0, 0.999999)
         _check_number(self, "weight_decay", float, 0.0, MAX_WEIGHT_DECAY)

@@ -72,6 +72,9 @@ def hyperparameters(info) -> dict:
         "batch_size": c2.number_input("Batch size", *limits("batch_size"), key="train_batch"),
         "learning_rate": c3.number_input("Learning rate", 1e-6, float(lr_max), lr_default, format="%.5f",
                                          key="train_lr"),
+        "find_rate": c3.checkbox("Find the learning rate", False, key="train_lr_auto",
+                                 help="a short range test on the training data picks the rate before the run "
+                                      "(its curve is shown with the run); not for head-only runs"),
         "optimizer": c4.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer"),
         "momentum": c1.number_input("Momentum (SGD)", float(momentum_low), 0.999, momentum_default,
                                     key="train_momentum"),
@@ -98,6 +101,8 @@ def hyperparameters(info) -> dict:
         "pretrained": c3.checkbox("Pretrained (ImageNet)", info.bundled_weights, key=f"train_pretrained_{info.name}",
                                   disabled=not info.has_pretrained),
     }
+    if values.pop("find_rate"):
+        values["learning_rate"] = "auto"
     # 0 means "not set" in the widgets; the request says so with None.
     return {k: (v or None) if k in ("image_size", "epoch_step", "patience") else v for k, v in values.items()}
 
@@ -168,6 +173,18 @@ def curves(history: list[dict]) -> None:
         column.altair_chart(chart, key=f"train_chart_{metric}")
 
 
+def rate_curve(found: dict) -> None:
+    """The learning-rate range test of an ``auto`` run: smoothed loss against the rate, and the rate chosen."""
+    frame = pd.DataFrame({"learning rate": found["lrs"], "loss": found["losses"]})
+    line = alt.Chart(frame, title="Learning-rate range test").mark_line().encode(
+        x=alt.X("learning rate:Q", scale=alt.Scale(type="log")), y="loss:Q", tooltip=["learning rate", "loss"])
+    rule = alt.Chart(pd.DataFrame({"learning rate": [found["chosen"]]})).mark_rule(color="red").encode(
+        x="learning rate:Q")
+    st.altair_chart(line + rule, key="train_rate_curve")
+    st.caption(f"Chosen learning rate {found['chosen']:.3g}: a tenth of {found['lowest_at']:.3g}, where the loss "
+               f"fell lowest, over {found['steps']} test batches.")
+
+
 def run_controls(record: dict) -> None:
     """Cancel a live run; resume a stopped one that has a checkpoint."""
     if is_live(record["status"]):
@@ -190,6 +207,12 @@ def live_run(job_id: str) -> str:
                 + (f" of {last['epochs']} · best test accuracy {last['best_accuracy']:.1f} %" if last else ""))
     if record["error"]:
         st.error(record["error"])
+    finder = next((h["lr_finder"] for h in history if "lr_finder" in h), None)
+    if finder:
+        rate_curve(finder)
+    elif record["params"].get("learning_rate") == "auto" and (record.get("progress") or {}).get("stage"):
+        st.caption(f"{record['progress']['stage'].capitalize()}: {record['progress']['done']} of "
+                   f"{record['progress']['total']} {record['progress'].get('unit', '')}s")
     if history:
         curves(history)
         for r in history:  # what the run did about itself (a divergence it recovered from)

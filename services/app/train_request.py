@@ -18,7 +18,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
@@ -32,6 +32,7 @@ from engine.models import get_model_info, list_models
 from engine.run_config import (
     AUGMENT_NAMES,
     AUGMENT_POLICIES,
+    AUTO_RATE_NEEDS_A_NETWORK,
     MAX_BATCH_SIZE,
     MAX_CLASSES,
     MAX_EPOCHS,
@@ -40,11 +41,13 @@ from engine.run_config import (
     MAX_PROCESSES,
     MAX_SEED,
     MAX_WEIGHT_DECAY,
+    MIN_LEARNING_RATE,
     OPTIMIZERS,
     TrainConfig,
     check_world_size,
 )
 from services.app.train_folders import available_hdf5, store_folder
+from services.app.validation import Within
 from services.platform.config import Config
 from services.storage.rows import job_dataset
 from services.storage.store import Store
@@ -102,7 +105,9 @@ class TrainRequest(BaseModel):
     trainset_dir: str | None = Field(None, max_length=1024, description="class folders, relative to DATA_DIR")
     testset_dir: str | None = Field(None, max_length=1024, description="class folders, relative to DATA_DIR")
     convert_grey: bool = Field(False, serialization_alias="grey")
-    learning_rate: float = Field(0.01, gt=0, le=MAX_LEARNING_RATE)
+    learning_rate: Annotated[float | Literal["auto"], Within(MIN_LEARNING_RATE, MAX_LEARNING_RATE)] = Field(
+        0.01, description="or 'auto': a learning-rate range test on the training data picks it before the run "
+                          "(its curve is in the first epoch's record, lr_finder)")
     num_epochs: int = Field(10, ge=1, le=MAX_EPOCHS, serialization_alias="epochs")
     optimizer: Literal[OPTIMIZERS] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -237,6 +242,8 @@ def check_against(config: Config, req: TrainRequest, facts: DataFacts) -> TrainC
         raise InvalidInput(f"num_classes is {req.num_classes} but the data has {len(names)} classes: {shown}",
                            "num_classes")
     run_config = to_train_config(req, len(names), facts.multi_label, weights_file(config, req))
+    if req.learning_rate == "auto" and run_config.head_only:
+        raise InvalidInput(AUTO_RATE_NEEDS_A_NETWORK, "learning_rate")
     if run_config.head_only and req.world_size * req.nodes > 1:
         raise InvalidInput("world_size: a head-only run trains its head on cached features in one process "
                            "(seconds); use world_size 1, or transfer_mode 'fine-tune' to train every layer "
@@ -435,7 +442,7 @@ def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
     try:
         return TrainConfig(
             model_name=req.model_name, num_classes=num_classes, epochs=req.num_epochs, batch_size=req.batch_size,
-            learning_rate=req.learning_rate, optimizer=req.optimizer, momentum=req.momentum,
+            learning_rate=nominal_rate(req), optimizer=req.optimizer, momentum=req.momentum,
             weight_decay=req.l2_reg, lr_schedule=schedule, epoch_step=req.epoch_step, patience=req.patience,
             seed=req.seed, image_size=req.image_size, grey=req.convert_grey, multi_label=multi_label,
             augment=req.augment, **transfer_settings(req, weights_path),
@@ -446,6 +453,12 @@ def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
         if field == exc.field:
             raise
         raise InvalidInput(str(exc).replace(exc.field, field, 1), field) from None
+
+
+def nominal_rate(req: TrainRequest) -> float:
+    """The request's learning rate; for ``"auto"``, the field's default, which the checks before the run use
+    (the job's range test replaces it: :func:`services.app.train_run.find_rate`)."""
+    return TrainRequest.model_fields["learning_rate"].default if req.learning_rate == "auto" else req.learning_rate
 
 
 def request_name(engine_field: str | None) -> str | None:
@@ -482,5 +495,5 @@ def transfer_settings(req: TrainRequest, weights_path: str | None) -> dict:
         return {**start, "head_only": True, "lr_pretrained": 0.0}
     if req.lrp == 0:
         raise InvalidInput("lrp: fine-tune trains the pretrained layers; lrp must be > 0", "lrp")
-    lrp = req.lrp if req.lrp is not None else req.learning_rate * FINE_TUNE_LR_FACTOR
+    lrp = req.lrp if req.lrp is not None else nominal_rate(req) * FINE_TUNE_LR_FACTOR
     return {**start, "head_only": False, "lr_pretrained": lrp}

@@ -22,6 +22,7 @@ from engine.datasets import DatasetBundle, DatasetSpec, build_datasets, inspect_
 from engine.exceptions import Cancelled, InvalidInput, StudioError
 from engine.hdf5 import open_hdf5
 from engine.launch import fit_distributed
+from engine.lr_finder import find_learning_rate
 from engine.models.build import download_pretrained
 from engine.run_config import Rendezvous, TrainConfig, check_world_size
 from engine.training import build_model, fit_head
@@ -155,20 +156,40 @@ def train(ctx: JobContext, run: PreparedRun, resume_from: Path | None, rendezvou
     directory = checkpoint_dir(ctx.config, ctx.job_id)
     try:
         fetch_pretrained(ctx, run.config)
+        run, on_epoch, found = find_rate(ctx, run)
         if run.config.head_only:
-            result = fit_head_on_cached_features(ctx, run, directory, ctx.epoch, ctx.should_stop, resume_from)
+            result = fit_head_on_cached_features(ctx, run, directory, on_epoch, ctx.should_stop, resume_from)
         else:
             # Polling the stop flag every few batches lets a cancel land within the platform's grace period.
             # Several processes: this work horse launches them and relays rank 0's epochs to ctx.
             result = fit_distributed(run.request.world_size, run.config, run.data.train, run.data.test,
-                                     run.data.class_names, directory, on_epoch=ctx.epoch,
+                                     run.data.class_names, directory, on_epoch=on_epoch,
                                      should_stop=ctx.should_stop, resume_from=resume_from, log_every=5,
                                      sync_batchnorm=run.request.sync_batchnorm, rendezvous=rendezvous)
     except Cancelled:
         register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
         raise
     row = register_model(ctx.config, ctx.store, ctx.job_id, ctx.record()["created_by"])
-    return _summary(ctx.config, result, row)
+    return {**_summary(ctx.config, result, row), **({"lr_finder": found} if found else {})}
+
+
+def find_rate(ctx: JobContext, run: PreparedRun) -> tuple[PreparedRun, Callable[[dict], None], dict | None]:
+    """For ``learning_rate: "auto"``, run the range test (:func:`engine.lr_finder.find_learning_rate`) and return
+    the run at the chosen rate, an ``on_epoch`` that puts the curve in the first epoch's record (the job's
+    history keeps it), and the curve; otherwise the run as it is, ``ctx.epoch`` and None."""
+    req = run.request
+    if req.learning_rate != "auto":
+        return run, ctx.epoch, None
+    found = find_learning_rate(run.config, run.data.train, should_stop=ctx.should_stop, on_progress=lambda done, total:
+                               ctx.progress(done, total, unit="batch", stage="finding the learning rate"))
+    chosen = req.model_copy(update={"learning_rate": found["chosen"]})
+    config = to_train_config(chosen, run.config.num_classes, run.config.multi_label, run.config.weights_path)
+    first = [found]
+
+    def on_epoch(record: dict) -> None:
+        ctx.epoch({**record, "lr_finder": first.pop()} if first else record)
+
+    return PreparedRun(req, config, run.data), on_epoch, found
 
 
 def train_node(ctx: JobContext, run: PreparedRun, run_id: str, resume_from: Path | None,

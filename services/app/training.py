@@ -89,6 +89,9 @@ def resume(actor: Actor, job_id: str, num_epochs: int | None = None) -> str:
     if not last.is_file():
         raise Conflict(f"job {job_id!r} has no checkpoint to resume from", "job_id")
     params = {**request_params(record["params"]), **({"num_epochs": num_epochs} if num_epochs else {})}
+    if params.get("learning_rate") == "auto":  # the rate the range test chose goes on, rather than a new test's
+        found = next((h["lr_finder"] for h in record.get("history") or [] if "lr_finder" in h), None)
+        params["learning_rate"] = found["chosen"] if found else params["learning_rate"]
     req = TrainRequest.model_validate(params)
     done = epochs_done(record)
     if done >= req.num_epochs:

@@ -43,7 +43,8 @@ class Within:
 
     Used where the engine owns the range (``Within(*OPTION_RANGES[name])``): a value outside reads
     "must be in low..high", the engine's own wording; the JSON schema shows ``minimum``/``maximum``; and
-    :func:`field_limits` reads ``ge``/``le`` as it reads pydantic's own bounds. None passes.
+    :func:`field_limits` reads ``ge``/``le`` as it reads pydantic's own bounds. None, and words a field
+    allows beside its numbers (``"auto"``), pass.
     """
 
     ge: float
@@ -57,6 +58,6 @@ class Within:
         return {**json_schema, "minimum": self.ge, "maximum": self.le}
 
     def _check(self, value: Any) -> Any:
-        if value is not None and not self.ge <= value <= self.le:
+        if isinstance(value, int | float) and not self.ge <= value <= self.le:
             raise ValueError(f"must be in {self.ge}..{self.le}, got {value}")
         return value

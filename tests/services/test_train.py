@@ -377,3 +377,16 @@ def test_every_renamed_request_field_names_a_train_config_field_and_engine_error
     with pytest.raises(InvalidInput) as err:
         TrainConfig(model_name="lenet5", num_classes=2, batch_size=MAX_BATCH_SIZE + 1)
     assert err.value.field == "batch_size"
+
+
+def test_an_auto_learning_rate_is_found_before_the_run_and_its_curve_kept(stack, digits):
+    r = post(stack, "/api/v1/train", digits_body(learning_rate="auto", num_epochs="3", lr_decay="1"))
+    assert r.status_code == 202, r.text
+    record = stack.wait_job(r.json()["job_id"], timeout=120)
+    assert record["status"] == "finished", record["error"]
+    found = record["history"][0]["lr_finder"]
+    assert found == record["result"]["lr_finder"] and "lr_finder" not in record["history"][1]
+    assert len(found["lrs"]) == len(found["losses"]) == found["steps"] > 10
+    assert record["history"][0]["lr"] == pytest.approx(found["chosen"])  # the run trained at the chosen rate
+    assert 1e-4 <= found["chosen"] <= 0.5, found
+    assert record["result"]["best_accuracy"] >= 85.0, record["history"]  # 96-98 where this was written

@@ -1,5 +1,6 @@
 """The Train page's end-of-run report of a real run on a plain-h5py file of digits: per-class figures, the most
-confused pairs, and thumbnails of the test images the model got most confidently wrong, with their ids."""
+confused pairs, thumbnails of the test images the model got most confidently wrong, with their ids, and the
+learning-rate range test's curve of an ``auto`` run."""
 
 from __future__ import annotations
 
@@ -26,13 +27,16 @@ def short_run(tmp_path_factory):
     return data_dir, result
 
 
-def test_the_report_shows_the_worst_test_images_with_their_ids(short_run, monkeypatch):
+def test_the_report_shows_the_rate_curve_and_the_worst_test_images_with_their_ids(short_run, monkeypatch):
     data_dir, result = short_run
     store = open_store(data_dir)
     params = {"model_name": "convnetb", "dataset": "hdf5", "hdf5_path": "digits.hdf5", "num_classes": 10,
               "num_epochs": 2, "image_size": 16, "convert_grey": True}
     store.create_job("run1", "train", params, "operator")
-    store.update_job("run1", status="finished", history=result.history,
+    finder = {"lrs": [1e-6, 1e-4, 1e-2, 1.0], "losses": [2.3, 2.2, 0.9, 3.5], "chosen": 1e-3, "lowest_at": 1e-2,
+              "steps": 4}
+    history = [{**result.history[0], "lr_finder": finder}, *result.history[1:]]
+    store.update_job("run1", status="finished", history=history,
                      result={"best_accuracy": result.best_score, "evaluation": result.evaluation})
     worst = result.evaluation["worst"]
     with app_page("train.py", {"username": "operator", "role": "operator"}, data_dir, monkeypatch) as page:
@@ -42,5 +46,6 @@ def test_the_report_shows_the_worst_test_images_with_their_ids(short_run, monkey
         table = next(d.value for d in page.dataframe if "true_probability" in d.value.columns)
         assert list(table["id"]) == [w["id"] for w in worst] and all(i.startswith("test/") for i in table["id"])
         assert len(page.image) == 1, "one row of thumbnails"
+        assert any(c.value.startswith("Chosen learning rate 0.001: a tenth of 0.01") for c in page.caption)
         captions = [f"{w['true']} → {w['predicted']} ({w['true_probability']:.0f} %)" for w in worst]
         assert page.image[0].captions == captions
