@@ -80,8 +80,10 @@ def hyperparameters(info) -> dict:
                                     key="train_momentum"),
         "l2_reg": c2.number_input("L2 (weight decay)", *(float(v) for v in limits("l2_reg")), format="%.5f",
                                   key="train_l2"),
-        "image_size": c3.number_input(f"Image size (0: {info.default_input_size})", 0, limits("image_size")[1], 0,
-                                      key="train_size"),
+        "image_size": c3.number_input(f"Image size (0: the data's, at most {info.default_input_size})", 0,
+                                      limits("image_size")[1], 0, key="train_size",
+                                      help="0 trains smaller images at their own size (enlarging adds no detail, "
+                                           "only time) and larger ones at the model's default"),
         "seed": c4.number_input("Seed", *limits("seed"), key="train_seed"),
         "lr_decay": c1.checkbox("Decay the learning rate", True, key="train_lr_decay"),
         "epoch_step": c2.number_input("Step every n epochs (0: on plateau)", 0, limits("epoch_step")[1], 0,

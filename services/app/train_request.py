@@ -14,6 +14,7 @@ full data and fails with the same messages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
 
 import numpy as np
+from PIL import Image as PILImage
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from engine import labels as labelsets
@@ -45,6 +47,7 @@ from engine.run_config import (
     OPTIMIZERS,
     TrainConfig,
     check_world_size,
+    default_input_side,
 )
 from services.app.train_folders import available_hdf5, store_folder
 from services.app.validation import Within
@@ -69,6 +72,8 @@ MIN_TEST_PER_CLASS = 2
 # The request counts at most this many training images per class folder (a listing, no file is opened): the
 # quota's estimate. The job counts them all and holds the run to the quota again.
 MAX_COUNTED_PER_CLASS = 100_000
+# Image headers read per class folder to tell the data's image size (training at it when smaller than the model's).
+SIDE_SAMPLES_PER_CLASS = 8
 
 
 # ------------------------------------------------------------------------------------------ request
@@ -215,6 +220,7 @@ class DataFacts:
     multi_label: bool
     train_images: int
     test_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    image_side: int | None = None
 
 
 def check_request(config: Config, req: TrainRequest) -> tuple[TrainConfig, DataFacts]:
@@ -241,7 +247,7 @@ def check_against(config: Config, req: TrainRequest, facts: DataFacts) -> TrainC
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise InvalidInput(f"num_classes is {req.num_classes} but the data has {len(names)} classes: {shown}",
                            "num_classes")
-    run_config = to_train_config(req, len(names), facts.multi_label, weights_file(config, req))
+    run_config = to_train_config(req, len(names), facts.multi_label, weights_file(config, req), facts.image_side)
     if req.learning_rate == "auto" and run_config.head_only:
         raise InvalidInput(AUTO_RATE_NEEDS_A_NETWORK, "learning_rate")
     if run_config.head_only and req.world_size * req.nodes > 1:
@@ -330,7 +336,7 @@ def client_words(config: Config, exc: Exception) -> str:
 def _hdf5_facts(config: Config, req: TrainRequest) -> DataFacts:
     summary = inspect_hdf5(locate(config, req, "hdf5_path"))  # declared shapes bounded before any read
     return DataFacts(summary.class_names, summary.multi_label, summary.split_sizes["train"],
-                     summary.class_counts.get("test", {}))
+                     summary.class_counts.get("test", {}), max(summary.image_shape[:2]))
 
 
 def _newdata_facts(config: Config, req: TrainRequest) -> DataFacts:
@@ -356,7 +362,19 @@ def _folder_facts(config: Config, req: TrainRequest) -> DataFacts:
                            "trainset_dir")
     # Enough to tell a class short of test images; the job counts every image.
     counts = {name: count_images(test / name, MIN_TEST_PER_CLASS) for name in names}
-    return DataFacts(names, False, train_images, counts)
+    return DataFacts(names, False, train_images, counts, sampled_side(train, names))
+
+
+def sampled_side(root: Path, names: list[str], per_class: int = SIDE_SAMPLES_PER_CLASS) -> int | None:
+    """The largest image side among the first few images of each class folder, read from the files' headers
+    (None when none can be read: the model's default size then)."""
+    sides = []
+    for name in names:
+        for path in sorted((root / name).iterdir())[:per_class]:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                with contextlib.suppress(OSError, ValueError), PILImage.open(path) as image:
+                    sides.append(max(image.size))  # header only: nothing is decoded
+    return max(sides, default=None)
 
 
 def class_folders(root: Path) -> list[str]:
@@ -432,11 +450,13 @@ def probe(path: Path, test) -> bool:
 
 
 def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
-                    weights_path: str | None = None) -> TrainConfig:
+                    weights_path: str | None = None, data_side: int | None = None) -> TrainConfig:
     """Map the legacy API's fields onto the engine's TrainConfig (errors name the request's field).
 
     Args:
         weights_path: the request's ``weights`` file, already resolved inside DATA_DIR.
+        data_side: the largest side of the data's images (:attr:`DataFacts.image_side`): without an
+            ``image_size``, smaller images train at their own size (:func:`engine.run_config.default_input_side`).
     """
     schedule = ("step" if req.epoch_step else "plateau") if req.lr_decay else "none"
     try:
@@ -444,7 +464,8 @@ def to_train_config(req: TrainRequest, num_classes: int, multi_label: bool,
             model_name=req.model_name, num_classes=num_classes, epochs=req.num_epochs, batch_size=req.batch_size,
             learning_rate=nominal_rate(req), optimizer=req.optimizer, momentum=req.momentum,
             weight_decay=req.l2_reg, lr_schedule=schedule, epoch_step=req.epoch_step, patience=req.patience,
-            seed=req.seed, image_size=req.image_size, grey=req.convert_grey, multi_label=multi_label,
+            seed=req.seed, image_size=req.image_size or default_input_side(req.model_name, data_side),
+            grey=req.convert_grey, multi_label=multi_label,
             augment=req.augment, **transfer_settings(req, weights_path),
             # More loader processes than cores only adds contention with the training process itself.
             num_workers=min(req.num_workers, os.cpu_count() or 1))

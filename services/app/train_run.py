@@ -36,6 +36,7 @@ from services.app.train_request import (
     checkpoint_dir,
     client_words,
     locate,
+    read_facts,
     request_params,
     to_train_config,
 )
@@ -60,15 +61,18 @@ def prepare(config: Config, req: TrainRequest) -> PreparedRun:
         InvalidInput: as :func:`services.app.train_request.check_request`, judged on the whole data.
     """
     check_world_size(req.world_size * req.nodes, req.batch_size)
-    data = open_data(config, req)
-    return PreparedRun(req, check_against(config, req, facts_of(data)), data)
+    side = read_facts(config, req).image_side  # the request's own look: the size the checks before chose
+    data = open_data(config, req, side)
+    return PreparedRun(req, check_against(config, req, facts_of(data, side)), data)
 
 
-def facts_of(data: DatasetBundle) -> DataFacts:
-    """What the built datasets hold, in the terms of the request's checks."""
+def facts_of(data: DatasetBundle, image_side: int | None = None) -> DataFacts:
+    """What the built datasets hold, in the terms of the request's checks (``image_side`` as the request's look
+    found it)."""
     counts = Counter(int(t) for t in getattr(data.test, "targets", ()))
     by_name = {name: counts.get(i, 0) for i, name in enumerate(data.class_names)}
-    return DataFacts(list(data.class_names), data.multi_label, len(data.train), {} if data.multi_label else by_name)
+    return DataFacts(list(data.class_names), data.multi_label, len(data.train), {} if data.multi_label else by_name,
+                     image_side)
 
 
 def checked_run(config: Config, store: Store, params: dict, username: str | None, done: int = 0) -> PreparedRun:
@@ -129,13 +133,14 @@ def _hdf5_hashes(path: Path, images_name: str, chunk: int = 1024) -> set[str]:
     return found
 
 
-def open_data(config: Config, req: TrainRequest) -> DatasetBundle:
-    """The training and test datasets of ``req`` (lazily read), with DATA_DIR in the engine's messages."""
+def open_data(config: Config, req: TrainRequest, data_side: int | None = None) -> DatasetBundle:
+    """The training and test datasets of ``req`` (lazily read), with DATA_DIR in the engine's messages;
+    ``data_side`` as for :func:`services.app.train_request.to_train_config`."""
     if req.dataset == "custom":
         check_separate_folders(config, req)
     spec = dataset_spec(config, req)
     # The preprocessing depends on neither the class count nor the label kind, which the data tells.
-    preprocessing = to_train_config(req, 2, False, req.weights).preprocessing()
+    preprocessing = to_train_config(req, 2, False, req.weights, data_side).preprocessing()
     try:
         return build_datasets(spec, preprocessing)
     except InvalidInput as exc:  # the engine names absolute paths; clients know paths relative to DATA_DIR
@@ -183,7 +188,8 @@ def find_rate(ctx: JobContext, run: PreparedRun) -> tuple[PreparedRun, Callable[
     found = find_learning_rate(run.config, run.data.train, should_stop=ctx.should_stop, on_progress=lambda done, total:
                                ctx.progress(done, total, unit="batch", stage="finding the learning rate"))
     chosen = req.model_copy(update={"learning_rate": found["chosen"]})
-    config = to_train_config(chosen, run.config.num_classes, run.config.multi_label, run.config.weights_path)
+    config = to_train_config(chosen, run.config.num_classes, run.config.multi_label, run.config.weights_path,
+                             run.config.image_size)
     first = [found]
 
     def on_epoch(record: dict) -> None:

@@ -46,10 +46,11 @@ def test_the_cost_is_read_from_the_header_at_the_files_bit_depth(bomb):
 
 
 @pytest.mark.parametrize("path,body", [("/api/v1/predict", "json"), ("/api/v1/segment", "json"), ("/imgup", "file")])
-def test_a_small_16_bit_png_of_49_megapixels_is_a_fast_413(stack, bomb, path, body):
+def test_a_small_16_bit_png_of_49_megapixels_is_a_413_at_every_door(stack, bomb, path, body):
+    """Refused from its header (the in-process test above times that: under a second); the round trip over the
+    shared stack is not timed, as a busy CI machine stretches it."""
     role = {"/imgup": "annotator"}.get(path, "operator")
     image = "data:image/png;base64," + base64.b64encode(bomb).decode()
-    start = time.monotonic()
     if body == "file":
         r = requests.post(stack.url + path, files={"file": ("b.png", bomb)}, data={"id_name": "b16"},
                           headers=stack.headers(role), timeout=60)
@@ -58,7 +59,7 @@ def test_a_small_16_bit_png_of_49_megapixels_is_a_fast_413(stack, bomb, path, bo
         r = requests.post(stack.url + path, json=payload if path.endswith("segment") else {"image": image},
                           headers=stack.headers(role), timeout=60)
     assert r.status_code == 413, r.text
-    assert "MiB" in r.json()["message"] and time.monotonic() - start < 5
+    assert "MiB" in r.json()["message"] and "to decode" in r.json()["message"]
 
 
 def test_a_big_jpeg_for_prediction_is_decoded_reduced():
