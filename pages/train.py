@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from engine.dataset_kinds import list_dataset_kinds
 from engine.exceptions import InvalidInput
 from engine.models import list_models
-from engine.run_config import AUGMENT_NAMES, OPTIMIZERS
+from engine.run_config import AUGMENT_NAMES, OPTIMIZERS, SCRATCH_DEFAULT, ModelChoice
 from services.app import train_request, training
 from services.ui.dataset_upload import upload_dataset_widget
 from services.ui.live import action_button, cancel_button, is_live, job_state, live_panel, queue_action
@@ -26,6 +26,7 @@ from services.ui.page import (
 )
 
 RUNS_SHOWN = 50
+CHOSEN = "(chosen from the data)"  # the model box's first option: the request names no model
 WORST_THUMB = 96  # px
 CONFUSION_CELL, CONFUSION_MIN, CONFUSION_MAX = 48, 240, 720  # px: a cell per class, the chart's bounds
 
@@ -44,14 +45,16 @@ LABELS = {**DATASET_FIELD_LABELS, "model_name": "Model", "num_epochs": "Epochs",
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def data_check(_config, request_json: str) -> list[str]:
+def data_check(_config, request_json: str) -> tuple[list[str], ModelChoice | None]:
     """The data's class names once the checks a launch makes have passed (raises InvalidInput otherwise): the
-    request's own (``train_request.check_request``), which list folders and read declared shapes only.
+    request's own (``train_request.check_request``), which list folders and read declared shapes only; and the
+    model chosen for the data when the request names none.
 
     Cached: reruns on every widget change need not list big folders each time.
     """
     req = train_request.TrainRequest.model_validate_json(request_json)
-    return train_request.check_request(_config, req)[1].class_names
+    facts = train_request.check_request(_config, req)[1]
+    return facts.class_names, train_request.with_default_model(req, facts)[1]
 
 
 def pick(label: str, options: list[str], preferred: str, key: str) -> str | None:
@@ -117,34 +120,39 @@ def build_request(fields: dict) -> train_request.TrainRequest | None:
         return None
 
 
-def data_ready(fields: dict) -> bool:
-    """Show the data's classes, or why it cannot be trained on; whether a launch may go ahead."""
+def data_ready(fields: dict) -> tuple[bool, ModelChoice | None]:
+    """Show the data's classes, or why it cannot be trained on; whether a launch may go ahead, and the model
+    chosen for the data when the page names none."""
     if any(fields.get(f) is None for f in list_dataset_kinds()[fields["dataset"]] if f in LABELS):
-        return False
+        return False, None
     req = build_request(fields)
     if req is None:
-        return False
+        return False, None
     try:
-        classes = data_check(config, req.model_dump_json())
+        classes, choice = data_check(config, req.model_dump_json())
     except InvalidInput as exc:
         st.error(page_message(exc, LABELS))
-        return False
+        return False, None
     symmetric = train_request.mirror_symmetric(store, req)
     mirror = {None: "", True: " · mirror-symmetric: flips allowed",
               False: " · not mirror-symmetric: never flipped"}[symmetric]
     st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}{mirror}")
-    return True
+    if choice is not None:
+        st.info(f"Model chosen for this data: **{choice.model_name}**, {choice.transfer_mode}. Why: {choice.reason}. "
+                "Pick another model above to change it.")
+    return True, choice
 
 
 def launch_form() -> None:
     """Model, data, hyperparameters and the Launch button (which selects the new run below)."""
-    name = pick("Model", list(MODELS), "convnetj", "train_model")  # the legacy API's example model first
-    info = MODELS[name]
-    st.caption(f"{info.description} · default input {info.default_input_size} px")
+    name = pick("Model", [CHOSEN, *MODELS], CHOSEN, "train_model")
+    if name != CHOSEN:
+        st.caption(f"{MODELS[name].description} · default input {MODELS[name].default_input_size} px")
     with st.expander("Upload a dataset (a zip of class folders, or an HDF5 file)"):
         upload_dataset_widget(config, store, key="train_upload")
-    fields = {"model_name": name, **dataset_picker("train")}
-    ready = data_ready(fields)
+    fields = {"model_name": None if name == CHOSEN else name, **dataset_picker("train")}
+    ready, choice = data_ready(fields)
+    info = MODELS[name if name != CHOSEN else choice.model_name if choice else SCRATCH_DEFAULT]
     with st.expander("Hyperparameters", expanded=True):
         fields.update(hyperparameters(info))
     if st.button("Launch training", type="primary", key="train_launch", disabled=not ready):

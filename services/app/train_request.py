@@ -45,9 +45,11 @@ from engine.run_config import (
     MAX_WEIGHT_DECAY,
     MIN_LEARNING_RATE,
     OPTIMIZERS,
+    ModelChoice,
     TrainConfig,
     check_world_size,
     default_input_side,
+    default_model,
 )
 from services.app.train_folders import available_hdf5, store_folder
 from services.app.validation import Within
@@ -88,8 +90,9 @@ class TrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str = Field(description="a registered model (GET /api/v1/models)",
-                            json_schema_extra={"enum": [m.name for m in list_models()]})
+    model_name: str | None = Field(None, description="a registered model (GET /api/v1/models); None: chosen from "
+                                                      "the data (the job's params say which and why: model_choice)",
+                                   json_schema_extra={"enum": [m.name for m in list_models()]})
     dataset: str = Field("custom", json_schema_extra={"enum": list(list_dataset_kinds())},
                          description="hdf5 (a file in DATA_DIR/datasets), custom (class folders), newdata")
     num_classes: int | None = Field(None, ge=1, le=MAX_CLASSES, description="must match the data; None: from it")
@@ -141,8 +144,9 @@ class TrainRequest(BaseModel):
 
     @field_validator("model_name")
     @classmethod
-    def _known_model(cls, value: str) -> str:
-        get_model_info(value)  # the registry's own message lists the known models
+    def _known_model(cls, value: str | None) -> str | None:
+        if value is not None:
+            get_model_info(value)  # the registry's own message lists the known models
         return value
 
     @field_validator("dataset")
@@ -233,7 +237,18 @@ def check_request(config: Config, req: TrainRequest) -> tuple[TrainConfig, DataF
     """
     check_world_size(req.world_size * req.nodes, req.batch_size)
     facts = read_facts(config, req)
-    return check_against(config, req, facts), facts
+    return check_against(config, with_default_model(req, facts)[0], facts), facts
+
+
+def with_default_model(req: TrainRequest, facts: DataFacts) -> tuple[TrainRequest, ModelChoice | None]:
+    """``req`` with its model chosen from the data when it names none (:func:`engine.run_config.default_model`),
+    and that choice (None when the request named its model)."""
+    if req.model_name is not None:
+        return req, None
+    choice = default_model(facts.image_side, facts.train_images)
+    own_start = req.transfer_mode is not None or req.pretrained is not None or req.weights is not None
+    update = {"model_name": choice.model_name, **({} if own_start else {"transfer_mode": choice.transfer_mode})}
+    return req.model_copy(update=update), choice
 
 
 def check_against(config: Config, req: TrainRequest, facts: DataFacts) -> TrainConfig:

@@ -12,6 +12,7 @@ The request model, the model catalog and the pages' folder browsing live in ``tr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from services.app.train_request import (  # noqa: F401  (re-exported: the reques
     request_name,
     request_params,
     resolve_under,
+    with_default_model,
 )
 from services.jobs import runtime as jobs
 from services.jobs.runtime import JobContext, job_kind
@@ -51,6 +53,7 @@ def submit_training(actor: Actor, req: TrainRequest) -> str:
         InvalidInput: the request does not fit its data or the engine (the field is the request's name).
     """
     run_config, facts = check_request(actor.config, req)
+    req, choice = with_default_model(req, facts)
     check_mirroring(actor.store, req)
     check_training_size(actor.config, actor.store, actor.username, req.num_epochs, facts.train_images)
     if run_config.weights_path:
@@ -58,7 +61,8 @@ def submit_training(actor: Actor, req: TrainRequest) -> str:
         from services.app.train_run import check_weights_fit
 
         check_weights_fit(run_config)
-    return _submit_run(actor.config, actor.store, req.model_dump(), actor.username)
+    params = {**req.model_dump(), **({"model_choice": dataclasses.asdict(choice)} if choice else {})}
+    return _submit_run(actor.config, actor.store, params, actor.username)
 
 
 def load_weights_check() -> None:

@@ -1,0 +1,82 @@
+"""A run that names no model gets one chosen from its data, with the reason kept in the job; a body that names a
+model keeps it. Small pictures (digits) train from scratch at their own size; photos get the bundled ImageNet
+backbone with a new head."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from skimage import data as photos
+
+from engine.run_config import default_input_side, default_model
+from tests.digits import digits_body, write_digits_hdf5
+from tests.harness import LocalStudio
+
+SCENES = ["coffee", "chelsea", "astronaut", "rocket"]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    studio = LocalStudio.in_own_folder(tmp_path_factory, "default-model")
+    write_digits_hdf5(studio.data_dir / "datasets" / "digits-8x8.hdf5")
+    rng = np.random.default_rng(0)  # 64 px patches of scikit-image's photos, one class per photo
+    images, labels = [], []
+    for label, name in enumerate(SCENES):
+        picture = getattr(photos, name)()
+        for _ in range(12):
+            y, x = rng.integers(0, picture.shape[0] - 64), rng.integers(0, picture.shape[1] - 64)
+            images.append(picture[y:y + 64, x:x + 64])
+            labels.append(label)
+    with h5py.File(studio.data_dir / "datasets" / "scenes.h5", "w") as f:
+        f["X_train"], f["y_train"] = np.stack(images[::2]), np.array(labels[::2])
+        f["X_test"], f["y_test"] = np.stack(images[1::2]), np.array(labels[1::2])
+    return studio
+
+
+def submitted_params(studio, body: dict) -> dict:
+    r = studio.client().post("/api/v1/train", json=body, headers=studio.headers("operator"))
+    assert r.status_code == 202, r.json
+    return studio.actor("operator").store.get_job(r.json["job_id"])["params"]
+
+
+def unnamed(**change) -> dict:
+    body = digits_body(**change)
+    del body["model_name"], body["image_size"]
+    return body
+
+
+def test_digits_of_8_px_train_convnetj_from_scratch_at_their_own_size(studio):
+    params = submitted_params(studio, unnamed())
+    assert params["model_name"] == "convnetj" and params["transfer_mode"] == "scratch"
+    choice = params["model_choice"]
+    assert choice["model_name"] == "convnetj" and "8 px" in choice["reason"] and "scratch" in choice["reason"]
+
+
+def test_photos_of_64_px_train_a_head_on_the_bundled_backbone(studio):
+    params = submitted_params(studio, unnamed(hdf5_path="scenes.h5", num_classes="4", convert_grey="0"))
+    assert params["model_name"] == "efficientnet-lite0" and params["transfer_mode"] == "head-only"
+    assert "24 training images" in params["model_choice"]["reason"]
+
+
+def test_a_body_that_names_its_model_keeps_it(studio):
+    params = submitted_params(studio, digits_body(model_name="convnetj"))
+    assert params["model_name"] == "convnetj" and "model_choice" not in params
+
+
+def test_a_start_the_body_asks_for_is_kept_with_the_chosen_model(studio):
+    params = submitted_params(studio, unnamed(hdf5_path="scenes.h5", num_classes="4", transfer_mode="fine-tune"))
+    assert params["model_name"] == "efficientnet-lite0" and params["transfer_mode"] == "fine-tune"
+
+
+@pytest.mark.parametrize(("side", "model"), [(8, "convnetj"), (31, "convnetj"), (32, "efficientnet-lite0"),
+                                             (512, "efficientnet-lite0"), (None, "efficientnet-lite0")])
+def test_the_rule_follows_the_backbone_s_smallest_input(side, model):
+    assert default_model(side, 100).model_name == model
+
+
+@pytest.mark.parametrize(("model", "side", "used"), [("convnetj", 8, 16), ("convnetj", 64, 64), ("convnetj", 128, None),
+                                                      ("convnetj", 300, None), ("efficientnet-lite0", 64, 64),
+                                                      ("efficientnet-lite0", 8, 32), ("convnetj", None, None)])
+def test_smaller_images_train_at_their_own_size_within_the_model_s_bounds(model, side, used):
+    assert default_input_side(model, side) == used
