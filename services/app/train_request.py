@@ -246,6 +246,9 @@ def with_default_model(req: TrainRequest, facts: DataFacts) -> tuple[TrainReques
     if req.model_name is not None:
         return req, None
     choice = default_model(facts.image_side, facts.train_images)
+    if choice.transfer_mode == "head-only" and req.world_size * req.nodes > 1:  # a head trains in one process
+        choice = dataclasses.replace(choice, transfer_mode="fine-tune", reason=(
+            f"{choice.reason}; fine-tuned, every layer, as the run is spread over processes"))
     own_start = req.transfer_mode is not None or req.pretrained is not None or req.weights is not None
     update = {"model_name": choice.model_name, **({} if own_start else {"transfer_mode": choice.transfer_mode})}
     return req.model_copy(update=update), choice

@@ -44,12 +44,15 @@ def pick_folders(page, train: str, test: str) -> None:
 
 
 def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
-    # Enough images at the model's 128 px that an epoch takes a couple of seconds: the page polls every 2 s.
+    # Enough images at convnetj's 128 px that an epoch takes a couple of seconds: the page polls every 2 s.
     write_folder_dataset(stack.data_dir, "BROWSER_train", "BROWSER_test", n_train=24, n_test=4)
     open_page(page, stack, "operator", "Train")
+    choose_option(page, select_box(page, "Model"), "convnetj")
+    wait_idle(page)
     pick_folders(page, "BROWSER_train", "BROWSER_test")
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     set_number(page, "Epochs", 6)
+    set_number(page, "Image size (0: the data's, at most 128)", 128)
     page.get_by_role("button", name="Launch training").click()
     seen = watch_run(page, timeout=150)
     running = sorted({n for status, n in seen if status == "started"})
@@ -66,6 +69,8 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
 def test_train_page_runs_one_training_over_two_processes_with_its_live_chart(page, stack):
     write_folder_dataset(stack.data_dir, "DDP_train", "DDP_test", n_train=16, n_test=4)
     open_page(page, stack, "operator", "Train")
+    choose_option(page, select_box(page, "Model"), "convnetj")
+    wait_idle(page)
     pick_folders(page, "DDP_train", "DDP_test")
     page.get_by_text("3 classes: circle, square, triangle").wait_for()
     set_number(page, "Epochs", 4)

@@ -59,6 +59,13 @@ def test_photos_of_64_px_train_a_head_on_the_bundled_backbone(studio):
     assert "24 training images" in params["model_choice"]["reason"]
 
 
+def test_a_run_over_two_processes_fine_tunes_the_backbone_instead(studio):
+    body = unnamed(hdf5_path="scenes.h5", num_classes="4", world_size="2", batch_size="8")
+    params = submitted_params(studio, body)
+    assert params["model_name"] == "efficientnet-lite0" and params["transfer_mode"] == "fine-tune"
+    assert "spread over processes" in params["model_choice"]["reason"]
+
+
 def test_a_body_that_names_its_model_keeps_it(studio):
     params = submitted_params(studio, digits_body(model_name="convnetj"))
     assert params["model_name"] == "convnetj" and "model_choice" not in params
