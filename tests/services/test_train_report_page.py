@@ -49,3 +49,17 @@ def test_the_report_shows_the_rate_curve_and_the_worst_test_images_with_their_id
         assert any(c.value.startswith("Chosen learning rate 0.001: a tenth of 0.01") for c in page.caption)
         captions = [f"{w['true']} → {w['predicted']} ({w['true_probability']:.0f} %)" for w in worst]
         assert page.image[0].captions == captions
+
+
+def test_the_page_starts_on_the_model_chosen_from_the_data_and_says_why(short_run, monkeypatch):
+    data_dir, _ = short_run
+    with app_page("train.py", {"username": "operator", "role": "operator"}, data_dir, monkeypatch) as page:
+        page.run()
+        assert page.selectbox(key="train_model").value == "(chosen from the data)"
+        page.radio(key="train_dataset").set_value("hdf5").run()
+        page.selectbox(key="train_hdf5").set_value("digits.hdf5").run()
+        assert not page.exception, page.exception
+        said = " ".join(box.value for box in page.info)
+        assert "Model chosen for this data: **convnetj**, scratch" in said and "8 px" in said, said
+        page.selectbox(key="train_model").set_value("lenet5").run()
+        assert not any("Model chosen" in box.value for box in page.info)  # a model the user picks is kept
