@@ -246,9 +246,12 @@ def with_default_model(req: TrainRequest, facts: DataFacts) -> tuple[TrainReques
     if req.model_name is not None:
         return req, None
     choice = default_model(facts.image_side, facts.train_images)
-    if choice.transfer_mode == "head-only" and req.world_size * req.nodes > 1:  # a head trains in one process
-        choice = dataclasses.replace(choice, transfer_mode="fine-tune", reason=(
-            f"{choice.reason}; fine-tuned, every layer, as the run is spread over processes"))
+    # A head trains in one process, at a rate it is given: a run over processes or with an "auto" rate trains
+    # every layer instead.
+    if choice.transfer_mode == "head-only" and (req.world_size * req.nodes > 1 or req.learning_rate == "auto"):
+        why = "the run is spread over processes" if req.world_size * req.nodes > 1 else "its rate is found by a test"
+        choice = dataclasses.replace(choice, transfer_mode="fine-tune",
+                                     reason=f"{choice.reason}; fine-tuned, every layer, as {why}")
     own_start = req.transfer_mode is not None or req.pretrained is not None or req.weights is not None
     update = {"model_name": choice.model_name, **({} if own_start else {"transfer_mode": choice.transfer_mode})}
     return req.model_copy(update=update), choice
@@ -268,6 +271,10 @@ def check_against(config: Config, req: TrainRequest, facts: DataFacts) -> TrainC
     run_config = to_train_config(req, len(names), facts.multi_label, weights_file(config, req), facts.image_side)
     if req.learning_rate == "auto" and run_config.head_only:
         raise InvalidInput(AUTO_RATE_NEEDS_A_NETWORK, "learning_rate")
+    if req.learning_rate == "auto" and req.nodes > 1:
+        raise InvalidInput("learning_rate: 'auto' tests rates on one machine; a run over several machines needs "
+                           "a number (run 'auto' on one machine first: its job's lr_finder has the rate)",
+                           "learning_rate")
     if run_config.head_only and req.world_size * req.nodes > 1:
         raise InvalidInput("world_size: a head-only run trains its head on cached features in one process "
                            "(seconds); use world_size 1, or transfer_mode 'fine-tune' to train every layer "
@@ -388,10 +395,15 @@ def sampled_side(root: Path, names: list[str], per_class: int = SIDE_SAMPLES_PER
     (None when none can be read: the model's default size then)."""
     sides = []
     for name in names:
-        for path in sorted((root / name).iterdir())[:per_class]:
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                with contextlib.suppress(OSError, ValueError), PILImage.open(path) as image:
-                    sides.append(max(image.size))  # header only: nothing is decoded
+        folder = root / name
+        if folder.is_symlink():
+            continue
+        with os.scandir(folder) as entries:  # regular files only: never a link, a FIFO or a device
+            files = sorted(e.path for e in entries if e.is_file(follow_symlinks=False)
+                           and e.name.lower().endswith(IMAGE_SUFFIXES))
+        for path in files[:per_class]:
+            with contextlib.suppress(OSError, ValueError), PILImage.open(path) as image:
+                sides.append(max(image.size))  # header only: nothing is decoded
     return max(sides, default=None)
 
 

@@ -61,7 +61,9 @@ def submit_training(actor: Actor, req: TrainRequest) -> str:
         from services.app.train_run import check_weights_fit
 
         check_weights_fit(run_config)
-    params = {**req.model_dump(), **({"model_choice": dataclasses.asdict(choice)} if choice else {})}
+    # The size and model the data chose are kept, so a resumed run and every machine of a run train alike.
+    params = {**req.model_dump(), "image_size": run_config.image_size,
+              **({"model_choice": dataclasses.asdict(choice)} if choice else {})}
     return _submit_run(actor.config, actor.store, params, actor.username)
 
 
@@ -130,6 +132,7 @@ def train(ctx: JobContext, params: dict) -> dict:
     from services.app import train_run  # torch: imported by the worker's job, never by the web process
 
     resume_from = _resume_from(ctx, params.get("resume_from"))
+    params = _at_the_checkpoint_size(params, resume_from)
     # A resumed run's history now starts with the epochs it already made: the quota counts the rest.
     record = ctx.record()
     run = train_run.checked_run(ctx.config, ctx.store, params, record["created_by"], epochs_done(record))
@@ -142,11 +145,12 @@ def train_node(ctx: JobContext, params: dict) -> dict:
     """Join the run of the ``train`` job ``run_id`` with this worker's processes; its rank 0 reports."""
     from services.app import train_run  # torch: imported by the worker's job, never by the web process
 
-    run = train_run.prepare(ctx.config, TrainRequest.model_validate(request_params(params)))
     resume_from = None
     if params.get("resume_from"):
         resume_from = resolve_under(ctx.config.path("checkpoints"), params["resume_from"].removeprefix(
             "checkpoints/"), "resume_from")
+    params = _at_the_checkpoint_size(params, resume_from)
+    run = train_run.prepare(ctx.config, TrainRequest.model_validate(request_params(params)))
     train_run.train_node(ctx, run, params["run_id"], resume_from,
                          _rendezvous(ctx, params["run_id"], params["node_rank"], run.request.nodes))
     return {"run_id": params["run_id"], "node_rank": params["node_rank"]}
@@ -159,6 +163,16 @@ def _rendezvous(ctx: JobContext, run_id: str, node_rank: int, nodes: int) -> Ren
         return None
     meeting = ctx.rendezvous(run_id)
     return Rendezvous(nodes, node_rank, meeting.publish, meeting.lookup, meeting.host)
+
+
+def _at_the_checkpoint_size(params: dict, resume_from: Path | None) -> dict:
+    """A resumed run that named no ``image_size`` goes on at its checkpoint's (a run made before the data chose
+    the size trained at the model's default)."""
+    if resume_from is None or params.get("image_size") is not None:
+        return params
+    from engine import checkpoints  # torch: this runs in the worker's job
+
+    return {**params, "image_size": max(checkpoints.load(resume_from).preprocessing["image_size"])}
 
 
 def _resume_from(ctx: JobContext, raw: str | None) -> Path | None:

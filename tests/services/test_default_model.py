@@ -49,6 +49,7 @@ def unnamed(**change) -> dict:
 def test_digits_of_8_px_train_convnetj_from_scratch_at_their_own_size(studio):
     params = submitted_params(studio, unnamed())
     assert params["model_name"] == "convnetj" and params["transfer_mode"] == "scratch"
+    assert params["image_size"] == 16  # the model's smallest, kept for a resume and for every machine
     choice = params["model_choice"]
     assert choice["model_name"] == "convnetj" and "8 px" in choice["reason"] and "scratch" in choice["reason"]
 
@@ -64,6 +65,12 @@ def test_a_run_over_two_processes_fine_tunes_the_backbone_instead(studio):
     params = submitted_params(studio, body)
     assert params["model_name"] == "efficientnet-lite0" and params["transfer_mode"] == "fine-tune"
     assert "spread over processes" in params["model_choice"]["reason"]
+
+
+def test_an_auto_rate_fine_tunes_the_backbone_instead(studio):
+    params = submitted_params(studio, unnamed(hdf5_path="scenes.h5", num_classes="4", learning_rate="auto"))
+    assert params["model_name"] == "efficientnet-lite0" and params["transfer_mode"] == "fine-tune"
+    assert "found by a test" in params["model_choice"]["reason"] and params["image_size"] == 64
 
 
 def test_a_body_that_names_its_model_keeps_it(studio):
@@ -87,3 +94,22 @@ def test_the_rule_follows_the_backbone_s_smallest_input(side, model):
                                                       ("efficientnet-lite0", 8, 32), ("convnetj", None, None)])
 def test_smaller_images_train_at_their_own_size_within_the_model_s_bounds(model, side, used):
     assert default_input_side(model, side) == used
+
+
+def test_a_fifo_or_a_link_in_a_class_folder_is_never_opened_to_read_the_image_size(studio):
+    """Reading the images' size opens headers of regular files only: a FIFO would block the request for ever."""
+    import os
+
+    from PIL import Image
+
+    root = studio.data_dir / "odd"
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (200 * (name == "a"), 0, 0)).save(root / split / name / f"{i}.png")
+    os.mkfifo(root / "train" / "a" / "0000.png")  # sorts first
+    (root / "train" / "b" / "0000.jpg").symlink_to("/dev/zero")
+    body = {"dataset": "custom", "trainset_dir": "odd/train", "testset_dir": "odd/test", "num_epochs": 1}
+    params = submitted_params(studio, body)  # answered at all: nothing blocked
+    assert params["image_size"] == 40 and params["model_name"] == "efficientnet-lite0"

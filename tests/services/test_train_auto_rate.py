@@ -39,6 +39,12 @@ def test_the_api_queues_an_auto_run_and_refuses_one_that_trains_only_a_head(stud
     assert r.status_code == 400 and r.json["field"] == "learning_rate" and "head-only" in r.json["message"], r.json
 
 
+def test_an_auto_rate_over_several_machines_is_refused_naming_learning_rate(studio):
+    body = digits_body(learning_rate="auto", nodes="2")
+    r = studio.client().post("/api/v1/train", json=body, headers=studio.headers("operator"))
+    assert r.status_code == 400 and r.json["field"] == "learning_rate" and "machines" in r.json["message"], r.json
+
+
 def test_a_resumed_auto_run_goes_on_at_the_rate_its_range_test_chose(studio):
     from services.app import training
 
