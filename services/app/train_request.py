@@ -252,7 +252,8 @@ def with_default_model(req: TrainRequest, facts: DataFacts) -> tuple[TrainReques
         why = "the run is spread over processes" if req.world_size * req.nodes > 1 else "its rate is found by a test"
         choice = dataclasses.replace(choice, transfer_mode="fine-tune",
                                      reason=f"{choice.reason}; fine-tuned, every layer, as {why}")
-    own_start = req.transfer_mode is not None or req.pretrained is not None or req.weights is not None
+    # A start the request asks for is kept; "pretrained": true (the Train page's box) agrees with the choice.
+    own_start = req.transfer_mode is not None or req.pretrained is False or req.weights is not None
     update = {"model_name": choice.model_name, **({} if own_start else {"transfer_mode": choice.transfer_mode})}
     return req.model_copy(update=update), choice
 

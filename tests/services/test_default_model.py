@@ -67,6 +67,14 @@ def test_a_run_over_two_processes_fine_tunes_the_backbone_instead(studio):
     assert "spread over processes" in params["model_choice"]["reason"]
 
 
+def test_the_train_page_s_pretrained_box_does_not_stop_the_switch_to_fine_tuning(studio):
+    body = unnamed(hdf5_path="scenes.h5", num_classes="4", world_size="2", batch_size="8", pretrained="1")
+    params = submitted_params(studio, body)
+    assert params["model_name"] == "efficientnet-lite0" and params["transfer_mode"] == "fine-tune"
+    scratch = submitted_params(studio, unnamed(hdf5_path="scenes.h5", num_classes="4", pretrained="0"))
+    assert scratch["model_name"] == "efficientnet-lite0" and scratch["transfer_mode"] is None  # as asked: scratch
+
+
 def test_an_auto_rate_fine_tunes_the_backbone_instead(studio):
     params = submitted_params(studio, unnamed(hdf5_path="scenes.h5", num_classes="4", learning_rate="auto"))
     assert params["model_name"] == "efficientnet-lite0" and params["transfer_mode"] == "fine-tune"
