@@ -22,7 +22,7 @@ from engine.training import (
     build_criterion,
     build_model,
     build_optimizer,
-    compute_loss,
+    optimizer_step,
     resolve_device,
     seed_everything,
 )
@@ -69,6 +69,7 @@ def find_learning_rate(
     optimizer = build_optimizer(trial, model)
     ratios = [group["lr"] / START_LR for group in optimizer.param_groups]
     criterion, augmentation = build_criterion(config.multi_label), getattr(train_ds, "augmentation", None)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")  # as the run's (mixed precision)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, generator=generator,
                         num_workers=config.num_workers)
@@ -92,12 +93,7 @@ def find_learning_rate(
         images, targets = images.to(device), targets.to(device)
         if augmentation:
             images = augment_batch(images, augmentation, generator)
-        loss, _ = compute_loss(model, images, targets, criterion)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-        optimizer.step()
+        loss, _ = optimizer_step(model, images, targets, criterion, optimizer, scaler, config.clip_grad_norm)
         value = float(loss.detach())
         if not math.isfinite(value):
             break

@@ -222,15 +222,7 @@ def train_one_epoch(
             if step <= warmup_steps:
                 for group, rate in zip(optimizer.param_groups, rates, strict=True):
                     group["lr"] = rate * step / (warmup_steps + 1)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-                loss, logits = compute_loss(model, images, targets, criterion)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if clip_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = optimizer_step(model, images, targets, criterion, optimizer, scaler, clip_grad_norm)
             if step == 1:
                 first_loss = loss.detach()
             loss_sum += loss.detach() * len(images)
@@ -252,6 +244,29 @@ def train_one_epoch(
         "seconds": time.perf_counter() - start,
         "first_loss": first_loss.item(),  # this process's first batch, before the epoch's first update
     }
+
+
+def optimizer_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    clip_grad_norm: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update on one batch (mixed precision when ``scaler`` is enabled, the gradients' total norm clipped to
+    ``clip_grad_norm``); returns ``(loss, logits)``. The training loop and the learning-rate range test share it."""
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        loss, logits = compute_loss(model, images, targets, criterion)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
 
 
 def evaluate(
