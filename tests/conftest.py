@@ -3,12 +3,14 @@
 A test's tier follows from the fixtures it uses, never from a marker applied by hand: a test whose fixtures
 (directly or through other fixtures) include ``processes`` starts real processes (Redis, workers, gunicorn,
 a launcher, several training processes) and is a ``stack`` test; one that uses ``browser`` is a ``browser``
-test. Every other test is in-process, and a guard fails it if it starts a process anyway: so a test cannot
-end up in the fast tier by forgetting a marker, nor slow it down unnoticed.
+test; a test that takes the ``door`` fixture runs twice, in-process and over HTTP on the stack (a route
+family's smoke test). Every other test is in-process, and a guard fails it if it starts a process anyway: so a
+test cannot end up in the fast tier by forgetting a marker, nor slow it down unnoticed.
 
 In-process tests get an in-memory Redis (fakeredis, one server per URL) wherever the code asks redis-py for a
 client, and HDF5 files are read in the test's own process: the real Redis and the time-limited reading child
-are proven by the stack tier.
+are proven by the stack tier. Their jobs run through RQ in the test's process when the test waits for them
+(:meth:`tests.harness.LocalStudio.run_jobs`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import torch  # noqa: F401  imported before any guard: its first import runs ldc
 import redis
 from engine import hdf5_layout
 from services.jobs import runtime
-from tests.harness import Stack, chromium, free_port
+from tests.harness import LocalStudio, Stack, chromium, free_port
 
-PROCESS_FIXTURE, BROWSER_FIXTURE = "processes", "browser"
+PROCESS_FIXTURE, BROWSER_FIXTURE, DOOR_FIXTURE = "processes", "browser", "door"
+IN_PROCESS, OVER_HTTP = "in-process", "over-http"
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +43,10 @@ def processes():
 def pytest_itemcollected(item) -> None:
     """Derive each test's tier from its fixtures (as each test is collected)."""
     names = set(getattr(item, "fixturenames", ()))
+    over_http = getattr(item, "callspec", None) is not None and item.callspec.params.get(DOOR_FIXTURE) == OVER_HTTP
     if BROWSER_FIXTURE in names:
         item.add_marker(pytest.mark.browser)
-    if PROCESS_FIXTURE in names or BROWSER_FIXTURE in names:
+    if PROCESS_FIXTURE in names or BROWSER_FIXTURE in names or over_http:
         item.add_marker(pytest.mark.stack)
 
 
@@ -159,6 +163,20 @@ def stack(tmp_path_factory, processes):
     s = Stack.in_own_folder(tmp_path_factory, "studio").start()
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory):
+    """One in-process studio (the API's app, its catalog, Redis in memory; jobs run when a test waits for them)
+    for the session's in-process tests: the same routes, answered without a server."""
+    return LocalStudio.in_own_folder(tmp_path_factory, "local")
+
+
+@pytest.fixture(params=[IN_PROCESS, OVER_HTTP])
+def door(request):
+    """A route family's smoke test runs twice: against :func:`studio` in-process (the fast tier) and against the
+    real :func:`stack` over HTTP (the stack tier: gunicorn, gevent, the worker processes)."""
+    return request.getfixturevalue("stack" if request.param == OVER_HTTP else "studio")
 
 
 @pytest.fixture(scope="session")

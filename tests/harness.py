@@ -5,6 +5,8 @@ gunicorn, the UI under Streamlit)."""
 from __future__ import annotations
 
 import http.client
+import io
+import json
 import os
 import secrets
 import shutil
@@ -65,17 +67,130 @@ def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: floa
         proc.wait()
 
 
+class Tokens:
+    """Access tokens for a studio's users, as ``POST /auth`` issues them, minted in this process with the studio's
+    key (no scrypt check and no sign-in throttle per request: the sign-in tests call /auth). One per user, minted
+    again only when the user's role or token version changed, it was revoked, or it nears its expiry."""
+
+    def __init__(self, data_dir: Path, app_for_minting):
+        self.data_dir, self._app_for_minting, self._app, self._minted = data_dir, app_for_minting, None, {}
+
+    def for_user(self, username: str) -> str:
+        from flask_jwt_extended import decode_token
+
+        from services.api import issue_token
+
+        store = open_store(self.data_dir)
+        user = store.get_user(username)
+        if user is None:
+            raise LookupError(f"no user {username!r} in this studio")
+        key = (username, user["role"], user["token_version"])
+        token, jti, expires = self._minted.get(key, (None, "", 0.0))
+        if token is None or expires - time.time() < 120 or store.is_token_revoked(jti):
+            if self._app is None:
+                self._app = self._app_for_minting()
+            with self._app.app_context():
+                token = issue_token(user)
+                claims = decode_token(token)
+            self._minted[key] = (token, claims["jti"], float(claims["exp"]))
+        return token
+
+
+class Answer:
+    """A Flask test client's response, read as tests read a ``requests`` response."""
+
+    def __init__(self, response):
+        self._response = response
+        self.status_code, self.headers = response.status_code, response.headers
+        self.content = response.get_data()
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class Verbs:
+    """``get``/``post``/``put``/``patch``/``delete`` of a path, through the subclass's ``request``."""
+
+    def request(self, method: str, path: str, **kwargs):
+        raise NotImplementedError
+
+    def get(self, path: str, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs):
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs):
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs):
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs):
+        return self.request("DELETE", path, **kwargs)
+
+
+class InProcessHttp(Verbs):
+    """``requests``' calling convention (``get``/``post``/``put``/``patch``/``delete`` of a path, with ``json``,
+    ``data``, ``files``, ``params``, ``headers``) over the app's test client: the same tests read the same
+    answers in-process as over HTTP (:attr:`Stack.http`)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def request(self, method: str, path: str, *, json=None, data=None, files=None, params=None, headers=None,
+                timeout=None, stream=False, allow_redirects=True) -> Answer:
+        """As ``requests.request``; ``timeout`` and ``stream`` mean nothing in-process."""
+        form = dict(data) if isinstance(data, dict) else data
+        for name, value in (files or {}).items():
+            if isinstance(value, tuple):
+                filename, content, *kind = value
+            else:
+                filename, content, kind = Path(getattr(value, "name", name)).name, value, []
+            content = content.read() if hasattr(content, "read") else content
+            form = form if isinstance(form, dict) else {}
+            form[name] = (io.BytesIO(content), filename, *kind)
+        with self.app.test_client() as client:
+            return Answer(client.open(path, method=method.upper(), json=json, data=form, query_string=params,
+                                      headers=headers or {}, follow_redirects=allow_redirects))
+
+
+class OverHttp(Verbs):
+    """``requests`` rooted at a running API's address (:attr:`Stack.http`)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, self.url + path, **{"timeout": 120, **kwargs})
+
+
+TERMINAL = ("finished", "failed", "cancelled", "interrupted")
+
+
 @dataclass
 class LocalStudio:
     """The API's app on a DATA_DIR of its own, in this process, with one user per role: for the in-process tier
-    (Redis is in memory there: tests/conftest.py). ``client()`` is Flask's test client; tokens are minted here."""
+    (Redis is in memory there: tests/conftest.py). :attr:`http` calls its routes as :attr:`Stack.http` does over
+    HTTP; queued jobs run in this process, through RQ, when a test waits for one (:meth:`run_jobs`)."""
 
     config: Config
     app: object
     users: dict
+    tokens: Tokens | None = None
 
     @classmethod
     def in_own_folder(cls, tmp_path_factory, name: str, **settings) -> LocalStudio:
+        # What the stack's processes are told (Stack.env): no suggestion head trained behind a test's back.
+        settings = {"suggest_retrain_every": 0, **settings}
         config = Config(data_dir=tmp_path_factory.mktemp(name) / "data", **settings)
         config.ensure_dirs()
         store = open_store(config.data_dir)
@@ -85,6 +200,10 @@ class LocalStudio:
 
         return cls(config, create_app(config), {role: store.get_user(role) for role in ROLES})
 
+    def __post_init__(self):
+        self.tokens = Tokens(self.config.data_dir, lambda: self.app)
+        self.http = InProcessHttp(self.app)
+
     @property
     def data_dir(self) -> Path:
         return self.config.data_dir
@@ -93,10 +212,7 @@ class LocalStudio:
         return self.app.test_client()
 
     def token(self, role: str) -> str:
-        from services.api import issue_token
-
-        with self.app.app_context():
-            return issue_token(self.users[role])
+        return self.tokens.for_user(role)
 
     def headers(self, role: str, scheme: str = "JWT") -> dict:
         return {"Authorization": f"{scheme} {self.token(role)}"}
@@ -105,6 +221,29 @@ class LocalStudio:
         from services.app import rules
 
         return rules.Actor(self.users[role], self.config, open_store(self.data_dir))
+
+    def run_jobs(self) -> None:
+        """Run every queued job to its end, one after another, in this process: RQ's ``SimpleWorker`` (no fork)
+        in burst mode over the in-memory Redis, through the same registered-job check, lifecycle and callbacks
+        as the studio's workers; the job reads this studio's configuration as a worker reads its environment."""
+        from unittest import mock
+
+        from rq import SimpleWorker
+        from rq.serializers import JSONSerializer
+
+        from services.jobs.runtime import RegisteredJob, queue_for, redis_connection
+
+        worker = SimpleWorker([queue_for(self.config)], connection=redis_connection(self.config.effective_redis_url),
+                              job_class=RegisteredJob, serializer=JSONSerializer)
+        with mock.patch.object(Config, "from_env", classmethod(lambda cls, env=None: self.config)):
+            worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+    def wait_job(self, job_id: str, role: str = "admin", statuses=TERMINAL, timeout: float = 0) -> dict:
+        """The job's record once the queued jobs have run (``timeout`` is the stack's; nothing waits here)."""
+        self.run_jobs()
+        record = self.http.get(f"/api/v1/jobs/{job_id}", headers=self.headers(role)).json()
+        assert record.get("status") in statuses, f"job {job_id} ended {record.get('status')}: {record}"
+        return record
 
 
 @dataclass
@@ -122,7 +261,10 @@ class Stack:
     passwords: dict = field(default_factory=dict)
     # Environment of every process of this stack, over the defaults of :attr:`env`.
     extra_env: dict = field(default_factory=dict)
-    _minting_app: object = field(default=None, repr=False)
+    tokens: Tokens | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.tokens = Tokens(self.data_dir, self.minting_app)
 
     @property
     def redis_password(self) -> str:
@@ -234,29 +376,23 @@ class Stack:
             self.stop_redis()
 
     def token(self, role: str) -> str:
-        """A fresh access token for ``role``'s user, as ``POST /auth`` issues it, minted in this process with the
-        stack's key: no scrypt check and no sign-in throttle per request (the sign-in tests call /auth)."""
-        from services.api import issue_token
-
-        user = open_store(self.data_dir).get_user(role)
-        if user is None:
-            raise LookupError(f"no user {role!r} on this stack")
-        with self.minting_app().app_context():
-            return issue_token(user)
+        """An access token for ``role``'s user (:class:`Tokens`)."""
+        return self.tokens.for_user(role)
 
     def minting_app(self):
-        """The API's app for this stack's configuration, built once, to mint tokens in this process."""
-        if self._minting_app is None:
-            from services.api import create_app
+        """The API's app for this stack's configuration, to mint tokens in this process."""
+        from services.api import create_app
 
-            self._minting_app = create_app(self.config)
-        return self._minting_app
+        return create_app(self.config)
+
+    @property
+    def http(self) -> OverHttp:
+        return OverHttp(self.url)
 
     def headers(self, role: str, scheme: str = "JWT") -> dict:
         return {"Authorization": f"{scheme} {self.token(role)}"}
 
-    def wait_job(self, job_id: str, role: str = "admin", statuses=("finished", "failed", "cancelled", "interrupted"),
-                 timeout: float = 120) -> dict:
+    def wait_job(self, job_id: str, role: str = "admin", statuses=TERMINAL, timeout: float = 120) -> dict:
         headers = self.headers(role)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -267,12 +403,13 @@ class Stack:
         raise AssertionError(f"job {job_id} did not reach {statuses} within {timeout} s: {record}")
 
 
-def post(stack, path: str, body: dict | None = None, role: str = "operator", **kwargs) -> requests.Response:
-    return requests.post(stack.url + path, json=body, headers=stack.headers(role), timeout=60, **kwargs)
+def post(studio, path: str, body: dict | None = None, role: str = "operator", **kwargs):
+    """POST ``body`` as JSON with ``role``'s token, to a :class:`Stack` over HTTP or a :class:`LocalStudio`."""
+    return studio.http.post(path, json=body, headers=studio.headers(role), **kwargs)
 
 
-def get(stack, path: str, role: str = "operator", **kwargs) -> requests.Response:
-    return requests.get(stack.url + path, headers=stack.headers(role), timeout=120, **kwargs)
+def get(studio, path: str, role: str = "operator", **kwargs):
+    return studio.http.get(path, headers=studio.headers(role), **kwargs)
 
 
 def job_events_socket(stack, events: list) -> socketio.Client:

@@ -12,7 +12,6 @@ import uuid
 from fractions import Fraction
 
 import pytest
-import requests
 from PIL import Image
 
 from engine.labels import DEFAULT_LABELS
@@ -37,177 +36,177 @@ def new_id() -> str:
     return "t_" + uuid.uuid4().hex[:10]
 
 
-def upload(stack, id_name: str, data: bytes, role: str = "annotator", filename: str = "photo.jpg", **form):
-    return requests.post(stack.url + "/imgup", files={"file": (filename, data)}, data={"id_name": id_name, **form},
-                         headers=stack.headers(role), timeout=30)
+def upload(studio, id_name: str, data: bytes, role: str = "annotator", filename: str = "photo.jpg", **form):
+    return studio.http.post("/imgup", files={"file": (filename, data)}, data={"id_name": id_name, **form},
+                         headers=studio.headers(role), timeout=30)
 
 
-def info(stack, id_name: str, role: str = "annotator") -> requests.Response:
-    return requests.get(stack.url + "/imginfo", params={"id_name": id_name}, headers=stack.headers(role), timeout=10)
+def info(studio, id_name: str, role: str = "annotator") :
+    return studio.http.get("/imginfo", params={"id_name": id_name}, headers=studio.headers(role), timeout=10)
 
 
-def put_labels(stack, id_name: str, labels, role: str = "annotator") -> requests.Response:
-    return requests.put(f"{stack.url}/api/v1/annotations/{id_name}", json={"labels": labels},
-                        headers=stack.headers(role), timeout=10)
+def put_labels(studio, id_name: str, labels, role: str = "annotator") :
+    return studio.http.put(f"/api/v1/annotations/{id_name}", json={"labels": labels},
+                        headers=studio.headers(role), timeout=10)
 
 
-def images_dir(stack):
-    return stack.data_dir / "newdata" / "images"
+def images_dir(studio):
+    return studio.data_dir / "newdata" / "images"
 
 
 # --- the legacy API's client, unchanged -----------------------------------------------------------------
-def test_legacy_client_uploads_and_reads_imginfo(stack, tmp_path):
+def test_legacy_client_uploads_and_reads_imginfo(door, tmp_path):
     path = tmp_path / "IMG_0001.jpg"
     path.write_bytes(jpeg(legacy_gps(), DateTimeOriginal="2019:08:03 14:41:10", DateTime="2020:01:01 00:00:00"))
-    headers = {"Authorization": f"JWT {stack.token('annotator')}"}
+    headers = {"Authorization": f"JWT {door.token('annotator')}"}
     with open(path, "rb") as f:
-        r = requests.post(stack.url + "/imgup", files={"file": f}, data={"id_name": "1"}, headers=headers, timeout=30)
+        r = door.http.post("/imgup", files={"file": f}, data={"id_name": "1"}, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json() == {"image_id": "1", "predict_tags": [], "status_code": "200"}
 
-    r = requests.get(stack.url + "/imginfo", params={"id_name": "1"}, headers=headers, timeout=10)
+    r = door.http.get("/imginfo", params={"id_name": "1"}, headers=headers, timeout=10)
     assert r.json() == {"image_id": "1", "predict_tags": [], "data_information": "2019:08:03 14:41:10",
                         "GPS_information": LEGACY_GPS, "labels": None, "latitude": 28.835149765,
                         "longitude": 106.93543243388889, "status_code": "200"}
-    assert requests.get(stack.url + "/imginfo/1", headers=headers, timeout=10).json() == r.json()
+    assert door.http.get("/imginfo/1", headers=headers, timeout=10).json() == r.json()
     # The bytes are kept exactly as uploaded (EXIF included), under the detected format's extension.
-    assert (images_dir(stack) / "1.jpg").read_bytes() == path.read_bytes()
+    assert (images_dir(door) / "1.jpg").read_bytes() == path.read_bytes()
 
 
-def test_south_west_below_sea_level_round_trip(stack):
+def test_south_west_below_sea_level_round_trip(studio):
     gps = {GPS.GPSLatitudeRef: "S", GPS.GPSLatitude: dms(33, "51.5", "0"), GPS.GPSLongitudeRef: "W",
            GPS.GPSLongitude: dms(70, 39, "12.25"), GPS.GPSAltitudeRef: 1, GPS.GPSAltitude: rational("12.5")}
     id_name = new_id()
-    assert upload(stack, id_name, jpeg(gps, DateTimeDigitized="2021:02:03 04:05:06")).status_code == 200
-    body = info(stack, id_name).json()
+    assert upload(studio, id_name, jpeg(gps, DateTimeDigitized="2021:02:03 04:05:06")).status_code == 200
+    body = info(studio, id_name).json()
     lat = float(Fraction(33) + Fraction("51.5") / 60)
     lon = float(Fraction(70) + Fraction(39, 60) + Fraction("12.25") / 3600)
     assert (body["latitude"], body["longitude"]) == (-lat, -lon)
     assert body["data_information"] == "2021:02:03 04:05:06"  # DateTimeOriginal absent: the digitised date
     assert body["GPS_information"] == {"GPSAltitude": "12.5", "GPSAltitudeRef": "1", "GPSLatitude": lat,
                                        "GPSLatitudeRef": "S", "GPSLongitude": lon, "GPSLongitudeRef": "W"}
-    record = requests.get(f"{stack.url}/api/v1/annotations/{id_name}", headers=stack.headers("operator"),
+    record = studio.http.get(f"/api/v1/annotations/{id_name}", headers=studio.headers("operator"),
                           timeout=10).json()
     assert record["altitude"] == -12.5 and record["width"] == 16 and record["uploaded_by"] == "annotator"
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_image_without_exif_gives_nulls(stack, fmt):
+def test_image_without_exif_gives_nulls(studio, fmt):
     id_name = new_id()
-    r = upload(stack, id_name, jpeg(fmt=fmt), filename="plain.bin")
+    r = upload(studio, id_name, jpeg(fmt=fmt), filename="plain.bin")
     assert r.status_code == 200, r.text
-    body = info(stack, id_name, role="operator").json()
+    body = info(studio, id_name, role="operator").json()
     assert [body[k] for k in ("data_information", "GPS_information", "latitude", "longitude")] == [None] * 4
-    assert (images_dir(stack) / f"{id_name}.{'jpg' if fmt == 'JPEG' else 'png'}").is_file()
+    assert (images_dir(studio) / f"{id_name}.{'jpg' if fmt == 'JPEG' else 'png'}").is_file()
 
 
-def test_unknown_image_is_404(stack):
-    for r in (info(stack, "never_uploaded"),
-              requests.get(stack.url + "/imginfo/never_uploaded", headers=stack.headers("annotator"), timeout=10)):
+def test_unknown_image_is_404(studio):
+    for r in (info(studio, "never_uploaded"),
+              studio.http.get("/imginfo/never_uploaded", headers=studio.headers("annotator"), timeout=10)):
         assert r.status_code == 404 and r.json()["field"] == "id_name" and "never_uploaded" in r.json()["message"]
 
 
 # --- refusals -------------------------------------------------------------------------------------
-def test_missing_file_empty_file_and_text_named_jpg_are_400(stack):
-    headers = stack.headers("annotator")
-    r = requests.post(stack.url + "/imgup", data={"id_name": new_id()}, headers=headers, timeout=10)
+def test_missing_file_empty_file_and_text_named_jpg_are_400(studio):
+    headers = studio.headers("annotator")
+    r = studio.http.post("/imgup", data={"id_name": new_id()}, headers=headers, timeout=10)
     assert r.status_code == 400 and r.json()["field"] == "file" and "'file'" in r.json()["message"]
-    r = upload(stack, new_id(), b"")
+    r = upload(studio, new_id(), b"")
     assert r.status_code == 400 and r.json()["field"] == "file" and "empty" in r.json()["message"]
     id_name = new_id()
-    r = upload(stack, id_name, b"this is a text file, whatever its name says\n", filename="notes.jpg")
+    r = upload(studio, id_name, b"this is a text file, whatever its name says\n", filename="notes.jpg")
     assert r.status_code == 400 and r.json()["field"] == "file" and "not a readable image" in r.json()["message"]
-    assert not list(images_dir(stack).glob(f"{id_name}.*"))
-    r = requests.post(stack.url + "/imgup", files={"file": ("a.jpg", jpeg())}, headers=headers, timeout=10)
+    assert not list(images_dir(studio).glob(f"{id_name}.*"))
+    r = studio.http.post("/imgup", files={"file": ("a.jpg", jpeg())}, headers=headers, timeout=10)
     assert r.status_code == 400 and r.json()["field"] == "id_name"
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a\x00b", "a" * 200, "..", ".hidden", "a/b", ""])
-def test_path_like_id_names_are_refused_and_nothing_is_written(stack, bad):
-    before = sorted(p.name for p in images_dir(stack).iterdir())
+def test_path_like_id_names_are_refused_and_nothing_is_written(studio, bad):
+    before = sorted(p.name for p in images_dir(studio).iterdir())
     passwd = open("/etc/passwd", "rb").read()
-    r = upload(stack, bad, jpeg())
+    r = upload(studio, bad, jpeg())
     assert r.status_code == 400 and r.json()["field"] == "id_name", r.text
-    assert sorted(p.name for p in images_dir(stack).iterdir()) == before
-    assert not list(stack.data_dir.parent.rglob("x.jpg")) and not (stack.data_dir / "newdata" / "x.jpg").exists()
+    assert sorted(p.name for p in images_dir(studio).iterdir()) == before
+    assert not list(studio.data_dir.parent.rglob("x.jpg")) and not (studio.data_dir / "newdata" / "x.jpg").exists()
     assert open("/etc/passwd", "rb").read() == passwd
 
 
-def test_existing_id_is_409_unless_overwrite(stack):
+def test_existing_id_is_409_unless_overwrite(studio):
     id_name = new_id()
-    assert upload(stack, id_name, jpeg()).status_code == 200
-    assert put_labels(stack, id_name, ["tree"]).status_code == 200
-    r = upload(stack, id_name, jpeg(size=(20, 10)))
+    assert upload(studio, id_name, jpeg()).status_code == 200
+    assert put_labels(studio, id_name, ["tree"]).status_code == 200
+    r = upload(studio, id_name, jpeg(size=(20, 10)))
     assert r.status_code == 409 and r.json()["field"] == "id_name" and "overwrite=1" in r.json()["message"]
     # Overwriting with a PNG replaces the JPEG (one file per id) and sends the image back to the queue.
-    r = upload(stack, id_name, jpeg(size=(20, 10), fmt="PNG"), overwrite="1")
+    r = upload(studio, id_name, jpeg(size=(20, 10), fmt="PNG"), overwrite="1")
     assert r.status_code == 200
-    assert sorted(p.name for p in images_dir(stack).glob(f"{id_name}.*")) == [f"{id_name}.png"]
-    record = requests.get(f"{stack.url}/api/v1/annotations/{id_name}", headers=stack.headers("annotator"),
+    assert sorted(p.name for p in images_dir(studio).glob(f"{id_name}.*")) == [f"{id_name}.png"]
+    record = studio.http.get(f"/api/v1/annotations/{id_name}", headers=studio.headers("annotator"),
                           timeout=10).json()
     assert (record["width"], record["labels"]) == (20, None)
-    assert not (stack.data_dir / "newdata" / "labels" / f"{id_name}.json").exists()
+    assert not (studio.data_dir / "newdata" / "labels" / f"{id_name}.json").exists()
 
 
-def test_more_pixels_than_the_limit_is_413(stack):
+def test_more_pixels_than_the_limit_is_413(studio):
     buf = io.BytesIO()
     Image.new("1", (8000, 7000)).save(buf, "PNG")  # 56 M pixels in a few KB: a decompression bomb
     id_name = new_id()
-    r = upload(stack, id_name, buf.getvalue(), filename="bomb.png")
+    r = upload(studio, id_name, buf.getvalue(), filename="bomb.png")
     assert r.status_code == 413 and r.json()["field"] == "file" and "50000000" in r.json()["message"]
-    assert not list(images_dir(stack).glob(f"{id_name}.*"))
+    assert not list(images_dir(studio).glob(f"{id_name}.*"))
 
 
-def test_body_over_the_size_limit_is_413(stack):
-    too_big = b"\0" * ((stack.config.max_upload_mb + 1) * 1024 * 1024)
-    r = upload(stack, new_id(), too_big)
+def test_body_over_the_size_limit_is_413(studio):
+    too_big = b"\0" * ((studio.config.max_upload_mb + 1) * 1024 * 1024)
+    r = upload(studio, new_id(), too_big)
     assert r.status_code == 413 and r.json()["error"] == "too_large"
-    assert f"{stack.config.max_upload_mb} MB" in r.json()["message"]
+    assert f"{studio.config.max_upload_mb} MB" in r.json()["message"]
 
 
-def test_roles(stack):
-    r = upload(stack, new_id(), jpeg(), role="client")
+def test_roles(studio):
+    r = upload(studio, new_id(), jpeg(), role="client")
     assert r.status_code == 403 and "annotator" in r.json()["message"]
-    r = requests.post(stack.url + "/imgup", files={"file": ("a.jpg", jpeg())}, data={"id_name": new_id()},
+    r = studio.http.post("/imgup", files={"file": ("a.jpg", jpeg())}, data={"id_name": new_id()},
                       timeout=10)
     assert r.status_code == 401
-    assert upload(stack, new_id(), jpeg(), role="operator").status_code == 403
-    assert upload(stack, new_id(), jpeg(), role="admin").status_code == 200
-    assert info(stack, "1", role="client").status_code == 403
-    assert put_labels(stack, "1", ["tree"], role="operator").status_code == 403
-    r = requests.put(stack.url + "/api/v1/labels", json={"labels": list(DEFAULT_LABELS)},
-                     headers=stack.headers("annotator"), timeout=10)
+    assert upload(studio, new_id(), jpeg(), role="operator").status_code == 403
+    assert upload(studio, new_id(), jpeg(), role="admin").status_code == 200
+    assert info(studio, "1", role="client").status_code == 403
+    assert put_labels(studio, "1", ["tree"], role="operator").status_code == 403
+    r = studio.http.put("/api/v1/labels", json={"labels": list(DEFAULT_LABELS)},
+                     headers=studio.headers("annotator"), timeout=10)
     assert r.status_code == 403
 
 
 # --- labelling ------------------------------------------------------------------------------------
-def test_label_put_validation_and_storage(stack):
+def test_label_put_validation_and_storage(studio):
     id_name = new_id()
-    assert upload(stack, id_name, jpeg()).status_code == 200
-    r = put_labels(stack, id_name, ["tree", "unicorn", "dragon"])
+    assert upload(studio, id_name, jpeg()).status_code == 200
+    r = put_labels(studio, id_name, ["tree", "unicorn", "dragon"])
     assert r.status_code == 400 and r.json()["field"] == "labels"
     assert "'unicorn'" in r.json()["message"] and "'dragon'" in r.json()["message"]
-    assert put_labels(stack, id_name, "tree").json()["field"] == "labels"
-    assert put_labels(stack, "nobody_here", ["tree"]).status_code == 404
+    assert put_labels(studio, id_name, "tree").json()["field"] == "labels"
+    assert put_labels(studio, "nobody_here", ["tree"]).status_code == 404
 
-    r = put_labels(stack, id_name, ["car", "sea", "car"])
+    r = put_labels(studio, id_name, ["car", "sea", "car"])
     assert r.status_code == 200 and r.json()["labels"] == ["sea", "car"]  # label-set order, no duplicates
     assert r.json()["labelled_by"] == "annotator"
-    stored = json.loads((stack.data_dir / "newdata" / "labels" / f"{id_name}.json").read_text())
+    stored = json.loads((studio.data_dir / "newdata" / "labels" / f"{id_name}.json").read_text())
     assert stored["labels"] == ["sea", "car"] and stored["labelled_by"] == "annotator"
-    assert info(stack, id_name).json()["labels"] == ["sea", "car"]
+    assert info(studio, id_name).json()["labels"] == ["sea", "car"]
 
 
-def test_listing_filters(stack):
+def test_listing_filters(studio):
     labelled, waiting, by_admin = new_id(), new_id(), new_id()
     for id_name in (labelled, waiting):
-        assert upload(stack, id_name, jpeg()).status_code == 200
-    assert upload(stack, by_admin, jpeg(), role="admin").status_code == 200
-    assert put_labels(stack, labelled, ["bridge"]).status_code == 200
-    headers = stack.headers("operator")
+        assert upload(studio, id_name, jpeg()).status_code == 200
+    assert upload(studio, by_admin, jpeg(), role="admin").status_code == 200
+    assert put_labels(studio, labelled, ["bridge"]).status_code == 200
+    headers = studio.headers("operator")
 
     def ids(**params):
-        r = requests.get(stack.url + "/api/v1/annotations", params=params, headers=headers, timeout=10)
+        r = studio.http.get("/api/v1/annotations", params=params, headers=headers, timeout=10)
         assert r.status_code == 200, r.text
         return {image["id_name"] for image in r.json()["images"]}
 
@@ -215,38 +214,38 @@ def test_listing_filters(stack):
     assert waiting in ids(unlabelled="1") and labelled not in ids(unlabelled="true")
     assert labelled in ids(label="bridge") and waiting not in ids(label="bridge")
     assert by_admin in ids(uploaded_by="admin") and waiting not in ids(uploaded_by="admin")
-    r = requests.get(stack.url + "/api/v1/annotations", params={"label": "zeppelin"}, headers=headers, timeout=10)
+    r = studio.http.get("/api/v1/annotations", params={"label": "zeppelin"}, headers=headers, timeout=10)
     assert r.status_code == 400 and r.json()["field"] == "label" and "'zeppelin'" in r.json()["message"]
 
 
-def test_label_set_edit_refuses_dropping_a_used_label(stack):
-    admin = stack.headers("admin")
-    url = stack.url + "/api/v1/labels"
-    original = requests.get(url, headers=stack.headers("annotator"), timeout=10).json()["labels"]
+def test_label_set_edit_refuses_dropping_a_used_label(studio):
+    admin = studio.headers("admin")
+    url = "/api/v1/labels"
+    original = studio.http.get(url, headers=studio.headers("annotator"), timeout=10).json()["labels"]
     assert original[:3] == ["sea", "ground-other", "platform"] and len(original) == 34
     id_name = new_id()
-    assert upload(stack, id_name, jpeg()).status_code == 200
+    assert upload(studio, id_name, jpeg()).status_code == 200
     try:
-        r = requests.put(url, json={"labels": original + ["kayak"]}, headers=admin, timeout=10)
+        r = studio.http.put(url, json={"labels": original + ["kayak"]}, headers=admin, timeout=10)
         assert r.status_code == 200 and r.json()["labels"][-1] == "kayak"
-        assert put_labels(stack, id_name, ["kayak"]).status_code == 200
-        r = requests.put(url, json={"labels": original}, headers=admin, timeout=10)
+        assert put_labels(studio, id_name, ["kayak"]).status_code == 200
+        r = studio.http.put(url, json={"labels": original}, headers=admin, timeout=10)
         assert r.status_code == 400 and r.json()["field"] == "labels" and "'kayak'" in r.json()["message"]
-        r = requests.put(url, json={"labels": ["a", "a"]}, headers=admin, timeout=10)
+        r = studio.http.put(url, json={"labels": ["a", "a"]}, headers=admin, timeout=10)
         assert r.status_code == 400 and "duplicate" in r.json()["message"]
     finally:
-        put_labels(stack, id_name, [])
-        restored = requests.put(url, json={"labels": original}, headers=admin, timeout=10)
+        put_labels(studio, id_name, [])
+        restored = studio.http.put(url, json={"labels": original}, headers=admin, timeout=10)
     assert restored.status_code == 200 and restored.json()["labels"] == original
 
 
-def test_export_csv_and_coco(stack):
+def test_export_csv_and_coco(studio):
     first, second = "exp_" + uuid.uuid4().hex[:6], "exp_" + uuid.uuid4().hex[:6]
     for id_name, labels in ((first, ["sea", "car"]), (second, [])):
-        assert upload(stack, id_name, jpeg()).status_code == 200
-        assert put_labels(stack, id_name, labels).status_code == 200
-    headers = stack.headers("operator")
-    r = requests.get(stack.url + "/api/v1/annotations/export", params={"format": "csv"}, headers=headers, timeout=10)
+        assert upload(studio, id_name, jpeg()).status_code == 200
+        assert put_labels(studio, id_name, labels).status_code == 200
+    headers = studio.headers("operator")
+    r = studio.http.get("/api/v1/annotations/export", params={"format": "csv"}, headers=headers, timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/csv")
     assert "attachment" in r.headers["Content-Disposition"]
     lines = r.text.split("\n")
@@ -254,24 +253,24 @@ def test_export_csv_and_coco(stack):
     assert f"{first},1," + ",".join(["0"] * 32) + ",1" in lines
     assert f"{second}," + ",".join(["0"] * 34) in lines
     # Exactly the labelled images, one row each, sorted by id (the same order the dataset uses).
-    listed = requests.get(stack.url + "/api/v1/annotations", headers=headers, timeout=10).json()["images"]
+    listed = studio.http.get("/api/v1/annotations", headers=headers, timeout=10).json()["images"]
     rows = list(csv.reader(io.StringIO(r.text)))[1:]
     assert [row[0] for row in rows] == sorted(i["id_name"] for i in listed if i["labels"] is not None)
 
-    coco = requests.get(stack.url + "/api/v1/annotations/export", params={"format": "coco"}, headers=headers,
+    coco = studio.http.get("/api/v1/annotations/export", params={"format": "coco"}, headers=headers,
                         timeout=10).json()
     image = next(i for i in coco["images"] if i["id_name"] == first)
     assert (image["file_name"], image["width"], image["height"]) == (f"{first}.jpg", 16, 12)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     mine = [names[a["category_id"]] for a in coco["annotations"] if a["image_id"] == image["id"]]
     assert sorted(mine) == ["car", "sea"]
-    r = requests.get(stack.url + "/api/v1/annotations/export", params={"format": "xml"}, headers=headers, timeout=10)
+    r = studio.http.get("/api/v1/annotations/export", params={"format": "xml"}, headers=headers, timeout=10)
     assert r.status_code == 400 and r.json()["field"] == "format"
 
 
-def test_storage_is_atomic_no_temporary_files_left(stack):
+def test_storage_is_atomic_no_temporary_files_left(studio):
     for folder in ("images", "labels"):
-        names = [p.name for p in (stack.data_dir / "newdata" / folder).iterdir()]
+        names = [p.name for p in (studio.data_dir / "newdata" / folder).iterdir()]
         assert names and not [n for n in names if n.startswith(".") or n.endswith(".tmp")], names
 
 

@@ -10,7 +10,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 from pydantic import ValidationError
 
@@ -44,8 +43,8 @@ LEGACY = {
 CLASSES = ("gen_red", "gen_blue")
 
 
-def post(stack, path: str, body: dict, role: str = "operator") -> requests.Response:
-    return requests.post(stack.url + path, json=body, headers=stack.headers(role), timeout=60)
+def post(studio, path: str, body: dict, role: str = "operator"):
+    return studio.http.post(path, json=body, headers=studio.headers(role))
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -54,22 +53,38 @@ def png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def add_background(stack, data: bytes, split: str | None = None) -> requests.Response:
-    return requests.post(stack.url + "/api/v1/backgrounds", files={"file": ("bg.png", data)},
-                         data={"split": split} if split else {}, headers=stack.headers("operator"), timeout=30)
+def add_background(studio, data: bytes, split: str | None = None):
+    return studio.http.post("/api/v1/backgrounds", files={"file": ("bg.png", data)},
+                         data={"split": split} if split else {}, headers=studio.headers("operator"), timeout=30)
 
 
-@pytest.fixture(scope="module")
-def library(stack):
-    """Two backgrounds per split and one cut-out of each of two classes, made through the API."""
+_MADE: set = set()
+
+
+def make_library(studio):
+    """Two backgrounds per split and one cut-out of each of two classes, made through the API (once per studio:
+    the expected totals count one cut-out per class)."""
+    if studio.data_dir in _MADE:
+        return studio
+    _MADE.add(studio.data_dir)
     for index, split in enumerate(("train", "train", "test", "test")):
-        r = add_background(stack, png(make_background("noise", 96, 9000 + index)), split)
+        r = add_background(studio, png(make_background("noise", 96, 9000 + index)), split)
         assert r.status_code in (200, 409), r.text  # 409: an earlier module added the same picture
     for name, colour in zip(CLASSES, ((210, 40, 40), (40, 60, 210)), strict=True):
         image, _ = scene(colour)
-        r = post(stack, "/api/v1/segment", {**LEGACY_BOX, "ean": name, "image": encode(image)})
+        r = post(studio, "/api/v1/segment", {**LEGACY_BOX, "ean": name, "image": encode(image)})
         assert r.status_code == 200, r.text
-    return stack
+    return studio
+
+
+@pytest.fixture(scope="module")
+def library(studio):
+    return make_library(studio)
+
+
+@pytest.fixture(scope="module")
+def library_over_http(stack):
+    return make_library(stack)
 
 
 def test_legacy_spellings_and_correct_spellings_mean_the_same_engine_options():
@@ -85,20 +100,20 @@ def test_legacy_spellings_and_correct_spellings_mean_the_same_engine_options():
                                     apply_center_crop=False, center_crop_windows=(112, 56), image_size=224)
 
 
-def test_legacy_body_makes_a_dataset_with_the_legacy_layout(library):
-    stack = library
-    r = post(stack, "/api/v1/generate", {**LEGACY, "image_size": 32, "classes": list(CLASSES)})
+def test_legacy_body_makes_a_dataset_with_the_legacy_layout(door):
+    studio = make_library(door)
+    r = post(studio, "/api/v1/generate", {**LEGACY, "image_size": 32, "classes": list(CLASSES)})
     assert r.status_code == 202, r.text
     answer = r.json()
     assert answer["jobs"] == [answer["job_id"]] and answer["status_code"] == "200"
-    record = stack.wait_job(answer["job_id"])
+    record = studio.wait_job(answer["job_id"])
     assert record["status"] == "finished", record
     result = record["result"]
     # per object: train 5 angles x 4 flips x 2 scales x 2 backgrounds; test 7 angles x 4 x 2 x 2
     assert result["totals"] == {"train": 160, "test": 224}
     assert record["progress"]["done"] == record["progress"]["total"] == 384
-    path = stack.data_dir / result["path"]
-    assert path.parent == stack.data_dir / "datasets" and path.suffix == ".hdf5"
+    path = studio.data_dir / result["path"]
+    assert path.parent == studio.data_dir / "datasets" and path.suffix == ".hdf5"
     with h5py.File(path) as h5:
         names = json.loads(h5.attrs["class_names"])
         assert names == sorted(CLASSES) and json.loads(h5.attrs["config"])["angles"] == [15, -15, 30, -30]
@@ -108,7 +123,7 @@ def test_legacy_body_makes_a_dataset_with_the_legacy_layout(library):
             per_class = dict(zip(names, np.bincount(labels, minlength=len(names)).tolist(), strict=True))
             assert per_class == result["counts"][split] == {name: total // 2 for name in names}
         assert h5["X_train"][:].std() > 10  # pictures, not zeros
-    listed = requests.get(stack.url + "/api/v1/datasets", headers=stack.headers("operator"), timeout=10).json()
+    listed = studio.http.get("/api/v1/datasets", headers=studio.headers("operator"), timeout=10).json()
     row = next(d for d in listed["datasets"] if d["id"] == result["dataset_id"])
     assert row["job_id"] == answer["job_id"] and row["image_size"] == 32 and row["class_names"] == names
     assert row["counts"] == result["counts"] and row["totals"] == result["totals"]
@@ -116,29 +131,29 @@ def test_legacy_body_makes_a_dataset_with_the_legacy_layout(library):
 
 
 def test_named_dataset_with_folder_export_and_no_overwrite(library):
-    stack = library
+    studio = library
     name = "export_" + secrets.token_hex(3)
     body = {"number_backgrounds": 1, "image_size": 32, "classes": list(CLASSES), "hdf5_path": f"{name}.hdf5",
             "export_folders": True, "testing_transforms": [], "test_fraction": "0.25"}
-    record = stack.wait_job(post(stack, "/api/v1/generate", body).json()["job_id"])
+    record = studio.wait_job(post(studio, "/api/v1/generate", body).json()["job_id"])
     assert record["status"] == "finished", record
     result = record["result"]
     assert result["dataset_id"] == name and result["folders"] == {"train": f"{name}_train", "test": f"{name}_test"}
     for split, per_class in result["counts"].items():
         for cls, count in per_class.items():
-            files = list((stack.data_dir / f"{name}_{split}" / cls).glob("*.png"))
+            files = list((studio.data_dir / f"{name}_{split}" / cls).glob("*.png"))
             assert len(files) == count > 0
-    again = post(stack, "/api/v1/generate", {**body, "hdf5_path": name})
+    again = post(studio, "/api/v1/generate", {**body, "hdf5_path": name})
     assert again.status_code == 409 and again.json()["field"] == "hdf5_path"
 
 
 def test_two_identical_requests_make_two_files_with_the_same_samples(library):
-    stack = library
+    studio = library
     body = {"image_size": 32, "classes": list(CLASSES), "seed": "7", "angels": ["20"]}
-    ids = [post(stack, "/api/v1/generate", body).json()["job_id"] for _ in range(2)]
-    results = [stack.wait_job(job_id)["result"] for job_id in ids]
+    ids = [post(studio, "/api/v1/generate", body).json()["job_id"] for _ in range(2)]
+    results = [studio.wait_job(job_id)["result"] for job_id in ids]
     assert all(results) and results[0]["path"] != results[1]["path"]  # never the same file
-    with h5py.File(stack.data_dir / results[0]["path"]) as a, h5py.File(stack.data_dir / results[1]["path"]) as b:
+    with h5py.File(studio.data_dir / results[0]["path"]) as a, h5py.File(studio.data_dir / results[1]["path"]) as b:
         for key in ("X_train", "y_train", "X_test", "y_test"):
             assert np.array_equal(a[key][:], b[key][:])  # same seed, same inputs: same samples
 
@@ -167,9 +182,9 @@ def test_bad_options_are_400_naming_the_field_and_the_allowed_values(library, ch
     assert all(word in r.json()["message"] for word in words), r.json()["message"]
 
 
-def test_an_empty_object_library_is_400(stack, tmp_path):
+def test_an_empty_object_library_is_400(tmp_path):
     """A studio of its own (same code, empty DATA_DIR), so objects made by other tests do not count."""
-    config = Config(data_dir=tmp_path, redis_url=stack.redis_url, jwt_secret_key="k" * 40)
+    config = Config(data_dir=tmp_path, jwt_secret_key="k" * 40)
     app = create_app(config)
     open_store(tmp_path).create_user("op", "password123", "operator")
     client = app.test_client()
@@ -179,45 +194,46 @@ def test_an_empty_object_library_is_400(stack, tmp_path):
     assert "empty" in r.get_json()["message"] and open_store(tmp_path).count_rows("jobs") == 0
 
 
-def test_cancel_mid_generation_leaves_no_file_and_no_row(library):
-    stack = library
+def test_cancel_mid_generation_leaves_no_file_and_no_row(library_over_http):
+    """Cancelled while it runs: a job on a real worker process."""
+    studio = library_over_http
     many = [str(a) for a in range(-170, 180, 10)]
     body = {**LEGACY, "image_size": 128, "number_backgrounds": 30, "angels": many, "test_angels": many,
             "classes": list(CLASSES), "name": "cancelled_" + secrets.token_hex(3)}
-    job_id = post(stack, "/api/v1/generate", body).json()["job_id"]
-    headers = stack.headers("operator")
+    job_id = post(studio, "/api/v1/generate", body).json()["job_id"]
+    headers = studio.headers("operator")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until samples are being written
-        record = requests.get(f"{stack.url}/api/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+        record = studio.http.get(f"/api/v1/jobs/{job_id}", headers=headers, timeout=10).json()
         if (record.get("progress") or {}).get("done"):
             break
         time.sleep(0.1)
     assert record["status"] == "started" and record["progress"]["done"] < record["progress"]["total"], record
-    r = requests.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", headers=headers, timeout=30)
+    r = studio.http.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers, timeout=30)
     assert r.status_code == 200
-    assert stack.wait_job(job_id)["status"] == "cancelled"
+    assert studio.wait_job(job_id)["status"] == "cancelled"
     time.sleep(0.5)  # the job's own clean-up runs as it unwinds
-    assert not list((stack.data_dir / "datasets").glob(f"*{body['name']}*"))
-    assert open_store(stack.data_dir).get_dataset(body["name"]) is None
+    assert not list((studio.data_dir / "datasets").glob(f"*{body['name']}*"))
+    assert open_store(studio.data_dir).get_dataset(body["name"]) is None
 
 
 def test_backgrounds_are_listed_by_split_and_never_in_both(library):
-    stack = library
-    listed = requests.get(stack.url + "/api/v1/backgrounds", headers=stack.headers("annotator"), timeout=10).json()
+    studio = library
+    listed = studio.http.get("/api/v1/backgrounds", headers=studio.headers("annotator"), timeout=10).json()
     assert listed["counts"]["train"] >= 2 and listed["counts"]["test"] >= 2
     assert {b["split"] for b in listed["backgrounds"]} == {"train", "test"}
     picture = png(make_background("tiles", 64, 777 + time.time_ns() % 100_000))
-    first = add_background(stack, picture)  # no split: the smaller set
+    first = add_background(studio, picture)  # no split: the smaller set
     assert first.status_code == 200, first.text
     smaller = min(("train", "test"), key=lambda s: (listed["counts"][s], s != "train"))
     assert first.json()["split"] == smaller and first.json()["origin"] == "user"
     other = "test" if smaller == "train" else "train"
-    twin = add_background(stack, picture, other)
+    twin = add_background(studio, picture, other)
     assert twin.status_code == 409 and twin.json()["field"] == "file"
-    assert add_background(stack, b"not a picture").json()["field"] == "file"
-    assert add_background(stack, picture, "validation").json()["field"] == "split"
-    r = requests.post(stack.url + "/api/v1/backgrounds", files={"file": ("bg.png", picture)},
-                      headers=stack.headers("annotator"), timeout=10)
+    assert add_background(studio, b"not a picture").json()["field"] == "file"
+    assert add_background(studio, picture, "validation").json()["field"] == "split"
+    r = studio.http.post("/api/v1/backgrounds", files={"file": ("bg.png", picture)},
+                      headers=studio.headers("annotator"), timeout=10)
     assert r.status_code == 403
 
 

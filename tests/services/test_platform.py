@@ -1,4 +1,6 @@
-"""The platform against real parts: Redis, a forking RQ worker process, the API under gunicorn."""
+"""The platform: sign-in, tokens, roles and jobs in-process; against real parts (Redis, a forking RQ worker
+process, the API under gunicorn) what only they prove: health, live events, Redis restarts and outages, a killed
+worker, the secret file, the command line."""
 
 from __future__ import annotations
 
@@ -28,25 +30,25 @@ def test_health_reports_redis_and_workers(stack):
 
 
 @pytest.mark.parametrize("scheme", ["JWT", "Bearer"])
-def test_both_authorization_header_forms_are_accepted(stack, scheme):
-    r = requests.get(stack.url + "/api/v1/jobs", headers=stack.headers("operator", scheme), timeout=10)
+def test_both_authorization_header_forms_are_accepted(studio, scheme):
+    r = studio.http.get("/api/v1/jobs", headers=studio.headers("operator", scheme), timeout=10)
     assert r.status_code == 200 and "jobs" in r.json()
 
 
-def test_wrong_password_is_401_with_the_error_shape(stack):
-    r = requests.post(stack.url + "/auth", json={"username": "admin", "password": "nope"}, timeout=10)
+def test_wrong_password_is_401_with_the_error_shape(studio):
+    r = studio.http.post("/auth", json={"username": "admin", "password": "nope"}, timeout=10)
     assert r.status_code == 401
     assert r.json() == {"error": "bad_credentials", "message": "wrong username or password", "field": None}
 
 
-def test_expired_and_tampered_tokens_are_401(stack):
-    app = create_app(stack.config)
+def test_expired_and_tampered_tokens_are_401(studio):
+    app = create_app(studio.config)
     with app.app_context():
         expired = create_access_token("admin", expires_delta=timedelta(seconds=-5))
-    good = stack.token("admin")
+    good = studio.token("admin")
     tampered = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
     for token, why in ((expired, "expired"), (tampered, "invalid")):
-        r = requests.get(stack.url + "/api/v1/jobs", headers={"Authorization": f"JWT {token}"}, timeout=10)
+        r = studio.http.get("/api/v1/jobs", headers={"Authorization": f"JWT {token}"}, timeout=10)
         assert r.status_code == 401 and why in r.json()["message"]
 
 
@@ -67,37 +69,38 @@ def _route_table(config):
     return table
 
 
-def test_every_protected_route_is_401_without_token_and_403_for_other_roles(stack):
-    table = _route_table(stack.config)
+def test_every_protected_route_is_401_without_token_and_403_for_other_roles(studio):
+    table = _route_table(studio.config)
     assert len(table) >= 4
-    tokens = {role: stack.token(role) for role in ("operator", "annotator", "client")}
+    tokens = {role: studio.token(role) for role in ("operator", "annotator", "client")}
     for method, path, roles in table:
-        r = requests.request(method, stack.url + path, timeout=10)
+        r = studio.http.request(method, path, timeout=10)
         assert r.status_code == 401, (method, path, r.status_code)
         assert set(r.json()) == {"error", "message", "field"}
         for role, token in tokens.items():
             if role in roles:
                 continue
-            r = requests.request(method, stack.url + path, headers={"Authorization": f"JWT {token}"}, timeout=10)
+            r = studio.http.request(method, path, headers={"Authorization": f"JWT {token}"}, timeout=10)
             assert r.status_code == 403, (method, path, role, r.status_code)
 
 
-def test_job_runs_with_progress_and_a_durable_record(stack):
-    job_id = submit(stack, n=5)
-    record = stack.wait_job(job_id)
+def test_job_runs_with_progress_and_a_durable_record(door):
+    studio = door
+    job_id = submit(studio, n=5)
+    record = studio.wait_job(job_id)
     assert record["status"] == "finished" and record["result"] == {"counted": 5}
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5]
     assert record["progress"]["done"] == 5 and record["started_at"] <= record["ended_at"]
-    legacy = requests.post(f"{stack.url}/api/v1/jobs/{job_id}", headers=stack.headers("operator"), timeout=10).json()
+    legacy = studio.http.post(f"/api/v1/jobs/{job_id}", headers=studio.headers("operator"), timeout=10).json()
     assert legacy["training_loss"] == [1.0, 0.5, 1 / 3, 0.25, 0.2] and legacy["testing_accuracy"][-1] == 0.5
 
 
-def test_client_reads_only_its_own_jobs(stack):
-    job_id = submit(stack, n=1, user="operator")
-    stack.wait_job(job_id)
-    r = requests.get(f"{stack.url}/api/v1/jobs/{job_id}", headers=stack.headers("client"), timeout=10)
+def test_client_reads_only_its_own_jobs(studio):
+    job_id = submit(studio, n=1, user="operator")
+    studio.wait_job(job_id)
+    r = studio.http.get(f"/api/v1/jobs/{job_id}", headers=studio.headers("client"), timeout=10)
     assert r.status_code == 404
-    listed = requests.get(f"{stack.url}/api/v1/jobs", headers=stack.headers("client"), timeout=10).json()["jobs"]
+    listed = studio.http.get("/api/v1/jobs", headers=studio.headers("client"), timeout=10).json()["jobs"]
     assert all(j["created_by"] == "client" for j in listed)
 
 

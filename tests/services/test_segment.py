@@ -11,7 +11,6 @@ import io
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from engine.segmentation import grabcut, mask_iou
@@ -25,8 +24,8 @@ def legacy_body(ean: str = "0601472600", colour=(200, 40, 40)) -> dict:
     return {**LEGACY_BOX, "ean": ean, "image": encode(image)}
 
 
-def post_segment(stack, body: dict, role: str = "operator") -> requests.Response:
-    return requests.post(stack.url + "/api/v1/segment", json=body, headers=stack.headers(role), timeout=60)
+def post_segment(studio, body: dict, role: str = "operator"):
+    return studio.http.post("/api/v1/segment", json=body, headers=studio.headers(role), timeout=60)
 
 
 def alpha_on_canvas(png: bytes, bbox: list[int]) -> np.ndarray:
@@ -45,9 +44,9 @@ def test_the_legacy_box_of_strings_is_parsed_by_the_request_model_into_numbers_t
     assert mask_iou(grabcut(image, body.box()).mask, truth) >= 0.95
 
 
-def test_legacy_body_gives_the_disc_as_an_rgba_cutout_and_saves_it(stack):
+def test_legacy_body_gives_the_disc_as_an_rgba_cutout_and_saves_it(door):
     body = legacy_body()
-    r = post_segment(stack, body, role="annotator")
+    r = post_segment(door, body, role="annotator")
     assert r.status_code == 200, r.text
     answer = r.json()
     assert set(answer) == {"output_image", "object_id", "ean", "bbox", "status_code"}
@@ -62,25 +61,25 @@ def test_legacy_body_gives_the_disc_as_an_rgba_cutout_and_saves_it(stack):
     assert abs(y1 - (cy - RADIUS)) <= 3 and abs(y2 - (cy + RADIUS + 1)) <= 3
     _, truth = scene()
     assert mask_iou(alpha_on_canvas(png, answer["bbox"]), truth) >= 0.9
-    stored = stack.data_dir / "objects" / "0601472600" / f"{answer['object_id']}.png"
+    stored = door.data_dir / "objects" / "0601472600" / f"{answer['object_id']}.png"
     assert stored.read_bytes() == png
-    listed = requests.get(stack.url + "/api/v1/objects", params={"class_name": "0601472600"},
-                          headers=stack.headers("operator"), timeout=10).json()
+    listed = door.http.get("/api/v1/objects", params={"class_name": "0601472600"},
+                          headers=door.headers("operator"), timeout=10).json()
     row = next(o for o in listed["objects"] if o["id"] == answer["object_id"])
     assert row["bbox"] == answer["bbox"] and row["created_by"] == "annotator"
     assert (row["width"], row["height"]) == img.size and row["source"].startswith("sha256:")
-    served = requests.get(stack.url + row["image_url"], headers=stack.headers("annotator"), timeout=10)
+    served = door.http.get(row["image_url"], headers=door.headers("annotator"), timeout=10)
     assert served.headers["Content-Type"] == "image/png" and served.content == png
 
 
-def test_real_numbers_png_without_prefix_and_strokes(stack):
+def test_real_numbers_png_without_prefix_and_strokes(studio):
     image, truth = scene((40, 160, 60), seed=3)
     cx, cy = CENTRE
     band = cy - RADIUS // 2  # a background stroke across the top of the disc
     body = {"x1": 37, "y1": 35, "x2": 220, "y2": 179, "ean": "green disc", "image": encode(image, "PNG", False),
             "iterations": "3", "fg_strokes": [[[cx - 10, cy], [cx + 10, cy]]],
             "bg_strokes": [[[cx - RADIUS, band], [cx + RADIUS, band]]], "stroke_width": 6}
-    r = post_segment(stack, body)
+    r = post_segment(studio, body)
     assert r.status_code == 200, r.text
     alpha = alpha_on_canvas(base64.b64decode(r.json()["output_image"]), r.json()["bbox"])
     assert not alpha[band, cx - 20 : cx + 20].any()  # the user said: not the object
@@ -108,41 +107,41 @@ BAD = [
 
 
 @pytest.mark.parametrize(("change", "field"), BAD, ids=[f for _, f in BAD])
-def test_bad_input_is_400_naming_the_field_and_writes_nothing(stack, change, field):
-    before = sorted(p.relative_to(stack.data_dir) for p in (stack.data_dir / "objects").rglob("*"))
-    outside = sorted(stack.data_dir.parent.iterdir())
-    r = post_segment(stack, {**legacy_body(ean="bad_inputs"), **change})
+def test_bad_input_is_400_naming_the_field_and_writes_nothing(studio, change, field):
+    before = sorted(p.relative_to(studio.data_dir) for p in (studio.data_dir / "objects").rglob("*"))
+    outside = sorted(studio.data_dir.parent.iterdir())
+    r = post_segment(studio, {**legacy_body(ean="bad_inputs"), **change})
     assert r.status_code == 400, r.text
     assert r.json()["field"].split(".")[0] == field and r.json()["error"]
-    assert sorted(p.relative_to(stack.data_dir) for p in (stack.data_dir / "objects").rglob("*")) == before
-    assert sorted(stack.data_dir.parent.iterdir()) == outside
+    assert sorted(p.relative_to(studio.data_dir) for p in (studio.data_dir / "objects").rglob("*")) == before
+    assert sorted(studio.data_dir.parent.iterdir()) == outside
 
 
-def test_box_with_nothing_in_it_is_400(stack):
+def test_box_with_nothing_in_it_is_400(studio):
     image = np.full((SIZE[1], SIZE[0], 3), 128, np.uint8)  # flat grey: GrabCut has nothing to find
-    r = post_segment(stack, {**LEGACY_BOX, "ean": "nothing", "image": encode(image, "PNG")})
+    r = post_segment(studio, {**LEGACY_BOX, "ean": "nothing", "image": encode(image, "PNG")})
     assert r.status_code == 400 and r.json()["field"] in ("box", "image")
 
 
-def test_more_pixels_than_the_limit_is_413(stack):
+def test_more_pixels_than_the_limit_is_413(studio):
     buf = io.BytesIO()
     Image.new("L", (8000, 7000)).save(buf, "PNG")  # 56 MP > the 50 MP default; a few hundred KB
-    r = post_segment(stack, {**LEGACY_BOX, "ean": "huge", "image": base64.b64encode(buf.getvalue()).decode()})
+    r = post_segment(studio, {**LEGACY_BOX, "ean": "huge", "image": base64.b64encode(buf.getvalue()).decode()})
     assert r.status_code == 413 and r.json()["field"] == "image"
 
 
-def test_roles_listing_and_delete(stack):
-    r = post_segment(stack, legacy_body(ean="to_delete"), role="client")
+def test_roles_listing_and_delete(studio):
+    r = post_segment(studio, legacy_body(ean="to_delete"), role="client")
     assert r.status_code == 403
-    object_id = post_segment(stack, legacy_body(ean="to_delete")).json()["object_id"]
-    path = stack.data_dir / "objects" / "to_delete" / f"{object_id}.png"
+    object_id = post_segment(studio, legacy_body(ean="to_delete")).json()["object_id"]
+    path = studio.data_dir / "objects" / "to_delete" / f"{object_id}.png"
     assert path.is_file()
-    listing = requests.get(stack.url + "/api/v1/objects", headers=stack.headers("annotator"), timeout=10).json()
+    listing = studio.http.get("/api/v1/objects", headers=studio.headers("annotator"), timeout=10).json()
     assert listing["classes"]["to_delete"] >= 1 and all(set(o) >= {"id", "class_name"} for o in listing["objects"])
-    url = f"{stack.url}/api/v1/objects/{object_id}"
-    assert requests.delete(url, headers=stack.headers("annotator"), timeout=10).status_code == 403
-    r = requests.delete(url, headers=stack.headers("operator"), timeout=10)
+    url = f"/api/v1/objects/{object_id}"
+    assert studio.http.delete(url, headers=studio.headers("annotator"), timeout=10).status_code == 403
+    r = studio.http.delete(url, headers=studio.headers("operator"), timeout=10)
     assert r.status_code == 200 and r.json()["deleted"] == object_id and not path.exists()
-    assert requests.delete(url, headers=stack.headers("operator"), timeout=10).status_code == 404
-    image = requests.get(url + "/image", headers=stack.headers("operator"), timeout=10)
+    assert studio.http.delete(url, headers=studio.headers("operator"), timeout=10).status_code == 404
+    image = studio.http.get(url + "/image", headers=studio.headers("operator"), timeout=10)
     assert image.status_code == 404 and image.json()["field"] == "object_id"

@@ -1,6 +1,6 @@
 """Training and inference over HTTP: the legacy API's /train and /predict, resume, export, roles.
 
-Against the real stack (Redis, a forking RQ worker, gunicorn). Data is synthetic (drawn shapes in class
+Against the real studio (Redis, a forking RQ worker, gunicorn). Data is synthetic (drawn shapes in class
 folders) for the fast tests and scikit-learn's real digits, written as an HDF5 file, for the slow ones.
 """
 
@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-import requests
 import torch
 from flask_jwt_extended import create_access_token
 
@@ -40,27 +39,40 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:F
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def trained_rows(stack) -> dict[str, dict]:
-    return {r["id"]: r for r in get(stack, "/api/v1/models/trained", "operator").json()["models"]}
+def trained_rows(studio) -> dict[str, dict]:
+    return {r["id"]: r for r in get(studio, "/api/v1/models/trained", "operator").json()["models"]}
 
 
 @pytest.fixture(scope="module")
-def folders(stack):
-    write_folder_dataset(stack.data_dir)
-    return stack.data_dir
+def folders(studio):
+    write_folder_dataset(studio.data_dir)
+    return studio.data_dir
 
 
-@pytest.fixture(scope="module")
-def legacy_run(stack, folders):
+def train_legacy_body(studio, body: dict) -> tuple:
     """The legacy API's body, trained for two epochs: (the 202 answer, the finished job record)."""
-    answer = post(stack, "/api/v1/train", LEGACY_TRAIN)
+    write_folder_dataset(studio.data_dir)
+    answer = post(studio, "/api/v1/train", body)
     assert answer.status_code == 202, answer.text
-    return answer, stack.wait_job(answer.json()["job_id"], timeout=120)
+    return answer, studio.wait_job(answer.json()["job_id"], timeout=120)
+
+
+@pytest.fixture(scope="module")
+def legacy_run(studio, folders):
+    """The legacy body, in-process: its loader workers would be processes, so it reads in the job's own."""
+    return train_legacy_body(studio, {**LEGACY_TRAIN, "num_workers": 0})
+
+
+@pytest.fixture(scope="module")
+def legacy_run_over_http(stack):
+    """The legacy body unchanged, through gunicorn to a forking worker that starts its two loader processes."""
+    return train_legacy_body(stack, LEGACY_TRAIN)
 
 
 # ------------------------------------------------------------------------------------- fast tests
-def test_legacy_train_body_runs_a_job_with_history_and_registers_a_model(stack, legacy_run):
-    answer, record = legacy_run
+def test_legacy_train_body_runs_a_job_with_history_and_registers_a_model(stack, legacy_run_over_http):
+    studio = stack
+    answer, record = legacy_run_over_http
     job_id = answer.json()["job_id"]
     assert answer.json() == {"jobs": job_id, "job_id": job_id, "status_code": "200"}
     assert record["status"] == "finished", record["error"]
@@ -70,24 +82,29 @@ def test_legacy_train_body_runs_a_job_with_history_and_registers_a_model(stack, 
     result = record["result"]
     matrix = np.array(result["evaluation"]["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix.sum() == 6 and result["class_names"] == list(SHAPES)
-    assert (stack.data_dir / result["checkpoints"]["best"]).is_file()
+    assert (studio.data_dir / result["checkpoints"]["best"]).is_file()
     assert result["checkpoints"]["last"] == f"checkpoints/{job_id}/last.pt"
-    row = trained_rows(stack)[result["model_id"]]
+    row = trained_rows(studio)[result["model_id"]]
     assert row["job_id"] == job_id and row["model_name"] == "convnetj" and row["class_names"] == list(SHAPES)
     assert row["path"] == f"checkpoints/{job_id}/best.pt" and row["created_by"] == "operator"
     assert row["metrics"]["best_accuracy"] == result["best_accuracy"] and row["active"] is False
     # The legacy API's metrics view of the same job lists both epochs.
-    seed = post(stack, f"/api/v1/jobs/{job_id}").json()
+    seed = post(studio, f"/api/v1/jobs/{job_id}").json()
     assert len(seed["training_loss"]) == 2 and len(seed["testing_accuracy"]) == 2
+    # /predict over HTTP with the legacy body and this model: the legacy keys (every role: in-process below).
+    r = post(studio, "/api/v1/predict", {"image": data_url(shape_image("circle", 7)), "model": result["model_id"]},
+             "client")
+    assert r.status_code == 200 and set(r.json()) == {"results", "confidence", "probabilities", "model",
+                                                      "status_code"}, r.text
 
 
 @pytest.mark.parametrize("role", ["operator", "annotator", "client"])
-def test_predict_with_the_legacy_body_answers_the_legacy_keys(stack, legacy_run, role):
+def test_predict_with_the_legacy_body_answers_the_legacy_keys(studio, legacy_run, role):
     model_id = legacy_run[1]["result"]["model_id"]
-    # The legacy API's body names no model: the active one answers. Other modules train models in this stack too,
+    # The legacy API's body names no model: the active one answers. Other modules train models in this studio too,
     # so this run's model is made the active one, as an operator would.
-    assert post(stack, f"/api/v1/models/{model_id}/activate").status_code == 200
-    r = post(stack, "/api/v1/predict", {"image": data_url(shape_image("circle", 7))}, role)
+    assert post(studio, f"/api/v1/models/{model_id}/activate").status_code == 200
+    r = post(studio, "/api/v1/predict", {"image": data_url(shape_image("circle", 7))}, role)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == model_id
@@ -95,10 +112,10 @@ def test_predict_with_the_legacy_body_answers_the_legacy_keys(stack, legacy_run,
     assert body["results"] in SHAPES and 0 <= body["confidence"] <= 100
     assert set(body["probabilities"]) == set(SHAPES) and sum(body["probabilities"].values()) == pytest.approx(1)
     assert body["confidence"] == pytest.approx(100 * body["probabilities"][body["results"]])
-    chosen = post(stack, "/api/v1/predict", {"image": data_url(shape_image("square", 8)), "model": model_id}, role)
+    chosen = post(studio, "/api/v1/predict", {"image": data_url(shape_image("square", 8)), "model": model_id}, role)
     assert chosen.json()["model"] == model_id
     plain = base64.b64encode(png_bytes(shape_image("square", 8))).decode()  # base64 without a data URL
-    assert post(stack, "/api/v1/predict", {"image": plain, "model": model_id}, role).json() == chosen.json()
+    assert post(studio, "/api/v1/predict", {"image": plain, "model": model_id}, role).json() == chosen.json()
 
 
 @pytest.mark.parametrize("body,status,field", [
@@ -107,13 +124,13 @@ def test_predict_with_the_legacy_body_answers_the_legacy_keys(stack, legacy_run,
     ({}, 400, "image"),
     ({"image": "AAAA", "model": "no-such-model"}, 404, "model"),
 ])
-def test_predict_refuses_bad_input_naming_the_field(stack, legacy_run, body, status, field):
-    r = post(stack, "/api/v1/predict", body, "client")
+def test_predict_refuses_bad_input_naming_the_field(studio, legacy_run, body, status, field):
+    r = post(studio, "/api/v1/predict", body, "client")
     assert r.status_code == status and r.json()["field"] == field, r.text
 
 
-def test_predict_without_any_trained_model_is_a_409_that_says_what_to_do(stack, tmp_path):
-    app = create_app(Config(data_dir=tmp_path, redis_url=stack.redis_url))
+def test_predict_without_any_trained_model_is_a_409_that_says_what_to_do(tmp_path):
+    app = create_app(Config(data_dir=tmp_path))
     store = app.extensions["studio"].store
     store.create_user("someone", "a-long-password", "client")
     with app.app_context():  # a token carries its account's version, as POST /auth signs it
@@ -142,127 +159,127 @@ def test_predict_without_any_trained_model_is_a_409_that_says_what_to_do(stack, 
     ({"pretrained": 1}, "pretrained", ["convnetj"]),
     ({"learning_rat": 0.1}, "learning_rat", []),
 ])
-def test_bad_train_bodies_are_400_naming_the_field(stack, folders, change, field, words):
-    r = post(stack, "/api/v1/train", {**LEGACY_TRAIN, **change})
+def test_bad_train_bodies_are_400_naming_the_field(studio, folders, change, field, words):
+    r = post(studio, "/api/v1/train", {**LEGACY_TRAIN, **change})
     assert r.status_code == 400 and r.json()["field"] == field, r.text
     assert all(w in r.json()["message"] for w in words), r.json()["message"]
-    assert str(stack.data_dir) not in r.json()["message"]  # server paths stay on the server
+    assert str(studio.data_dir) not in r.json()["message"]  # server paths stay on the server
 
 
-def test_a_symlink_leading_outside_data_dir_is_refused(stack, folders, tmp_path):
+def test_a_symlink_leading_outside_data_dir_is_refused(studio, folders, tmp_path):
     (tmp_path / "elsewhere" / "a").mkdir(parents=True)
-    link = stack.data_dir / "escape_link"
+    link = studio.data_dir / "escape_link"
     if not link.exists():
         link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    r = post(stack, "/api/v1/train", {**LEGACY_TRAIN, "trainset_dir": "escape_link"})
+    r = post(studio, "/api/v1/train", {**LEGACY_TRAIN, "trainset_dir": "escape_link"})
     assert r.status_code == 400 and r.json()["field"] == "trainset_dir" and "outside" in r.json()["message"]
 
 
-def test_roles_on_the_training_routes(stack, folders):
+def test_roles_on_the_training_routes(studio, folders):
     for role in ("annotator", "client"):
-        assert post(stack, "/api/v1/train", LEGACY_TRAIN, role).status_code == 403
-    assert get(stack, "/api/v1/models/trained", "annotator").status_code == 403
-    assert requests.post(stack.url + "/api/v1/train", json=LEGACY_TRAIN, timeout=10).status_code == 401
-    assert requests.post(stack.url + "/api/v1/predict", json={"image": "x"}, timeout=10).status_code == 401
+        assert post(studio, "/api/v1/train", LEGACY_TRAIN, role).status_code == 403
+    assert get(studio, "/api/v1/models/trained", "annotator").status_code == 403
+    assert studio.http.post("/api/v1/train", json=LEGACY_TRAIN).status_code == 401
+    assert studio.http.post("/api/v1/predict", json={"image": "x"}).status_code == 401
 
 
-def test_the_model_zoo_needs_a_token_and_is_read_from_the_registry(stack):
-    assert requests.get(stack.url + "/api/v1/models", timeout=10).status_code == 401
-    body = get(stack, "/api/v1/models", "client").json()
+def test_the_model_zoo_needs_a_token_and_is_read_from_the_registry(studio):
+    assert studio.http.get("/api/v1/models", timeout=10).status_code == 401
+    body = get(studio, "/api/v1/models", "client").json()
     assert [m["name"] for m in body["models"]] == [m.name for m in list_models()]
     j = next(m for m in body["models"] if m["name"] == "convnetj")
     assert j["default_input_size"] == 128 and j["description"]
 
 
-def test_resume_extends_a_finished_run_continuing_its_history(stack, legacy_run):
+def test_resume_extends_a_finished_run_continuing_its_history(studio, legacy_run):
     job_id = legacy_run[1]["id"]
-    done = post(stack, f"/api/v1/jobs/{job_id}/resume")
+    done = post(studio, f"/api/v1/jobs/{job_id}/resume")
     assert done.status_code == 409 and done.json()["field"] == "num_epochs"  # every epoch already ran
-    r = post(stack, f"/api/v1/jobs/{job_id}/resume?num_epochs=3")
+    r = post(studio, f"/api/v1/jobs/{job_id}/resume?num_epochs=3")
     assert r.status_code == 202, r.text
-    record = stack.wait_job(r.json()["job_id"], timeout=120)
+    record = studio.wait_job(r.json()["job_id"], timeout=120)
     assert record["status"] == "finished", record["error"]
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
     assert record["history"][:2] == legacy_run[1]["history"]
     assert record["params"]["resumed_from"] == job_id and record["params"]["num_epochs"] == 3
-    assert trained_rows(stack)[record["result"]["model_id"]]["metrics"]["epochs_completed"] == 3
+    assert trained_rows(studio)[record["result"]["model_id"]]["metrics"]["epochs_completed"] == 3
 
 
-def test_resume_refuses_unknown_and_non_training_jobs(stack):
-    assert post(stack, "/api/v1/jobs/nope/resume").status_code == 404
-    other = jobs.submit(stack.config, open_store(stack.data_dir), "test-count", {"n": 1, "delay": 0}, "operator")
-    stack.wait_job(other)
-    assert post(stack, f"/api/v1/jobs/{other}/resume").status_code == 404
-    assert post(stack, "/api/v1/jobs/nope/resume", role="client").status_code == 403
+def test_resume_refuses_unknown_and_non_training_jobs(studio):
+    assert post(studio, "/api/v1/jobs/nope/resume").status_code == 404
+    other = jobs.submit(studio.config, open_store(studio.data_dir), "test-count", {"n": 1, "delay": 0}, "operator")
+    studio.wait_job(other)
+    assert post(studio, f"/api/v1/jobs/{other}/resume").status_code == 404
+    assert post(studio, "/api/v1/jobs/nope/resume", role="client").status_code == 403
 
 
-def test_export_downloads_loadable_torchscript_and_onnx_once_per_checkpoint(stack, legacy_run, tmp_path):
+def test_export_downloads_loadable_torchscript_and_onnx_once_per_checkpoint(studio, legacy_run, tmp_path):
     import onnx
 
     model_id = legacy_run[1]["result"]["model_id"]
-    r = get(stack, f"/api/v1/models/{model_id}/export?format=torchscript")
+    r = get(studio, f"/api/v1/models/{model_id}/export?format=torchscript")
     assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"], r.text
     (tmp_path / "m.pt").write_bytes(r.content)
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
     assert scripted(torch.zeros(1, 3, 128, 128)).shape == (1, 3)
     assert json.loads(extra["metadata.json"])["class_names"] == list(SHAPES)
-    r = get(stack, f"/api/v1/models/{model_id}/export?format=onnx")
+    r = get(studio, f"/api/v1/models/{model_id}/export?format=onnx")
     assert r.status_code == 200 and r.headers["Content-Disposition"].endswith(".onnx")
     proto = onnx.load_from_string(r.content)
     onnx.checker.check_model(proto)
     assert json.loads({p.key: p.value for p in proto.metadata_props}["metadata"])["class_names"] == list(SHAPES)
-    exports = sorted(p.name for p in (stack.data_dir / "exports").glob(f"{model_id}-*"))
-    assert get(stack, f"/api/v1/models/{model_id}/export?format=onnx").content == r.content
-    assert sorted(p.name for p in (stack.data_dir / "exports").glob(f"{model_id}-*")) == exports  # cached
-    assert get(stack, f"/api/v1/models/{model_id}/export?format=pickle").json()["field"] == "format"
-    assert get(stack, "/api/v1/models/nope/export").status_code == 404
+    exports = sorted(p.name for p in (studio.data_dir / "exports").glob(f"{model_id}-*"))
+    assert get(studio, f"/api/v1/models/{model_id}/export?format=onnx").content == r.content
+    assert sorted(p.name for p in (studio.data_dir / "exports").glob(f"{model_id}-*")) == exports  # cached
+    assert get(studio, f"/api/v1/models/{model_id}/export?format=pickle").json()["field"] == "format"
+    assert get(studio, "/api/v1/models/nope/export").status_code == 404
 
 
-def test_activate_chooses_the_default_model_and_delete_removes_it(stack, legacy_run, tmp_path):
+def test_activate_chooses_the_default_model_and_delete_removes_it(studio, legacy_run, tmp_path):
     model_id = legacy_run[1]["result"]["model_id"]
-    extra = _register_copy(stack, model_id)
-    assert post(stack, f"/api/v1/models/{extra}/activate").json()["active"] is True
+    extra = _register_copy(studio, model_id)
+    assert post(studio, f"/api/v1/models/{extra}/activate").json()["active"] is True
     image = {"image": data_url(shape_image("triangle", 3))}
-    assert post(stack, "/api/v1/predict", image, "client").json()["model"] == extra
-    assert post(stack, f"/api/v1/models/{model_id}/activate").json()["active"] is True
-    assert trained_rows(stack)[extra]["active"] is False
-    folder = stack.data_dir / "checkpoints" / trained_rows(stack)[extra]["job_id"]
-    r = requests.delete(f"{stack.url}/api/v1/models/{extra}", headers=stack.headers("operator"), timeout=10)
-    assert r.status_code == 200 and not folder.exists() and extra not in trained_rows(stack)
-    again = requests.delete(f"{stack.url}/api/v1/models/{extra}", headers=stack.headers("operator"), timeout=10)
+    assert post(studio, "/api/v1/predict", image, "client").json()["model"] == extra
+    assert post(studio, f"/api/v1/models/{model_id}/activate").json()["active"] is True
+    assert trained_rows(studio)[extra]["active"] is False
+    folder = studio.data_dir / "checkpoints" / trained_rows(studio)[extra]["job_id"]
+    r = studio.http.delete(f"/api/v1/models/{extra}", headers=studio.headers("operator"), timeout=10)
+    assert r.status_code == 200 and not folder.exists() and extra not in trained_rows(studio)
+    again = studio.http.delete(f"/api/v1/models/{extra}", headers=studio.headers("operator"), timeout=10)
     assert again.status_code == 404
-    assert post(stack, "/api/v1/models/nope/activate").status_code == 404
+    assert post(studio, "/api/v1/models/nope/activate").status_code == 404
 
 
-def _register_copy(stack, model_id: str) -> str:
+def _register_copy(studio, model_id: str) -> str:
     """A second catalog model: a copy of ``model_id``'s checkpoint under a job id of its own."""
-    row = trained_rows(stack)[model_id]
+    row = trained_rows(studio)[model_id]
     job_id = f"copy-{time.time_ns()}"
-    target = stack.data_dir / "checkpoints" / job_id
+    target = studio.data_dir / "checkpoints" / job_id
     target.mkdir(parents=True)
     for name in ("best.pt", "last.pt"):
-        (target / name).write_bytes((stack.data_dir / row["path"]).with_name(name).read_bytes())
-    return training.register_model(stack.config, open_store(stack.data_dir), job_id, "operator")["id"]
+        (target / name).write_bytes((studio.data_dir / row["path"]).with_name(name).read_bytes())
+    return training.register_model(studio.config, open_store(studio.data_dir), job_id, "operator")["id"]
 
 
-def test_multi_label_models_answer_predict_tags_and_scores(stack, tmp_path):
+def test_multi_label_models_answer_predict_tags_and_scores(studio, tmp_path):
     """A multi-label run (trained here, registered as the job would) answers the legacy API's multi-label keys."""
     config = TrainConfig("convnetb", num_classes=3, epochs=1, batch_size=8, image_size=16, multi_label=True)
     rng = np.random.default_rng(0)
     images, targets = rng.integers(0, 255, (16, 16, 16, 3), dtype=np.uint8), rng.integers(0, 2, (16, 3))
     data = ArrayDataset(images, targets.astype(np.float32), config.preprocessing())
     job_id = f"multi-{time.time_ns()}"
-    fit(config, data, data, ["sky", "sea", "sand"], stack.data_dir / "checkpoints" / job_id)
-    row = training.register_model(stack.config, open_store(stack.data_dir), job_id, "operator")
+    fit(config, data, data, ["sky", "sea", "sand"], studio.data_dir / "checkpoints" / job_id)
+    row = training.register_model(studio.config, open_store(studio.data_dir), job_id, "operator")
     try:
-        r = post(stack, "/api/v1/predict", {"image": data_url(images[0]), "model": row["id"]}, "annotator")
+        r = post(studio, "/api/v1/predict", {"image": data_url(images[0]), "model": row["id"]}, "annotator")
         assert set(r.json()) == {"predict_tags", "scores", "model", "status_code"}, r.text
         labels = {"sky", "sea", "sand"}
         assert set(r.json()["scores"]) == labels and set(r.json()["predict_tags"]) <= labels
-        assert trained_rows(stack)[row["id"]]["multi_label"] is True
+        assert trained_rows(studio)[row["id"]]["multi_label"] is True
     finally:  # other features' tests must not start receiving tag suggestions from this model
-        training.delete_model(stack.config, open_store(stack.data_dir), row["id"])
+        training.delete_model(studio.config, open_store(studio.data_dir), row["id"])
 
 
 def test_newdata_requests_are_multi_label_over_the_label_set(tmp_path):
@@ -287,12 +304,17 @@ def test_newdata_requests_are_multi_label_over_the_label_set(tmp_path):
 
 # ------------------------------------------------------------------------------------- slow tests
 @pytest.fixture(scope="module")
-def digits(stack):
+def digits(studio):
+    return ensure_digits_hdf5(studio.data_dir)
+
+
+@pytest.fixture(scope="module")
+def digits_over_http(stack):
     return ensure_digits_hdf5(stack.data_dir)
 
 
 @pytest.fixture(scope="module")
-def digits_run(stack, digits):
+def digits_run(stack, digits_over_http):
     """A real training job on the digits, watched by a Socket.IO client: (job record, its events)."""
     events: list = []
     client = job_events_socket(stack, events)
@@ -327,7 +349,7 @@ def test_real_digits_reach_high_accuracy_with_live_epoch_events(stack, digits_ru
     assert np.mean([a == str(y) for a, y in zip(answers, labels[:40], strict=True)]) >= 0.85
 
 
-def test_cancel_then_resume_continues_from_the_last_completed_epoch(stack, digits):
+def test_cancel_then_resume_continues_from_the_last_completed_epoch(stack, digits_over_http):
     r = post(stack, "/api/v1/train", digits_body(num_epochs="8"))
     job_id = r.json()["job_id"]
     deadline = time.monotonic() + 60
@@ -379,10 +401,10 @@ def test_every_renamed_request_field_names_a_train_config_field_and_engine_error
     assert err.value.field == "batch_size"
 
 
-def test_an_auto_learning_rate_is_found_before_the_run_and_its_curve_kept(stack, digits):
-    r = post(stack, "/api/v1/train", digits_body(learning_rate="auto", num_epochs="3", lr_decay="1"))
+def test_an_auto_learning_rate_is_found_before_the_run_and_its_curve_kept(studio, digits):
+    r = post(studio, "/api/v1/train", digits_body(learning_rate="auto", num_epochs="3", lr_decay="1"))
     assert r.status_code == 202, r.text
-    record = stack.wait_job(r.json()["job_id"], timeout=120)
+    record = studio.wait_job(r.json()["job_id"], timeout=120)
     assert record["status"] == "finished", record["error"]
     found = record["history"][0]["lr_finder"]
     assert found == record["result"]["lr_finder"] and "lr_finder" not in record["history"][1]

@@ -1,6 +1,6 @@
 """POST /api/v1/train on HDF5 files written by hand with h5py, as a user brings them from elsewhere.
 
-Against the real stack (Redis, a forking RQ worker, gunicorn): a file with a list attribute of class
+Against the real studio (Redis, a forking RQ worker, gunicorn): a file with a list attribute of class
 names and float pixels in [0, 1] (a 500, then a failed job, before) trains; malformed files answer 400
 naming ``hdf5_path`` before any job is queued.
 """
@@ -33,11 +33,15 @@ def _write(path, names=NAMES, labels=lambda y: y, images=lambda x: x) -> str:
     return path.name
 
 
-@pytest.fixture
-def datasets(stack):
-    folder = stack.data_dir / "datasets"
+def datasets_of(studio):
+    folder = studio.data_dir / "datasets"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture
+def datasets(studio):
+    return datasets_of(studio)
 
 
 def _body(hdf5_path: str, **change) -> dict:
@@ -46,15 +50,16 @@ def _body(hdf5_path: str, **change) -> dict:
             **change}
 
 
-def test_list_attribute_file_with_float_pixels_trains(stack, datasets):
-    name = _write(datasets / "by-hand-floats.h5")
-    r = post(stack, "/api/v1/train", _body(name, num_classes="4"))
+def test_list_attribute_file_with_float_pixels_trains(door):
+    studio = door
+    name = _write(datasets_of(studio) / "by-hand-floats.h5")
+    r = post(studio, "/api/v1/train", _body(name, num_classes="4"))
     assert r.status_code == 202, r.text
-    record = stack.wait_job(r.json()["job_id"], timeout=120)
+    record = studio.wait_job(r.json()["job_id"], timeout=120)
     assert record["status"] == "finished", record["error"]
     assert record["result"]["class_names"] == NAMES
     assert record["result"]["best_accuracy"] > 40  # 4 classes: well above chance after one epoch
-    model = {m["id"]: m for m in get(stack, "/api/v1/models/trained", "client").json()["models"]}
+    model = {m["id"]: m for m in get(studio, "/api/v1/models/trained", "client").json()["models"]}
     assert model[record["result"]["model_id"]]["class_names"] == NAMES
 
 
@@ -65,19 +70,19 @@ def test_list_attribute_file_with_float_pixels_trains(stack, datasets):
     ("one-class.h5", lambda p: _write(p, names=None, labels=np.zeros_like), ["1 class", "two classes"]),
     ("not-hdf5.h5", lambda p: p.write_bytes(b"PK\x03\x04 a zip, renamed"), ["not an HDF5 file"]),
 ])
-def test_bad_hdf5_files_answer_400_naming_hdf5_path(stack, datasets, name, write, words):
+def test_bad_hdf5_files_answer_400_naming_hdf5_path(studio, datasets, name, write, words):
     path = datasets / name
     write(path)
-    r = post(stack, "/api/v1/train", _body(name))
+    r = post(studio, "/api/v1/train", _body(name))
     assert r.status_code == 400 and r.json()["field"] == "hdf5_path", r.text
     assert all(w in r.json()["message"] for w in words), r.json()["message"]
-    assert str(stack.data_dir) not in r.json()["message"]
+    assert str(studio.data_dir) not in r.json()["message"]
 
 
-def test_labels_0_1_7_without_names_are_three_classes(stack, datasets):
+def test_labels_0_1_7_without_names_are_three_classes(studio, datasets):
     """The class count a client must send is the count of labels present, not the largest label + 1."""
     path = datasets / "labels-0-1-7.h5"
     _write(path, names=None, labels=lambda y: np.array([0, 1, 1, 7])[y])
-    r = post(stack, "/api/v1/train", _body(path.name, num_classes="8"))
+    r = post(studio, "/api/v1/train", _body(path.name, num_classes="8"))
     assert r.status_code == 400 and r.json()["field"] == "num_classes", r.text
     assert "3 classes: 0, 1, 7" in r.json()["message"]

@@ -1,7 +1,8 @@
 """Transfer learning over HTTP: the legacy API's /train body on a pretrained backbone, then /predict, offline.
 
-Against the real stack (Redis, a forking RQ worker, gunicorn). The photos are real: scikit-image's LFW
-subset (faces and non-faces), written as JPEG class folders the way a camera or a file manager would.
+Against the real stack (Redis, a forking RQ worker, gunicorn); the request's checks in-process. The photos are
+real: scikit-image's LFW subset (faces and non-faces), written as JPEG class folders the way a camera or a file
+manager would.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def trained_ids(stack) -> list[str]:
 
 @pytest.fixture(scope="module")
 def photos(stack, leave_no_models):
+    return write_photos(stack)
+
+
+@pytest.fixture(scope="module")
+def local_photos(studio):
+    """The same photos in the in-process studio, for the checks a request meets before its job is queued."""
+    return write_photos(studio)
+
+
+def write_photos(stack):
     """10 training and 10 test photos per class under DATA_DIR; returns the held-out (image, class) pairs."""
     images = (data.lfw_subset() * 255).round().astype(np.uint8)
     held_out = []
@@ -64,7 +75,7 @@ def photos(stack, leave_no_models):
 
 
 def post(stack, path, body, role="operator"):
-    return requests.post(stack.url + path, json=body, headers=stack.headers(role), timeout=60)
+    return stack.http.post(path, json=body, headers=stack.headers(role), timeout=60)
 
 
 def predict(stack, img, model_id):
@@ -108,11 +119,11 @@ def test_pretrained_one_on_resnet18_uses_the_weights_cache_under_data_dir(stack,
     assert torch.equal(checkpoint["state_dict"]["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
 
 
-def test_a_weights_file_that_does_not_fit_is_refused_with_its_keys(stack, photos):
-    folder = stack.data_dir / "weights"
+def test_a_weights_file_that_does_not_fit_is_refused_with_its_keys(studio, local_photos):
+    folder = studio.data_dir / "weights"
     folder.mkdir(exist_ok=True)
     torch.save(create_model("convnetj", 2).state_dict(), folder / "convnetj.pth")
-    r = post(stack, "/api/v1/train", {**LEGACY_BODY, "model_name": "resnet18", "weights": "weights/convnetj.pth"})
+    r = post(studio, "/api/v1/train", {**LEGACY_BODY, "model_name": "resnet18", "weights": "weights/convnetj.pth"})
     assert r.status_code == 400 and r.json()["field"] == "weights", r.text
     assert "missing" in r.json()["message"] and "conv1.weight" in r.json()["message"]
 
@@ -126,8 +137,8 @@ def test_a_weights_file_that_does_not_fit_is_refused_with_its_keys(stack, photos
     ({"weights": "weights/none.pth"}, "weights"),
     ({"weights": "notes.txt"}, "weights"),
 ])
-def test_transfer_fields_are_checked_naming_the_field(stack, photos, extra, field):
-    r = post(stack, "/api/v1/train", {**LEGACY_BODY, **extra})
+def test_transfer_fields_are_checked_naming_the_field(studio, local_photos, extra, field):
+    r = post(studio, "/api/v1/train", {**LEGACY_BODY, **extra})
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field, r.text
 

@@ -1,4 +1,5 @@
-"""Hyperparameter search against the running stack: real Redis, ONE worker, the API under gunicorn.
+"""Hyperparameter search against the running stack: real Redis, ONE worker, the API under gunicorn (the
+request's checks in-process).
 
 The data is scikit-learn's digits at 16 x 16 written as an HDF5 file in the legacy API's layout, so a trial
 trains in about a second and the studies below finish with the single worker of the ``stack`` fixture.
@@ -29,11 +30,21 @@ SPACE = {"learning_rate": [0.005, 0.1], "batch_size": [32, 64], "weight_decay": 
          "optimizer": ["sgd", "adam"], "model_name": ["lenet5", "convnetj"]}
 
 
+def write_digits(studio) -> str:
+    """The digits as ``DATA_DIR/datasets/tune_digits.h5``: uint8 N x 16 x 16 x 3, class names as JSON."""
+    write_digits_hdf5(studio.data_dir / "datasets" / DIGITS, train=slice(0, 800), scale=2)
+    return DIGITS
+
+
 @pytest.fixture(scope="module")
 def digits(stack) -> str:
-    """The digits as ``DATA_DIR/datasets/tune_digits.h5``: uint8 N x 16 x 16 x 3, class names as JSON."""
-    write_digits_hdf5(stack.data_dir / "datasets" / DIGITS, train=slice(0, 800), scale=2)
-    return DIGITS
+    return write_digits(stack)
+
+
+@pytest.fixture(scope="module")
+def local_digits(studio) -> str:
+    """The same file in the in-process studio, for the checks a request meets before any job runs."""
+    return write_digits(studio)
 
 
 def study_body(**overrides) -> dict:
@@ -210,21 +221,21 @@ def test_a_study_whose_worker_died_goes_on_once_a_worker_is_back_without_anyone_
     ({"num_classes": 3}, "num_classes", "10 classes"),
     ({"parallel": 0}, "parallel", "greater than or equal to 1"),
 ])
-def test_bad_request_is_400_naming_the_field(stack, digits, change, field, words):
+def test_bad_request_is_400_naming_the_field(studio, local_digits, change, field, words):
     body = {key: value for key, value in study_body(**change).items() if value is not OMIT}
-    r = requests.post(f"{stack.url}/api/v1/tune", json=body, headers=stack.headers("operator"), timeout=30)
+    r = studio.http.post("/api/v1/tune", json=body, headers=studio.headers("operator"))
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field and words in r.json()["message"]
 
 
-def test_roles_and_unknown_studies(stack, digits):
-    r = requests.post(f"{stack.url}/api/v1/tune", json=study_body(), headers=stack.headers("client"), timeout=30)
+def test_roles_and_unknown_studies(studio, local_digits):
+    r = studio.http.post("/api/v1/tune", json=study_body(), headers=studio.headers("client"))
     assert r.status_code == 403
-    headers = stack.headers("operator")
+    headers = studio.headers("operator")
     for method, path in (("get", ""), ("post", "/stop"), ("post", "/train-best")):
-        r = requests.request(method, f"{stack.url}/api/v1/tune/nope{path}", headers=headers, timeout=30)
+        r = studio.http.request(method, f"/api/v1/tune/nope{path}", headers=headers)
         assert r.status_code == 404 and r.json()["field"] == "study_id"
-    listed = requests.get(f"{stack.url}/api/v1/tune", headers=headers, timeout=30)
+    listed = studio.http.get("/api/v1/tune", headers=headers)
     assert listed.status_code == 200 and isinstance(listed.json()["studies"], list)
 
 

@@ -7,14 +7,15 @@ an annotator could replace another annotator's photo through the Annotate page. 
 parametrized over (role, action, door) and asserts one answer, allowed / forbidden / over quota / signed out,
 whichever door was used:
 
-- ``api``: a real HTTP request to the API under gunicorn, signed in with a token.
+- ``api``: a request to the API's routes (its app in-process, as the fast tier calls it), signed in with a token.
 - ``page``: what a page does, signed in as that user: its first line (``require_page``, run under Streamlit's
   AppTest), then the service function its button calls; or the page itself under AppTest, for the live panel,
   the Annotate page and the Tune page's words.
 - ``browser``: Chromium on the real UI, where a click inside a live panel re-runs only the panel (slow).
 
-One studio of its own, with ``MAX_ACTIVE_JOBS_PER_USER=3`` and no worker, so queued jobs stay queued: the
-``operator`` has three queued jobs of the test kind (``tests/fake_jobs.py``) and so no room for a fourth.
+One in-process studio of its own, with ``MAX_ACTIVE_JOBS_PER_USER=3``, whose queued jobs are never run: the
+``operator`` has three queued jobs of the test kind (``tests/fake_jobs.py``) and so no room for a fourth. The
+browser's door needs the real stack (a UI, an API, Redis; its worker stopped).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -39,7 +39,7 @@ from services.app.quotas import TooManyJobs
 from services.jobs import runtime as jobs
 from services.storage.store import open_store
 from tests.digits import DIGITS_FILE, digits_body, ensure_digits_hdf5
-from tests.harness import Stack, app_page, signed_in_session, stop
+from tests.harness import LocalStudio, Stack, app_page, signed_in_session, stop
 from tests.scenes import LEGACY_BOX, encode, scene
 
 LIMIT = 3
@@ -54,33 +54,46 @@ GENERATE = {"number_backgrounds": "1", "image_size": "32", "classes": [CLASS], "
             "scales": ["400"]}
 
 
+def fill_the_operators_quota(studio) -> None:
+    ensure_digits_hdf5(studio.data_dir)
+    _library(studio)
+    for _ in range(LIMIT):
+        jobs.submit(config_of(studio), open_store(studio.data_dir), "test-count", {"n": 1}, "operator")
+
+
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, processes):
-    """A studio whose quota is 3 active jobs, with data for every action, its worker stopped, and the
-    operator's quota full of queued jobs."""
+def studio(tmp_path_factory):
+    """A studio whose quota is 3 active jobs, with data for every action, and the operator's quota full of
+    queued jobs (nothing runs them)."""
+    local = LocalStudio.in_own_folder(tmp_path_factory, "rules", max_active_jobs_per_user=LIMIT)
+    fill_the_operators_quota(local)
+    return local
+
+
+@pytest.fixture(scope="module")
+def studio_ui(tmp_path_factory, processes):
+    """The same studio on real parts with its UI, started as ``make run`` starts it, its worker stopped."""
     stack = Stack.in_own_folder(tmp_path_factory, "rules", MAX_ACTIVE_JOBS_PER_USER=str(LIMIT)).start()
     try:
-        ensure_digits_hdf5(stack.data_dir)
-        _library(stack)
         for worker in stack.workers:  # what is queued stays queued
             stop(worker)
-        for _ in range(LIMIT):
-            jobs.submit(config_of(stack), open_store(stack.data_dir), "test-count", {"n": 1}, "operator")
+        fill_the_operators_quota(stack)
+        stack.start_ui()
         yield stack
     finally:
         stack.close()
 
 
-def config_of(stack: Stack):
+def config_of(stack):
     """The configuration the studio's own processes read (its environment sets the quota)."""
     return dataclasses.replace(stack.config, max_active_jobs_per_user=LIMIT)
 
 
-def _library(stack: Stack) -> None:
+def _library(stack) -> None:
     """One cut-out of one class, and one background per split, for a generation."""
     image, _ = scene((210, 40, 40), seed=3)
-    r = requests.post(stack.url + "/api/v1/segment", json={**LEGACY_BOX, "ean": CLASS, "image": encode(image)},
-                      headers=stack.headers("admin"), timeout=60)
+    r = stack.http.post("/api/v1/segment", json={**LEGACY_BOX, "ean": CLASS, "image": encode(image)},
+                        headers=stack.headers("admin"))
     assert r.status_code == 200, r.text
     for seed, split in ((1, "train"), (2, "test")):
         buf = io.BytesIO()
@@ -88,7 +101,7 @@ def _library(stack: Stack) -> None:
         generate.add_background(studio_admin(stack), buf.getvalue(), split)
 
 
-def studio_admin(stack: Stack) -> rules.Actor:
+def studio_admin(stack) -> rules.Actor:
     """The studio's admin as an actor, to set up data through the actions."""
     return rules.Actor({"username": "admin", "role": "admin"}, stack.config, open_store(stack.data_dir))
 
@@ -107,29 +120,29 @@ def class_folders_zip() -> bytes:
     return buf.getvalue()
 
 
-def active_jobs(stack: Stack, username: str) -> int:
+def active_jobs(stack, username: str) -> int:
     store = open_store(stack.data_dir)
     return sum(store.count_jobs(status=s, created_by=username) for s in ("queued", "started"))
 
 
-def leftovers(stack: Stack) -> list[str]:
+def leftovers(stack) -> list[str]:
     """Uploads an import kept (a refused one must keep nothing)."""
     return sorted(p.name for p in (stack.data_dir / "uploads").glob("*") if p.is_file())
 
 
 # ----------------------------------------------------------------------------------------- the doors
-def api_door(stack: Stack, role: str, action: str) -> str:
-    """Submit ``action`` over HTTP as ``role``; the answer in words."""
+def api_door(stack, role: str, action: str) -> str:
+    """Submit ``action`` through the API's route as ``role``; the answer in words."""
     headers = stack.headers(role)
     if action == "train":
-        r = requests.post(stack.url + "/api/v1/train", json=digits_body(num_epochs="1"), headers=headers, timeout=60)
+        r = stack.http.post("/api/v1/train", json=digits_body(num_epochs="1"), headers=headers)
     elif action == "generate":
-        r = requests.post(stack.url + "/api/v1/generate", json=GENERATE, headers=headers, timeout=60)
+        r = stack.http.post("/api/v1/generate", json=GENERATE, headers=headers)
     elif action == "study":
-        r = requests.post(stack.url + "/api/v1/tune", json=STUDY, headers=headers, timeout=60)
+        r = stack.http.post("/api/v1/tune", json=STUDY, headers=headers)
     else:
-        r = requests.post(stack.url + "/api/v1/datasets", files={"file": ("rules.zip", class_folders_zip())},
-                          data={"name": f"rules_{secrets.token_hex(3)}"}, headers=headers, timeout=60)
+        r = stack.http.post("/api/v1/datasets", files={"file": ("rules.zip", class_folders_zip())},
+                            data={"name": f"rules_{secrets.token_hex(3)}"}, headers=headers)
     return {202: "allowed", 401: "signed out", 403: "forbidden", 429: "over quota"}.get(r.status_code, r.text)
 
 
@@ -143,7 +156,7 @@ def page_gate() -> None:
     st.success("the page opens")
 
 
-def page_opens(stack: Stack, user: dict, script: str, monkeypatch) -> bool:
+def page_opens(stack, user: dict, script: str, monkeypatch) -> bool:
     """Whether the page ``script`` lets ``user`` in (signed in as app.py signs in)."""
     monkeypatch.setenv("DATA_DIR", str(stack.data_dir))
     at = AppTest.from_function(page_gate, default_timeout=30)
@@ -154,7 +167,7 @@ def page_opens(stack: Stack, user: dict, script: str, monkeypatch) -> bool:
     return bool(at.success)
 
 
-def page_submit(stack: Stack, user: dict, action: str) -> None:
+def page_submit(stack, user: dict, action: str) -> None:
     """What the page's button calls, with its own arguments (``pages/*.py``, ``services/ui/dataset_upload.py``)."""
     config, store = config_of(stack), open_store(stack.data_dir)
     if action == "train":
@@ -175,7 +188,7 @@ def page_submit(stack: Stack, user: dict, action: str) -> None:
             upload.unlink(missing_ok=True)  # as the page does: the action moves the file when it takes it
 
 
-def page_door(stack: Stack, role: str, action: str, monkeypatch) -> str:
+def page_door(stack, role: str, action: str, monkeypatch) -> str:
     user = {"username": role, "role": role}
     if not page_opens(stack, user, PAGE_OF[action], monkeypatch):
         return "forbidden"
@@ -204,8 +217,7 @@ def planner(studio):
     """An operator with no jobs yet, to try studies of every size."""
     name = f"planner_{secrets.token_hex(3)}"
     open_store(studio.data_dir).create_user(name, "planner-pass-123", "operator")
-    token = requests.post(studio.url + "/auth", json={"username": name, "password": "planner-pass-123"},
-                          timeout=10).json()["access_token"]
+    token = studio.http.post("/auth", json={"username": name, "password": "planner-pass-123"}).json()["access_token"]
     return {"username": name, "role": "operator", "headers": {"Authorization": f"JWT {token}"}}
 
 
@@ -221,7 +233,7 @@ LONG = {"n_trials": 1000, "epochs_per_trial": 100, "parallel": 1}  # each trial 
 def test_a_study_over_its_budget_is_refused_naming_the_field(studio, planner, budget, field, status, door):
     body = {**STUDY, **budget}
     if door == "api":
-        r = requests.post(studio.url + "/api/v1/tune", json=body, headers=planner["headers"], timeout=60)
+        r = studio.http.post("/api/v1/tune", json=body, headers=planner["headers"])
         assert r.status_code == status and r.json()["field"] == field, r.text
         message = r.json()["message"]
     else:
@@ -239,23 +251,23 @@ def test_a_studys_parallel_trials_count_against_the_quota(studio, planner, door)
     """Study + 2 trials in flight take all 3 slots: nothing more fits, at either door; the trials were
     counted when the study was launched."""
     body = {**STUDY, "n_trials": 4, "parallel": 2}
-    r = requests.post(studio.url + "/api/v1/tune", json=body, headers=planner["headers"], timeout=60)
+    r = studio.http.post("/api/v1/tune", json=body, headers=planner["headers"])
     assert r.status_code == 202, r.text
     assert active_jobs(studio, planner["username"]) == LIMIT  # the study and its two queued trials
     if door == "api":
-        answer = requests.post(studio.url + "/api/v1/train", json=digits_body(num_epochs="1"),
-                               headers=planner["headers"], timeout=60).status_code
+        answer = studio.http.post("/api/v1/train", json=digits_body(num_epochs="1"),
+                               headers=planner["headers"]).status_code
         assert answer == 429
     else:
         with pytest.raises(TooManyJobs):
             page_submit(studio, planner, "train")
-    requests.post(f"{studio.url}/api/v1/tune/{r.json()['study_id']}/stop", headers=planner["headers"], timeout=60)
+    studio.http.post(f"/api/v1/tune/{r.json()['study_id']}/stop", headers=planner["headers"])
 
 
 def test_the_tune_page_names_the_field_in_its_own_words(studio, planner, monkeypatch):
     """The Tune page says what the API says, in the words of its widgets."""
     user = {"username": planner["username"], "role": "operator"}
-    with app_page("tune.py", user, studio.data_dir, monkeypatch, REDIS_URL=studio.redis_url,
+    with app_page("tune.py", user, studio.data_dir, monkeypatch, REDIS_URL=studio.config.effective_redis_url,
                   MAX_ACTIVE_JOBS_PER_USER=str(LIMIT)) as page:
         page.run()
         page.number_input(key="tune_trials").set_value(HUGE["n_trials"])
@@ -276,16 +288,15 @@ def test_the_tune_page_names_the_field_in_its_own_words(studio, planner, monkeyp
 
 
 # ---------------------------------------------------------------------------------- live panels
-def fresh_operator(stack: Stack) -> tuple[str, dict]:
+def fresh_operator(stack) -> tuple[str, dict]:
     """A new operator and a token of theirs."""
     name = f"watcher_{secrets.token_hex(3)}"
     open_store(stack.data_dir).create_user(name, "watcher-pass-123", "operator")
-    token = requests.post(stack.url + "/auth", json={"username": name, "password": "watcher-pass-123"},
-                          timeout=10).json()["access_token"]
+    token = stack.http.post("/auth", json={"username": name, "password": "watcher-pass-123"}).json()["access_token"]
     return name, {"Authorization": f"JWT {token}"}
 
 
-def change(stack: Stack, name: str, how: str) -> None:
+def change(stack, name: str, how: str) -> None:
     store = open_store(stack.data_dir)
     if how == "demoted":
         store.set_role(name, "client")
@@ -301,11 +312,11 @@ def test_cancel_by_a_user_changed_after_the_page_loaded(studio, how, expected, d
     job_id = jobs.submit(config_of(studio), open_store(studio.data_dir), "test-count", {"n": 1}, name)
     if door == "api":
         change(studio, name, how)
-        r = requests.post(f"{studio.url}/api/v1/jobs/{job_id}/cancel", headers=headers, timeout=60)
+        r = studio.http.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers)
         answer = {200: "allowed", 401: "signed out", 403: "forbidden"}.get(r.status_code, r.text)
     else:
         with app_page("jobs.py", {"username": name, "role": "operator"}, studio.data_dir, monkeypatch,
-                      REDIS_URL=studio.redis_url) as page:
+                      REDIS_URL=studio.config.effective_redis_url) as page:
             page.run()
             page.selectbox(key="jobs_pick").set_value(job_id).run()
             cancel = page.button(key="jobs_cancel")  # drawn in the live panel while the user was an operator
@@ -319,38 +330,31 @@ def test_cancel_by_a_user_changed_after_the_page_loaded(studio, how, expected, d
     assert open_store(studio.data_dir).get_job(job_id)["status"] == ("cancelled" if expected == "allowed" else "queued")
 
 
-@pytest.fixture(scope="module")
-def studio_ui(studio):
-    """The studio's UI, started as ``make run`` starts it."""
-    studio.start_ui()
-    return studio
-
-
 @pytest.mark.parametrize("how", ["demoted", "deleted"])
-def test_cancel_in_the_live_panel_of_a_real_browser_after_the_user_changed(studio, studio_ui, browser, how):
+def test_cancel_in_the_live_panel_of_a_real_browser_after_the_user_changed(studio_ui, browser, how):
     """The real door: in a browser, a click inside the self-refreshing panel re-runs only the panel, and
     app.py's sign-in check does not run before it."""
     from tests.browser.conftest import choose_option, login, select_box
 
-    name, _headers = fresh_operator(studio)
-    studio.passwords[name] = "watcher-pass-123"
-    job_id = jobs.submit(config_of(studio), open_store(studio.data_dir), "test-count", {"n": 1}, name)
+    name, _headers = fresh_operator(studio_ui)
+    studio_ui.passwords[name] = "watcher-pass-123"
+    job_id = jobs.submit(config_of(studio_ui), open_store(studio_ui.data_dir), "test-count", {"n": 1}, name)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         page = context.new_page()
         page.set_default_timeout(30_000)
-        login(page, studio, name)
+        login(page, studio_ui, name)
         page.locator("[data-testid='stSidebarNav'] a", has_text="Jobs").click()
         page.locator("h1", has_text="Jobs").wait_for()
         choose_option(page, select_box(page, "Job"), job_id)
         cancel = page.get_by_role("button", name="Cancel job")
         cancel.wait_for()
-        change(studio, name, how)
+        change(studio_ui, name, how)
         cancel.click()  # before or during the panel's next redraw: neither may act for the changed user
         page.get_by_role("button", name="Sign in").wait_for()  # signed out: the page went back to the sign-in form
     finally:
         context.close()
-    assert open_store(studio.data_dir).get_job(job_id)["status"] == "queued"
+    assert open_store(studio_ui.data_dir).get_job(job_id)["status"] == "queued"
 
 
 def stale_cancel() -> None:
@@ -368,11 +372,11 @@ def stale_cancel() -> None:
 def test_a_client_may_not_cancel_even_from_a_button_it_should_not_see(studio, door, monkeypatch):
     job_id = jobs.submit(config_of(studio), open_store(studio.data_dir), "test-count", {"n": 1}, "client")
     if door == "api":
-        r = requests.post(f"{studio.url}/api/v1/jobs/{job_id}/cancel", headers=studio.headers("client"), timeout=60)
+        r = studio.http.post(f"/api/v1/jobs/{job_id}/cancel", headers=studio.headers("client"))
         assert r.status_code == 403
     else:
         monkeypatch.setenv("DATA_DIR", str(studio.data_dir))
-        monkeypatch.setenv("REDIS_URL", studio.redis_url)
+        monkeypatch.setenv("REDIS_URL", studio.config.effective_redis_url)
         at = AppTest.from_function(stale_cancel, default_timeout=30)
         client = {"username": "client", "role": "client"}
         at.session_state["session_token"] = signed_in_session(open_store(studio.data_dir), client)
@@ -391,18 +395,18 @@ def photo(shade: int) -> bytes:
     return buf.getvalue()
 
 
-def annotator(stack: Stack, name: str) -> dict:
+def annotator(stack, name: str) -> dict:
     """An annotator (created when missing) and a token of theirs."""
     store = open_store(stack.data_dir)
     if name != "annotator" and store.get_user(name) is None:
         store.create_user(name, "annotator-pass-1", "annotator")
-    password = stack.passwords.get(name, "annotator-pass-1")
-    token = requests.post(stack.url + "/auth", json={"username": name, "password": password},
-                          timeout=10).json()["access_token"]
+    if name == "annotator":
+        return {"username": name, "role": "annotator", "headers": stack.headers(name)}
+    token = stack.http.post("/auth", json={"username": name, "password": "annotator-pass-1"}).json()["access_token"]
     return {"username": name, "role": "annotator", "headers": {"Authorization": f"JWT {token}"}}
 
 
-def replace_on_page(stack: Stack, user: dict, id_name: str, data: bytes, monkeypatch) -> list[str]:
+def replace_on_page(stack, user: dict, id_name: str, data: bytes, monkeypatch) -> list[str]:
     """Drop ``data`` as ``<id_name>.png`` on the Annotate page, tick "Replace images", Save all; the errors."""
     with app_page("annotate.py", user, stack.data_dir, monkeypatch) as page:
         page.run()
@@ -419,8 +423,8 @@ def replace_on_page(stack: Stack, user: dict, id_name: str, data: bytes, monkeyp
 def test_replacing_an_image_is_allowed_only_to_its_uploader(studio, who, expected, door, monkeypatch):
     id_name = f"photo_{secrets.token_hex(3)}"
     owner = annotator(studio, "annotator")
-    r = requests.post(studio.url + "/imgup", files={"file": (f"{id_name}.png", photo(60))},
-                      data={"id_name": id_name}, headers=owner["headers"], timeout=60)
+    r = studio.http.post("/imgup", files={"file": (f"{id_name}.png", photo(60))},
+                      data={"id_name": id_name}, headers=owner["headers"])
     assert r.status_code == 200, r.text
     store = open_store(studio.data_dir)
     original = studio.data_dir / store.get_image(id_name)["path"]
@@ -428,8 +432,8 @@ def test_replacing_an_image_is_allowed_only_to_its_uploader(studio, who, expecte
     actor = {"owner": owner, "other annotator": annotator(studio, "annotator_b"),
              "admin": {"username": "admin", "role": "admin", "headers": studio.headers("admin")}}[who]
     if door == "api":
-        r = requests.post(studio.url + "/imgup", files={"file": (f"{id_name}.png", photo(200))},
-                          data={"id_name": id_name, "overwrite": "1"}, headers=actor["headers"], timeout=60)
+        r = studio.http.post("/imgup", files={"file": (f"{id_name}.png", photo(200))},
+                          data={"id_name": id_name, "overwrite": "1"}, headers=actor["headers"])
         answer = {200: "allowed", 403: "forbidden"}.get(r.status_code, r.text)
         if r.status_code == 403:
             assert r.json() == {"error": "forbidden", "field": "id_name", "message": f"image '{id_name}' was "
