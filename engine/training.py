@@ -405,6 +405,8 @@ class _Run:
     # The weights (and optimizer state) a diverged epoch goes back to: the best epoch's, or the start's.
     fallback: dict[str, Any] | None = None
     warm_up: bool = True
+    # The loss of the run's first batch before its first update (see _recover_if_diverged).
+    starting_loss: float | None = None
     # How the report names an evaluation image: its test set's ``item_id(index)``, when the set has one.
     item_id: Callable[[int], str] | None = None
 
@@ -609,7 +611,7 @@ def _run_epoch(
     test["seconds"] = time.perf_counter() - started
     if run.world_size > 1:
         train, test = _whole_dataset_figures(train, test, config.multi_label)
-    event = _recover_if_diverged(run, train)
+    event = _recover_if_diverged(run, train, test)
     record = _close_epoch(run, train, test, event)
     if record["improved"]:
         run.fallback = _snapshot(run)
@@ -627,20 +629,40 @@ def _snapshot(run: _Run) -> dict[str, Any]:
             "optimizer": copy.deepcopy(run.optimizer.state_dict())}
 
 
-def _recover_if_diverged(run: _Run, train: Record) -> str | None:
-    """When the epoch's training loss says the run diverged (not a number, or far above the lowest loss of the
-    run so far, counting the first batch's before any update), go back to the best epoch's weights (or the
-    start's), lower every learning rate tenfold, warm up again, and return what happened (else None).
+def _jumped(value: float, seen: list[float]) -> tuple[bool, float | None]:
+    """Whether ``value`` is not a number or far above the lowest finite value of ``seen``; and that lowest."""
+    lowest = min((x for x in seen if math.isfinite(x)), default=None)
+    if math.isfinite(value) and (lowest is None or value <= max(DIVERGED_FACTOR * lowest, lowest + DIVERGED_MARGIN)):
+        return False, lowest
+    return True, lowest
 
-    Every rank of a distributed run decides alike: the epoch's loss is the whole dataset's, and a rank's own
+
+def _recover_if_diverged(run: _Run, train: Record, test: Record) -> str | None:
+    """When the epoch says the run diverged, go back to the best epoch's weights (or the start's), lower every
+    learning rate tenfold, warm up again, and return what happened (else None).
+
+    Diverged: the training loss is not a number, or far above the lowest of the run so far; or the test loss is
+    far above the lowest test loss of the epochs kept. Both count the loss of the run's first batch before its
+    first update (what the starting weights score). The test loss is how a rate that is too high shows when the training loss does
+    not blow up: the weights jump about (10x the tuned rate) or die after one wild epoch (60x), and the test
+    loss jumps with them.
+
+    Every rank of a distributed run decides alike: the epoch's losses are the whole dataset's, and a rank's own
     first batch is left out there.
     """
-    loss = train["loss"]
-    seen = [r["train_loss"] for r in run.history]
-    if run.world_size == 1:
-        seen.append(train["first_loss"])
-    lowest = min((x for x in seen if math.isfinite(x)), default=None)
-    if math.isfinite(loss) and (lowest is None or loss <= max(DIVERGED_FACTOR * lowest, lowest + DIVERGED_MARGIN)):
+    # The first batch's loss before the run's first update: what the starting weights score (one batch, so left
+    # out across ranks, where every rank must decide alike). Later epochs' first batches are lucky or unlucky
+    # draws of one batch under trained weights: no reference.
+    if run.starting_loss is None and run.world_size == 1:
+        run.starting_loss = train["first_loss"]
+    untrained = [run.starting_loss] if run.starting_loss is not None else []
+    diverged, lowest = _jumped(train["loss"], [r["train_loss"] for r in run.history] + untrained)
+    what, loss = "training", train["loss"]
+    if not diverged:
+        kept = [r["test_loss"] for r in run.history if "event" not in r]
+        diverged, lowest = _jumped(test["loss"], kept + untrained)
+        what, loss = "test", test["loss"]
+    if not diverged:
         return None
     rates = [group["lr"] * RECOVERY_LR_FACTOR for group in run.optimizer.param_groups]
     _unwrap(run.model).load_state_dict(run.fallback["model"])
@@ -650,7 +672,7 @@ def _recover_if_diverged(run: _Run, train: Record) -> str | None:
     run.warm_up = True
     where = f"epoch {run.fallback['epoch']}'s weights" if run.fallback["epoch"] else "the starting weights"
     lowest_text = f" (lowest so far {lowest:.3g})" if lowest is not None else ""
-    return (f"diverged: training loss {loss:.3g}{lowest_text}; went back to {where} and lowered the learning "
+    return (f"diverged: {what} loss {loss:.3g}{lowest_text}; went back to {where} and lowered the learning "
             f"rate to {rates[0]:.3g}")
 
 
