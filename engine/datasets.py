@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from engine import labels as labelsets
-from engine.dataset_kinds import DATASET_KINDS, IMAGE_SUFFIXES, list_dataset_kinds  # noqa: F401
+from engine.dataset_kinds import (  # noqa: F401
+    DATASET_KINDS,
+    IMAGE_SUFFIXES,
+    class_folders,
+    image_files,
+    list_dataset_kinds,
+)
 from engine.exceptions import Cancelled, InvalidInput
 from engine.hdf5 import open_hdf5
 from engine.hdf5_layout import (  # noqa: F401  (re-exported: the HDF5 reader's public names)
@@ -336,7 +342,8 @@ def write_canonical_hdf5(
 
 
 class ImageFolderDataset(_Preprocessed):
-    """``<root>/<class>/*.png|jpg|jpeg``: one folder per class, classes in sorted order by default."""
+    """``<root>/<class>/*.png|jpg|jpeg``: one folder per class, classes in sorted order by default (regular files
+    in real folders only: :func:`class_folders`, :func:`image_files`)."""
 
     def __init__(
         self,
@@ -349,7 +356,7 @@ class ImageFolderDataset(_Preprocessed):
         root = Path(root)
         if not root.is_dir():
             raise InvalidInput(f"image folder {str(root)!r} does not exist", field=field)
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = class_folders(root)
         self.class_names = list(class_names) if class_names is not None else folders
         unknown = sorted(set(folders) - set(self.class_names))
         if unknown:
@@ -357,12 +364,7 @@ class ImageFolderDataset(_Preprocessed):
                 f"{str(root)!r} has classes unknown to the training set: {unknown}", field=field
             )
         index = {name: i for i, name in enumerate(self.class_names)}
-        self.samples = [
-            (path, index[folder])
-            for folder in folders
-            for path in sorted((root / folder).iterdir())
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-        ]
+        self.samples = [(path, index[folder]) for folder in folders for path in image_files(root / folder)]
         if not self.samples:
             raise InvalidInput(
                 f"{str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images in class folders", field=field

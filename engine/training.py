@@ -643,9 +643,9 @@ def _recover_if_diverged(run: _Run, train: Record, test: Record) -> str | None:
 
     Diverged: the training loss is not a number, or far above the lowest of the run so far; or the test loss is
     far above the lowest test loss of the epochs kept. Both count the loss of the run's first batch before its
-    first update (what the starting weights score). The test loss is how a rate that is too high shows when the training loss does
-    not blow up: the weights jump about (10x the tuned rate) or die after one wild epoch (60x), and the test
-    loss jumps with them.
+    first update (what the starting weights score). The test loss is how a rate that is too high shows when the
+    training loss does not blow up: the weights jump about (10x the tuned rate) or die after one wild epoch
+    (60x), and the test loss jumps with them.
 
     Every rank of a distributed run decides alike: the epoch's losses are the whole dataset's, and a rank's own
     first batch is left out there.

@@ -26,7 +26,7 @@ from PIL import Image as PILImage
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from engine import labels as labelsets
-from engine.dataset_kinds import IMAGE_SUFFIXES, list_dataset_kinds
+from engine.dataset_kinds import IMAGE_SUFFIXES, class_folders, image_files, is_image_entry, list_dataset_kinds
 from engine.exceptions import InvalidInput, StudioError
 from engine.hdf5_layout import inspect_hdf5, read_split_image
 from engine.images import MAX_IMAGE_SIDE, open_image, to_rgb_array
@@ -396,22 +396,10 @@ def sampled_side(root: Path, names: list[str], per_class: int = SIDE_SAMPLES_PER
     (None when none can be read: the model's default size then)."""
     sides = []
     for name in names:
-        folder = root / name
-        if folder.is_symlink():
-            continue
-        with os.scandir(folder) as entries:  # regular files only: never a link, a FIFO or a device
-            files = sorted(e.path for e in entries if e.is_file(follow_symlinks=False)
-                           and e.name.lower().endswith(IMAGE_SUFFIXES))
-        for path in files[:per_class]:
+        for path in image_files(root / name)[:per_class]:
             with contextlib.suppress(OSError, ValueError), PILImage.open(path) as image:
                 sides.append(max(image.size))  # header only: nothing is decoded
     return max(sides, default=None)
-
-
-def class_folders(root: Path) -> list[str]:
-    """The class folders of an image-folder dataset, in class order (as the engine's reader sees them)."""
-    with os.scandir(root) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
 def count_images(folder: Path, limit: int) -> int:
@@ -420,8 +408,7 @@ def count_images(folder: Path, limit: int) -> int:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                name = entry.name.lower()
-                found += name.endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                found += is_image_entry(entry)
                 if found >= limit:
                     break
     except (NotADirectoryError, FileNotFoundError):

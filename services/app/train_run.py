@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine.dataset_kinds import IMAGE_SUFFIXES, list_dataset_kinds
+from engine.dataset_kinds import class_folders, image_files, list_dataset_kinds
 from engine.datasets import DatasetBundle, DatasetSpec, build_datasets, inspect_hdf5
 from engine.exceptions import Cancelled, InvalidInput, StudioError
 from engine.hdf5 import open_hdf5
@@ -120,7 +120,7 @@ def check_distinct_splits(config: Config, req: TrainRequest) -> None:
 
 def _file_hashes(root: Path) -> set[str]:
     return {hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-            for path in root.glob("*/*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()}
+            for folder in class_folders(root) for path in image_files(root / folder)}
 
 
 def _hdf5_hashes(path: Path, images_name: str, chunk: int = 1024) -> set[str]:

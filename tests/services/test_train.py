@@ -175,6 +175,30 @@ def test_a_symlink_leading_outside_data_dir_is_refused(studio, folders, tmp_path
     assert r.status_code == 400 and r.json()["field"] == "trainset_dir" and "outside" in r.json()["message"]
 
 
+def test_links_fifos_and_devices_named_like_images_are_not_read(studio, tmp_path):
+    """A FIFO would hold the worker forever, a link to /dev/zero would be read without end, a link to a file or a
+    folder elsewhere would be read from outside DATA_DIR: the job reads regular files in real folders only."""
+    import os
+
+    write_folder_dataset(studio.data_dir, train="ODD_train", test="ODD_test")
+    circles = studio.data_dir / "ODD_train" / "circle"
+    os.mkfifo(circles / "fifo.png")
+    (circles / "zeros.png").symlink_to("/dev/zero")
+    (tmp_path / "elsewhere.png").write_bytes(png_bytes(shape_image("square", 5)))
+    (circles / "elsewhere.png").symlink_to(tmp_path / "elsewhere.png")
+    (tmp_path / "extra").mkdir()
+    (studio.data_dir / "ODD_train" / "extra").symlink_to(tmp_path / "extra", target_is_directory=True)
+    body = {**LEGACY_TRAIN, "trainset_dir": "ODD_train", "testset_dir": "ODD_test", "num_workers": 0,
+            "num_epochs": "1"}
+    r = post(studio, "/api/v1/train", body)
+    assert r.status_code == 202, r.text  # three classes: the linked folder is none
+    record = studio.wait_job(r.json()["job_id"])
+    assert record["status"] == "finished", record["error"]
+    assert record["history"][0]["train_samples_per_s"] > 0
+    report = record["result"]["evaluation"]
+    assert sum(row["support"] for row in report["per_class"].values()) == 6  # the two test images per class
+
+
 def test_roles_on_the_training_routes(studio, folders):
     for role in ("annotator", "client"):
         assert post(studio, "/api/v1/train", LEGACY_TRAIN, role).status_code == 403
