@@ -622,6 +622,9 @@ def _run_epoch(
 
 # A training loss this far above the lowest of the run (or not a number) means the run diverged.
 DIVERGED_FACTOR, DIVERGED_MARGIN, RECOVERY_LR_FACTOR = 2.0, 0.5, 0.1
+# So does a test loss this many times the starting weights' (the weights died), or a test accuracy (percent) that
+# fell this many points and whose error more than doubled since the best epoch (the weights jump about).
+DEAD_FACTOR, FALL_POINTS = 10.0, 10.0
 
 
 def _snapshot(run: _Run) -> dict[str, Any]:
@@ -641,11 +644,13 @@ def _recover_if_diverged(run: _Run, train: Record, test: Record) -> str | None:
     """When the epoch says the run diverged, go back to the best epoch's weights (or the start's), lower every
     learning rate tenfold, warm up again, and return what happened (else None).
 
-    Diverged: the training loss is not a number, or far above the lowest of the run so far; or the test loss is
-    far above the lowest test loss of the epochs kept. Both count the loss of the run's first batch before its
-    first update (what the starting weights score). The test loss is how a rate that is too high shows when the
-    training loss does not blow up: the weights jump about (10x the tuned rate) or die after one wild epoch
-    (60x), and the test loss jumps with them.
+    Diverged: the training loss is not a number, or far above the lowest of the run so far (counting the loss of
+    the run's first batch before its first update, what the starting weights score); or the test loss is not a
+    number or :data:`DEAD_FACTOR` times the starting weights'; or the test accuracy fell :data:`FALL_POINTS` points
+    and more than doubled its error since the best epoch. The test side is how a rate that is too high shows when
+    the training loss does not blow up: one wild epoch kills the weights (60x the tuned rate), or they jump about
+    (10x). A test loss that jumps while the accuracy holds (a network with batch norm early on, its running
+    statistics unsettled) is no sign: lowering the rate there cost convnetj 7 points on photo patches.
 
     Every rank of a distributed run decides alike: the epoch's losses are the whole dataset's, and a rank's own
     first batch is left out there.
@@ -657,11 +662,15 @@ def _recover_if_diverged(run: _Run, train: Record, test: Record) -> str | None:
         run.starting_loss = train["first_loss"]
     untrained = [run.starting_loss] if run.starting_loss is not None else []
     diverged, lowest = _jumped(train["loss"], [r["train_loss"] for r in run.history] + untrained)
-    what, loss = "training", train["loss"]
-    if not diverged:
-        kept = [r["test_loss"] for r in run.history if "event" not in r]
-        diverged, lowest = _jumped(test["loss"], kept + untrained)
-        what, loss = "test", test["loss"]
+    said = f"training loss {train['loss']:.3g}" + (f" (lowest so far {lowest:.3g})" if lowest is not None else "")
+    if not diverged and not math.isfinite(test["loss"]):
+        diverged, said = True, f"test loss {test['loss']}"
+    if not diverged and untrained and test["loss"] > DEAD_FACTOR * untrained[0]:
+        diverged, said = True, (f"test loss {test['loss']:.3g}, over {DEAD_FACTOR:g}x the starting weights' "
+                                f"{untrained[0]:.3g}")
+    score, best = test["accuracy"], run.best.get("accuracy", -1.0)
+    if not diverged and best >= 0 and best - score >= FALL_POINTS and 100 - score > 2 * (100 - best):
+        diverged, said = True, f"test accuracy fell to {score:.1f} % from {best:.1f} %"
     if not diverged:
         return None
     rates = [group["lr"] * RECOVERY_LR_FACTOR for group in run.optimizer.param_groups]
@@ -671,9 +680,7 @@ def _recover_if_diverged(run: _Run, train: Record, test: Record) -> str | None:
         group["lr"] = rate
     run.warm_up = True
     where = f"epoch {run.fallback['epoch']}'s weights" if run.fallback["epoch"] else "the starting weights"
-    lowest_text = f" (lowest so far {lowest:.3g})" if lowest is not None else ""
-    return (f"diverged: {what} loss {loss:.3g}{lowest_text}; went back to {where} and lowered the learning "
-            f"rate to {rates[0]:.3g}")
+    return f"diverged: {said}; went back to {where} and lowered the learning rate to {rates[0]:.3g}"
 
 
 def _after_epoch(run: _Run, record: Record, on_epoch: Callable[[Record], None] | None,

@@ -23,6 +23,7 @@ from tests.browser.conftest import (
     wait_idle,
     watch_run,
 )
+from tests.digits import DIGITS_FILE, ensure_digits_hdf5
 from tests.shapes import SHAPES, png_bytes, shape_image, write_folder_dataset
 
 
@@ -64,6 +65,39 @@ def test_train_page_launches_a_run_whose_chart_grows_while_it_runs(page, stack):
     assert_no_traceback(page)
     page.get_by_text("Confusion matrix (best epoch, test set)").scroll_into_view_if_needed()
     shot(page, "train-finished")
+
+
+def test_train_page_explains_its_default_draws_the_rate_curve_and_reports_the_run(page, stack):
+    """Real digits (8 px, an HDF5 file written with h5py), every model setting left to the page: it says which
+    model it chose and why; "Find the learning rate" draws the range test's curve with the rate it chose; the
+    finished run shows per-class precision and recall, the most confused pairs and its worst images."""
+    ensure_digits_hdf5(stack.data_dir)
+    open_page(page, stack, "operator", "Train")
+    page.locator("[data-testid='stRadio']").filter(has_text="Dataset").get_by_text("HDF5 file", exact=True).click()
+    wait_idle(page)
+    choose_option(page, select_box(page, "HDF5 file (DATA_DIR/datasets)"), DIGITS_FILE)
+    wait_idle(page)
+    reason = page.locator("[data-testid='stAlert']").filter(has_text="Model chosen for this data")
+    expect(reason).to_contain_text("convnetj")
+    expect(reason).to_contain_text("8 px")  # why: smaller than the pretrained backbone's smallest input
+    reason.scroll_into_view_if_needed()
+    shot(page, "train-default-reason")
+    set_number(page, "Epochs", 3)
+    page.locator("[data-testid='stCheckbox']").filter(has_text="Find the learning rate").locator("label").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Launch training").click()
+    seen = watch_run(page, timeout=150)
+    assert seen and seen[-1] == ("finished", 3), seen
+    page.get_by_text("Chosen learning rate").wait_for()
+    page.get_by_text("Per-class precision and recall (best epoch, %)").wait_for()
+    expect(page.get_by_text("Most confused:")).to_be_visible()
+    expect(page.get_by_text("Most confidently wrong")).to_be_visible()
+    expect(page.locator("[data-testid='stImage'] img").first).to_be_visible()  # the worst images' thumbnails
+    assert_no_traceback(page)
+    page.get_by_text("Chosen learning rate").scroll_into_view_if_needed()
+    shot(page, "train-auto-rate")
+    page.get_by_text("Most confidently wrong").scroll_into_view_if_needed()
+    shot(page, "train-report")
 
 
 def test_train_page_runs_one_training_over_two_processes_with_its_live_chart(page, stack):
