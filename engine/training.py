@@ -650,7 +650,7 @@ def _recover_if_diverged(run: _Run, train: Record, test: Record) -> str | None:
     and more than doubled its error since the best epoch. The test side is how a rate that is too high shows when
     the training loss does not blow up: one wild epoch kills the weights (60x the tuned rate), or they jump about
     (10x). A test loss that jumps while the accuracy holds (a network with batch norm early on, its running
-    statistics unsettled) is no sign: lowering the rate there cost convnetj 7 points on photo patches.
+    statistics unsettled) is no sign: lowering the rate there cost convnetj 4 points on photo patches.
 
     Every rank of a distributed run decides alike: the epoch's losses are the whole dataset's, and a rank's own
     first batch is left out there.

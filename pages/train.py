@@ -137,10 +137,19 @@ def data_ready(fields: dict) -> tuple[bool, ModelChoice | None]:
     mirror = {None: "", True: " · mirror-symmetric: flips allowed",
               False: " · not mirror-symmetric: never flipped"}[symmetric]
     st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}{mirror}")
-    if choice is not None:
-        st.info(f"Model chosen for this data: **{choice.model_name}**, {choice.transfer_mode}. Why: {choice.reason}. "
-                "Pick another model above to change it.")
     return True, choice
+
+
+def explain(choice: ModelChoice, fields: dict) -> None:
+    """The model chosen for the data and why, for the settings as they stand: over several processes, or with
+    "Find the learning rate", a head-only start trains every layer instead (the request says so too)."""
+    try:
+        req = train_request.TrainRequest.model_validate(fields)
+        choice = data_check(config, req.model_dump_json())[1] or choice
+    except (ValidationError, InvalidInput):
+        pass  # the launch names what is wrong; the data's choice stands meanwhile
+    st.info(f"Model chosen for this data: **{choice.model_name}**, {choice.transfer_mode}. Why: {choice.reason}. "
+            "Pick another model above to change it.")
 
 
 def launch_form() -> None:
@@ -155,6 +164,8 @@ def launch_form() -> None:
     info = MODELS[name if name != CHOSEN else choice.model_name if choice else SCRATCH_DEFAULT]
     with st.expander("Hyperparameters", expanded=True):
         fields.update(hyperparameters(info))
+    if choice is not None:
+        explain(choice, fields)
     if st.button("Launch training", type="primary", key="train_launch", disabled=not ready):
         req = build_request(fields)
         if req is not None:

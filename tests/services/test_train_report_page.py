@@ -63,3 +63,21 @@ def test_the_page_starts_on_the_model_chosen_from_the_data_and_says_why(short_ru
         assert "Model chosen for this data: **convnetj**, scratch" in said and "8 px" in said, said
         page.selectbox(key="train_model").set_value("lenet5").run()
         assert not any("Model chosen" in box.value for box in page.info)  # a model the user picks is kept
+
+
+def test_the_reason_follows_the_settings_a_head_only_start_over_processes_trains_every_layer(tmp_path, monkeypatch):
+    """32 px pictures get the bundled backbone head-only; set Processes to 2 and the page says, before the launch,
+    that the run fine-tunes every layer and why (the request does the same: one home for the rule)."""
+    data_dir = tmp_path / "data"
+    (data_dir / "datasets").mkdir(parents=True)
+    write_digits_hdf5(data_dir / "datasets" / "digits32.hdf5", train=slice(0, 300), test=slice(300, 400), scale=4)
+    with app_page("train.py", {"username": "operator", "role": "operator"}, data_dir, monkeypatch) as page:
+        page.run()
+        page.radio(key="train_dataset").set_value("hdf5").run()
+        page.selectbox(key="train_hdf5").set_value("digits32.hdf5").run()
+        said = " ".join(box.value for box in page.info)
+        assert "**efficientnet-lite0**, head-only" in said, said
+        page.number_input(key="train_processes").set_value(2).run()
+        assert not page.exception, page.exception
+        said = " ".join(box.value for box in page.info)
+        assert "**efficientnet-lite0**, fine-tune" in said and "spread over processes" in said, said
