@@ -211,12 +211,16 @@ def run_controls(record: dict) -> None:
     if is_live(record["status"]):
         cancel_button(config, store, record["id"], key="train_cancel", label="Cancel run")
         return
-    if record["status"] != "finished":
-        resumed, job_id = action_button("Resume from the last checkpoint", "train_resume", about=record["id"],
-                                        action=lambda: training.resume(actor(), record["id"]))
-        if resumed:
-            st.session_state["train_next"] = job_id
-            st.rerun(scope="app")
+    if record["status"] == "finished":
+        return
+    if training.resumable_checkpoint(config, record["id"]) is None:
+        st.caption("Nothing to resume: the run stopped before it wrote a checkpoint. Launch it again above.")
+        return
+    resumed, job_id = action_button("Resume from the last checkpoint", "train_resume", about=record["id"],
+                                    action=lambda: training.resume(actor(), record["id"]))
+    if resumed:
+        st.session_state["train_next"] = job_id
+        st.rerun(scope="app")
 
 
 def live_run(job_id: str) -> str:

@@ -91,8 +91,8 @@ def resume(actor: Actor, job_id: str, num_epochs: int | None = None) -> str:
     record = jobs.read_job(config, store, record)
     if record["status"] not in jobs.TERMINAL:
         raise Conflict(f"job {job_id!r} is still {record['status']}; cancel it before resuming", "job_id")
-    last = checkpoint_dir(config, job_id) / "last.pt"
-    if not last.is_file():
+    last = resumable_checkpoint(config, job_id)
+    if last is None:
         raise Conflict(f"job {job_id!r} has no checkpoint to resume from", "job_id")
     params = {**request_params(record["params"]), **({"num_epochs": num_epochs} if num_epochs else {})}
     if params.get("learning_rate") == "auto":  # the rate the range test chose goes on, rather than a new test's
@@ -108,6 +108,13 @@ def resume(actor: Actor, job_id: str, num_epochs: int | None = None) -> str:
     check_training_size(config, store, actor.username, req.num_epochs - done, facts.train_images)
     return _submit_run(config, store, {**req.model_dump(), "resumed_from": job_id,
                                        "resume_from": last.relative_to(config.data_dir).as_posix()}, actor.username)
+
+
+def resumable_checkpoint(config: Config, job_id: str) -> Path | None:
+    """The checkpoint a resume of ``job_id`` starts from, if the run wrote one (a run stopped while queued, or
+    before its first epoch's checkpoint, has none: launch it again instead)."""
+    last = checkpoint_dir(config, job_id) / "last.pt"
+    return last if last.is_file() else None
 
 
 def epochs_done(record: dict) -> int:

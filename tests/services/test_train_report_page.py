@@ -81,3 +81,24 @@ def test_the_reason_follows_the_settings_a_head_only_start_over_processes_trains
         assert not page.exception, page.exception
         said = " ".join(box.value for box in page.info)
         assert "**efficientnet-lite0**, fine-tune" in said and "spread over processes" in said, said
+
+
+def test_a_run_stopped_before_its_first_checkpoint_offers_no_resume(short_run, monkeypatch):
+    """Cancelled while queued (no checkpoint): the page says there is nothing to resume instead of a button that
+    fails; a cancelled run with a checkpoint keeps its Resume button."""
+    data_dir, _ = short_run
+    store = open_store(data_dir)
+    params = {"model_name": "convnetb", "dataset": "hdf5", "hdf5_path": "digits.hdf5", "num_epochs": 2}
+    for job_id in ("never_started", "run1"):
+        if store.get_job(job_id) is None:
+            store.create_job(job_id, "train", params, "operator")
+        store.update_job(job_id, status="cancelled", history=[])
+    with app_page("train.py", {"username": "operator", "role": "operator"}, data_dir, monkeypatch) as page:
+        page.run()
+        page.selectbox(key="train_run").set_value("never_started").run()
+        assert not page.exception, page.exception
+        assert not [b for b in page.button if b.key == "train_resume"]
+        assert any(c.value.startswith("Nothing to resume: the run stopped before it wrote a checkpoint")
+                   for c in page.caption)
+        page.selectbox(key="train_run").set_value("run1").run()  # checkpoints/run1/last.pt exists
+        assert [b for b in page.button if b.key == "train_resume"]
