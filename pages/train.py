@@ -45,16 +45,14 @@ LABELS = {**DATASET_FIELD_LABELS, "model_name": "Model", "num_epochs": "Epochs",
 
 
 @st.cache_data(ttl=15, show_spinner=False)
-def data_check(_config, request_json: str) -> tuple[list[str], ModelChoice | None]:
-    """The data's class names once the checks a launch makes have passed (raises InvalidInput otherwise): the
-    request's own (``train_request.check_request``), which list folders and read declared shapes only; and the
-    model chosen for the data when the request names none.
+def data_check(_config, request_json: str) -> train_request.DataFacts:
+    """What the data holds once the checks a launch makes have passed (raises InvalidInput otherwise): the
+    request's own (``train_request.check_request``), which list folders and read declared shapes only.
 
     Cached: reruns on every widget change need not list big folders each time.
     """
     req = train_request.TrainRequest.model_validate_json(request_json)
-    facts = train_request.check_request(_config, req)[1]
-    return facts.class_names, train_request.with_default_model(req, facts)[1]
+    return train_request.check_request(_config, req)[1]
 
 
 def pick(label: str, options: list[str], preferred: str, key: str) -> str | None:
@@ -120,34 +118,40 @@ def build_request(fields: dict) -> train_request.TrainRequest | None:
         return None
 
 
-def data_ready(fields: dict) -> tuple[bool, ModelChoice | None]:
-    """Show the data's classes, or why it cannot be trained on; whether a launch may go ahead, and the model
-    chosen for the data when the page names none."""
+def data_ready(fields: dict) -> tuple[bool, train_request.DataFacts | None]:
+    """Show the data's classes, or why it cannot be trained on; whether a launch may go ahead, and what the data
+    holds (the facts the model is chosen from)."""
     if any(fields.get(f) is None for f in list_dataset_kinds()[fields["dataset"]] if f in LABELS):
         return False, None
     req = build_request(fields)
     if req is None:
         return False, None
     try:
-        classes, choice = data_check(config, req.model_dump_json())
+        facts = data_check(config, req.model_dump_json())
     except InvalidInput as exc:
         st.error(page_message(exc, LABELS))
         return False, None
     symmetric = train_request.mirror_symmetric(store, req)
     mirror = {None: "", True: " · mirror-symmetric: flips allowed",
               False: " · not mirror-symmetric: never flipped"}[symmetric]
+    classes = facts.class_names
     st.caption(f"{len(classes)} classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}{mirror}")
-    return True, choice
+    return True, facts
 
 
-def explain(choice: ModelChoice, fields: dict) -> None:
-    """The model chosen for the data and why, for the settings as they stand: over several processes, or with
-    "Find the learning rate", a head-only start trains every layer instead (the request says so too)."""
+def model_choice(facts: train_request.DataFacts, fields: dict,
+                 before: ModelChoice | None = None) -> ModelChoice | None:
+    """The model chosen for the data when the page names none, for the settings as they stand (over several
+    processes, or with "Find the learning rate", a head-only start trains every layer): the request's own rule,
+    on the facts already read; ``before`` while the settings do not validate (the launch names what is wrong)."""
     try:
         req = train_request.TrainRequest.model_validate(fields)
-        choice = data_check(config, req.model_dump_json())[1] or choice
-    except (ValidationError, InvalidInput):
-        pass  # the launch names what is wrong; the data's choice stands meanwhile
+    except ValidationError:
+        return before
+    return train_request.with_default_model(req, facts)[1]
+
+
+def explain(choice: ModelChoice) -> None:
     st.info(f"Model chosen for this data: **{choice.model_name}**, {choice.transfer_mode}. Why: {choice.reason}. "
             "Pick another model above to change it.")
 
@@ -160,12 +164,14 @@ def launch_form() -> None:
     with st.expander("Upload a dataset (a zip of class folders, or an HDF5 file)"):
         upload_dataset_widget(config, store, key="train_upload")
     fields = {"model_name": None if name == CHOSEN else name, **dataset_picker("train")}
-    ready, choice = data_ready(fields)
+    ready, facts = data_ready(fields)
+    choice = model_choice(facts, fields) if facts is not None else None
     info = MODELS[name if name != CHOSEN else choice.model_name if choice else SCRATCH_DEFAULT]
     with st.expander("Hyperparameters", expanded=True):
         fields.update(hyperparameters(info))
+    choice = model_choice(facts, fields, choice) if facts is not None else None
     if choice is not None:
-        explain(choice, fields)
+        explain(choice)
     if st.button("Launch training", type="primary", key="train_launch", disabled=not ready):
         req = build_request(fields)
         if req is not None:
